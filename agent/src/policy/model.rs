@@ -1,0 +1,173 @@
+//! The validated policy: what the control file means, independent of how it
+//! was written. Everything downstream (the compiler, the CLI) works on these
+//! types only.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// A whole control file, validated: every group and prefix-list reference
+/// resolves, every CIDR is canonical, every address belongs to one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub prefix_lists: BTreeMap<String, Vec<IpNet>>,
+    pub groups: BTreeMap<String, Group>,
+    pub endpoints: Vec<Endpoint>,
+    pub settings: Settings,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Group {
+    pub description: Option<String>,
+    /// Traffic into members of this group.
+    pub ingress: Vec<Rule>,
+    /// Traffic from members of this group.
+    pub egress: Vec<Rule>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+/// One allow rule. `peers` are the sources (ingress) or destinations
+/// (egress).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Rule {
+    pub proto: Proto,
+    /// Only for TCP, UDP and SCTP; `None` = every port.
+    pub ports: Option<PortRange>,
+    /// Only for ICMP and ICMPv6; `None` = every type and code.
+    pub icmp: Option<IcmpMatch>,
+    pub peers: Vec<Peer>,
+    pub description: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    /// Every protocol, every port.
+    All,
+    /// An IP protocol number (6 = TCP, 17 = UDP, 1 = ICMP, 58 = ICMPv6, 132 = SCTP).
+    Number(u8),
+}
+
+impl Proto {
+    pub const TCP: Proto = Proto::Number(6);
+    pub const UDP: Proto = Proto::Number(17);
+    pub const ICMP: Proto = Proto::Number(1);
+    pub const ICMPV6: Proto = Proto::Number(58);
+    pub const SCTP: Proto = Proto::Number(132);
+
+    /// Whether rules of this protocol may carry `ports`.
+    pub fn has_ports(self) -> bool {
+        matches!(self, Proto::Number(6 | 17 | 132))
+    }
+
+    /// Whether rules of this protocol may carry `icmp`.
+    pub fn is_icmp(self) -> bool {
+        matches!(self, Proto::Number(1 | 58))
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            Proto::All => "all".into(),
+            Proto::Number(6) => "tcp".into(),
+            Proto::Number(17) => "udp".into(),
+            Proto::Number(1) => "icmp".into(),
+            Proto::Number(58) => "icmpv6".into(),
+            Proto::Number(132) => "sctp".into(),
+            Proto::Number(n) => n.to_string(),
+        }
+    }
+}
+
+/// An inclusive port range; a single port has `first == last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IcmpMatch {
+    pub ty: u8,
+    /// `None` = every code of that type.
+    pub code: Option<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    /// The addresses of every endpoint in the group, local or remote.
+    Group(String),
+    /// Any address in the CIDR, whoever owns it.
+    Cidr(IpNet),
+    /// Any address in any CIDR of the prefix list.
+    PrefixList(String),
+    /// The host's own network stack.
+    Host,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub name: String,
+    /// The host it runs on; `None` = whichever host reads the file.
+    pub node: Option<String>,
+    /// The host-side interface of the container's veth pair.
+    pub interface: Option<String>,
+    pub addresses: Vec<IpAddr>,
+    pub groups: Vec<String>,
+}
+
+impl Endpoint {
+    /// Local endpoints are enforced on this host; the others are known by
+    /// their addresses only.
+    pub fn is_local(&self, node: &str) -> bool {
+        self.interface.is_some() && self.node.as_deref().is_none_or(|n| n == node)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub conntrack: ConntrackTimeouts,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { conntrack: ConntrackTimeouts::default() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConntrackTimeouts {
+    pub tcp_established: Duration,
+    pub tcp_other: Duration,
+    pub udp: Duration,
+    pub udp_stream: Duration,
+    pub icmp: Duration,
+    pub other: Duration,
+}
+
+impl Default for ConntrackTimeouts {
+    fn default() -> Self {
+        ConntrackTimeouts {
+            tcp_established: Duration::from_secs(432_000),
+            tcp_other: Duration::from_secs(120),
+            udp: Duration::from_secs(30),
+            udp_stream: Duration::from_secs(180),
+            icmp: Duration::from_secs(30),
+            other: Duration::from_secs(600),
+        }
+    }
+}

@@ -1,0 +1,467 @@
+//! Where a packet is judged. The three hooks (from an endpoint, to an
+//! endpoint, arriving on the uplink) share the order below; each step is
+//! tagged with its number in the code.
+//!
+//! 1. Frame type: ARP and neighbour discovery are checked for address
+//!    claims and pass; IPv4/IPv6 continue; everything else from or to an
+//!    endpoint is dropped (the uplink passes it on).
+//! 2. Identity: a packet from an endpoint must carry one of that
+//!    endpoint's addresses on that interface (link-local only for
+//!    neighbour discovery and MLD). On the uplink a source claiming a local
+//!    endpoint's or the host's address is dropped.
+//! 3. Fragments: a non-first fragment passes only if its first fragment
+//!    passed.
+//! 4. ICMP errors pass only when they quote a tracked flow and go back to
+//!    its sender.
+//! 5. Conntrack: a packet of a tracked, unexpired flow passes, in either
+//!    direction.
+//! 6. Rules: the sender's egress rules (when the sender is a local
+//!    endpoint) and the receiver's ingress rules (when the receiver is a
+//!    local endpoint), both from the same policy slot. A new flow that both
+//!    allow is tracked.
+
+use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use hostwall_common::*;
+
+use crate::{
+    maps::*,
+    parse::{self, Fragment, Packet},
+};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// TC ingress of an endpoint's host-side interface: the endpoint sends.
+    FromEndpoint,
+    /// TC egress of an endpoint's host-side interface: the endpoint receives.
+    ToEndpoint,
+    /// XDP on the uplink: traffic from other hosts.
+    Uplink,
+}
+
+pub enum Verdict {
+    Pass(PassReason),
+    Drop(DropReason),
+}
+
+/// Judge one frame in `[data, data_end)`. `ifindex` is the interface the
+/// hook runs on.
+#[inline(always)]
+pub fn judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Verdict {
+    match try_judge(hook, data, data_end, ifindex) {
+        Ok(pass) => Verdict::Pass(pass),
+        // The uplink filter only drops what it is sure of; the TC hook of
+        // the receiving endpoint judges malformed packets again.
+        Err(DropReason::Malformed) if hook == Hook::Uplink => Verdict::Pass(PassReason::NotForEndpoint),
+        Err(reason) => Verdict::Drop(reason),
+    }
+}
+
+#[inline(always)]
+fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<PassReason, DropReason> {
+    let slot = active_slot();
+    let endpoint = if hook == Hook::Uplink {
+        EndpointInfo { policy: 0, endpoint: 0 }
+    } else {
+        iface(slot, ifindex).ok_or(DropReason::NoEndpoint)?
+    };
+
+    // 1. Frame type.
+    let pkt = match parse::ethertype(data, data_end)? {
+        parse::ETH_P_IP => parse::parse_ipv4(data, data_end)?,
+        parse::ETH_P_IPV6 => parse::parse_ipv6(data, data_end)?,
+        parse::ETH_P_ARP => {
+            if hook == Hook::FromEndpoint {
+                // 2. An endpoint may claim only its own addresses (0.0.0.0
+                // is an ARP probe).
+                let spa = parse::arp_sender_ip(data, data_end)?;
+                if spa != [0; 4] && !src_allowed(slot, ifindex, FAMILY_V4, &v4_addr(spa)) {
+                    return Err(DropReason::ArpSpoofed);
+                }
+            }
+            return Ok(PassReason::Neighbour);
+        }
+        _ if hook == Hook::Uplink => return Ok(PassReason::NotForEndpoint),
+        _ => return Err(DropReason::UnsupportedEthertype),
+    };
+
+    // 1. Neighbour discovery and MLD.
+    if pkt.family == FAMILY_V6 && pkt.proto == parse::IPPROTO_ICMPV6 && pkt.fragment == Fragment::None {
+        if let Some(pass) = neighbour(hook, slot, ifindex, data, data_end, &pkt)? {
+            return Ok(pass);
+        }
+    }
+
+    // 2. Identity.
+    let mut dst_info = PeerInfo { class: CLASS_WORLD, local_policy: 0, local_endpoint: 0, flags: 0 };
+    match hook {
+        Hook::FromEndpoint => {
+            if pkt.family == FAMILY_V6 && is_link_local_or_unspecified(&pkt.src) {
+                return Err(DropReason::Icmpv6Forbidden);
+            }
+            if !src_allowed(slot, ifindex, pkt.family, &pkt.src) {
+                return Err(DropReason::SpoofedSource);
+            }
+        }
+        Hook::ToEndpoint => {}
+        Hook::Uplink => {
+            let src_info = peer(slot, pkt.family, &pkt.src);
+            if src_info.local_endpoint != 0 {
+                return Err(DropReason::LocalAddressWrongPath);
+            }
+            if src_info.flags & PEER_HOST != 0 {
+                return Err(DropReason::HostAddressSpoofed);
+            }
+            dst_info = peer(slot, pkt.family, &pkt.dst);
+            if dst_info.local_policy == 0 {
+                return Ok(PassReason::NotForEndpoint);
+            }
+        }
+    }
+
+    // 3. Fragments.
+    if pkt.fragment == Fragment::Later {
+        let key = frag_key(&pkt);
+        return match unsafe { FRAGS.get(&key) } {
+            Some(_) => Ok(PassReason::Fragment),
+            None => Err(DropReason::FragmentUntracked),
+        };
+    }
+
+    let now = unsafe { bpf_ktime_get_ns() };
+    let settings = match SETTINGS.get(slot) {
+        Some(s) => *s,
+        None => return Err(DropReason::NoEndpoint),
+    };
+
+    // 4. ICMP errors.
+    if parse::is_icmp_error(pkt.proto, pkt.icmp_type) {
+        let quoted = parse::quoted_flow(data, data_end, &pkt).ok_or(DropReason::IcmpErrorUntracked)?;
+        // The error must go back to the sender of the quoted packet.
+        if quoted.src != pkt.dst {
+            return Err(DropReason::IcmpErrorUntracked);
+        }
+        if ct_find(&quoted, &settings, now).is_some() || ct_find(&reversed(&quoted), &settings, now).is_some() {
+            return Ok(PassReason::Related);
+        }
+        return Err(DropReason::IcmpErrorUntracked);
+    }
+
+    // 5. Conntrack.
+    // ICMP is directional: an echo request is only ever the original
+    // direction, an echo reply only ever a reply.
+    let is_icmp = pkt.proto == parse::IPPROTO_ICMP || pkt.proto == parse::IPPROTO_ICMPV6;
+    let is_echo_reply = parse::is_echo_reply(pkt.proto, pkt.icmp_type);
+    let key = flow_key(&pkt);
+    if !is_echo_reply {
+        if let Some(entry) = ct_find(&key, &settings, now) {
+            ct_touch(hook, entry, &pkt, now, false, data_end - data);
+            return Ok(PassReason::Established);
+        }
+    }
+    if !is_icmp || is_echo_reply {
+        if let Some(entry) = ct_find(&reversed(&key), &settings, now) {
+            ct_touch(hook, entry, &pkt, now, true, data_end - data);
+            return Ok(PassReason::Reply);
+        }
+    }
+
+    // 6. Rules.
+    let mut rule_egress = 0;
+    let mut rule_ingress = 0;
+    let mut flags = 0;
+    match hook {
+        Hook::FromEndpoint => {
+            // 6a. The sender's egress, then the receiver's ingress when it
+            // is local, under the same slot.
+            dst_info = peer(slot, pkt.family, &pkt.dst);
+            rule_egress = policy(slot, endpoint.policy, dst_info.class, DIR_EGRESS, &pkt).ok_or(DropReason::EgressDenied)?;
+            flags |= CT_ORIG_LOCAL;
+            if dst_info.local_policy != 0 {
+                let src_info = peer(slot, pkt.family, &pkt.src);
+                rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, &pkt)
+                    .ok_or(DropReason::IngressDenied)?;
+                flags |= CT_REPLY_LOCAL;
+            }
+        }
+        Hook::ToEndpoint => {
+            // 6b. Flows from local endpoints were judged at their own
+            // interface; one that reaches here untracked took another path.
+            let src_info = peer(slot, pkt.family, &pkt.src);
+            if src_info.local_endpoint != 0 {
+                return Err(DropReason::LocalAddressWrongPath);
+            }
+            rule_ingress = policy(slot, endpoint.policy, src_info.class, DIR_INGRESS, &pkt).ok_or(DropReason::IngressDenied)?;
+            flags |= CT_REPLY_LOCAL;
+        }
+        Hook::Uplink => {
+            // 6c. The same ingress decision the receiver's TC hook would take.
+            let src_info = peer(slot, pkt.family, &pkt.src);
+            rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, &pkt)
+                .ok_or(DropReason::IngressDenied)?;
+            flags |= CT_REPLY_LOCAL;
+        }
+    }
+
+    if tracked_kind(&pkt) {
+        if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
+            flags |= CT_CLOSING;
+        }
+        let entry = CtEntry { last_seen_ns: now, flags, rule_egress, rule_ingress, _pad: 0 };
+        if CONNTRACK.insert(&key, &entry, 0).is_ok() {
+            if let Some(n) = CT_EVENTS.get_ptr_mut(0) {
+                unsafe { *n += 1 };
+            }
+        }
+    }
+    if pkt.fragment == Fragment::First {
+        let _ = FRAGS.insert(&frag_key(&pkt), &now, 0);
+    }
+    if hook != Hook::Uplink {
+        let bytes = (data_end - data) as u64;
+        count_rule(rule_egress, bytes);
+        count_rule(rule_ingress, bytes);
+    }
+    Ok(PassReason::NewAllowed)
+}
+
+/// Neighbour discovery and MLD (step 1 and 2 for ICMPv6). `Ok(None)` means
+/// the packet is ordinary ICMPv6 and goes on to the rules.
+#[inline(always)]
+fn neighbour(
+    hook: Hook,
+    slot: u32,
+    ifindex: u32,
+    data: usize,
+    data_end: usize,
+    pkt: &Packet,
+) -> Result<Option<PassReason>, DropReason> {
+    let ty = pkt.icmp_type;
+    if hook != Hook::FromEndpoint {
+        return Ok(if parse::is_nd_or_mld(ty) || ty == 134 || ty == 137 {
+            Some(PassReason::Neighbour)
+        } else {
+            None
+        });
+    }
+    // Router advertisements and redirects never come from a container.
+    if ty == 134 || ty == 137 {
+        return Err(DropReason::Icmpv6Forbidden);
+    }
+    if !parse::is_nd_or_mld(ty) {
+        return Ok(None);
+    }
+    if !is_link_local_or_unspecified(&pkt.src) && !src_allowed(slot, ifindex, FAMILY_V6, &pkt.src) {
+        return Err(DropReason::SpoofedSource);
+    }
+    if ty == 136 {
+        // A neighbour advertisement claims its target address.
+        let target = parse::read::<[u8; 16]>(data, data_end, pkt.l4_off + 8)?;
+        if !is_link_local_or_unspecified(&target) && !src_allowed(slot, ifindex, FAMILY_V6, &target) {
+            return Err(DropReason::NdSpoofed);
+        }
+    }
+    Ok(Some(PassReason::Neighbour))
+}
+
+#[inline(always)]
+fn is_link_local_or_unspecified(addr: &[u8; 16]) -> bool {
+    (addr[0] == 0xfe && addr[1] & 0xc0 == 0x80) || *addr == [0; 16]
+}
+
+#[inline(always)]
+fn v4_addr(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0; 16];
+    out[..4].copy_from_slice(&a);
+    out
+}
+
+#[inline(always)]
+fn active_slot() -> u32 {
+    match ACTIVE.get(0) {
+        Some(s) if *s == 1 => 1,
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn iface(slot: u32, ifindex: u32) -> Option<EndpointInfo> {
+    let found = unsafe {
+        if slot == 0 { IFACE_0.get(&ifindex) } else { IFACE_1.get(&ifindex) }
+    };
+    found.copied()
+}
+
+#[inline(always)]
+fn src_allowed(slot: u32, ifindex: u32, family: u8, addr: &[u8; 16]) -> bool {
+    let key = SrcKey { ifindex, family, _pad: [0; 3], addr: *addr };
+    let found = unsafe {
+        if slot == 0 { SRC_0.get(&key) } else { SRC_1.get(&key) }
+    };
+    found.is_some()
+}
+
+/// The peer class of an address (step 6's lookup key).
+#[inline(always)]
+fn peer(slot: u32, family: u8, addr: &[u8; 16]) -> PeerInfo {
+    let found = if family == FAMILY_V4 {
+        let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+        if slot == 0 { PEER4_0.get(&key) } else { PEER4_1.get(&key) }
+    } else {
+        let key = Key::new(128, *addr);
+        if slot == 0 { PEER6_0.get(&key) } else { PEER6_1.get(&key) }
+    };
+    match found {
+        Some(info) => *info,
+        None => PeerInfo { class: CLASS_WORLD, local_policy: 0, local_endpoint: 0, flags: 0 },
+    }
+}
+
+/// The rule that allows `pkt` for (policy, class, direction): first the
+/// packet's own protocol and port, then rules for every protocol.
+#[inline(always)]
+fn policy(slot: u32, policy: u32, class: u32, dir: u8, pkt: &Packet) -> Option<u32> {
+    if policy == 0 || class == CLASS_WORLD {
+        return None;
+    }
+    let exact = Key::new(
+        POLICY_FIXED_BITS + 16,
+        PolicyKey { policy, class, dir, any_proto: 0, proto: pkt.proto, _pad: 0, port_be: pkt.rule_port().to_be_bytes(), _tail: [0; 2] },
+    );
+    let found = if slot == 0 { POLICY_0.get(&exact) } else { POLICY_1.get(&exact) };
+    if let Some(v) = found {
+        return Some(v.rule);
+    }
+    let any = Key::new(
+        POLICY_FIXED_BITS + 16,
+        PolicyKey { policy, class, dir, any_proto: 1, proto: 0, _pad: 0, port_be: [0; 2], _tail: [0; 2] },
+    );
+    let found = if slot == 0 { POLICY_0.get(&any) } else { POLICY_1.get(&any) };
+    found.map(|v| v.rule)
+}
+
+/// Conntrack key of a packet in its own direction. An echo reply is keyed
+/// as the request it answers, so only the reversed lookup can find it.
+#[inline(always)]
+fn flow_key(pkt: &Packet) -> CtKey {
+    let mut key = CtKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    };
+    if pkt.proto == parse::IPPROTO_ICMP || pkt.proto == parse::IPPROTO_ICMPV6 {
+        let request = match pkt.icmp_type {
+            0 => 8,
+            129 => 128,
+            t => t,
+        };
+        key.sport = pkt.sport;
+        key.dport = request as u16;
+    }
+    key
+}
+
+#[inline(always)]
+fn reversed(key: &CtKey) -> CtKey {
+    let is_icmp = key.proto == parse::IPPROTO_ICMP || key.proto == parse::IPPROTO_ICMPV6;
+    CtKey {
+        src: key.dst,
+        dst: key.src,
+        sport: if is_icmp { key.sport } else { key.dport },
+        dport: if is_icmp { key.dport } else { key.sport },
+        proto: key.proto,
+        family: key.family,
+        _pad: [0; 2],
+    }
+}
+
+/// Flows that get a conntrack entry: everything but ICMP other than echo
+/// requests.
+#[inline(always)]
+fn tracked_kind(pkt: &Packet) -> bool {
+    if pkt.proto == parse::IPPROTO_ICMP || pkt.proto == parse::IPPROTO_ICMPV6 {
+        parse::is_echo_request(pkt.proto, pkt.icmp_type)
+    } else {
+        true
+    }
+}
+
+#[inline(always)]
+fn timeout(settings: &Settings, proto: u8, flags: u32) -> u64 {
+    match proto {
+        parse::IPPROTO_TCP | parse::IPPROTO_SCTP => {
+            if flags & CT_CLOSING != 0 || flags & CT_SEEN_REPLY == 0 {
+                settings.tcp_other_ns
+            } else {
+                settings.tcp_established_ns
+            }
+        }
+        parse::IPPROTO_UDP => {
+            if flags & CT_SEEN_REPLY != 0 { settings.udp_stream_ns } else { settings.udp_ns }
+        }
+        parse::IPPROTO_ICMP | parse::IPPROTO_ICMPV6 => settings.icmp_ns,
+        _ => settings.other_ns,
+    }
+}
+
+/// A live entry for `key`, or `None` if there is none or it has expired.
+#[inline(always)]
+fn ct_find(key: &CtKey, settings: &Settings, now: u64) -> Option<*mut CtEntry> {
+    let entry = CONNTRACK.get_ptr_mut(key)?;
+    let e = unsafe { &*entry };
+    if now.saturating_sub(e.last_seen_ns) > timeout(settings, key.proto, e.flags) {
+        return None;
+    }
+    Some(entry)
+}
+
+#[inline(always)]
+fn ct_touch(hook: Hook, entry: *mut CtEntry, pkt: &Packet, now: u64, reply: bool, len: usize) {
+    let e = unsafe { &mut *entry };
+    e.last_seen_ns = now;
+    let mut flags = e.flags;
+    if reply {
+        flags |= CT_SEEN_REPLY;
+    }
+    if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
+        flags |= CT_CLOSING;
+    }
+    if flags != e.flags {
+        e.flags = flags;
+    }
+    // Each packet is counted once: at the sending endpoint's interface, or
+    // at the receiving one when the sender is not local.
+    let count = match hook {
+        Hook::FromEndpoint => true,
+        Hook::ToEndpoint => {
+            let sender_local = if reply { CT_REPLY_LOCAL } else { CT_ORIG_LOCAL };
+            flags & sender_local == 0
+        }
+        Hook::Uplink => false,
+    };
+    if count {
+        count_rule(e.rule_egress, len as u64);
+        count_rule(e.rule_ingress, len as u64);
+    }
+}
+
+#[inline(always)]
+fn count_rule(rule: u32, bytes: u64) {
+    if rule == 0 {
+        return;
+    }
+    if let Some(c) = RULE_STATS.get_ptr_mut(rule) {
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+fn frag_key(pkt: &Packet) -> FragKey {
+    FragKey { src: pkt.src, dst: pkt.dst, id: pkt.frag_id, proto: pkt.proto, family: pkt.family, _pad: [0; 2] }
+}

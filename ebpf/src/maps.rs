@@ -1,0 +1,77 @@
+//! Every map the programs use. Maps marked "slot" exist twice; the agent
+//! writes the inactive copy and flips `HW_ACTIVE`, so a packet is judged by
+//! one policy generation from start to end.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+};
+use hostwall_common::*;
+
+/// [0] = the active slot (0 or 1). Written by the agent after it has filled
+/// that slot.
+#[map(name = "HW_ACTIVE")]
+pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Conntrack timeouts per slot. Written by the agent.
+#[map(name = "HW_SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(2, 0);
+
+/// Slot: ifindex of an endpoint's host-side interface -> the endpoint and
+/// its policy id. Written by the agent.
+#[map(name = "HW_IFACE_0")]
+pub static IFACE_0: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINT_INTERFACES, 0);
+#[map(name = "HW_IFACE_1")]
+pub static IFACE_1: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINT_INTERFACES, 0);
+
+/// Slot: (ifindex, address) pairs an endpoint may send from; value is the
+/// endpoint id. Written by the agent.
+#[map(name = "HW_SRC_0")]
+pub static SRC_0: HashMap<SrcKey, u32> = HashMap::with_max_entries(MAX_SRC_ENTRIES, 0);
+#[map(name = "HW_SRC_1")]
+pub static SRC_1: HashMap<SrcKey, u32> = HashMap::with_max_entries(MAX_SRC_ENTRIES, 0);
+
+/// Slot: IPv4 prefix -> peer class (and local endpoint, host flag).
+/// Written by the agent.
+#[map(name = "HW_PEER4_0")]
+pub static PEER4_0: LpmTrie<[u8; 4], PeerInfo> = LpmTrie::with_max_entries(MAX_PEER_ENTRIES, 0);
+#[map(name = "HW_PEER4_1")]
+pub static PEER4_1: LpmTrie<[u8; 4], PeerInfo> = LpmTrie::with_max_entries(MAX_PEER_ENTRIES, 0);
+
+/// Slot: IPv6 prefix -> peer class. Written by the agent.
+#[map(name = "HW_PEER6_0")]
+pub static PEER6_0: LpmTrie<[u8; 16], PeerInfo> = LpmTrie::with_max_entries(MAX_PEER_ENTRIES, 0);
+#[map(name = "HW_PEER6_1")]
+pub static PEER6_1: LpmTrie<[u8; 16], PeerInfo> = LpmTrie::with_max_entries(MAX_PEER_ENTRIES, 0);
+
+/// Slot: (policy, peer class, direction, protocol, port prefix) -> rule.
+/// Port ranges are split into disjoint prefix-aligned blocks by the agent.
+#[map(name = "HW_POLICY_0")]
+pub static POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+#[map(name = "HW_POLICY_1")]
+pub static POLICY_1: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+
+/// Tracked flows. Written by the programs; read and flushed by the agent.
+#[map(name = "HW_CONNTRACK")]
+pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CONNTRACK_ENTRIES, 0);
+
+/// IP datagrams whose first fragment passed. Written by the programs.
+#[map(name = "HW_FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, u64> = LruHashMap::with_max_entries(MAX_FRAGMENT_ENTRIES, 0);
+
+/// Per rule id: packets and bytes of the flows the rule admitted.
+#[map(name = "HW_RULE_STATS")]
+pub static RULE_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(MAX_RULES, 0);
+
+/// Per `DropReason` code: dropped packets and bytes.
+#[map(name = "HW_DROPS")]
+pub static DROPS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DROP_REASON_SLOTS, 0);
+
+/// Per `PassReason` code: passed packets and bytes, counted at every hook.
+#[map(name = "HW_PASSES")]
+pub static PASSES: PerCpuArray<Counter> = PerCpuArray::with_max_entries(PASS_REASON_SLOTS, 0);
+
+/// Flows inserted into `HW_CONNTRACK` ([0]); with the table's live entry
+/// count this gives the number of LRU evictions.
+#[map(name = "HW_CT_EVENTS")]
+pub static CT_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
