@@ -1,3 +1,10 @@
+//! hostwall's userspace: the policy model, its compiler, the datapath
+//! loader and the agent.
+
+pub mod agent;
+pub mod compile;
+pub mod datapath;
+pub mod host;
 pub mod policy;
 
 /// The compiled eBPF object.

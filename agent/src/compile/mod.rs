@@ -1,0 +1,280 @@
+//! Compiles a validated policy into the contents of the datapath's maps.
+//!
+//! The compiled form answers "does a rule allow this packet?" with a fixed
+//! number of lookups, whatever the number of rules:
+//!
+//! - Addresses are sorted into peer classes: two addresses are in the same
+//!   class when exactly the same rule peers (CIDRs, prefix lists, groups,
+//!   the host) match them. Each prefix that any peer names becomes an LPM
+//!   entry whose class already includes every shorter prefix around it,
+//!   so the longest match alone is exact even when CIDRs overlap.
+//! - Rules become LPM entries keyed by (policy, class, direction,
+//!   protocol, port prefix). Overlapping port ranges are first split into
+//!   disjoint intervals, each credited to the first rule (in file order)
+//!   that covers it, then into prefix-aligned blocks.
+
+mod classes;
+mod ports;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use hostwall_common::{
+    DIR_EGRESS, DIR_INGRESS, EndpointInfo, FAMILY_V4, FAMILY_V6, MAX_ENDPOINT_INTERFACES, MAX_PEER_ENTRIES,
+    MAX_POLICY_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES, POLICY_FIXED_BITS, PeerInfo, PolicyKey, PolicyValue, Settings,
+    SrcKey,
+};
+
+use crate::policy::{Direction, Peer, Policy, Proto, Rule};
+pub use classes::Label;
+use classes::PeerClasses;
+pub use ports::{PortBlock, port_blocks};
+
+/// Where a rule id comes from: the n-th rule of a group's ingress or egress.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleRef {
+    pub group: String,
+    pub direction: Direction,
+    pub index: usize,
+}
+
+/// A local endpoint as the datapath knows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalEndpoint {
+    pub name: String,
+    pub interface: String,
+    /// `None` while the interface does not exist.
+    pub ifindex: Option<u32>,
+    pub info: EndpointInfo,
+}
+
+/// The contents of one policy slot.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    pub endpoints: Vec<LocalEndpoint>,
+    pub src: Vec<SrcKey>,
+    pub peer4: Vec<(u32, [u8; 4], PeerInfo)>,
+    pub peer6: Vec<(u32, [u8; 16], PeerInfo)>,
+    pub policy: Vec<(u32, PolicyKey, PolicyValue)>,
+    /// `rules[id - 1]` is the rule with id `id`.
+    pub rules: Vec<RuleRef>,
+    pub settings: Settings,
+}
+
+impl Compiled {
+    pub fn rule_id(&self, rule: &RuleRef) -> Option<u32> {
+        self.rules.iter().position(|r| r == rule).map(|i| i as u32 + 1)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("the policy needs {needed} entries in {map}, which holds {capacity} ({} too many)", needed - capacity)]
+    MapFull { map: &'static str, needed: usize, capacity: usize },
+}
+
+/// What the compiler needs to know about the host it runs on.
+pub struct HostView<'a> {
+    /// The agent's node name; endpoints of other nodes are remote.
+    pub node: &'a str,
+    /// The host's own addresses (what the `host` peer matches).
+    pub host_addresses: &'a [IpAddr],
+    /// Resolves an interface name to its ifindex, if it exists.
+    pub ifindex: &'a dyn Fn(&str) -> Option<u32>,
+}
+
+pub fn compile(policy: &Policy, host: &HostView<'_>) -> Result<Compiled, CompileError> {
+    let mut out = Compiled { settings: settings(policy), ..Default::default() };
+
+    // Rule ids, in a stable order: groups by name, ingress then egress,
+    // rules in file order.
+    let mut rule_ids: BTreeMap<RuleRef, u32> = BTreeMap::new();
+    for (name, group) in &policy.groups {
+        for (direction, rules) in [(Direction::Ingress, &group.ingress), (Direction::Egress, &group.egress)] {
+            for index in 0..rules.len() {
+                let r = RuleRef { group: name.clone(), direction, index };
+                out.rules.push(r.clone());
+                rule_ids.insert(r, out.rules.len() as u32);
+            }
+        }
+    }
+    check("HW_RULE_STATS", out.rules.len() + 1, MAX_RULES as usize)?;
+
+    // Local endpoints and their policy ids (one per distinct set of groups).
+    let mut policy_ids: BTreeMap<BTreeSet<&str>, u32> = BTreeMap::new();
+    let mut local_policy: BTreeMap<usize, (u32, u32)> = BTreeMap::new();
+    for (i, ep) in policy.endpoints.iter().enumerate() {
+        if !ep.is_local(host.node) {
+            continue;
+        }
+        let groups: BTreeSet<&str> = ep.groups.iter().map(String::as_str).collect();
+        let next = policy_ids.len() as u32 + 1;
+        let pid = *policy_ids.entry(groups).or_insert(next);
+        let endpoint_id = i as u32 + 1;
+        local_policy.insert(i, (pid, endpoint_id));
+        let interface = ep.interface.clone().unwrap_or_default();
+        let ifindex = (host.ifindex)(&interface);
+        let info = EndpointInfo { policy: pid, endpoint: endpoint_id };
+        if let Some(ifindex) = ifindex {
+            for addr in &ep.addresses {
+                let (family, bytes) = addr_bytes(*addr);
+                out.src.push(SrcKey { ifindex, family, _pad: [0; 3], addr: bytes });
+            }
+        }
+        out.endpoints.push(LocalEndpoint { name: ep.name.clone(), interface, ifindex, info });
+    }
+    check("HW_IFACE", out.endpoints.len(), MAX_ENDPOINT_INTERFACES as usize)?;
+    check("HW_SRC", out.src.len(), MAX_SRC_ENTRIES as usize)?;
+
+    // Peer classes.
+    let classes = PeerClasses::build(policy, host.host_addresses);
+    for (net, labels_class) in classes.prefixes() {
+        let mut info = PeerInfo { class: labels_class.class, local_policy: 0, local_endpoint: 0, flags: 0 };
+        if labels_class.host {
+            info.flags |= hostwall_common::PEER_HOST;
+        }
+        if let Some(owner) = labels_class.endpoint {
+            if let Some((pid, eid)) = local_policy.get(&owner) {
+                info.local_policy = *pid;
+                info.local_endpoint = *eid;
+            }
+        }
+        match net {
+            ipnet::IpNet::V4(n) => out.peer4.push((n.prefix_len() as u32, n.network().octets(), info)),
+            ipnet::IpNet::V6(n) => out.peer6.push((n.prefix_len() as u32, n.network().octets(), info)),
+        }
+    }
+    check("HW_PEER4", out.peer4.len(), MAX_PEER_ENTRIES as usize)?;
+    check("HW_PEER6", out.peer6.len(), MAX_PEER_ENTRIES as usize)?;
+
+    // Rules, per policy id, direction and peer class.
+    for (groups, pid) in &policy_ids {
+        for direction in [Direction::Ingress, Direction::Egress] {
+            // (class, any_proto, proto) -> [(first, last, rule id)]
+            let mut buckets: BTreeMap<(u32, u8, u8), Vec<(u16, u16, u32)>> = BTreeMap::new();
+            for group in groups {
+                let Some(g) = policy.groups.get(*group) else { continue };
+                let rules = match direction {
+                    Direction::Ingress => &g.ingress,
+                    Direction::Egress => &g.egress,
+                };
+                for (index, rule) in rules.iter().enumerate() {
+                    let id = rule_ids[&RuleRef { group: group.to_string(), direction, index }];
+                    let labels = peer_labels(policy, rule);
+                    let (first, last) = rule_range(rule);
+                    let (any, proto) = match rule.proto {
+                        Proto::All => (1, 0),
+                        Proto::Number(n) => (0, n),
+                    };
+                    for class in classes.matching(&labels, family_of(rule.proto)) {
+                        buckets.entry((class, any, proto)).or_default().push((first, last, id));
+                    }
+                }
+            }
+            let dir = match direction {
+                Direction::Ingress => DIR_INGRESS,
+                Direction::Egress => DIR_EGRESS,
+            };
+            for ((class, any_proto, proto), ranges) in buckets {
+                for block in port_blocks(&ranges) {
+                    let key = PolicyKey {
+                        policy: *pid,
+                        class,
+                        dir,
+                        any_proto,
+                        proto,
+                        _pad: 0,
+                        port_be: block.start.to_be_bytes(),
+                        _tail: [0; 2],
+                    };
+                    out.policy.push((POLICY_FIXED_BITS + block.prefix_bits, key, PolicyValue { rule: block.rule }));
+                }
+            }
+        }
+    }
+    check("HW_POLICY", out.policy.len(), MAX_POLICY_ENTRIES as usize)?;
+    Ok(out)
+}
+
+fn check(map: &'static str, needed: usize, capacity: usize) -> Result<(), CompileError> {
+    if needed > capacity {
+        return Err(CompileError::MapFull { map, needed, capacity });
+    }
+    Ok(())
+}
+
+/// The labels a rule's peers stand for.
+fn peer_labels(policy: &Policy, rule: &Rule) -> BTreeSet<Label> {
+    let mut labels = BTreeSet::new();
+    for peer in &rule.peers {
+        match peer {
+            Peer::Group(g) => {
+                labels.insert(Label::Group(g.clone()));
+            }
+            Peer::Cidr(net) => {
+                labels.insert(Label::Cidr(*net));
+            }
+            Peer::PrefixList(name) => {
+                for net in policy.prefix_lists.get(name).into_iter().flatten() {
+                    labels.insert(Label::Cidr(*net));
+                }
+            }
+            Peer::Host => {
+                labels.insert(Label::Host);
+            }
+        }
+    }
+    labels
+}
+
+/// ICMP rules match their own IP family only.
+fn family_of(proto: Proto) -> Option<u8> {
+    match proto {
+        Proto::ICMP => Some(FAMILY_V4),
+        Proto::ICMPV6 => Some(FAMILY_V6),
+        _ => None,
+    }
+}
+
+/// The inclusive range of the key's port field a rule covers.
+fn rule_range(rule: &Rule) -> (u16, u16) {
+    if let Some(p) = rule.ports {
+        return (p.first, p.last);
+    }
+    if let Some(icmp) = rule.icmp {
+        let base = (icmp.ty as u16) << 8;
+        return match icmp.code {
+            Some(code) => (base | code as u16, base | code as u16),
+            None => (base, base | 0xff),
+        };
+    }
+    (0, u16::MAX)
+}
+
+fn settings(policy: &Policy) -> Settings {
+    let ct = &policy.settings.conntrack;
+    let ns = |d: std::time::Duration| d.as_nanos().min(u64::MAX as u128) as u64;
+    Settings {
+        tcp_established_ns: ns(ct.tcp_established),
+        tcp_other_ns: ns(ct.tcp_other),
+        udp_ns: ns(ct.udp),
+        udp_stream_ns: ns(ct.udp_stream),
+        icmp_ns: ns(ct.icmp),
+        other_ns: ns(ct.other),
+        fragment_ns: 30_000_000_000,
+    }
+}
+
+pub fn addr_bytes(addr: IpAddr) -> (u8, [u8; 16]) {
+    let mut out = [0; 16];
+    match addr {
+        IpAddr::V4(a) => {
+            out[..4].copy_from_slice(&a.octets());
+            (FAMILY_V4, out)
+        }
+        IpAddr::V6(a) => (FAMILY_V6, a.octets()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

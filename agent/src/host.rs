@@ -1,0 +1,94 @@
+//! What the agent reads about the host it runs on.
+
+use std::collections::BTreeSet;
+use std::ffi::{CStr, CString};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+
+/// The ifindex of an interface in the agent's network namespace.
+pub fn ifindex(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => None,
+        i => Some(i),
+    }
+}
+
+/// Every address configured in the agent's network namespace: what the
+/// `host` peer stands for.
+pub fn addresses() -> io::Result<BTreeSet<IpAddr>> {
+    let mut out = BTreeSet::new();
+    let mut ifap: *mut libc::ifaddrs = std::ptr::null_mut();
+    if unsafe { libc::getifaddrs(&mut ifap) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut cur = ifap;
+    while !cur.is_null() {
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            match unsafe { (*ifa.ifa_addr).sa_family } as i32 {
+                libc::AF_INET => {
+                    let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    out.insert(IpAddr::V4(Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr))));
+                }
+                libc::AF_INET6 => {
+                    let sa = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    out.insert(IpAddr::V6(Ipv6Addr::from(sa.sin6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    unsafe { libc::freeifaddrs(ifap) };
+    Ok(out)
+}
+
+/// The node name endpoints are matched against: the hostname.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return "localhost".into();
+    }
+    CStr::from_bytes_until_nul(&buf).map(|c| c.to_string_lossy().into_owned()).unwrap_or_else(|_| "localhost".into())
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Makes `dir` a directory on a bpffs: uses it if it is one, creates it
+/// inside a bpffs parent, or mounts a bpffs on it.
+pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
+    if is_bpffs(dir) {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        if !parent.exists() {
+            std::fs::create_dir_all(parent)?;
+        }
+        if !is_bpffs(parent) && parent == Path::new("/sys/fs/bpf") {
+            mount_bpffs(parent)?;
+        }
+        if is_bpffs(parent) {
+            std::fs::create_dir_all(dir)?;
+            return Ok(());
+        }
+    }
+    std::fs::create_dir_all(dir)?;
+    mount_bpffs(dir)
+}
+
+fn mount_bpffs(dir: &Path) -> io::Result<()> {
+    let target = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
