@@ -73,6 +73,29 @@ pub enum CompileError {
     MapFull { map: &'static str, needed: usize, capacity: usize },
 }
 
+/// Capacities of the maps a compiled policy must fit in.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub policy_entries: usize,
+    pub peer_entries: usize,
+    pub src_entries: usize,
+    pub interfaces: usize,
+    pub rules: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            policy_entries: MAX_POLICY_ENTRIES as usize,
+            peer_entries: MAX_PEER_ENTRIES as usize,
+            src_entries: MAX_SRC_ENTRIES as usize,
+            interfaces: MAX_ENDPOINT_INTERFACES as usize,
+            // Rule id 0 means "no rule".
+            rules: MAX_RULES as usize - 1,
+        }
+    }
+}
+
 /// What the compiler needs to know about the host it runs on.
 pub struct HostView<'a> {
     /// The agent's node name; endpoints of other nodes are remote.
@@ -84,6 +107,11 @@ pub struct HostView<'a> {
 }
 
 pub fn compile(policy: &Policy, host: &HostView<'_>) -> Result<Compiled, CompileError> {
+    compile_with_limits(policy, host, &Limits::default())
+}
+
+/// Compiles, refusing a policy that does not fit `limits`.
+pub fn compile_with_limits(policy: &Policy, host: &HostView<'_>, limits: &Limits) -> Result<Compiled, CompileError> {
     let mut out = Compiled { settings: settings(policy), ..Default::default() };
 
     // Rule ids, in a stable order: groups by name, ingress then egress,
@@ -98,7 +126,7 @@ pub fn compile(policy: &Policy, host: &HostView<'_>) -> Result<Compiled, Compile
             }
         }
     }
-    check("HW_RULE_STATS", out.rules.len() + 1, MAX_RULES as usize)?;
+    check("HW_RULE_STATS", out.rules.len(), limits.rules)?;
 
     // Local endpoints and their policy ids (one per distinct set of groups).
     let mut policy_ids: BTreeMap<BTreeSet<&str>, u32> = BTreeMap::new();
@@ -123,8 +151,8 @@ pub fn compile(policy: &Policy, host: &HostView<'_>) -> Result<Compiled, Compile
         }
         out.endpoints.push(LocalEndpoint { name: ep.name.clone(), interface, ifindex, info });
     }
-    check("HW_IFACE", out.endpoints.len(), MAX_ENDPOINT_INTERFACES as usize)?;
-    check("HW_SRC", out.src.len(), MAX_SRC_ENTRIES as usize)?;
+    check("HW_IFACE", out.endpoints.len(), limits.interfaces)?;
+    check("HW_SRC", out.src.len(), limits.src_entries)?;
 
     // Peer classes.
     let classes = PeerClasses::build(policy, host.host_addresses);
@@ -144,8 +172,8 @@ pub fn compile(policy: &Policy, host: &HostView<'_>) -> Result<Compiled, Compile
             ipnet::IpNet::V6(n) => out.peer6.push((n.prefix_len() as u32, n.network().octets(), info)),
         }
     }
-    check("HW_PEER4", out.peer4.len(), MAX_PEER_ENTRIES as usize)?;
-    check("HW_PEER6", out.peer6.len(), MAX_PEER_ENTRIES as usize)?;
+    check("HW_PEER4", out.peer4.len(), limits.peer_entries)?;
+    check("HW_PEER6", out.peer6.len(), limits.peer_entries)?;
 
     // Rules, per policy id, direction and peer class.
     for (groups, pid) in &policy_ids {
@@ -192,7 +220,7 @@ pub fn compile(policy: &Policy, host: &HostView<'_>) -> Result<Compiled, Compile
             }
         }
     }
-    check("HW_POLICY", out.policy.len(), MAX_POLICY_ENTRIES as usize)?;
+    check("HW_POLICY", out.policy.len(), limits.policy_entries)?;
     Ok(out)
 }
 

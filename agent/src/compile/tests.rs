@@ -1,1 +1,262 @@
+//! The compiler's output, read back the way the datapath reads it.
 
+use std::net::IpAddr;
+
+use hostwall_common::{CLASS_WORLD, DIR_EGRESS, DIR_INGRESS, POLICY_FIXED_BITS, PeerInfo};
+
+use super::*;
+use crate::policy::parse_str;
+
+fn compile_yaml(yaml: &str, host: &[&str]) -> Compiled {
+    let policy = parse_str(yaml, "test.yaml").expect("valid policy");
+    let host: Vec<IpAddr> = host.iter().map(|a| a.parse().unwrap()).collect();
+    let view = HostView { node: "n1", host_addresses: &host, ifindex: &fake_ifindex };
+    compile(&policy, &view).expect("compiles")
+}
+
+/// A distinct ifindex per interface name.
+fn fake_ifindex(name: &str) -> Option<u32> {
+    Some(name.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)))
+}
+
+/// Longest-prefix match over the compiled peer entries.
+fn peer(c: &Compiled, addr: &str) -> PeerInfo {
+    let world = PeerInfo { class: CLASS_WORLD, local_policy: 0, local_endpoint: 0, flags: 0 };
+    let bits = |a: &[u8], n: u32| -> Vec<bool> { (0..n).map(|i| a[i as usize / 8] >> (7 - i % 8) & 1 == 1).collect() };
+    match addr.parse::<IpAddr>().unwrap() {
+        IpAddr::V4(a) => c
+            .peer4
+            .iter()
+            .filter(|(len, net, _)| bits(net, *len) == bits(&a.octets(), *len))
+            .max_by_key(|(len, _, _)| *len)
+            .map(|e| e.2)
+            .unwrap_or(world),
+        IpAddr::V6(a) => c
+            .peer6
+            .iter()
+            .filter(|(len, net, _)| bits(net, *len) == bits(&a.octets(), *len))
+            .max_by_key(|(len, _, _)| *len)
+            .map(|e| e.2)
+            .unwrap_or(world),
+    }
+}
+
+/// The rule the datapath would find, mirroring its two lookups.
+fn rule(c: &Compiled, policy: u32, class: u32, dir: u8, proto: u8, port: u16) -> Option<u32> {
+    if policy == 0 || class == CLASS_WORLD {
+        return None;
+    }
+    let covering = |any: u8, proto: u8, port: u16| {
+        c.policy
+            .iter()
+            .filter(|(len, k, _)| {
+                let bits = len - POLICY_FIXED_BITS;
+                let mask = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
+                k.policy == policy
+                    && k.class == class
+                    && k.dir == dir
+                    && k.any_proto == any
+                    && k.proto == proto
+                    && u16::from_be_bytes(k.port_be) & mask == port & mask
+            })
+            .max_by_key(|(len, _, _)| *len)
+            .map(|(_, _, v)| v.rule)
+    };
+    covering(0, proto, port).or_else(|| covering(1, 0, 0))
+}
+
+fn policy_of(c: &Compiled, endpoint: &str) -> u32 {
+    c.endpoints.iter().find(|e| e.name == endpoint).unwrap().info.policy
+}
+
+/// Does `from` (an address) reach local endpoint `to` on `proto`/`port`,
+/// by `to`'s ingress rules alone?
+fn ingress_allows(c: &Compiled, to: &str, from: &str, proto: u8, port: u16) -> bool {
+    rule(c, policy_of(c, to), peer(c, from).class, DIR_INGRESS, proto, port).is_some()
+}
+
+fn egress_allows(c: &Compiled, from: &str, to: &str, proto: u8, port: u16) -> bool {
+    rule(c, policy_of(c, from), peer(c, to).class, DIR_EGRESS, proto, port).is_some()
+}
+
+const OVERLAP: &str = r#"
+version: 1
+groups:
+  ssh:
+    ingress:
+      - {proto: tcp, ports: 22, from: [{cidr: 10.0.0.0/8}]}
+      - {proto: tcp, ports: 443, from: [{cidr: 10.1.0.0/16}]}
+endpoints:
+  - {name: srv, interface: hw-srv, addresses: ["172.16.0.2"], groups: [ssh]}
+"#;
+
+#[test]
+fn overlapping_cidrs_keep_both_rules() {
+    let c = compile_yaml(OVERLAP, &[]);
+    assert!(ingress_allows(&c, "srv", "10.1.2.3", 6, 22), "10/8 port 22 must still apply inside 10.1/16");
+    assert!(ingress_allows(&c, "srv", "10.1.2.3", 6, 443));
+    assert!(ingress_allows(&c, "srv", "10.2.0.1", 6, 22));
+    assert!(!ingress_allows(&c, "srv", "10.2.0.1", 6, 443), "443 is only for 10.1/16");
+    assert!(!ingress_allows(&c, "srv", "11.0.0.1", 6, 22));
+    assert!(!ingress_allows(&c, "srv", "10.1.2.3", 17, 22), "tcp rule must not allow udp");
+    assert!(!ingress_allows(&c, "srv", "10.1.2.3", 6, 23));
+}
+
+#[test]
+fn port_ranges_are_exact_at_their_edges() {
+    let c = compile_yaml(
+        r#"
+version: 1
+groups:
+  g:
+    ingress:
+      - {proto: tcp, ports: "8000-8100", from: [{cidr: 0.0.0.0/0}]}
+      - {proto: udp, ports: "1-65534", from: [{cidr: 0.0.0.0/0}]}
+      - {proto: tcp, ports: 0, from: [{cidr: 0.0.0.0/0}]}
+endpoints:
+  - {name: e, interface: hw-e, addresses: ["10.0.0.2"], groups: [g]}
+"#,
+        &[],
+    );
+    for (proto, port, want) in [
+        (6, 7999, false),
+        (6, 8000, true),
+        (6, 8050, true),
+        (6, 8100, true),
+        (6, 8101, false),
+        (6, 0, true),
+        (6, 1, false),
+        (17, 0, false),
+        (17, 1, true),
+        (17, 65534, true),
+        (17, 65535, false),
+    ] {
+        assert_eq!(ingress_allows(&c, "e", "1.2.3.4", proto, port), want, "proto {proto} port {port}");
+    }
+}
+
+#[test]
+fn port_blocks_match_first_covering_range_for_every_port() {
+    let ranges = [(0, 0, 1), (5, 1030, 2), (1000, 2000, 3), (65535, 65535, 4), (1024, 1024, 5), (30000, 65534, 6)];
+    let blocks = port_blocks(&ranges);
+    for port in 0..=u16::MAX {
+        let want = ranges.iter().find(|(f, l, _)| *f <= port && port <= *l).map(|r| r.2);
+        let got: Vec<u32> = blocks
+            .iter()
+            .filter(|b| {
+                let mask = if b.prefix_bits == 0 { 0 } else { u16::MAX << (16 - b.prefix_bits) };
+                b.start & mask == port & mask
+            })
+            .map(|b| b.rule)
+            .collect();
+        assert!(got.len() <= 1, "port {port} in {} blocks", got.len());
+        assert_eq!(got.first().copied(), want, "port {port}");
+    }
+}
+
+const SHOP: &str = r#"
+version: 1
+prefix_lists:
+  office: ["192.0.2.0/24", "2001:db8::/32"]
+groups:
+  web:
+    ingress:
+      - {proto: tcp, ports: 443, from: [{prefix_list: office}]}
+      - {proto: icmp, icmp: {type: 8}, from: [host]}
+      - {proto: icmpv6, icmp: {type: 128}, from: [host]}
+    egress:
+      - {proto: tcp, ports: 8080, to: [{group: api}]}
+  api:
+    ingress:
+      - {proto: tcp, ports: 8080, from: [{group: web}]}
+    egress:
+      - {proto: all, to: [{group: db}]}
+  db:
+    ingress:
+      - {proto: tcp, ports: 5432, from: [{group: api}]}
+endpoints:
+  - {name: web-1, interface: hw-web1, addresses: ["10.10.0.11", "fd00:10::11"], groups: [web]}
+  - {name: api-1, interface: hw-api1, addresses: ["10.10.0.21", "fd00:10::21"], groups: [api]}
+  - {name: db-1, node: n2, interface: hw-db1, addresses: ["10.20.0.5", "fd00:20::5"], groups: [db]}
+  - {name: lonely, interface: hw-lonely, addresses: ["10.10.0.99"], groups: []}
+"#;
+
+#[test]
+fn group_peers_cover_both_families_and_remote_endpoints() {
+    let c = compile_yaml(SHOP, &["10.10.0.1", "fd00:10::1"]);
+    assert!(egress_allows(&c, "web-1", "10.10.0.21", 6, 8080));
+    assert!(egress_allows(&c, "web-1", "fd00:10::21", 6, 8080));
+    assert!(!egress_allows(&c, "web-1", "10.10.0.21", 6, 8081));
+    assert!(ingress_allows(&c, "api-1", "fd00:10::11", 6, 8080));
+    // db-1 runs on another node: it is a peer, not a local endpoint.
+    assert!(c.endpoints.iter().all(|e| e.name != "db-1"));
+    assert!(egress_allows(&c, "api-1", "10.20.0.5", 6, 5432));
+    assert!(egress_allows(&c, "api-1", "fd00:20::5", 132, 9), "proto all covers every protocol");
+    assert_eq!(peer(&c, "10.20.0.5").local_policy, 0);
+    assert_ne!(peer(&c, "10.10.0.21").local_policy, 0);
+}
+
+#[test]
+fn icmp_rules_stay_in_their_family_and_type() {
+    let c = compile_yaml(SHOP, &["10.10.0.1", "fd00:10::1"]);
+    assert!(ingress_allows(&c, "web-1", "10.10.0.1", 1, 8 << 8));
+    assert!(ingress_allows(&c, "web-1", "10.10.0.1", 1, (8 << 8) | 3), "type without code covers every code");
+    assert!(!ingress_allows(&c, "web-1", "10.10.0.1", 1, 13 << 8));
+    assert!(ingress_allows(&c, "web-1", "fd00:10::1", 58, 128 << 8));
+    assert!(!ingress_allows(&c, "web-1", "fd00:10::1", 1, 8 << 8), "icmp rules match IPv4 only");
+    assert!(!ingress_allows(&c, "web-1", "10.10.0.1", 58, 128 << 8), "icmpv6 rules match IPv6 only");
+}
+
+#[test]
+fn host_peer_is_the_host_addresses_only() {
+    let c = compile_yaml(SHOP, &["10.10.0.1", "fd00:10::1"]);
+    assert_ne!(peer(&c, "10.10.0.1").flags & hostwall_common::PEER_HOST, 0);
+    assert!(!ingress_allows(&c, "web-1", "10.10.0.2", 1, 8 << 8));
+    assert!(!ingress_allows(&c, "web-1", "10.10.0.21", 1, 8 << 8), "an endpoint is not the host");
+}
+
+#[test]
+fn prefix_lists_match_by_address_whoever_owns_it() {
+    let c = compile_yaml(SHOP, &["192.0.2.1"]);
+    assert!(ingress_allows(&c, "web-1", "192.0.2.200", 6, 443));
+    assert!(ingress_allows(&c, "web-1", "2001:db8::7", 6, 443));
+    assert!(ingress_allows(&c, "web-1", "192.0.2.1", 6, 443), "the host's address inside the list matches too");
+    assert!(!ingress_allows(&c, "web-1", "198.51.100.1", 6, 443));
+}
+
+#[test]
+fn endpoint_without_groups_gets_no_rules() {
+    let c = compile_yaml(SHOP, &[]);
+    let p = policy_of(&c, "lonely");
+    assert!(c.policy.iter().all(|(_, k, _)| k.policy != p));
+    assert!(!egress_allows(&c, "lonely", "10.10.0.21", 6, 8080));
+}
+
+#[test]
+fn source_guard_lists_each_local_address_on_its_interface() {
+    let c = compile_yaml(SHOP, &[]);
+    let web = c.endpoints.iter().find(|e| e.name == "web-1").unwrap();
+    let addrs: Vec<_> = c.src.iter().filter(|k| Some(k.ifindex) == web.ifindex).collect();
+    assert_eq!(addrs.len(), 2);
+    assert!(c.src.iter().all(|k| k.addr != addr_bytes("10.20.0.5".parse().unwrap()).1), "remote endpoints have no guard");
+}
+
+#[test]
+fn a_policy_that_does_not_fit_is_refused_with_the_limit() {
+    let policy = parse_str(SHOP, "shop.yaml").unwrap();
+    let view = HostView { node: "n1", host_addresses: &[], ifindex: &|_| Some(7) };
+    let limits = Limits { policy_entries: 3, ..Limits::default() };
+    let err = compile_with_limits(&policy, &view, &limits).unwrap_err();
+    let CompileError::MapFull { map, needed, capacity } = &err;
+    assert_eq!((*map, *capacity), ("HW_POLICY", 3));
+    assert!(*needed > 3);
+    assert!(err.to_string().contains(&format!("{} too many", needed - 3)), "{err}");
+}
+
+#[test]
+fn rule_ids_are_stable_and_dense() {
+    let c = compile_yaml(SHOP, &[]);
+    let id = c.rule_id(&RuleRef { group: "api".into(), direction: Direction::Ingress, index: 0 }).unwrap();
+    assert_eq!(c.rules[id as usize - 1].group, "api");
+    assert!(c.policy.iter().all(|(_, _, v)| v.rule >= 1 && v.rule as usize <= c.rules.len()));
+}

@@ -176,7 +176,9 @@ fn requote(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     for (i, part) in message.split('`').enumerate() {
         let quoted = i % 2 == 1;
-        let bare = part.parse::<f64>().is_ok() || part == "true" || part == "false";
+        let numeric = part.starts_with(|c: char| c.is_ascii_digit() || c == '-')
+            && part.parse::<f64>().is_ok();
+        let bare = numeric || part == "true" || part == "false";
         if quoted && !bare {
             out.push('"');
             out.push_str(part);
@@ -2231,6 +2233,10 @@ settings:
         assert_eq!(
             requote("invalid type: integer `7`, expected a string"),
             "invalid type: integer 7, expected a string"
+        );
+        assert_eq!(
+            requote("unknown field `inf`, expected `-1`"),
+            "unknown field \"inf\", expected -1"
         );
         assert_eq!(requote("no quotes"), "no quotes");
     }

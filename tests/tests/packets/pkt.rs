@@ -1,0 +1,240 @@
+//! A small frame builder: Ethernet, IPv4/IPv6, TCP/UDP/ICMP. Checksums are
+//! left zero: the programs never verify them.
+
+use std::net::IpAddr;
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+pub const ICMPV6: u8 = 58;
+
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const FIN: u8 = 0x01;
+pub const RST: u8 = 0x04;
+
+#[derive(Clone, Debug)]
+pub struct Frame(pub Vec<u8>);
+
+fn eth(ethertype: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// What follows the IP header.
+#[derive(Clone, Debug)]
+pub enum L4 {
+    Tcp { sport: u16, dport: u16, flags: u8 },
+    Udp { sport: u16, dport: u16 },
+    /// type, code, the 4 bytes after the checksum, then a payload.
+    Icmp { ty: u8, code: u8, rest: [u8; 4], payload: Vec<u8> },
+    Raw(Vec<u8>),
+}
+
+impl L4 {
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            L4::Tcp { sport, dport, flags } => {
+                let mut h = Vec::with_capacity(20);
+                h.extend_from_slice(&sport.to_be_bytes());
+                h.extend_from_slice(&dport.to_be_bytes());
+                h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0x50, *flags, 0xff, 0xff, 0, 0, 0, 0]);
+                h
+            }
+            L4::Udp { sport, dport } => {
+                let mut h = Vec::with_capacity(8);
+                h.extend_from_slice(&sport.to_be_bytes());
+                h.extend_from_slice(&dport.to_be_bytes());
+                h.extend_from_slice(&[0, 8, 0, 0]);
+                h
+            }
+            L4::Icmp { ty, code, rest, payload } => {
+                let mut h = vec![*ty, *code, 0, 0];
+                h.extend_from_slice(rest);
+                h.extend_from_slice(payload);
+                h
+            }
+            L4::Raw(b) => b.clone(),
+        }
+    }
+}
+
+pub fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
+    L4::Tcp { sport, dport, flags }
+}
+
+pub fn udp(sport: u16, dport: u16) -> L4 {
+    L4::Udp { sport, dport }
+}
+
+pub fn echo_request(v6: bool, id: u16) -> L4 {
+    let ty = if v6 { 128 } else { 8 };
+    L4::Icmp { ty, code: 0, rest: [(id >> 8) as u8, id as u8, 0, 1], payload: vec![] }
+}
+
+pub fn echo_reply(v6: bool, id: u16) -> L4 {
+    let ty = if v6 { 129 } else { 0 };
+    L4::Icmp { ty, code: 0, rest: [(id >> 8) as u8, id as u8, 0, 1], payload: vec![] }
+}
+
+pub fn icmp(ty: u8, code: u8, rest: [u8; 4], payload: Vec<u8>) -> L4 {
+    L4::Icmp { ty, code, rest, payload }
+}
+
+fn proto_of(l4: &L4, v6: bool) -> u8 {
+    match l4 {
+        L4::Tcp { .. } => TCP,
+        L4::Udp { .. } => UDP,
+        L4::Icmp { .. } => {
+            if v6 {
+                ICMPV6
+            } else {
+                ICMP
+            }
+        }
+        L4::Raw(_) => 253,
+    }
+}
+
+/// The IP packet (no Ethernet header) of `src -> dst` carrying `l4`.
+pub fn ip_packet(src: &str, dst: &str, l4: &L4) -> Vec<u8> {
+    let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let body = l4.bytes();
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut h = ipv4_header(proto_of(l4, false), (20 + body.len()) as u16, 0x1234, 0);
+            h[12..16].copy_from_slice(&s.octets());
+            h[16..20].copy_from_slice(&d.octets());
+            h.extend_from_slice(&body);
+            h
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let mut h = ipv6_header(proto_of(l4, true), body.len() as u16);
+            h[8..24].copy_from_slice(&s.octets());
+            h[24..40].copy_from_slice(&d.octets());
+            h.extend_from_slice(&body);
+            h
+        }
+        _ => panic!("mixed address families"),
+    }
+}
+
+fn ipv4_header(proto: u8, total: u16, id: u16, frag: u16) -> Vec<u8> {
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&frag.to_be_bytes());
+    h.extend_from_slice(&[64, proto, 0, 0]);
+    h.extend_from_slice(&[0; 8]);
+    h
+}
+
+fn ipv6_header(next: u8, payload: u16) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&payload.to_be_bytes());
+    h.extend_from_slice(&[next, 64]);
+    h.extend_from_slice(&[0; 32]);
+    h
+}
+
+/// An Ethernet frame of `src -> dst` carrying `l4`.
+pub fn frame(src: &str, dst: &str, l4: L4) -> Frame {
+    let v6 = src.contains(':');
+    let mut f = eth(if v6 { 0x86dd } else { 0x0800 });
+    f.extend_from_slice(&ip_packet(src, dst, &l4));
+    Frame(f)
+}
+
+/// An IPv4 fragment: `offset8` in 8-byte units, `more` = MF flag.
+pub fn frame_v4_fragment(src: &str, dst: &str, id: u16, offset8: u16, more: bool, body: Vec<u8>, proto: u8) -> Frame {
+    let (s, d): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let frag = offset8 | if more { 0x2000 } else { 0 };
+    let mut h = ipv4_header(proto, (20 + body.len()) as u16, id, frag);
+    h[12..16].copy_from_slice(&s.octets());
+    h[16..20].copy_from_slice(&d.octets());
+    h.extend_from_slice(&body);
+    let mut f = eth(0x0800);
+    f.extend_from_slice(&h);
+    Frame(f)
+}
+
+/// An IPv4 packet with `options` (a multiple of 4 bytes) in its header.
+pub fn frame_v4_options(src: &str, dst: &str, options: &[u8], l4: L4) -> Frame {
+    let mut f = frame(src, dst, l4);
+    let ihl = 5 + options.len() / 4;
+    f.0[14] = 0x40 | ihl as u8;
+    let at = 14 + 20;
+    f.0.splice(at..at, options.iter().copied());
+    Frame(f.0)
+}
+
+/// An IPv6 packet with a chain of extension headers before `l4`; each
+/// entry is (header type, header bytes after next-header/length).
+pub fn frame_v6_ext(src: &str, dst: &str, chain: &[u8], l4: L4) -> Frame {
+    let v6 = true;
+    let l4_proto = proto_of(&l4, v6);
+    let mut ext = Vec::new();
+    for (i, ty) in chain.iter().enumerate() {
+        let next = chain.get(i + 1).copied().unwrap_or(l4_proto);
+        match ty {
+            // Fragment header: offset 0, M=1 when it is a first fragment.
+            44 => ext.extend_from_slice(&[next, 0, 0, 0, 0, 0, 0, 7]),
+            _ => ext.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]),
+        }
+    }
+    let body = l4.bytes();
+    let first = chain.first().copied().unwrap_or(l4_proto);
+    let mut h = ipv6_header(first, (ext.len() + body.len()) as u16);
+    let (s, d): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    h[8..24].copy_from_slice(&s.octets());
+    h[24..40].copy_from_slice(&d.octets());
+    h.extend_from_slice(&ext);
+    h.extend_from_slice(&body);
+    let mut f = eth(0x86dd);
+    f.extend_from_slice(&h);
+    Frame(f)
+}
+
+/// An IPv6 fragment: fragment header with `offset8` and M flag, then `body`.
+pub fn frame_v6_fragment(src: &str, dst: &str, id: u32, offset8: u16, more: bool, next: u8, body: Vec<u8>) -> Frame {
+    let field = (offset8 << 3) | more as u16;
+    let mut ext = vec![next, 0];
+    ext.extend_from_slice(&field.to_be_bytes());
+    ext.extend_from_slice(&id.to_be_bytes());
+    let mut h = ipv6_header(44, (ext.len() + body.len()) as u16);
+    let (s, d): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    h[8..24].copy_from_slice(&s.octets());
+    h[24..40].copy_from_slice(&d.octets());
+    h.extend_from_slice(&ext);
+    h.extend_from_slice(&body);
+    let mut f = eth(0x86dd);
+    f.extend_from_slice(&h);
+    Frame(f)
+}
+
+/// An ARP request claiming `sender` (spa) and asking for `target`.
+pub fn arp(sender: &str, target: &str) -> Frame {
+    let (s, t): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (sender.parse().unwrap(), target.parse().unwrap());
+    let mut f = eth(0x0806);
+    f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    f.extend_from_slice(&s.octets());
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&t.octets());
+    Frame(f)
+}
+
+/// A frame with an 802.1Q tag in front of an IPv4 packet.
+pub fn vlan(inner: Frame) -> Frame {
+    let mut f = inner.0[..12].to_vec();
+    f.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+    f.extend_from_slice(&inner.0[12..]);
+    Frame(f)
+}
+
+/// A neighbour advertisement (or solicitation) for `target`.
+pub fn nd(src: &str, dst: &str, ty: u8, target: &str) -> Frame {
+    let t: std::net::Ipv6Addr = target.parse().unwrap();
+    frame(src, dst, icmp(ty, 0, [0x60, 0, 0, 0], t.octets().to_vec()))
+}
