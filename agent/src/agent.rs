@@ -100,22 +100,35 @@ impl Agent {
                     Ok(()) => info!(rules = self.compiled.rules.len(), "policy applied"),
                     Err(e) => {
                         self.policy = old;
-                        error!(error = format!("{e:#}"), "policy refused; the last good policy stays enforced");
+                        error!(
+                            error = format!("{e:#}"),
+                            "policy refused; the last good policy stays enforced"
+                        );
                     }
                 }
             }
-            Err(e) => error!(error = %e, "policy refused; the last good policy stays enforced"),
+            Err(e) => error!(
+                error = format!("{:#}", anyhow::Error::new(e)),
+                "policy refused; the last good policy stays enforced"
+            ),
         }
     }
 
     /// Follows interface and host address changes.
     fn reconcile(&mut self) -> anyhow::Result<()> {
         let addresses = host::addresses()?;
-        let interfaces_changed = self.compiled.endpoints.iter().any(|e| host::ifindex(&e.interface) != e.ifindex);
+        let interfaces_changed = self
+            .compiled
+            .endpoints
+            .iter()
+            .any(|e| host::ifindex(&e.interface) != e.ifindex);
         if addresses != self.host_addresses || interfaces_changed {
             self.host_addresses = addresses;
             self.enforce()?;
-            info!(attached = self.attachments.attached().count(), "host changed; policy re-applied");
+            info!(
+                attached = self.attachments.attached().count(),
+                "host changed; policy re-applied"
+            );
         }
         Ok(())
     }
@@ -124,13 +137,22 @@ impl Agent {
     /// maps, and attaches to every endpoint interface that exists.
     fn enforce(&mut self) -> anyhow::Result<()> {
         let addrs: Vec<IpAddr> = self.host_addresses.iter().copied().collect();
-        let view = HostView { node: &self.opts.node, host_addresses: &addrs, ifindex: &host::ifindex };
+        let view = HostView {
+            node: &self.opts.node,
+            host_addresses: &addrs,
+            ifindex: &host::ifindex,
+        };
         let compiled = compile::compile(&self.policy, &view)?;
         self.datapath.slots.apply(&compiled)?;
 
         // Interfaces that vanished or are no longer endpoints.
         let wanted: BTreeSet<u32> = compiled.endpoints.iter().filter_map(|e| e.ifindex).collect();
-        let stale: Vec<u32> = self.attachments.attached().map(|(i, _)| i).filter(|i| !wanted.contains(i)).collect();
+        let stale: Vec<u32> = self
+            .attachments
+            .attached()
+            .map(|(i, _)| i)
+            .filter(|i| !wanted.contains(i))
+            .collect();
         for ifindex in stale {
             self.attachments.detach_endpoint(&mut self.datapath.ebpf, ifindex);
         }
@@ -138,11 +160,14 @@ impl Agent {
             match ep.ifindex {
                 Some(ifindex) => {
                     if !self.attachments.is_attached(ifindex) {
-                        self.attachments.attach_endpoint(&mut self.datapath.ebpf, &ep.interface, ifindex)?;
+                        self.attachments
+                            .attach_endpoint(&mut self.datapath.ebpf, &ep.interface, ifindex)?;
                         info!(endpoint = %ep.name, interface = %ep.interface, ifindex, "attached");
                     }
                 }
-                None => warn!(endpoint = %ep.name, interface = %ep.interface, "interface not present; will attach when it appears"),
+                None => {
+                    warn!(endpoint = %ep.name, interface = %ep.interface, "interface not present; will attach when it appears")
+                }
             }
         }
         self.compiled = compiled;

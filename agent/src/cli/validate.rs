@@ -18,7 +18,7 @@ pub fn run(file: &Path) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {:#}", anyhow::Error::new(e));
             Ok(ExitCode::from(2))
         }
     }

@@ -145,7 +145,9 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { conntrack: ConntrackTimeouts::default() }
+        Settings {
+            conntrack: ConntrackTimeouts::default(),
+        }
     }
 }
 

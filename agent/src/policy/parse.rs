@@ -18,8 +18,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_yaml_ng::Value;
 
 use super::model::{
-    ConntrackTimeouts, Direction, Endpoint, Group, IcmpMatch, Peer, Policy, PortRange, Proto, Rule,
-    Settings,
+    ConntrackTimeouts, Direction, Endpoint, Group, IcmpMatch, Peer, Policy, PortRange, Proto, Rule, Settings,
 };
 
 /// Why a control file was rejected.
@@ -94,11 +93,8 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
     // The text is read into a generic value first so that syntax errors,
     // which carry line and column, are told apart from format errors, which
     // carry a field path.
-    let mut value: Value =
-        serde_yaml_ng::from_str(text).map_err(|err| syntax(yaml_message(&err)))?;
-    value
-        .apply_merge()
-        .map_err(|err| syntax(yaml_message(&err)))?;
+    let mut value: Value = serde_yaml_ng::from_str(text).map_err(|err| syntax(yaml_message(&err)))?;
+    value.apply_merge().map_err(|err| syntax(yaml_message(&err)))?;
     if value.is_null() {
         return Err(PolicyError::Invalid {
             origin: origin.to_owned(),
@@ -161,11 +157,9 @@ fn field_path(path: &serde_path_to_error::Path, message: &str) -> String {
 fn yaml_message(err: &serde_yaml_ng::Error) -> String {
     let message = err.to_string();
     match err.location() {
-        Some(at) if !message.contains(" at line ") => format!(
-            "invalid YAML: {message} at line {} column {}",
-            at.line(),
-            at.column()
-        ),
+        Some(at) if !message.contains(" at line ") => {
+            format!("invalid YAML: {message} at line {} column {}", at.line(), at.column())
+        }
         _ => format!("invalid YAML: {message}"),
     }
 }
@@ -176,8 +170,7 @@ fn requote(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     for (i, part) in message.split('`').enumerate() {
         let quoted = i % 2 == 1;
-        let numeric = part.starts_with(|c: char| c.is_ascii_digit() || c == '-')
-            && part.parse::<f64>().is_ok();
+        let numeric = part.starts_with(|c: char| c.is_ascii_digit() || c == '-') && part.parse::<f64>().is_ok();
         let bare = numeric || part == "true" || part == "false";
         if quoted && !bare {
             out.push('"');
@@ -234,10 +227,7 @@ struct RawRule {
 }
 
 #[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "an ICMP match: a map with type and code"
-)]
+#[serde(deny_unknown_fields, expecting = "an ICMP match: a map with type and code")]
 struct RawIcmp {
     #[serde(rename = "type")]
     ty: Scalar,
@@ -589,17 +579,10 @@ fn validate_rule(raw: RawRule, path: &str, dir: Direction, known: &Known) -> Res
 fn validate_peer(raw: RawPeer, path: &str, known: &Known) -> Result<Peer, Fault> {
     match raw {
         RawPeer::Host => Ok(Peer::Host),
-        RawPeer::Cidr(text) => parse_cidr(&text)
-            .map(Peer::Cidr)
-            .map_err(at(format!("{path}.cidr"))),
+        RawPeer::Cidr(text) => parse_cidr(&text).map(Peer::Cidr).map_err(at(format!("{path}.cidr"))),
         RawPeer::Group(name) if known.groups.contains(&name) => Ok(Peer::Group(name)),
-        RawPeer::Group(name) => Err(fault(
-            format!("{path}.group"),
-            format!("unknown group {name:?}"),
-        )),
-        RawPeer::PrefixList(name) if known.prefix_lists.contains(&name) => {
-            Ok(Peer::PrefixList(name))
-        }
+        RawPeer::Group(name) => Err(fault(format!("{path}.group"), format!("unknown group {name:?}"))),
+        RawPeer::PrefixList(name) if known.prefix_lists.contains(&name) => Ok(Peer::PrefixList(name)),
         RawPeer::PrefixList(name) => Err(fault(
             format!("{path}.prefix_list"),
             format!("unknown prefix list {name:?}"),
@@ -619,10 +602,7 @@ fn validate_endpoints(raw: Vec<RawEndpoint>, known: &Known) -> Result<Vec<Endpoi
         if let Some(&first) = names.get(&ep.name) {
             return Err(fault(
                 format!("{path}.name"),
-                format!(
-                    "endpoint name {:?} is already used by endpoints[{first}]",
-                    ep.name
-                ),
+                format!("endpoint name {:?} is already used by endpoints[{first}]", ep.name),
             ));
         }
         names.insert(ep.name.clone(), index);
@@ -671,10 +651,7 @@ fn validate_endpoints(raw: Vec<RawEndpoint>, known: &Known) -> Result<Vec<Endpoi
                 return Err(fault(group_path, format!("unknown group {group:?}")));
             }
             if groups[..i].contains(group) {
-                return Err(fault(
-                    group_path,
-                    format!("group {group:?} is listed twice"),
-                ));
+                return Err(fault(group_path, format!("group {group:?} is listed twice")));
             }
         }
 
@@ -693,9 +670,9 @@ fn validate_endpoints(raw: Vec<RawEndpoint>, known: &Known) -> Result<Vec<Endpoi
 /// the datapath would not know whose traffic it sees. An endpoint without a
 /// node is local wherever the file is read, so it clashes with every node.
 fn interface_clash(earlier: &[Endpoint], node: Option<&str>, interface: &str) -> Option<String> {
-    let other = earlier.iter().find(|e| {
-        e.interface.as_deref() == Some(interface) && nodes_meet(e.node.as_deref(), node)
-    })?;
+    let other = earlier
+        .iter()
+        .find(|e| e.interface.as_deref() == Some(interface) && nodes_meet(e.node.as_deref(), node))?;
     let place = match (other.node.as_deref(), node) {
         (None, None) => String::new(),
         (Some(n), _) | (None, Some(n)) => format!(" on node {n:?}"),
@@ -717,11 +694,7 @@ fn validate_settings(raw: Option<RawSettings>) -> Result<Settings, Fault> {
     let mut conntrack = ConntrackTimeouts::default();
     if let Some(raw) = raw.and_then(|s| s.conntrack) {
         let fields = [
-            (
-                "tcp_established",
-                raw.tcp_established,
-                &mut conntrack.tcp_established,
-            ),
+            ("tcp_established", raw.tcp_established, &mut conntrack.tcp_established),
             ("tcp_other", raw.tcp_other, &mut conntrack.tcp_other),
             ("udp", raw.udp, &mut conntrack.udp),
             ("udp_stream", raw.udp_stream, &mut conntrack.udp_stream),
@@ -759,9 +732,7 @@ fn check_name(kind: &str, name: &str) -> Result<(), String> {
         ));
     }
     if name.len() > MAX {
-        return Err(format!(
-            "{kind} name {name:?} is longer than {MAX} characters"
-        ));
+        return Err(format!("{kind} name {name:?} is longer than {MAX} characters"));
     }
     Ok(())
 }
@@ -835,9 +806,7 @@ fn parse_ports(value: &Scalar) -> Result<PortRange, String> {
     let first = parse_port(first, text)?;
     let last = parse_port(last, text)?;
     if first > last {
-        return Err(format!(
-            "{first}-{last} is a reversed range; write {last}-{first}"
-        ));
+        return Err(format!("{first}-{last} is a reversed range; write {last}-{first}"));
     }
     Ok(PortRange { first, last })
 }
@@ -864,20 +833,13 @@ fn parse_byte(value: &Scalar, what: &str) -> Result<u8, String> {
 fn parse_cidr(text: &str) -> Result<IpNet, String> {
     let not_cidr = || format!("{text:?} is not a CIDR (write it like 10.0.0.0/8 or 2001:db8::/32)");
     let Some((addr, len)) = text.split_once('/') else {
-        return text
-            .parse::<IpAddr>()
-            .map(IpNet::from)
-            .map_err(|_| not_cidr());
+        return text.parse::<IpAddr>().map(IpNet::from).map_err(|_| not_cidr());
     };
     let addr: IpAddr = addr.parse().map_err(|_| not_cidr())?;
     if !is_digits(len) {
         return Err(not_cidr());
     }
-    let (family, max) = if addr.is_ipv4() {
-        ("IPv4", 32)
-    } else {
-        ("IPv6", 128)
-    };
+    let (family, max) = if addr.is_ipv4() { ("IPv4", 32) } else { ("IPv6", 128) };
     let net = len
         .parse()
         .ok()
@@ -885,9 +847,7 @@ fn parse_cidr(text: &str) -> Result<IpNet, String> {
         .ok_or_else(|| format!("{text}: an {family} prefix is at most /{max}"))?;
     let canonical = net.trunc();
     if canonical != net {
-        return Err(format!(
-            "{text} has host bits set; did you mean {canonical}?"
-        ));
+        return Err(format!("{text} has host bits set; did you mean {canonical}?"));
     }
     Ok(net)
 }
@@ -901,14 +861,10 @@ fn parse_address(text: &str) -> Result<IpAddr, String> {
         }
     })?;
     if addr.is_unspecified() {
-        return Err(format!(
-            "{addr} is the unspecified address, not an endpoint's address"
-        ));
+        return Err(format!("{addr} is the unspecified address, not an endpoint's address"));
     }
     if addr.is_multicast() {
-        return Err(format!(
-            "{addr} is a multicast address, not an endpoint's address"
-        ));
+        return Err(format!("{addr} is a multicast address, not an endpoint's address"));
     }
     if let IpAddr::V6(v6) = addr {
         // A link-local address is only unique on its own link, so it can't
@@ -921,9 +877,7 @@ fn parse_address(text: &str) -> Result<IpAddr, String> {
         // Packets carry IPv4 addresses as IPv4, so the mapped form would
         // never match.
         if let Some(v4) = v6.to_ipv4_mapped() {
-            return Err(format!(
-                "{addr} is an IPv4-mapped IPv6 address; write it as {v4}"
-            ));
+            return Err(format!("{addr} is an IPv4-mapped IPv6 address; write it as {v4}"));
         }
     }
     Ok(addr)
@@ -1026,9 +980,7 @@ settings:
     /// A document with the given lines under `groups:` and a `web` and `db`
     /// group to refer to.
     fn with_groups(groups: &str) -> String {
-        format!(
-            "version: 1\nprefix_lists:\n  office: [192.0.2.0/24]\ngroups:\n{groups}\n  db:\n  web:\n"
-        )
+        format!("version: 1\nprefix_lists:\n  office: [192.0.2.0/24]\ngroups:\n{groups}\n  db:\n  web:\n")
     }
 
     /// A document with one ingress rule for group `api`.
@@ -1068,10 +1020,7 @@ settings:
 
     fn example_model() -> Policy {
         let mut prefix_lists = BTreeMap::new();
-        prefix_lists.insert(
-            "office".to_owned(),
-            vec![net("192.0.2.0/24"), net("2001:db8::/32")],
-        );
+        prefix_lists.insert("office".to_owned(), vec![net("192.0.2.0/24"), net("2001:db8::/32")]);
         let mut groups = BTreeMap::new();
         groups.insert(
             "web".to_owned(),
@@ -1088,28 +1037,16 @@ settings:
                         ..rule(Proto::ICMP, None, vec![Peer::Host])
                     },
                 ],
-                egress: vec![rule(
-                    Proto::TCP,
-                    ports(8080, 8080),
-                    vec![Peer::Group("api".into())],
-                )],
+                egress: vec![rule(Proto::TCP, ports(8080, 8080), vec![Peer::Group("api".into())])],
             },
         );
         groups.insert(
             "api".to_owned(),
             Group {
                 description: None,
-                ingress: vec![rule(
-                    Proto::TCP,
-                    ports(8080, 8080),
-                    vec![Peer::Group("web".into())],
-                )],
+                ingress: vec![rule(Proto::TCP, ports(8080, 8080), vec![Peer::Group("web".into())])],
                 egress: vec![
-                    rule(
-                        Proto::TCP,
-                        ports(5432, 5432),
-                        vec![Peer::Group("db".into())],
-                    ),
+                    rule(Proto::TCP, ports(5432, 5432), vec![Peer::Group("db".into())]),
                     rule(Proto::UDP, ports(53, 53), vec![Peer::Host]),
                 ],
             },
@@ -1178,7 +1115,8 @@ settings:
 
     #[test]
     fn json_errors_name_the_field() {
-        let json = r#"{"version": 1, "groups": {"web": {"ingress": [{"proto": "tcp", "ports": 70000, "from": ["host"]}]}}}"#;
+        let json =
+            r#"{"version": 1, "groups": {"web": {"ingress": [{"proto": "tcp", "ports": 70000, "from": ["host"]}]}}}"#;
         assert_eq!(
             invalid(json),
             "test.yaml: groups.web.ingress[0].ports: 70000 is not a port"
@@ -1196,8 +1134,7 @@ settings:
 
     #[test]
     fn empty_sections_are_empty() {
-        let policy =
-            parse("version: 1\nprefix_lists:\ngroups:\nendpoints:\nsettings:\n  conntrack:\n");
+        let policy = parse("version: 1\nprefix_lists:\ngroups:\nendpoints:\nsettings:\n  conntrack:\n");
         assert!(policy.groups.is_empty() && policy.endpoints.is_empty());
         assert_eq!(policy.settings, Settings::default());
     }
@@ -1210,19 +1147,13 @@ settings:
         assert_eq!(policy.groups.len(), 4);
         assert_eq!(policy.groups["a"], Group::default());
         assert_eq!(policy.groups["b"], Group::default());
-        assert_eq!(
-            policy.groups["c"].description.as_deref(),
-            Some("only words")
-        );
+        assert_eq!(policy.groups["c"].description.as_deref(), Some("only words"));
         assert_eq!(policy.groups["d"], Group::default());
     }
 
     #[test]
     fn version_must_be_1() {
-        assert_eq!(
-            invalid("groups: {}\n"),
-            "test.yaml: missing field \"version\""
-        );
+        assert_eq!(invalid("groups: {}\n"), "test.yaml: missing field \"version\"");
         assert_eq!(
             invalid("version: 2\n"),
             "test.yaml: version: 2 is not a supported version (this hostwall reads version 1)"
@@ -1258,10 +1189,7 @@ settings:
         ));
         let names: Vec<&str> = policy.endpoints.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["z", "a", "m"]);
-        assert_eq!(
-            policy.endpoints[1].addresses,
-            [ip("10.0.0.1"), ip("10.0.0.2")]
-        );
+        assert_eq!(policy.endpoints[1].addresses, [ip("10.0.0.1"), ip("10.0.0.2")]);
         assert_eq!(policy.endpoints[2].groups, ["web", "db"]);
 
         let policy = parse(&with_groups(
@@ -1305,13 +1233,8 @@ settings:
 
     #[test]
     fn rule_description_is_kept() {
-        let policy = parse(&with_rule(
-            "{proto: tcp, from: [host], description: ssh from the host}",
-        ));
-        assert_eq!(
-            only_rule(&policy).description.as_deref(),
-            Some("ssh from the host")
-        );
+        let policy = parse(&with_rule("{proto: tcp, from: [host], description: ssh from the host}"));
+        assert_eq!(only_rule(&policy).description.as_deref(), Some("ssh from the host"));
     }
 
     #[test]
@@ -1375,9 +1298,7 @@ settings:
             ("80-80", ports(80, 80)),
             ("0-65535", ports(0, 65535)),
         ] {
-            let policy = parse(&with_rule(&format!(
-                "{{proto: udp, ports: {written}, from: [host]}}"
-            )));
+            let policy = parse(&with_rule(&format!("{{proto: udp, ports: {written}, from: [host]}}")));
             assert_eq!(only_rule(&policy).ports, expected, "ports: {written}");
         }
         let policy = parse(&with_rule("{proto: sctp, from: [host]}"));
@@ -1394,10 +1315,7 @@ settings:
             ("\"70000\"", "70000 is not a port"),
             ("-1", "-1 is not a port"),
             ("8000-70000", "70000 is not a port"),
-            (
-                "8100-8000",
-                "8100-8000 is a reversed range; write 8000-8100",
-            ),
+            ("8100-8000", "8100-8000 is a reversed range; write 8000-8100"),
             (
                 "http",
                 "\"http\" is not a port or port range (write 443 or \"8000-8100\")",
@@ -1406,19 +1324,14 @@ settings:
                 "80-",
                 "\"80-\" is not a port or port range (write 443 or \"8000-8100\")",
             ),
-            (
-                "\"\"",
-                "\"\" is not a port or port range (write 443 or \"8000-8100\")",
-            ),
+            ("\"\"", "\"\" is not a port or port range (write 443 or \"8000-8100\")"),
             (
                 "1-2-3",
                 "\"1-2-3\" is not a port or port range (write 443 or \"8000-8100\")",
             ),
         ] {
             assert_eq!(
-                invalid(&with_rule(&format!(
-                    "{{proto: tcp, ports: {written}, from: [host]}}"
-                ))),
+                invalid(&with_rule(&format!("{{proto: tcp, ports: {written}, from: [host]}}"))),
                 format!("{at}{message}"),
                 "ports: {written}"
             );
@@ -1444,21 +1357,10 @@ settings:
 
     #[test]
     fn icmp_matches() {
-        let policy = parse(&with_rule(
-            "{proto: icmpv6, icmp: {type: 128, code: 0}, from: [host]}",
-        ));
-        assert_eq!(
-            only_rule(&policy).icmp,
-            Some(IcmpMatch {
-                ty: 128,
-                code: Some(0)
-            })
-        );
+        let policy = parse(&with_rule("{proto: icmpv6, icmp: {type: 128, code: 0}, from: [host]}"));
+        assert_eq!(only_rule(&policy).icmp, Some(IcmpMatch { ty: 128, code: Some(0) }));
         let policy = parse(&with_rule("{proto: 1, icmp: {type: \"3\"}, from: [host]}"));
-        assert_eq!(
-            only_rule(&policy).icmp,
-            Some(IcmpMatch { ty: 3, code: None })
-        );
+        assert_eq!(only_rule(&policy).icmp, Some(IcmpMatch { ty: 3, code: None }));
         let policy = parse(&with_rule("{proto: icmp, from: [host]}"));
         assert_eq!(only_rule(&policy).icmp, None);
     }
@@ -1474,15 +1376,11 @@ settings:
             "test.yaml: groups.api.ingress[0].icmp.type: 256 is not an ICMP type (0-255)"
         );
         assert_eq!(
-            invalid(&with_rule(
-                "{proto: icmp, icmp: {type: echo}, from: [host]}"
-            )),
+            invalid(&with_rule("{proto: icmp, icmp: {type: echo}, from: [host]}")),
             "test.yaml: groups.api.ingress[0].icmp.type: \"echo\" is not an ICMP type (0-255)"
         );
         assert_eq!(
-            invalid(&with_rule(
-                "{proto: icmp, icmp: {type: 3, code: 300}, from: [host]}"
-            )),
+            invalid(&with_rule("{proto: icmp, icmp: {type: 3, code: 300}, from: [host]}")),
             "test.yaml: groups.api.ingress[0].icmp.code: 300 is not an ICMP code (0-255)"
         );
         assert_eq!(
@@ -1490,12 +1388,8 @@ settings:
             "test.yaml: groups.api.ingress[0].icmp: missing field \"type\""
         );
         assert!(
-            invalid(&with_rule(
-                "{proto: icmp, icmp: {type: 8, kode: 0}, from: [host]}"
-            ))
-            .starts_with(
-                "test.yaml: groups.api.ingress[0].icmp: unknown field \"kode\", expected "
-            )
+            invalid(&with_rule("{proto: icmp, icmp: {type: 8, kode: 0}, from: [host]}"))
+                .starts_with("test.yaml: groups.api.ingress[0].icmp: unknown field \"kode\", expected ")
         );
     }
 
@@ -1506,9 +1400,7 @@ settings:
             "test.yaml: groups.api.ingress[0].to: ingress rules list their sources under \"from\", not \"to\""
         );
         assert_eq!(
-            invalid(&with_groups(
-                "  api:\n    egress:\n      - {proto: tcp, from: [host]}"
-            )),
+            invalid(&with_groups("  api:\n    egress:\n      - {proto: tcp, from: [host]}")),
             "test.yaml: groups.api.egress[0].from: egress rules list their destinations under \"to\", not \"from\""
         );
         assert_eq!(
@@ -1528,18 +1420,14 @@ settings:
             "test.yaml: groups.api.ingress[0]: missing field \"from\""
         );
         assert_eq!(
-            invalid(&with_groups(
-                "  api:\n    egress:\n      - {proto: tcp, to: []}"
-            )),
+            invalid(&with_groups("  api:\n    egress:\n      - {proto: tcp, to: []}")),
             "test.yaml: groups.api.egress[0].to: needs at least one peer: host, {group: NAME}, {cidr: CIDR} or {prefix_list: NAME}"
         );
     }
 
     #[test]
     fn unknown_rule_field() {
-        let message = invalid(
-            "version: 1\ngroups:\n  web:\n    ingress:\n      - {prot: tcp, from: [host]}\n",
-        );
+        let message = invalid("version: 1\ngroups:\n  web:\n    ingress:\n      - {prot: tcp, from: [host]}\n");
         assert_eq!(
             message,
             "test.yaml: groups.web.ingress[0]: unknown field \"prot\", expected one of \"proto\", \"ports\", \"icmp\", \"from\", \"to\", \"description\""
@@ -1549,10 +1437,7 @@ settings:
     #[test]
     fn unknown_fields_everywhere() {
         for (text, expected) in [
-            (
-                "version: 1\ngrops: {}\n",
-                "test.yaml: unknown field \"grops\"",
-            ),
+            ("version: 1\ngrops: {}\n", "test.yaml: unknown field \"grops\""),
             (
                 "version: 1\ngroups:\n  web: {ingres: []}\n",
                 "test.yaml: groups.web: unknown field \"ingres\"",
@@ -1571,10 +1456,7 @@ settings:
             ),
         ] {
             let message = invalid(text);
-            assert!(
-                message.starts_with(&format!("{expected}, expected ")),
-                "{message}"
-            );
+            assert!(message.starts_with(&format!("{expected}, expected ")), "{message}");
         }
     }
 
@@ -1644,10 +1526,7 @@ settings:
                 "[0].cidr: invalid type: sequence, expected a string",
             ),
             ("{group: wbe}", "[0].group: unknown group \"wbe\""),
-            (
-                "{prefix_list: ofice}",
-                "[0].prefix_list: unknown prefix list \"ofice\"",
-            ),
+            ("{prefix_list: ofice}", "[0].prefix_list: unknown prefix list \"ofice\""),
         ] {
             assert_eq!(
                 invalid(&with_rule(&format!("{{proto: tcp, from: [{written}]}}"))),
@@ -1668,13 +1547,8 @@ settings:
 
     #[test]
     fn groups_may_refer_to_later_groups() {
-        let policy = parse(
-            "version: 1\ngroups:\n  a:\n    egress: [{proto: tcp, to: [{group: b}]}]\n  b:\n",
-        );
-        assert_eq!(
-            policy.groups["a"].egress[0].peers,
-            [Peer::Group("b".into())]
-        );
+        let policy = parse("version: 1\ngroups:\n  a:\n    egress: [{proto: tcp, to: [{group: b}]}]\n  b:\n");
+        assert_eq!(policy.groups["a"].egress[0].peers, [Peer::Group("b".into())]);
     }
 
     #[test]
@@ -1685,9 +1559,7 @@ settings:
             "test.yaml: groups.web.ingress[0].from[0].cidr: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?"
         );
         assert_eq!(
-            invalid(&with_rule(
-                "{proto: tcp, from: [host, {cidr: \"2001:db8::1/32\"}]}"
-            )),
+            invalid(&with_rule("{proto: tcp, from: [host, {cidr: \"2001:db8::1/32\"}]}")),
             "test.yaml: groups.api.ingress[0].from[1].cidr: 2001:db8::1/32 has host bits set; did you mean 2001:db8::/32?"
         );
     }
@@ -1697,14 +1569,8 @@ settings:
         let at = "test.yaml: groups.api.ingress[0].from[0].cidr: ";
         for (written, message) in [
             ("10.0.0.0/33", "10.0.0.0/33: an IPv4 prefix is at most /32"),
-            (
-                "\"2001:db8::/129\"",
-                "2001:db8::/129: an IPv6 prefix is at most /128",
-            ),
-            (
-                "10.0.0.0/999",
-                "10.0.0.0/999: an IPv4 prefix is at most /32",
-            ),
+            ("\"2001:db8::/129\"", "2001:db8::/129: an IPv6 prefix is at most /128"),
+            ("10.0.0.0/999", "10.0.0.0/999: an IPv4 prefix is at most /32"),
             (
                 "10.0.0/8",
                 "\"10.0.0/8\" is not a CIDR (write it like 10.0.0.0/8 or 2001:db8::/32)",
@@ -1723,9 +1589,7 @@ settings:
             ),
         ] {
             assert_eq!(
-                invalid(&with_rule(&format!(
-                    "{{proto: tcp, from: [{{cidr: {written}}}]}}"
-                ))),
+                invalid(&with_rule(&format!("{{proto: tcp, from: [{{cidr: {written}}}]}}"))),
                 format!("{at}{message}"),
                 "cidr {written}"
             );
@@ -1736,16 +1600,11 @@ settings:
 
     #[test]
     fn prefix_lists() {
-        let policy = parse(
-            "version: 1\nprefix_lists:\n  office: [192.0.2.0/24, \"2001:db8::/32\", 198.51.100.7]\n  none: []\n",
-        );
+        let policy =
+            parse("version: 1\nprefix_lists:\n  office: [192.0.2.0/24, \"2001:db8::/32\", 198.51.100.7]\n  none: []\n");
         assert_eq!(
             policy.prefix_lists["office"],
-            [
-                net("192.0.2.0/24"),
-                net("2001:db8::/32"),
-                net("198.51.100.7/32")
-            ]
+            [net("192.0.2.0/24"), net("2001:db8::/32"), net("198.51.100.7/32")]
         );
         assert!(policy.prefix_lists["none"].is_empty());
     }
@@ -1838,9 +1697,7 @@ settings:
             "test.yaml: endpoints[0]: missing field \"addresses\""
         );
         assert_eq!(
-            invalid(&with_endpoints(
-                "  - {name: a, node: \"\", addresses: []}\n"
-            )),
+            invalid(&with_endpoints("  - {name: a, node: \"\", addresses: []}\n")),
             "test.yaml: endpoints[0].node: must not be empty; leave node out for an endpoint on whichever host reads the file"
         );
     }
@@ -1886,9 +1743,7 @@ settings:
             "test.yaml: endpoints[1].addresses[0]: fd00::1 of endpoint \"b\" already belongs to endpoint \"a\"; an address may belong to one endpoint only"
         );
         assert_eq!(
-            invalid(&with_endpoints(
-                "  - {name: a, addresses: [10.0.0.1, 10.0.0.1]}\n"
-            )),
+            invalid(&with_endpoints("  - {name: a, addresses: [10.0.0.1, 10.0.0.1]}\n")),
             "test.yaml: endpoints[0].addresses[1]: 10.0.0.1 is listed twice"
         );
     }
@@ -1901,10 +1756,7 @@ settings:
                 "0.0.0.0",
                 "0.0.0.0 is the unspecified address, not an endpoint's address",
             ),
-            (
-                "\"::\"",
-                ":: is the unspecified address, not an endpoint's address",
-            ),
+            ("\"::\"", ":: is the unspecified address, not an endpoint's address"),
             (
                 "224.0.0.1",
                 "224.0.0.1 is a multicast address, not an endpoint's address",
@@ -1933,9 +1785,7 @@ settings:
             ("10.0.0.256", "\"10.0.0.256\" is not an IP address"),
         ] {
             assert_eq!(
-                invalid(&with_endpoints(&format!(
-                    "  - {{name: a, addresses: [{written}]}}\n"
-                ))),
+                invalid(&with_endpoints(&format!("  - {{name: a, addresses: [{written}]}}\n"))),
                 format!("{at}{message}"),
                 "address {written}"
             );
@@ -1950,10 +1800,7 @@ settings:
         let policy = parse(&with_endpoints(
             "  - {name: a, interface: abcdefghijklmno, addresses: []}\n",
         ));
-        assert_eq!(
-            policy.endpoints[0].interface.as_deref(),
-            Some("abcdefghijklmno")
-        );
+        assert_eq!(policy.endpoints[0].interface.as_deref(), Some("abcdefghijklmno"));
         let at = "test.yaml: endpoints[0].interface: ";
         for (written, message) in [
             (
@@ -2057,17 +1904,10 @@ settings:
             parse_duration(&Scalar::Str("0d".into())),
             Err("\"0d\" is zero; a timeout must be positive".into())
         );
-        for written in [
-            "366d",
-            "31536001s",
-            "99999999999999999999s",
-            "999999999999999999d",
-        ] {
+        for written in ["366d", "31536001s", "99999999999999999999s", "999999999999999999d"] {
             assert_eq!(
                 parse_duration(&Scalar::Str(written.into())),
-                Err(format!(
-                    "{written:?} is longer than 365d, the longest timeout"
-                ))
+                Err(format!("{written:?} is longer than 365d, the longest timeout"))
             );
         }
     }
@@ -2084,9 +1924,7 @@ settings:
             })
         );
         assert_eq!(
-            timeouts(
-                "{tcp_established: 1d, tcp_other: 2m, udp: 3s, udp_stream: 4m, icmp: 5s, other: 6h}"
-            ),
+            timeouts("{tcp_established: 1d, tcp_other: 2m, udp: 3s, udp_stream: 4m, icmp: 5s, other: 6h}"),
             Ok(ConntrackTimeouts {
                 tcp_established: Duration::from_secs(86_400),
                 tcp_other: Duration::from_secs(120),
@@ -2096,10 +1934,7 @@ settings:
                 other: Duration::from_secs(21_600),
             })
         );
-        assert_eq!(
-            parse("version: 1\nsettings: {}\n").settings,
-            Settings::default()
-        );
+        assert_eq!(parse("version: 1\nsettings: {}\n").settings, Settings::default());
     }
 
     #[test]
@@ -2151,15 +1986,10 @@ settings:
 
     #[test]
     fn field_path_helper() {
-        let err =
-            parse_str(&with_rule("{proto: tcp, ports: 70000, from: [host]}"), "p").unwrap_err();
+        let err = parse_str(&with_rule("{proto: tcp, ports: 70000, from: [host]}"), "p").unwrap_err();
         assert_eq!(err.field_path(), Some("groups.api.ingress[0].ports"));
         match &err {
-            PolicyError::Invalid {
-                origin,
-                path,
-                message,
-            } => {
+            PolicyError::Invalid { origin, path, message } => {
                 assert_eq!(origin, "p");
                 assert_eq!(path, "groups.api.ingress[0].ports");
                 assert_eq!(message, "70000 is not a port");
@@ -2171,8 +2001,7 @@ settings:
     }
 
     fn temp_file(name: &str, contents: &[u8]) -> PathBuf {
-        let path =
-            std::env::temp_dir().join(format!("hostwall-parse-{}-{name}", std::process::id()));
+        let path = std::env::temp_dir().join(format!("hostwall-parse-{}-{name}", std::process::id()));
         std::fs::write(&path, contents).unwrap();
         path
     }
@@ -2183,14 +2012,14 @@ settings:
         assert_eq!(load_file(&path).unwrap(), example_model());
         std::fs::remove_file(&path).unwrap();
 
-        let path = temp_file("bad.yaml", b"version: 1\ngroups:\n  web:\n    ingress: [{proto: tcp, ports: 70000, from: [host]}]\n");
+        let path = temp_file(
+            "bad.yaml",
+            b"version: 1\ngroups:\n  web:\n    ingress: [{proto: tcp, ports: 70000, from: [host]}]\n",
+        );
         let err = load_file(&path).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!(
-                "{}: groups.web.ingress[0].ports: 70000 is not a port",
-                path.display()
-            )
+            format!("{}: groups.web.ingress[0].ports: 70000 is not a port", path.display())
         );
         std::fs::remove_file(&path).unwrap();
     }
@@ -2216,10 +2045,7 @@ settings:
         let err = load_file(&path).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!(
-                "{}: not UTF-8 text (invalid byte at offset 16)",
-                path.display()
-            )
+            format!("{}: not UTF-8 text (invalid byte at offset 16)", path.display())
         );
         std::fs::remove_file(&path).unwrap();
     }
