@@ -92,7 +92,12 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
     }
 
     // 2. Identity.
-    let mut dst_info = PeerInfo { class: CLASS_WORLD, local_policy: 0, local_endpoint: 0, flags: 0 };
+    let mut dst_info = PeerInfo {
+        class: CLASS_WORLD,
+        local_policy: 0,
+        local_endpoint: 0,
+        flags: 0,
+    };
     match hook {
         Hook::FromEndpoint => {
             if pkt.family == FAMILY_V6 && is_link_local_or_unspecified(&pkt.src) {
@@ -174,7 +179,8 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
             // 6a. The sender's egress, then the receiver's ingress when it
             // is local, under the same slot.
             dst_info = peer(slot, pkt.family, &pkt.dst);
-            rule_egress = policy(slot, endpoint.policy, dst_info.class, DIR_EGRESS, &pkt).ok_or(DropReason::EgressDenied)?;
+            rule_egress =
+                policy(slot, endpoint.policy, dst_info.class, DIR_EGRESS, &pkt).ok_or(DropReason::EgressDenied)?;
             flags |= CT_ORIG_LOCAL;
             if dst_info.local_policy != 0 {
                 let src_info = peer(slot, pkt.family, &pkt.src);
@@ -190,7 +196,8 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
             if src_info.local_endpoint != 0 {
                 return Err(DropReason::LocalAddressWrongPath);
             }
-            rule_ingress = policy(slot, endpoint.policy, src_info.class, DIR_INGRESS, &pkt).ok_or(DropReason::IngressDenied)?;
+            rule_ingress =
+                policy(slot, endpoint.policy, src_info.class, DIR_INGRESS, &pkt).ok_or(DropReason::IngressDenied)?;
             flags |= CT_REPLY_LOCAL;
         }
         Hook::Uplink => {
@@ -206,7 +213,13 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
         if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
             flags |= CT_CLOSING;
         }
-        let entry = CtEntry { last_seen_ns: now, flags, rule_egress, rule_ingress, _pad: 0 };
+        let entry = CtEntry {
+            last_seen_ns: now,
+            flags,
+            rule_egress,
+            rule_ingress,
+            _pad: 0,
+        };
         if CONNTRACK.insert(&key, &entry, 0).is_ok() {
             if let Some(n) = CT_EVENTS.get_ptr_mut(0) {
                 unsafe { *n += 1 };
@@ -286,17 +299,24 @@ fn active_slot() -> u32 {
 #[inline(always)]
 fn iface(slot: u32, ifindex: u32) -> Option<EndpointInfo> {
     let found = unsafe {
-        if slot == 0 { IFACE_0.get(&ifindex) } else { IFACE_1.get(&ifindex) }
+        if slot == 0 {
+            IFACE_0.get(&ifindex)
+        } else {
+            IFACE_1.get(&ifindex)
+        }
     };
     found.copied()
 }
 
 #[inline(always)]
 fn src_allowed(slot: u32, ifindex: u32, family: u8, addr: &[u8; 16]) -> bool {
-    let key = SrcKey { ifindex, family, _pad: [0; 3], addr: *addr };
-    let found = unsafe {
-        if slot == 0 { SRC_0.get(&key) } else { SRC_1.get(&key) }
+    let key = SrcKey {
+        ifindex,
+        family,
+        _pad: [0; 3],
+        addr: *addr,
     };
+    let found = unsafe { if slot == 0 { SRC_0.get(&key) } else { SRC_1.get(&key) } };
     found.is_some()
 }
 
@@ -305,14 +325,27 @@ fn src_allowed(slot: u32, ifindex: u32, family: u8, addr: &[u8; 16]) -> bool {
 fn peer(slot: u32, family: u8, addr: &[u8; 16]) -> PeerInfo {
     let found = if family == FAMILY_V4 {
         let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
-        if slot == 0 { PEER4_0.get(&key) } else { PEER4_1.get(&key) }
+        if slot == 0 {
+            PEER4_0.get(&key)
+        } else {
+            PEER4_1.get(&key)
+        }
     } else {
         let key = Key::new(128, *addr);
-        if slot == 0 { PEER6_0.get(&key) } else { PEER6_1.get(&key) }
+        if slot == 0 {
+            PEER6_0.get(&key)
+        } else {
+            PEER6_1.get(&key)
+        }
     };
     match found {
         Some(info) => *info,
-        None => PeerInfo { class: CLASS_WORLD, local_policy: 0, local_endpoint: 0, flags: 0 },
+        None => PeerInfo {
+            class: CLASS_WORLD,
+            local_policy: 0,
+            local_endpoint: 0,
+            flags: 0,
+        },
     }
 }
 
@@ -325,17 +358,43 @@ fn policy(slot: u32, policy: u32, class: u32, dir: u8, pkt: &Packet) -> Option<u
     }
     let exact = Key::new(
         POLICY_FIXED_BITS + 16,
-        PolicyKey { policy, class, dir, any_proto: 0, proto: pkt.proto, _pad: 0, port_be: pkt.rule_port().to_be_bytes(), _tail: [0; 2] },
+        PolicyKey {
+            policy,
+            class,
+            dir,
+            any_proto: 0,
+            proto: pkt.proto,
+            _pad: 0,
+            port_be: pkt.rule_port().to_be_bytes(),
+            _tail: [0; 2],
+        },
     );
-    let found = if slot == 0 { POLICY_0.get(&exact) } else { POLICY_1.get(&exact) };
+    let found = if slot == 0 {
+        POLICY_0.get(&exact)
+    } else {
+        POLICY_1.get(&exact)
+    };
     if let Some(v) = found {
         return Some(v.rule);
     }
     let any = Key::new(
         POLICY_FIXED_BITS + 16,
-        PolicyKey { policy, class, dir, any_proto: 1, proto: 0, _pad: 0, port_be: [0; 2], _tail: [0; 2] },
+        PolicyKey {
+            policy,
+            class,
+            dir,
+            any_proto: 1,
+            proto: 0,
+            _pad: 0,
+            port_be: [0; 2],
+            _tail: [0; 2],
+        },
     );
-    let found = if slot == 0 { POLICY_0.get(&any) } else { POLICY_1.get(&any) };
+    let found = if slot == 0 {
+        POLICY_0.get(&any)
+    } else {
+        POLICY_1.get(&any)
+    };
     found.map(|v| v.rule)
 }
 
@@ -400,7 +459,11 @@ fn timeout(settings: &Settings, proto: u8, flags: u32) -> u64 {
             }
         }
         parse::IPPROTO_UDP => {
-            if flags & CT_SEEN_REPLY != 0 { settings.udp_stream_ns } else { settings.udp_ns }
+            if flags & CT_SEEN_REPLY != 0 {
+                settings.udp_stream_ns
+            } else {
+                settings.udp_ns
+            }
         }
         parse::IPPROTO_ICMP | parse::IPPROTO_ICMPV6 => settings.icmp_ns,
         _ => settings.other_ns,
@@ -463,5 +526,12 @@ fn count_rule(rule: u32, bytes: u64) {
 
 #[inline(always)]
 fn frag_key(pkt: &Packet) -> FragKey {
-    FragKey { src: pkt.src, dst: pkt.dst, id: pkt.frag_id, proto: pkt.proto, family: pkt.family, _pad: [0; 2] }
+    FragKey {
+        src: pkt.src,
+        dst: pkt.dst,
+        id: pkt.frag_id,
+        proto: pkt.proto,
+        family: pkt.family,
+        _pad: [0; 2],
+    }
 }

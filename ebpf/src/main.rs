@@ -11,7 +11,7 @@ mod parse;
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, __sk_buff, xdp_action},
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };

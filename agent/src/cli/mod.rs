@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/hostwall";
 
 #[derive(Parser)]
-#[command(name = "hostwall", version, about = "eBPF security-group firewall for container hosts")]
+#[command(
+    name = "hostwall",
+    version,
+    about = "eBPF security-group firewall for container hosts"
+)]
 pub struct Cli {
     /// More log output (-v: debug, -vv: trace).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -55,5 +59,8 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -21,7 +21,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let rules = match &args.config {
         Some(path) => {
             let p = policy::load_file(path)?;
-            let view = compile::HostView { node: "", host_addresses: &[], ifindex: &|_| None };
+            let view = compile::HostView {
+                node: "",
+                host_addresses: &[],
+                ifindex: &|_| None,
+            };
             compile::compile(&p, &view)?.rules
         }
         None => Vec::new(),
@@ -56,7 +60,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("{:<32} {:>12} {:>14}", r.reason, r.packets, r.bytes);
     }
     if !named.is_empty() {
-        println!("\n{:<6} {:<32} {:>12} {:>14}", "RULE", "GROUP/DIRECTION[INDEX]", "PACKETS", "BYTES");
+        println!(
+            "\n{:<6} {:<32} {:>12} {:>14}",
+            "RULE", "GROUP/DIRECTION[INDEX]", "PACKETS", "BYTES"
+        );
         for (id, r, p, b) in &named {
             let name = format!("{}/{}[{}]", r.group, r.direction.as_str(), r.index);
             let never = if *p == 0 { "  (never matched)" } else { "" };

@@ -77,7 +77,9 @@ impl PeerClasses {
             // Every enclosing prefix's labels apply too.
             let mut labels = BTreeSet::new();
             for len in (0..=net.prefix_len()).rev() {
-                let Ok(sup) = IpNet::new(net.network(), len) else { continue };
+                let Ok(sup) = IpNet::new(net.network(), len) else {
+                    continue;
+                };
                 if let Some(s) = own.get(&sup.trunc()) {
                     labels.extend(s.labels.iter().cloned());
                 }
@@ -91,7 +93,14 @@ impl PeerClasses {
                     classes.len() as u32
                 })
             };
-            prefixes.insert(*net, PrefixClass { class, host: o.host, endpoint: o.endpoint });
+            prefixes.insert(
+                *net,
+                PrefixClass {
+                    class,
+                    host: o.host,
+                    endpoint: o.endpoint,
+                },
+            );
         }
         PeerClasses { prefixes, classes }
     }
@@ -110,8 +119,6 @@ impl PeerClasses {
             .map(|(i, _)| i as u32 + 1)
             .collect()
     }
-
-
 }
 
 fn family(net: &IpNet) -> u8 {

@@ -70,7 +70,11 @@ impl Compiled {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
     #[error("the policy needs {needed} entries in {map}, which holds {capacity} ({} too many)", needed - capacity)]
-    MapFull { map: &'static str, needed: usize, capacity: usize },
+    MapFull {
+        map: &'static str,
+        needed: usize,
+        capacity: usize,
+    },
 }
 
 /// Capacities of the maps a compiled policy must fit in.
@@ -112,7 +116,10 @@ pub fn compile(policy: &Policy, host: &HostView<'_>) -> Result<Compiled, Compile
 
 /// Compiles, refusing a policy that does not fit `limits`.
 pub fn compile_with_limits(policy: &Policy, host: &HostView<'_>, limits: &Limits) -> Result<Compiled, CompileError> {
-    let mut out = Compiled { settings: settings(policy), ..Default::default() };
+    let mut out = Compiled {
+        settings: settings(policy),
+        ..Default::default()
+    };
 
     // Rule ids, in a stable order: groups by name, ingress then egress,
     // rules in file order.
@@ -120,7 +127,11 @@ pub fn compile_with_limits(policy: &Policy, host: &HostView<'_>, limits: &Limits
     for (name, group) in &policy.groups {
         for (direction, rules) in [(Direction::Ingress, &group.ingress), (Direction::Egress, &group.egress)] {
             for index in 0..rules.len() {
-                let r = RuleRef { group: name.clone(), direction, index };
+                let r = RuleRef {
+                    group: name.clone(),
+                    direction,
+                    index,
+                };
                 out.rules.push(r.clone());
                 rule_ids.insert(r, out.rules.len() as u32);
             }
@@ -142,14 +153,27 @@ pub fn compile_with_limits(policy: &Policy, host: &HostView<'_>, limits: &Limits
         local_policy.insert(i, (pid, endpoint_id));
         let interface = ep.interface.clone().unwrap_or_default();
         let ifindex = (host.ifindex)(&interface);
-        let info = EndpointInfo { policy: pid, endpoint: endpoint_id };
+        let info = EndpointInfo {
+            policy: pid,
+            endpoint: endpoint_id,
+        };
         if let Some(ifindex) = ifindex {
             for addr in &ep.addresses {
                 let (family, bytes) = addr_bytes(*addr);
-                out.src.push(SrcKey { ifindex, family, _pad: [0; 3], addr: bytes });
+                out.src.push(SrcKey {
+                    ifindex,
+                    family,
+                    _pad: [0; 3],
+                    addr: bytes,
+                });
             }
         }
-        out.endpoints.push(LocalEndpoint { name: ep.name.clone(), interface, ifindex, info });
+        out.endpoints.push(LocalEndpoint {
+            name: ep.name.clone(),
+            interface,
+            ifindex,
+            info,
+        });
     }
     check("HW_IFACE", out.endpoints.len(), limits.interfaces)?;
     check("HW_SRC", out.src.len(), limits.src_entries)?;
@@ -157,7 +181,12 @@ pub fn compile_with_limits(policy: &Policy, host: &HostView<'_>, limits: &Limits
     // Peer classes.
     let classes = PeerClasses::build(policy, host.host_addresses);
     for (net, labels_class) in classes.prefixes() {
-        let mut info = PeerInfo { class: labels_class.class, local_policy: 0, local_endpoint: 0, flags: 0 };
+        let mut info = PeerInfo {
+            class: labels_class.class,
+            local_policy: 0,
+            local_endpoint: 0,
+            flags: 0,
+        };
         if labels_class.host {
             info.flags |= hostwall_common::PEER_HOST;
         }
@@ -187,7 +216,11 @@ pub fn compile_with_limits(policy: &Policy, host: &HostView<'_>, limits: &Limits
                     Direction::Egress => &g.egress,
                 };
                 for (index, rule) in rules.iter().enumerate() {
-                    let id = rule_ids[&RuleRef { group: group.to_string(), direction, index }];
+                    let id = rule_ids[&RuleRef {
+                        group: group.to_string(),
+                        direction,
+                        index,
+                    }];
                     let labels = peer_labels(policy, rule);
                     let (first, last) = rule_range(rule);
                     let (any, proto) = match rule.proto {
@@ -215,7 +248,11 @@ pub fn compile_with_limits(policy: &Policy, host: &HostView<'_>, limits: &Limits
                         port_be: block.start.to_be_bytes(),
                         _tail: [0; 2],
                     };
-                    out.policy.push((POLICY_FIXED_BITS + block.prefix_bits, key, PolicyValue { rule: block.rule }));
+                    out.policy.push((
+                        POLICY_FIXED_BITS + block.prefix_bits,
+                        key,
+                        PolicyValue { rule: block.rule },
+                    ));
                 }
             }
         }

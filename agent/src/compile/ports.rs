@@ -40,11 +40,19 @@ pub fn port_blocks(ranges: &[(u16, u16, u32)]) -> Vec<PortBlock> {
         let mut start = lo;
         while start <= hi {
             // The largest aligned block that starts at `start` and fits.
-            let mut size: u32 = if start == 0 { 1 << 16 } else { 1 << start.trailing_zeros().min(16) };
+            let mut size: u32 = if start == 0 {
+                1 << 16
+            } else {
+                1 << start.trailing_zeros().min(16)
+            };
             while start + size - 1 > hi {
                 size >>= 1;
             }
-            blocks.push(PortBlock { start: start as u16, prefix_bits: 16 - size.trailing_zeros(), rule });
+            blocks.push(PortBlock {
+                start: start as u16,
+                prefix_bits: 16 - size.trailing_zeros(),
+                rule,
+            });
             start += size;
         }
     }

@@ -10,18 +10,30 @@ use crate::policy::parse_str;
 fn compile_yaml(yaml: &str, host: &[&str]) -> Compiled {
     let policy = parse_str(yaml, "test.yaml").expect("valid policy");
     let host: Vec<IpAddr> = host.iter().map(|a| a.parse().unwrap()).collect();
-    let view = HostView { node: "n1", host_addresses: &host, ifindex: &fake_ifindex };
+    let view = HostView {
+        node: "n1",
+        host_addresses: &host,
+        ifindex: &fake_ifindex,
+    };
     compile(&policy, &view).expect("compiles")
 }
 
 /// A distinct ifindex per interface name.
 fn fake_ifindex(name: &str) -> Option<u32> {
-    Some(name.bytes().fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)))
+    Some(
+        name.bytes()
+            .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32)),
+    )
 }
 
 /// Longest-prefix match over the compiled peer entries.
 fn peer(c: &Compiled, addr: &str) -> PeerInfo {
-    let world = PeerInfo { class: CLASS_WORLD, local_policy: 0, local_endpoint: 0, flags: 0 };
+    let world = PeerInfo {
+        class: CLASS_WORLD,
+        local_policy: 0,
+        local_endpoint: 0,
+        flags: 0,
+    };
     let bits = |a: &[u8], n: u32| -> Vec<bool> { (0..n).map(|i| a[i as usize / 8] >> (7 - i % 8) & 1 == 1).collect() };
     match addr.parse::<IpAddr>().unwrap() {
         IpAddr::V4(a) => c
@@ -93,12 +105,21 @@ endpoints:
 #[test]
 fn overlapping_cidrs_keep_both_rules() {
     let c = compile_yaml(OVERLAP, &[]);
-    assert!(ingress_allows(&c, "srv", "10.1.2.3", 6, 22), "10/8 port 22 must still apply inside 10.1/16");
+    assert!(
+        ingress_allows(&c, "srv", "10.1.2.3", 6, 22),
+        "10/8 port 22 must still apply inside 10.1/16"
+    );
     assert!(ingress_allows(&c, "srv", "10.1.2.3", 6, 443));
     assert!(ingress_allows(&c, "srv", "10.2.0.1", 6, 22));
-    assert!(!ingress_allows(&c, "srv", "10.2.0.1", 6, 443), "443 is only for 10.1/16");
+    assert!(
+        !ingress_allows(&c, "srv", "10.2.0.1", 6, 443),
+        "443 is only for 10.1/16"
+    );
     assert!(!ingress_allows(&c, "srv", "11.0.0.1", 6, 22));
-    assert!(!ingress_allows(&c, "srv", "10.1.2.3", 17, 22), "tcp rule must not allow udp");
+    assert!(
+        !ingress_allows(&c, "srv", "10.1.2.3", 17, 22),
+        "tcp rule must not allow udp"
+    );
     assert!(!ingress_allows(&c, "srv", "10.1.2.3", 6, 23));
 }
 
@@ -131,20 +152,35 @@ endpoints:
         (17, 65534, true),
         (17, 65535, false),
     ] {
-        assert_eq!(ingress_allows(&c, "e", "1.2.3.4", proto, port), want, "proto {proto} port {port}");
+        assert_eq!(
+            ingress_allows(&c, "e", "1.2.3.4", proto, port),
+            want,
+            "proto {proto} port {port}"
+        );
     }
 }
 
 #[test]
 fn port_blocks_match_first_covering_range_for_every_port() {
-    let ranges = [(0, 0, 1), (5, 1030, 2), (1000, 2000, 3), (65535, 65535, 4), (1024, 1024, 5), (30000, 65534, 6)];
+    let ranges = [
+        (0, 0, 1),
+        (5, 1030, 2),
+        (1000, 2000, 3),
+        (65535, 65535, 4),
+        (1024, 1024, 5),
+        (30000, 65534, 6),
+    ];
     let blocks = port_blocks(&ranges);
     for port in 0..=u16::MAX {
         let want = ranges.iter().find(|(f, l, _)| *f <= port && port <= *l).map(|r| r.2);
         let got: Vec<u32> = blocks
             .iter()
             .filter(|b| {
-                let mask = if b.prefix_bits == 0 { 0 } else { u16::MAX << (16 - b.prefix_bits) };
+                let mask = if b.prefix_bits == 0 {
+                    0
+                } else {
+                    u16::MAX << (16 - b.prefix_bits)
+                };
                 b.start & mask == port & mask
             })
             .map(|b| b.rule)
@@ -191,7 +227,10 @@ fn group_peers_cover_both_families_and_remote_endpoints() {
     // db-1 runs on another node: it is a peer, not a local endpoint.
     assert!(c.endpoints.iter().all(|e| e.name != "db-1"));
     assert!(egress_allows(&c, "api-1", "10.20.0.5", 6, 5432));
-    assert!(egress_allows(&c, "api-1", "fd00:20::5", 132, 9), "proto all covers every protocol");
+    assert!(
+        egress_allows(&c, "api-1", "fd00:20::5", 132, 9),
+        "proto all covers every protocol"
+    );
     assert_eq!(peer(&c, "10.20.0.5").local_policy, 0);
     assert_ne!(peer(&c, "10.10.0.21").local_policy, 0);
 }
@@ -200,11 +239,20 @@ fn group_peers_cover_both_families_and_remote_endpoints() {
 fn icmp_rules_stay_in_their_family_and_type() {
     let c = compile_yaml(SHOP, &["10.10.0.1", "fd00:10::1"]);
     assert!(ingress_allows(&c, "web-1", "10.10.0.1", 1, 8 << 8));
-    assert!(ingress_allows(&c, "web-1", "10.10.0.1", 1, (8 << 8) | 3), "type without code covers every code");
+    assert!(
+        ingress_allows(&c, "web-1", "10.10.0.1", 1, (8 << 8) | 3),
+        "type without code covers every code"
+    );
     assert!(!ingress_allows(&c, "web-1", "10.10.0.1", 1, 13 << 8));
     assert!(ingress_allows(&c, "web-1", "fd00:10::1", 58, 128 << 8));
-    assert!(!ingress_allows(&c, "web-1", "fd00:10::1", 1, 8 << 8), "icmp rules match IPv4 only");
-    assert!(!ingress_allows(&c, "web-1", "10.10.0.1", 58, 128 << 8), "icmpv6 rules match IPv6 only");
+    assert!(
+        !ingress_allows(&c, "web-1", "fd00:10::1", 1, 8 << 8),
+        "icmp rules match IPv4 only"
+    );
+    assert!(
+        !ingress_allows(&c, "web-1", "10.10.0.1", 58, 128 << 8),
+        "icmpv6 rules match IPv6 only"
+    );
 }
 
 #[test]
@@ -212,7 +260,10 @@ fn host_peer_is_the_host_addresses_only() {
     let c = compile_yaml(SHOP, &["10.10.0.1", "fd00:10::1"]);
     assert_ne!(peer(&c, "10.10.0.1").flags & hostwall_common::PEER_HOST, 0);
     assert!(!ingress_allows(&c, "web-1", "10.10.0.2", 1, 8 << 8));
-    assert!(!ingress_allows(&c, "web-1", "10.10.0.21", 1, 8 << 8), "an endpoint is not the host");
+    assert!(
+        !ingress_allows(&c, "web-1", "10.10.0.21", 1, 8 << 8),
+        "an endpoint is not the host"
+    );
 }
 
 #[test]
@@ -220,7 +271,10 @@ fn prefix_lists_match_by_address_whoever_owns_it() {
     let c = compile_yaml(SHOP, &["192.0.2.1"]);
     assert!(ingress_allows(&c, "web-1", "192.0.2.200", 6, 443));
     assert!(ingress_allows(&c, "web-1", "2001:db8::7", 6, 443));
-    assert!(ingress_allows(&c, "web-1", "192.0.2.1", 6, 443), "the host's address inside the list matches too");
+    assert!(
+        ingress_allows(&c, "web-1", "192.0.2.1", 6, 443),
+        "the host's address inside the list matches too"
+    );
     assert!(!ingress_allows(&c, "web-1", "198.51.100.1", 6, 443));
 }
 
@@ -238,14 +292,26 @@ fn source_guard_lists_each_local_address_on_its_interface() {
     let web = c.endpoints.iter().find(|e| e.name == "web-1").unwrap();
     let addrs: Vec<_> = c.src.iter().filter(|k| Some(k.ifindex) == web.ifindex).collect();
     assert_eq!(addrs.len(), 2);
-    assert!(c.src.iter().all(|k| k.addr != addr_bytes("10.20.0.5".parse().unwrap()).1), "remote endpoints have no guard");
+    assert!(
+        c.src
+            .iter()
+            .all(|k| k.addr != addr_bytes("10.20.0.5".parse().unwrap()).1),
+        "remote endpoints have no guard"
+    );
 }
 
 #[test]
 fn a_policy_that_does_not_fit_is_refused_with_the_limit() {
     let policy = parse_str(SHOP, "shop.yaml").unwrap();
-    let view = HostView { node: "n1", host_addresses: &[], ifindex: &|_| Some(7) };
-    let limits = Limits { policy_entries: 3, ..Limits::default() };
+    let view = HostView {
+        node: "n1",
+        host_addresses: &[],
+        ifindex: &|_| Some(7),
+    };
+    let limits = Limits {
+        policy_entries: 3,
+        ..Limits::default()
+    };
     let err = compile_with_limits(&policy, &view, &limits).unwrap_err();
     let CompileError::MapFull { map, needed, capacity } = &err;
     assert_eq!((*map, *capacity), ("HW_POLICY", 3));
@@ -256,7 +322,17 @@ fn a_policy_that_does_not_fit_is_refused_with_the_limit() {
 #[test]
 fn rule_ids_are_stable_and_dense() {
     let c = compile_yaml(SHOP, &[]);
-    let id = c.rule_id(&RuleRef { group: "api".into(), direction: Direction::Ingress, index: 0 }).unwrap();
+    let id = c
+        .rule_id(&RuleRef {
+            group: "api".into(),
+            direction: Direction::Ingress,
+            index: 0,
+        })
+        .unwrap();
     assert_eq!(c.rules[id as usize - 1].group, "api");
-    assert!(c.policy.iter().all(|(_, _, v)| v.rule >= 1 && v.rule as usize <= c.rules.len()));
+    assert!(
+        c.policy
+            .iter()
+            .all(|(_, _, v)| v.rule >= 1 && v.rule as usize <= c.rules.len())
+    );
 }

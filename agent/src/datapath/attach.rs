@@ -82,10 +82,22 @@ impl Attachments {
         if kind == HookKind::Clsact {
             match tc::qdisc_add_clsact(ifindex) {
                 Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
-                Err(source) => return Err(AttachError::Clsact { interface: interface.into(), source }),
+                Err(source) => {
+                    return Err(AttachError::Clsact {
+                        interface: interface.into(),
+                        source,
+                    });
+                }
             }
         }
-        let ingress = attach_tc(ebpf, PROG_FROM_ENDPOINT, TcAttachType::Ingress, kind, interface, ifindex)?;
+        let ingress = attach_tc(
+            ebpf,
+            PROG_FROM_ENDPOINT,
+            TcAttachType::Ingress,
+            kind,
+            interface,
+            ifindex,
+        )?;
         let egress = match attach_tc(ebpf, PROG_TO_ENDPOINT, TcAttachType::Egress, kind, interface, ifindex) {
             Ok(link) => link,
             Err(e) => {
@@ -93,7 +105,14 @@ impl Attachments {
                 return Err(e);
             }
         };
-        self.endpoints.insert(ifindex, Attached { interface: interface.into(), ingress, egress });
+        self.endpoints.insert(
+            ifindex,
+            Attached {
+                interface: interface.into(),
+                ingress,
+                egress,
+            },
+        );
         Ok(())
     }
 
@@ -108,12 +127,14 @@ impl Attachments {
 
     pub fn attach_uplink(&mut self, ebpf: &mut Ebpf, interface: &str, ifindex: u32) -> Result<(), AttachError> {
         let prog: &mut Xdp = ebpf.program_mut(PROG_UPLINK).expect("loaded").try_into().expect("xdp");
-        let link = prog.attach(ifindex, XdpMode::Default).map_err(|source| AttachError::Attach {
-            hook: "xdp",
-            interface: interface.into(),
-            ifindex,
-            source,
-        })?;
+        let link = prog
+            .attach(ifindex, XdpMode::Default)
+            .map_err(|source| AttachError::Attach {
+                hook: "xdp",
+                interface: interface.into(),
+                ifindex,
+                source,
+            })?;
         self.uplink = Some((interface.into(), link));
         Ok(())
     }
@@ -144,7 +165,10 @@ fn attach_tc(
     ifindex: u32,
 ) -> Result<SchedClassifierLinkId, AttachError> {
     let how = match kind {
-        HookKind::Tcx => TcAttach::Tcx { attach_type, order: LinkOrder::first() },
+        HookKind::Tcx => TcAttach::Tcx {
+            attach_type,
+            order: LinkOrder::first(),
+        },
         HookKind::Clsact => TcAttach::Auto(attach_type),
     };
     let hook = match attach_type {
@@ -153,5 +177,10 @@ fn attach_tc(
     };
     classifier(ebpf, prog)
         .attach(ifindex, how)
-        .map_err(|source| AttachError::Attach { hook, interface: interface.into(), ifindex, source })
+        .map_err(|source| AttachError::Attach {
+            hook,
+            interface: interface.into(),
+            ifindex,
+            source,
+        })
 }

@@ -70,8 +70,14 @@ impl Datapath {
             .program_mut(PROG_UPLINK)
             .ok_or(LoadError::Missing { name: PROG_UPLINK })?
             .try_into()
-            .map_err(|source| LoadError::Program { name: PROG_UPLINK, source })?;
-        xdp.load().map_err(|source| LoadError::Program { name: PROG_UPLINK, source })?;
+            .map_err(|source| LoadError::Program {
+                name: PROG_UPLINK,
+                source,
+            })?;
+        xdp.load().map_err(|source| LoadError::Program {
+            name: PROG_UPLINK,
+            source,
+        })?;
         let slots = Slots::take(&mut ebpf)?;
         Ok(Datapath { ebpf, slots })
     }

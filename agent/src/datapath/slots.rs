@@ -102,13 +102,19 @@ impl Slot {
             self.src.insert(k, &ep_of(c, k), 0).map_err(w("HW_SRC"))?;
         }
         for (len, addr, info) in &c.peer4 {
-            self.peer4.insert(&Key::new(*len, *addr), info, 0).map_err(w("HW_PEER4"))?;
+            self.peer4
+                .insert(&Key::new(*len, *addr), info, 0)
+                .map_err(w("HW_PEER4"))?;
         }
         for (len, addr, info) in &c.peer6 {
-            self.peer6.insert(&Key::new(*len, *addr), info, 0).map_err(w("HW_PEER6"))?;
+            self.peer6
+                .insert(&Key::new(*len, *addr), info, 0)
+                .map_err(w("HW_PEER6"))?;
         }
         for (len, key, value) in &c.policy {
-            self.policy.insert(&Key::new(*len, *key), value, 0).map_err(w("HW_POLICY"))?;
+            self.policy
+                .insert(&Key::new(*len, *key), value, 0)
+                .map_err(w("HW_POLICY"))?;
         }
         Ok(())
     }
@@ -116,7 +122,11 @@ impl Slot {
 
 /// The endpoint id that owns a source-guard entry.
 fn ep_of(c: &Compiled, k: &SrcKey) -> u32 {
-    c.endpoints.iter().find(|e| e.ifindex == Some(k.ifindex)).map(|e| e.info.endpoint).unwrap_or(0)
+    c.endpoints
+        .iter()
+        .find(|e| e.ifindex == Some(k.ifindex))
+        .map(|e| e.info.endpoint)
+        .unwrap_or(0)
 }
 
 impl Slots {
@@ -138,8 +148,14 @@ impl Slots {
         slot.fill(compiled)?;
         self.settings
             .set(next, &compiled.settings, 0)
-            .map_err(|source| SlotError::Write { map: "HW_SETTINGS", source })?;
-        self.active.set(0, &next, 0).map_err(|source| SlotError::Write { map: "HW_ACTIVE", source })?;
+            .map_err(|source| SlotError::Write {
+                map: "HW_SETTINGS",
+                source,
+            })?;
+        self.active.set(0, &next, 0).map_err(|source| SlotError::Write {
+            map: "HW_ACTIVE",
+            source,
+        })?;
         self.current = next;
         std::thread::sleep(GRACE);
         Ok(())

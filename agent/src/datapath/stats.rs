@@ -25,7 +25,11 @@ pub struct Stats {
 
 impl Stats {
     pub fn drops_for(&self, reason: DropReason) -> u64 {
-        self.drops.iter().find(|r| r.code == reason as u32).map(|r| r.packets).unwrap_or(0)
+        self.drops
+            .iter()
+            .find(|r| r.code == reason as u32)
+            .map(|r| r.packets)
+            .unwrap_or(0)
     }
 }
 
@@ -38,7 +42,10 @@ fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> (u64, u64) {
 
 fn open(dir: &Path, name: &str) -> Result<PerCpuArray<MapData, Counter>, StatsError> {
     let path = dir.join(name);
-    let data = MapData::from_pin(&path).map_err(|source| StatsError::Open { path: path.clone(), source })?;
+    let data = MapData::from_pin(&path).map_err(|source| StatsError::Open {
+        path: path.clone(),
+        source,
+    })?;
     PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|source| StatsError::Open { path, source })
 }
 
@@ -60,11 +67,21 @@ pub fn read_pinned(dir: &Path, rules: u32) -> Result<Stats, StatsError> {
     let mut stats = Stats::default();
     for r in DropReason::ALL {
         let (packets, bytes) = sum(&drops, r as u32);
-        stats.drops.push(ReasonCount { code: r as u32, reason: r.name(), packets, bytes });
+        stats.drops.push(ReasonCount {
+            code: r as u32,
+            reason: r.name(),
+            packets,
+            bytes,
+        });
     }
     for r in PassReason::ALL {
         let (packets, bytes) = sum(&passes, r as u32);
-        stats.passes.push(ReasonCount { code: r as u32, reason: r.name(), packets, bytes });
+        stats.passes.push(ReasonCount {
+            code: r as u32,
+            reason: r.name(),
+            packets,
+            bytes,
+        });
     }
     if rules > 0 {
         let rule_map = open(dir, "HW_RULE_STATS")?;

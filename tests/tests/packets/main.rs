@@ -80,20 +80,31 @@ impl Fixture {
             let real = names2.iter().find(|(p, _)| p == name).map(|(_, r)| r.clone())?;
             hostwall::host::ifindex(&real)
         };
-        let view = HostView { node: "test", host_addresses: &host, ifindex: &resolve };
+        let view = HostView {
+            node: "test",
+            host_addresses: &host,
+            ifindex: &resolve,
+        };
         let compiled = compile::compile(&policy, &view).expect("compile");
         dp.slots.apply(&compiled).expect("apply");
         Fixture { dp, names }
     }
 
     fn ifindex(&self, policy_name: &str) -> u32 {
-        let real = &self.names.iter().find(|(p, _)| p == policy_name).expect("interface in policy").1;
+        let real = &self
+            .names
+            .iter()
+            .find(|(p, _)| p == policy_name)
+            .expect("interface in policy")
+            .1;
         hostwall::host::ifindex(real).expect("test interface exists")
     }
 
     fn counters(&self, map: &str) -> Vec<u64> {
         let m: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(self.dp.ebpf.map(map).unwrap()).unwrap();
-        (0..m.len()).map(|i| m.get(&i, 0).unwrap().iter().map(|c| c.packets).sum()).collect()
+        (0..m.len())
+            .map(|i| m.get(&i, 0).unwrap().iter().map(|c| c.packets).sum())
+            .collect()
     }
 
     /// Runs `frame` through the program of `hook`; returns the verdict as
@@ -103,7 +114,11 @@ impl Fixture {
         let passes = self.counters("HW_PASSES");
         let ret = match hook {
             From(iface) | To(iface) => {
-                let name = if matches!(hook, From(_)) { PROG_FROM_ENDPOINT } else { PROG_TO_ENDPOINT };
+                let name = if matches!(hook, From(_)) {
+                    PROG_FROM_ENDPOINT
+                } else {
+                    PROG_TO_ENDPOINT
+                };
                 let prog: &SchedClassifier = self.dp.ebpf.program(name).unwrap().try_into().unwrap();
                 let mut ctx = [0u8; SKB_CTX_SIZE];
                 ctx[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&self.ifindex(iface).to_ne_bytes());
@@ -133,7 +148,10 @@ impl Fixture {
             }
         };
         let moved = |before: &[u64], after: &[u64]| -> Vec<u32> {
-            (0..before.len()).filter(|&i| after[i] != before[i]).map(|i| i as u32).collect()
+            (0..before.len())
+                .filter(|&i| after[i] != before[i])
+                .map(|i| i as u32)
+                .collect()
         };
         let dropped = moved(&drops, &self.counters("HW_DROPS"));
         let passed = moved(&passes, &self.counters("HW_PASSES"));
@@ -150,10 +168,19 @@ impl Fixture {
         for (name, hook, frame, want) in cases {
             let got = self.run(*hook, frame);
             if got != *want {
-                failures.push(format!("{name}: {hook:?} expected {want:?}, got {got:?}\n  frame: {:02x?}", frame.0));
+                failures.push(format!(
+                    "{name}: {hook:?} expected {want:?}, got {got:?}\n  frame: {:02x?}",
+                    frame.0
+                ));
             }
         }
-        assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n")
+        );
     }
 }
 
@@ -211,29 +238,114 @@ fn fixture() -> Fixture {
 fn rules_decide_new_flows() {
     let f = fixture();
     f.check(&[
-        ("web->api allowed port", From("hw-web"), frame(WEB, API, tcp(40000, 8080, SYN)), Pass(PassReason::NewAllowed)),
-        ("web->api v6", From("hw-web"), frame(WEB6, API6, tcp(40000, 8080, SYN)), Pass(PassReason::NewAllowed)),
-        ("web->api port not in egress", From("hw-web"), frame(WEB, API, tcp(40000, 8082, SYN)), Drop(DropReason::EgressDenied)),
+        (
+            "web->api allowed port",
+            From("hw-web"),
+            frame(WEB, API, tcp(40000, 8080, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "web->api v6",
+            From("hw-web"),
+            frame(WEB6, API6, tcp(40000, 8080, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "web->api port not in egress",
+            From("hw-web"),
+            frame(WEB, API, tcp(40000, 8082, SYN)),
+            Drop(DropReason::EgressDenied),
+        ),
         (
             "web->api 8081: web's egress allows, api's ingress does not",
             From("hw-web"),
             frame(WEB, API, tcp(40000, 8081, SYN)),
             Drop(DropReason::IngressDenied),
         ),
-        ("api->web: no egress rule", From("hw-api"), frame(API, WEB, tcp(40000, 80, SYN)), Drop(DropReason::EgressDenied)),
-        ("api->remote db", From("hw-api"), frame(API, DB_REMOTE, tcp(40000, 5432, SYN)), Pass(PassReason::NewAllowed)),
-        ("web->remote db", From("hw-web"), frame(WEB, DB_REMOTE, tcp(40000, 5432, SYN)), Drop(DropReason::EgressDenied)),
-        ("web->host dns", From("hw-web"), frame(WEB, HOST, udp(5353, 53)), Pass(PassReason::NewAllowed)),
-        ("web->host tcp", From("hw-web"), frame(WEB, HOST, tcp(5353, 53, SYN)), Drop(DropReason::EgressDenied)),
-        ("lonely sends", From("hw-lonely"), frame(LONELY, API, tcp(1, 8080, SYN)), Drop(DropReason::EgressDenied)),
-        ("lonely receives", To("hw-lonely"), frame(OUTSIDE, LONELY, tcp(1, 80, SYN)), Drop(DropReason::IngressDenied)),
-        ("outside->web 80", To("hw-web"), frame(OUTSIDE, WEB, tcp(1, 80, SYN)), Pass(PassReason::NewAllowed)),
-        ("outside->web 22", To("hw-web"), frame(OUTSIDE, WEB, tcp(1, 22, SYN)), Drop(DropReason::IngressDenied)),
-        ("office->web 22", To("hw-web"), frame(OFFICE, WEB, tcp(1, 22, SYN)), Pass(PassReason::NewAllowed)),
-        ("host ping web", To("hw-web"), frame(HOST, WEB, echo_request(false, 7)), Pass(PassReason::NewAllowed)),
-        ("host ping6 web", To("hw-web"), frame(HOST6, WEB6, echo_request(true, 7)), Pass(PassReason::NewAllowed)),
-        ("outside ping web", To("hw-web"), frame(OUTSIDE, WEB, echo_request(false, 7)), Drop(DropReason::IngressDenied)),
-        ("host->web other icmp type", To("hw-web"), frame(HOST, WEB, icmp(13, 0, [0; 4], vec![])), Drop(DropReason::IngressDenied)),
+        (
+            "api->web: no egress rule",
+            From("hw-api"),
+            frame(API, WEB, tcp(40000, 80, SYN)),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "api->remote db",
+            From("hw-api"),
+            frame(API, DB_REMOTE, tcp(40000, 5432, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "web->remote db",
+            From("hw-web"),
+            frame(WEB, DB_REMOTE, tcp(40000, 5432, SYN)),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "web->host dns",
+            From("hw-web"),
+            frame(WEB, HOST, udp(5353, 53)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "web->host tcp",
+            From("hw-web"),
+            frame(WEB, HOST, tcp(5353, 53, SYN)),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "lonely sends",
+            From("hw-lonely"),
+            frame(LONELY, API, tcp(1, 8080, SYN)),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "lonely receives",
+            To("hw-lonely"),
+            frame(OUTSIDE, LONELY, tcp(1, 80, SYN)),
+            Drop(DropReason::IngressDenied),
+        ),
+        (
+            "outside->web 80",
+            To("hw-web"),
+            frame(OUTSIDE, WEB, tcp(1, 80, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "outside->web 22",
+            To("hw-web"),
+            frame(OUTSIDE, WEB, tcp(1, 22, SYN)),
+            Drop(DropReason::IngressDenied),
+        ),
+        (
+            "office->web 22",
+            To("hw-web"),
+            frame(OFFICE, WEB, tcp(1, 22, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "host ping web",
+            To("hw-web"),
+            frame(HOST, WEB, echo_request(false, 7)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "host ping6 web",
+            To("hw-web"),
+            frame(HOST6, WEB6, echo_request(true, 7)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "outside ping web",
+            To("hw-web"),
+            frame(OUTSIDE, WEB, echo_request(false, 7)),
+            Drop(DropReason::IngressDenied),
+        ),
+        (
+            "host->web other icmp type",
+            To("hw-web"),
+            frame(HOST, WEB, icmp(13, 0, [0; 4], vec![])),
+            Drop(DropReason::IngressDenied),
+        ),
     ]);
 }
 
@@ -241,25 +353,90 @@ fn rules_decide_new_flows() {
 fn replies_pass_and_unsolicited_replies_do_not() {
     let f = fixture();
     f.check(&[
-        ("unsolicited reply", From("hw-api"), frame(API, WEB, tcp(8080, 40001, SYN | ACK)), Drop(DropReason::EgressDenied)),
-        ("request", From("hw-web"), frame(WEB, API, tcp(40001, 8080, SYN)), Pass(PassReason::NewAllowed)),
-        ("request at api's interface", To("hw-api"), frame(WEB, API, tcp(40001, 8080, SYN)), Pass(PassReason::Established)),
-        ("reply", From("hw-api"), frame(API, WEB, tcp(8080, 40001, SYN | ACK)), Pass(PassReason::Reply)),
-        ("reply at web's interface", To("hw-web"), frame(API, WEB, tcp(8080, 40001, SYN | ACK)), Pass(PassReason::Reply)),
-        ("next request", From("hw-web"), frame(WEB, API, tcp(40001, 8080, ACK)), Pass(PassReason::Established)),
-        ("other port, no flow", From("hw-api"), frame(API, WEB, tcp(8080, 40002, ACK)), Drop(DropReason::EgressDenied)),
-        ("echo request", From("hw-web"), frame(WEB, API, echo_request(false, 99)), Pass(PassReason::NewAllowed)),
-        ("echo reply", From("hw-api"), frame(API, WEB, echo_reply(false, 99)), Pass(PassReason::Reply)),
-        ("echo reply wrong id", From("hw-api"), frame(API, WEB, echo_reply(false, 98)), Drop(DropReason::EgressDenied)),
+        (
+            "unsolicited reply",
+            From("hw-api"),
+            frame(API, WEB, tcp(8080, 40001, SYN | ACK)),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "request",
+            From("hw-web"),
+            frame(WEB, API, tcp(40001, 8080, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "request at api's interface",
+            To("hw-api"),
+            frame(WEB, API, tcp(40001, 8080, SYN)),
+            Pass(PassReason::Established),
+        ),
+        (
+            "reply",
+            From("hw-api"),
+            frame(API, WEB, tcp(8080, 40001, SYN | ACK)),
+            Pass(PassReason::Reply),
+        ),
+        (
+            "reply at web's interface",
+            To("hw-web"),
+            frame(API, WEB, tcp(8080, 40001, SYN | ACK)),
+            Pass(PassReason::Reply),
+        ),
+        (
+            "next request",
+            From("hw-web"),
+            frame(WEB, API, tcp(40001, 8080, ACK)),
+            Pass(PassReason::Established),
+        ),
+        (
+            "other port, no flow",
+            From("hw-api"),
+            frame(API, WEB, tcp(8080, 40002, ACK)),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "echo request",
+            From("hw-web"),
+            frame(WEB, API, echo_request(false, 99)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "echo reply",
+            From("hw-api"),
+            frame(API, WEB, echo_reply(false, 99)),
+            Pass(PassReason::Reply),
+        ),
+        (
+            "echo reply wrong id",
+            From("hw-api"),
+            frame(API, WEB, echo_reply(false, 98)),
+            Drop(DropReason::EgressDenied),
+        ),
         (
             "echo request back along the tracked id is not a reply",
             From("hw-api"),
             frame(API, WEB, echo_request(false, 99)),
             Drop(DropReason::EgressDenied),
         ),
-        ("dns query", From("hw-web"), frame(WEB, HOST, udp(5353, 53)), Pass(PassReason::NewAllowed)),
-        ("dns answer", To("hw-web"), frame(HOST, WEB, udp(53, 5353)), Pass(PassReason::Reply)),
-        ("answer to another port", To("hw-web"), frame(HOST, WEB, udp(53, 5354)), Drop(DropReason::IngressDenied)),
+        (
+            "dns query",
+            From("hw-web"),
+            frame(WEB, HOST, udp(5353, 53)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "dns answer",
+            To("hw-web"),
+            frame(HOST, WEB, udp(53, 5353)),
+            Pass(PassReason::Reply),
+        ),
+        (
+            "answer to another port",
+            To("hw-web"),
+            frame(HOST, WEB, udp(53, 5354)),
+            Drop(DropReason::IngressDenied),
+        ),
     ]);
 }
 
@@ -267,17 +444,47 @@ fn replies_pass_and_unsolicited_replies_do_not() {
 fn flows_expire_after_their_timeout() {
     let f = fixture();
     f.check(&[
-        ("dns query", From("hw-web"), frame(WEB, HOST, udp(5353, 53)), Pass(PassReason::NewAllowed)),
-        ("dns answer", To("hw-web"), frame(HOST, WEB, udp(53, 5353)), Pass(PassReason::Reply)),
+        (
+            "dns query",
+            From("hw-web"),
+            frame(WEB, HOST, udp(5353, 53)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "dns answer",
+            To("hw-web"),
+            frame(HOST, WEB, udp(53, 5353)),
+            Pass(PassReason::Reply),
+        ),
     ]);
     // udp_stream keeps the default 180 s once a reply is seen; a flow
     // without replies uses `udp: 1s`.
-    f.check(&[("unanswered query", From("hw-web"), frame(WEB, HOST, udp(5354, 53)), Pass(PassReason::NewAllowed))]);
+    f.check(&[(
+        "unanswered query",
+        From("hw-web"),
+        frame(WEB, HOST, udp(5354, 53)),
+        Pass(PassReason::NewAllowed),
+    )]);
     std::thread::sleep(std::time::Duration::from_millis(1300));
     f.check(&[
-        ("late answer", To("hw-web"), frame(HOST, WEB, udp(53, 5354)), Drop(DropReason::IngressDenied)),
-        ("answered flow still tracked", To("hw-web"), frame(HOST, WEB, udp(53, 5353)), Pass(PassReason::Reply)),
-        ("query again is new", From("hw-web"), frame(WEB, HOST, udp(5354, 53)), Pass(PassReason::NewAllowed)),
+        (
+            "late answer",
+            To("hw-web"),
+            frame(HOST, WEB, udp(53, 5354)),
+            Drop(DropReason::IngressDenied),
+        ),
+        (
+            "answered flow still tracked",
+            To("hw-web"),
+            frame(HOST, WEB, udp(53, 5353)),
+            Pass(PassReason::Reply),
+        ),
+        (
+            "query again is new",
+            From("hw-web"),
+            frame(WEB, HOST, udp(5354, 53)),
+            Pass(PassReason::NewAllowed),
+        ),
     ]);
 }
 
@@ -285,21 +492,66 @@ fn flows_expire_after_their_timeout() {
 fn identity_comes_from_the_interface() {
     let f = fixture();
     f.check(&[
-        ("forged source v4", From("hw-web"), frame(LONELY, API, tcp(1, 8080, SYN)), Drop(DropReason::SpoofedSource)),
-        ("another endpoint's source", From("hw-lonely"), frame(WEB, API, tcp(1, 8080, SYN)), Drop(DropReason::SpoofedSource)),
-        ("forged source v6", From("hw-web"), frame("fd00:10::99", API6, tcp(1, 8080, SYN)), Drop(DropReason::SpoofedSource)),
+        (
+            "forged source v4",
+            From("hw-web"),
+            frame(LONELY, API, tcp(1, 8080, SYN)),
+            Drop(DropReason::SpoofedSource),
+        ),
+        (
+            "another endpoint's source",
+            From("hw-lonely"),
+            frame(WEB, API, tcp(1, 8080, SYN)),
+            Drop(DropReason::SpoofedSource),
+        ),
+        (
+            "forged source v6",
+            From("hw-web"),
+            frame("fd00:10::99", API6, tcp(1, 8080, SYN)),
+            Drop(DropReason::SpoofedSource),
+        ),
         (
             "local address arriving from elsewhere",
             To("hw-api"),
             frame(WEB, API, tcp(40009, 8080, SYN)),
             Drop(DropReason::LocalAddressWrongPath),
         ),
-        ("arp for own address", From("hw-web"), arp(WEB, API), Pass(PassReason::Neighbour)),
-        ("arp probe", From("hw-web"), arp("0.0.0.0", WEB), Pass(PassReason::Neighbour)),
-        ("arp claiming api", From("hw-web"), arp(API, HOST), Drop(DropReason::ArpSpoofed)),
-        ("arp to endpoint", To("hw-web"), arp(HOST, WEB), Pass(PassReason::Neighbour)),
-        ("vlan tagged", From("hw-web"), vlan(frame(WEB, API, tcp(1, 8080, SYN))), Drop(DropReason::UnsupportedEthertype)),
-        ("vlan to endpoint", To("hw-web"), vlan(frame(OUTSIDE, WEB, tcp(1, 80, SYN))), Drop(DropReason::UnsupportedEthertype)),
+        (
+            "arp for own address",
+            From("hw-web"),
+            arp(WEB, API),
+            Pass(PassReason::Neighbour),
+        ),
+        (
+            "arp probe",
+            From("hw-web"),
+            arp("0.0.0.0", WEB),
+            Pass(PassReason::Neighbour),
+        ),
+        (
+            "arp claiming api",
+            From("hw-web"),
+            arp(API, HOST),
+            Drop(DropReason::ArpSpoofed),
+        ),
+        (
+            "arp to endpoint",
+            To("hw-web"),
+            arp(HOST, WEB),
+            Pass(PassReason::Neighbour),
+        ),
+        (
+            "vlan tagged",
+            From("hw-web"),
+            vlan(frame(WEB, API, tcp(1, 8080, SYN))),
+            Drop(DropReason::UnsupportedEthertype),
+        ),
+        (
+            "vlan to endpoint",
+            To("hw-web"),
+            vlan(frame(OUTSIDE, WEB, tcp(1, 80, SYN))),
+            Drop(DropReason::UnsupportedEthertype),
+        ),
     ]);
 }
 
@@ -308,17 +560,72 @@ fn ipv6_neighbour_discovery_but_no_router_games() {
     let f = fixture();
     let ll = "fe80::11";
     f.check(&[
-        ("NS from link-local", From("hw-web"), nd(ll, "ff02::1:ff00:21", 135, API6), Pass(PassReason::Neighbour)),
-        ("NS during DAD", From("hw-web"), nd("::", "ff02::1:ff00:11", 135, WEB6), Pass(PassReason::Neighbour)),
-        ("NA for own address", From("hw-web"), nd(ll, "fe80::1", 136, WEB6), Pass(PassReason::Neighbour)),
-        ("NA for own link-local", From("hw-web"), nd(ll, "fe80::1", 136, ll), Pass(PassReason::Neighbour)),
-        ("NA claiming api", From("hw-web"), nd(ll, "fe80::1", 136, API6), Drop(DropReason::NdSpoofed)),
-        ("RS", From("hw-web"), frame(ll, "ff02::2", icmp(133, 0, [0; 4], vec![])), Pass(PassReason::Neighbour)),
-        ("MLDv2 report", From("hw-web"), frame(ll, "ff02::16", icmp(143, 0, [0; 4], vec![])), Pass(PassReason::Neighbour)),
-        ("RA from container", From("hw-web"), frame(ll, "ff02::1", icmp(134, 0, [0; 4], vec![0; 8])), Drop(DropReason::Icmpv6Forbidden)),
-        ("redirect from container", From("hw-web"), frame(ll, "fe80::1", icmp(137, 0, [0; 4], vec![0; 32])), Drop(DropReason::Icmpv6Forbidden)),
-        ("link-local tcp", From("hw-web"), frame(ll, "fe80::21", tcp(1, 8080, SYN)), Drop(DropReason::Icmpv6Forbidden)),
-        ("RA from host to endpoint", To("hw-web"), frame("fe80::1", "ff02::1", icmp(134, 0, [0; 4], vec![0; 8])), Pass(PassReason::Neighbour)),
+        (
+            "NS from link-local",
+            From("hw-web"),
+            nd(ll, "ff02::1:ff00:21", 135, API6),
+            Pass(PassReason::Neighbour),
+        ),
+        (
+            "NS during DAD",
+            From("hw-web"),
+            nd("::", "ff02::1:ff00:11", 135, WEB6),
+            Pass(PassReason::Neighbour),
+        ),
+        (
+            "NA for own address",
+            From("hw-web"),
+            nd(ll, "fe80::1", 136, WEB6),
+            Pass(PassReason::Neighbour),
+        ),
+        (
+            "NA for own link-local",
+            From("hw-web"),
+            nd(ll, "fe80::1", 136, ll),
+            Pass(PassReason::Neighbour),
+        ),
+        (
+            "NA claiming api",
+            From("hw-web"),
+            nd(ll, "fe80::1", 136, API6),
+            Drop(DropReason::NdSpoofed),
+        ),
+        (
+            "RS",
+            From("hw-web"),
+            frame(ll, "ff02::2", icmp(133, 0, [0; 4], vec![])),
+            Pass(PassReason::Neighbour),
+        ),
+        (
+            "MLDv2 report",
+            From("hw-web"),
+            frame(ll, "ff02::16", icmp(143, 0, [0; 4], vec![])),
+            Pass(PassReason::Neighbour),
+        ),
+        (
+            "RA from container",
+            From("hw-web"),
+            frame(ll, "ff02::1", icmp(134, 0, [0; 4], vec![0; 8])),
+            Drop(DropReason::Icmpv6Forbidden),
+        ),
+        (
+            "redirect from container",
+            From("hw-web"),
+            frame(ll, "fe80::1", icmp(137, 0, [0; 4], vec![0; 32])),
+            Drop(DropReason::Icmpv6Forbidden),
+        ),
+        (
+            "link-local tcp",
+            From("hw-web"),
+            frame(ll, "fe80::21", tcp(1, 8080, SYN)),
+            Drop(DropReason::Icmpv6Forbidden),
+        ),
+        (
+            "RA from host to endpoint",
+            To("hw-web"),
+            frame("fe80::1", "ff02::1", icmp(134, 0, [0; 4], vec![0; 8])),
+            Pass(PassReason::Neighbour),
+        ),
     ]);
 }
 
@@ -328,21 +635,66 @@ fn fragments_follow_their_first_fragment() {
     let syn = tcp(40100, 8080, SYN).bytes();
     let denied = tcp(40100, 8082, SYN).bytes();
     f.check(&[
-        ("first fragment, allowed", From("hw-web"), frame_v4_fragment(WEB, API, 77, 0, true, syn.clone(), TCP), Pass(PassReason::NewAllowed)),
-        ("middle fragment", From("hw-web"), frame_v4_fragment(WEB, API, 77, 3, true, vec![0; 24], TCP), Pass(PassReason::Fragment)),
-        ("last fragment", From("hw-web"), frame_v4_fragment(WEB, API, 77, 6, false, vec![0; 8], TCP), Pass(PassReason::Fragment)),
-        ("first fragment, denied", From("hw-web"), frame_v4_fragment(WEB, API, 78, 0, true, denied, TCP), Drop(DropReason::EgressDenied)),
-        ("later fragment of denied", From("hw-web"), frame_v4_fragment(WEB, API, 78, 3, false, vec![0; 8], TCP), Drop(DropReason::FragmentUntracked)),
-        ("orphan later fragment", From("hw-web"), frame_v4_fragment(WEB, API, 79, 1, false, vec![0; 8], TCP), Drop(DropReason::FragmentUntracked)),
+        (
+            "first fragment, allowed",
+            From("hw-web"),
+            frame_v4_fragment(WEB, API, 77, 0, true, syn.clone(), TCP),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "middle fragment",
+            From("hw-web"),
+            frame_v4_fragment(WEB, API, 77, 3, true, vec![0; 24], TCP),
+            Pass(PassReason::Fragment),
+        ),
+        (
+            "last fragment",
+            From("hw-web"),
+            frame_v4_fragment(WEB, API, 77, 6, false, vec![0; 8], TCP),
+            Pass(PassReason::Fragment),
+        ),
+        (
+            "first fragment, denied",
+            From("hw-web"),
+            frame_v4_fragment(WEB, API, 78, 0, true, denied, TCP),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "later fragment of denied",
+            From("hw-web"),
+            frame_v4_fragment(WEB, API, 78, 3, false, vec![0; 8], TCP),
+            Drop(DropReason::FragmentUntracked),
+        ),
+        (
+            "orphan later fragment",
+            From("hw-web"),
+            frame_v4_fragment(WEB, API, 79, 1, false, vec![0; 8], TCP),
+            Drop(DropReason::FragmentUntracked),
+        ),
         (
             "overlapping fragment at offset 0 re-judged",
             From("hw-web"),
             frame_v4_fragment(WEB, API, 78, 0, true, tcp(40100, 8082, SYN).bytes(), TCP),
             Drop(DropReason::EgressDenied),
         ),
-        ("v6 first fragment", From("hw-web"), frame_v6_fragment(WEB6, API6, 5, 0, true, TCP, tcp(40101, 8080, SYN).bytes()), Pass(PassReason::NewAllowed)),
-        ("v6 later fragment", From("hw-web"), frame_v6_fragment(WEB6, API6, 5, 2, false, TCP, vec![0; 8]), Pass(PassReason::Fragment)),
-        ("v6 orphan fragment", From("hw-web"), frame_v6_fragment(WEB6, API6, 6, 2, false, TCP, vec![0; 8]), Drop(DropReason::FragmentUntracked)),
+        (
+            "v6 first fragment",
+            From("hw-web"),
+            frame_v6_fragment(WEB6, API6, 5, 0, true, TCP, tcp(40101, 8080, SYN).bytes()),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "v6 later fragment",
+            From("hw-web"),
+            frame_v6_fragment(WEB6, API6, 5, 2, false, TCP, vec![0; 8]),
+            Pass(PassReason::Fragment),
+        ),
+        (
+            "v6 orphan fragment",
+            From("hw-web"),
+            frame_v6_fragment(WEB6, API6, 6, 2, false, TCP, vec![0; 8]),
+            Drop(DropReason::FragmentUntracked),
+        ),
     ]);
 }
 
@@ -350,17 +702,72 @@ fn fragments_follow_their_first_fragment() {
 fn odd_headers_are_judged_by_what_they_carry() {
     let f = fixture();
     f.check(&[
-        ("ipv4 options", From("hw-web"), frame_v4_options(WEB, API, &[1, 1, 1, 0], tcp(40200, 8080, SYN)), Pass(PassReason::NewAllowed)),
-        ("ipv4 options, denied port", From("hw-web"), frame_v4_options(WEB, API, &[1, 1, 1, 0], tcp(40200, 9999, SYN)), Drop(DropReason::EgressDenied)),
-        ("v6 hop-by-hop", From("hw-web"), frame_v6_ext(WEB6, API6, &[0], tcp(40201, 8080, SYN)), Pass(PassReason::NewAllowed)),
-        ("v6 long chain", From("hw-web"), frame_v6_ext(WEB6, API6, &[0, 60, 43, 60], tcp(40202, 8080, SYN)), Pass(PassReason::NewAllowed)),
-        ("v6 chain, denied port", From("hw-web"), frame_v6_ext(WEB6, API6, &[0, 60, 43, 60], tcp(40202, 8082, SYN)), Drop(DropReason::EgressDenied)),
-        ("v6 chain too long", From("hw-web"), frame_v6_ext(WEB6, API6, &[60; 9], tcp(40203, 8080, SYN)), Drop(DropReason::Ipv6ExtensionChainTooLong)),
-        ("unknown L4 protocol", From("hw-web"), frame(WEB, API, L4::Raw(vec![0; 16])), Drop(DropReason::EgressDenied)),
-        ("SYN+FIN, allowed port", From("hw-web"), frame(WEB, API, tcp(40204, 8080, SYN | FIN)), Pass(PassReason::NewAllowed)),
-        ("no flags, denied port", From("hw-web"), frame(WEB, API, tcp(40205, 9999, 0)), Drop(DropReason::EgressDenied)),
-        ("SYN+RST, denied port", From("hw-web"), frame(WEB, API, tcp(40206, 9999, SYN | RST)), Drop(DropReason::EgressDenied)),
-        ("zero-length udp", From("hw-web"), frame(WEB, HOST, udp(1000, 53)), Pass(PassReason::NewAllowed)),
+        (
+            "ipv4 options",
+            From("hw-web"),
+            frame_v4_options(WEB, API, &[1, 1, 1, 0], tcp(40200, 8080, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "ipv4 options, denied port",
+            From("hw-web"),
+            frame_v4_options(WEB, API, &[1, 1, 1, 0], tcp(40200, 9999, SYN)),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "v6 hop-by-hop",
+            From("hw-web"),
+            frame_v6_ext(WEB6, API6, &[0], tcp(40201, 8080, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "v6 long chain",
+            From("hw-web"),
+            frame_v6_ext(WEB6, API6, &[0, 60, 43, 60], tcp(40202, 8080, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "v6 chain, denied port",
+            From("hw-web"),
+            frame_v6_ext(WEB6, API6, &[0, 60, 43, 60], tcp(40202, 8082, SYN)),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "v6 chain too long",
+            From("hw-web"),
+            frame_v6_ext(WEB6, API6, &[60; 9], tcp(40203, 8080, SYN)),
+            Drop(DropReason::Ipv6ExtensionChainTooLong),
+        ),
+        (
+            "unknown L4 protocol",
+            From("hw-web"),
+            frame(WEB, API, L4::Raw(vec![0; 16])),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "SYN+FIN, allowed port",
+            From("hw-web"),
+            frame(WEB, API, tcp(40204, 8080, SYN | FIN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "no flags, denied port",
+            From("hw-web"),
+            frame(WEB, API, tcp(40205, 9999, 0)),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "SYN+RST, denied port",
+            From("hw-web"),
+            frame(WEB, API, tcp(40206, 9999, SYN | RST)),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "zero-length udp",
+            From("hw-web"),
+            frame(WEB, HOST, udp(1000, 53)),
+            Pass(PassReason::NewAllowed),
+        ),
     ]);
 }
 
@@ -380,9 +787,18 @@ fn truncated_headers_never_pass() {
         for len in 14 + l3_len..full.0.len() {
             let cut = Frame(full.0[..len].to_vec());
             let got = f.run(From("hw-web"), &cut);
-            assert_eq!(got, Drop(DropReason::Malformed), "truncated to {len} of {} bytes", full.0.len());
+            assert_eq!(
+                got,
+                Drop(DropReason::Malformed),
+                "truncated to {len} of {} bytes",
+                full.0.len()
+            );
         }
-        assert_eq!(f.run(From("hw-web"), &full), Pass(PassReason::NewAllowed), "the whole frame passes");
+        assert_eq!(
+            f.run(From("hw-web"), &full),
+            Pass(PassReason::NewAllowed),
+            "the whole frame passes"
+        );
     }
 }
 
@@ -393,17 +809,42 @@ fn icmp_errors_need_a_tracked_flow() {
     let quoted6 = ip_packet(WEB6, API6, &tcp(6001, 8080, SYN));
     let unknown = ip_packet(WEB, HOST, &udp(6002, 53));
     f.check(&[
-        ("query", From("hw-web"), frame(WEB, HOST, udp(6000, 53)), Pass(PassReason::NewAllowed)),
-        ("port unreachable for it", To("hw-web"), frame(HOST, WEB, icmp(3, 3, [0; 4], quoted.clone())), Pass(PassReason::Related)),
-        ("error quoting an untracked flow", To("hw-web"), frame(HOST, WEB, icmp(3, 3, [0; 4], unknown)), Drop(DropReason::IcmpErrorUntracked)),
+        (
+            "query",
+            From("hw-web"),
+            frame(WEB, HOST, udp(6000, 53)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "port unreachable for it",
+            To("hw-web"),
+            frame(HOST, WEB, icmp(3, 3, [0; 4], quoted.clone())),
+            Pass(PassReason::Related),
+        ),
+        (
+            "error quoting an untracked flow",
+            To("hw-web"),
+            frame(HOST, WEB, icmp(3, 3, [0; 4], unknown)),
+            Drop(DropReason::IcmpErrorUntracked),
+        ),
         (
             "error sent to someone else than the flow's sender",
             From("hw-web"),
             frame(WEB, API, icmp(3, 3, [0; 4], quoted)),
             Drop(DropReason::IcmpErrorUntracked),
         ),
-        ("v6 request", From("hw-web"), frame(WEB6, API6, tcp(6001, 8080, SYN)), Pass(PassReason::NewAllowed)),
-        ("v6 packet too big", From("hw-api"), frame(API6, WEB6, icmp(2, 0, [0, 0, 5, 0], quoted6)), Pass(PassReason::Related)),
+        (
+            "v6 request",
+            From("hw-web"),
+            frame(WEB6, API6, tcp(6001, 8080, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "v6 packet too big",
+            From("hw-api"),
+            frame(API6, WEB6, icmp(2, 0, [0, 0, 5, 0], quoted6)),
+            Pass(PassReason::Related),
+        ),
     ]);
 }
 
@@ -411,18 +852,73 @@ fn icmp_errors_need_a_tracked_flow() {
 fn uplink_filter_drops_what_the_endpoint_would() {
     let f = fixture();
     f.check(&[
-        ("outside->web 80", Uplink, frame(OUTSIDE, WEB, tcp(1, 80, SYN)), Pass(PassReason::NewAllowed)),
-        ("then at web's interface", To("hw-web"), frame(OUTSIDE, WEB, tcp(1, 80, SYN)), Pass(PassReason::Established)),
-        ("outside->web 22", Uplink, frame(OUTSIDE, WEB, tcp(1, 22, SYN)), Drop(DropReason::IngressDenied)),
-        ("remote db->api", Uplink, frame(DB_REMOTE, API, tcp(1, 8080, SYN)), Drop(DropReason::IngressDenied)),
-        ("claims web's address", Uplink, frame(WEB, API, tcp(1, 8080, SYN)), Drop(DropReason::LocalAddressWrongPath)),
-        ("claims the host's address", Uplink, frame(HOST, WEB, tcp(1, 80, SYN)), Drop(DropReason::HostAddressSpoofed)),
-        ("not for an endpoint", Uplink, frame(OUTSIDE, "198.51.100.1", tcp(1, 22, SYN)), Pass(PassReason::NotForEndpoint)),
-        ("to the host", Uplink, frame(OUTSIDE, HOST, tcp(1, 22, SYN)), Pass(PassReason::NotForEndpoint)),
+        (
+            "outside->web 80",
+            Uplink,
+            frame(OUTSIDE, WEB, tcp(1, 80, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "then at web's interface",
+            To("hw-web"),
+            frame(OUTSIDE, WEB, tcp(1, 80, SYN)),
+            Pass(PassReason::Established),
+        ),
+        (
+            "outside->web 22",
+            Uplink,
+            frame(OUTSIDE, WEB, tcp(1, 22, SYN)),
+            Drop(DropReason::IngressDenied),
+        ),
+        (
+            "remote db->api",
+            Uplink,
+            frame(DB_REMOTE, API, tcp(1, 8080, SYN)),
+            Drop(DropReason::IngressDenied),
+        ),
+        (
+            "claims web's address",
+            Uplink,
+            frame(WEB, API, tcp(1, 8080, SYN)),
+            Drop(DropReason::LocalAddressWrongPath),
+        ),
+        (
+            "claims the host's address",
+            Uplink,
+            frame(HOST, WEB, tcp(1, 80, SYN)),
+            Drop(DropReason::HostAddressSpoofed),
+        ),
+        (
+            "not for an endpoint",
+            Uplink,
+            frame(OUTSIDE, "198.51.100.1", tcp(1, 22, SYN)),
+            Pass(PassReason::NotForEndpoint),
+        ),
+        (
+            "to the host",
+            Uplink,
+            frame(OUTSIDE, HOST, tcp(1, 22, SYN)),
+            Pass(PassReason::NotForEndpoint),
+        ),
         ("arp", Uplink, arp(OUTSIDE, HOST), Pass(PassReason::Neighbour)),
-        ("reply to api's flow", Uplink, frame(DB_REMOTE, API, tcp(5432, 41000, SYN | ACK)), Drop(DropReason::IngressDenied)),
-        ("api opens the flow", From("hw-api"), frame(API, DB_REMOTE, tcp(41000, 5432, SYN)), Pass(PassReason::NewAllowed)),
-        ("now the reply passes", Uplink, frame(DB_REMOTE, API, tcp(5432, 41000, SYN | ACK)), Pass(PassReason::Reply)),
+        (
+            "reply to api's flow",
+            Uplink,
+            frame(DB_REMOTE, API, tcp(5432, 41000, SYN | ACK)),
+            Drop(DropReason::IngressDenied),
+        ),
+        (
+            "api opens the flow",
+            From("hw-api"),
+            frame(API, DB_REMOTE, tcp(41000, 5432, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "now the reply passes",
+            Uplink,
+            frame(DB_REMOTE, API, tcp(5432, 41000, SYN | ACK)),
+            Pass(PassReason::Reply),
+        ),
     ]);
 }
 
@@ -438,16 +934,34 @@ endpoints:
         &[],
     );
     // Remove hw-gone's endpoint by applying a policy without it.
-    let policy = parse_str("version: 1\nendpoints:\n  - {name: a, interface: hw-a, addresses: [\"10.0.0.1\"]}\n", "t").unwrap();
+    let policy = parse_str(
+        "version: 1\nendpoints:\n  - {name: a, interface: hw-a, addresses: [\"10.0.0.1\"]}\n",
+        "t",
+    )
+    .unwrap();
     let gone = f.ifindex("hw-gone");
     let names = f.names.clone();
-    let resolve = move |n: &str| names.iter().find(|(p, _)| p == n).and_then(|(_, r)| hostwall::host::ifindex(r));
-    let view = HostView { node: "test", host_addresses: &[], ifindex: &resolve };
+    let resolve = move |n: &str| {
+        names
+            .iter()
+            .find(|(p, _)| p == n)
+            .and_then(|(_, r)| hostwall::host::ifindex(r))
+    };
+    let view = HostView {
+        node: "test",
+        host_addresses: &[],
+        ifindex: &resolve,
+    };
     let compiled = compile::compile(&policy, &view).unwrap();
     let mut f = f;
     f.dp.slots.apply(&compiled).unwrap();
     assert_ne!(gone, 0);
-    f.check(&[("stale interface", From("hw-gone"), frame("10.0.0.2", "10.0.0.1", tcp(1, 1, SYN)), Drop(DropReason::NoEndpoint))]);
+    f.check(&[(
+        "stale interface",
+        From("hw-gone"),
+        frame("10.0.0.2", "10.0.0.1", tcp(1, 1, SYN)),
+        Drop(DropReason::NoEndpoint),
+    )]);
 }
 
 #[test]
@@ -456,20 +970,57 @@ fn rule_counters_count_each_packet_once() {
     let rules: Vec<u64> = f.counters("HW_RULE_STATS");
     assert!(rules.iter().all(|c| *c == 0));
     f.check(&[
-        ("request", From("hw-web"), frame(WEB, API, tcp(42000, 8080, SYN)), Pass(PassReason::NewAllowed)),
-        ("request at api", To("hw-api"), frame(WEB, API, tcp(42000, 8080, SYN)), Pass(PassReason::Established)),
-        ("reply", From("hw-api"), frame(API, WEB, tcp(8080, 42000, SYN | ACK)), Pass(PassReason::Reply)),
-        ("reply at web", To("hw-web"), frame(API, WEB, tcp(8080, 42000, SYN | ACK)), Pass(PassReason::Reply)),
+        (
+            "request",
+            From("hw-web"),
+            frame(WEB, API, tcp(42000, 8080, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "request at api",
+            To("hw-api"),
+            frame(WEB, API, tcp(42000, 8080, SYN)),
+            Pass(PassReason::Established),
+        ),
+        (
+            "reply",
+            From("hw-api"),
+            frame(API, WEB, tcp(8080, 42000, SYN | ACK)),
+            Pass(PassReason::Reply),
+        ),
+        (
+            "reply at web",
+            To("hw-web"),
+            frame(API, WEB, tcp(8080, 42000, SYN | ACK)),
+            Pass(PassReason::Reply),
+        ),
     ]);
     let policy = parse_str(POLICY, "t").unwrap();
-    let view = HostView { node: "test", host_addresses: &[], ifindex: &|_| None };
+    let view = HostView {
+        node: "test",
+        host_addresses: &[],
+        ifindex: &|_| None,
+    };
     let c = compile::compile(&policy, &view).unwrap();
     let id = |group: &str, dir, index| {
-        c.rule_id(&compile::RuleRef { group: group.into(), direction: dir, index }).unwrap() as usize
+        c.rule_id(&compile::RuleRef {
+            group: group.into(),
+            direction: dir,
+            index,
+        })
+        .unwrap() as usize
     };
     let after = f.counters("HW_RULE_STATS");
     use hostwall::policy::Direction::*;
-    assert_eq!(after[id("web", Egress, 0)], 2, "web's egress rule: request and reply, once each");
-    assert_eq!(after[id("api", Ingress, 0)], 2, "api's ingress rule: request and reply, once each");
+    assert_eq!(
+        after[id("web", Egress, 0)],
+        2,
+        "web's egress rule: request and reply, once each"
+    );
+    assert_eq!(
+        after[id("api", Ingress, 0)],
+        2,
+        "api's ingress rule: request and reply, once each"
+    );
     assert_eq!(after.iter().sum::<u64>(), 4);
 }

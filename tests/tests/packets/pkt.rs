@@ -25,10 +25,22 @@ fn eth(ethertype: u16) -> Vec<u8> {
 /// What follows the IP header.
 #[derive(Clone, Debug)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16 },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+    },
     /// type, code, the 4 bytes after the checksum, then a payload.
-    Icmp { ty: u8, code: u8, rest: [u8; 4], payload: Vec<u8> },
+    Icmp {
+        ty: u8,
+        code: u8,
+        rest: [u8; 4],
+        payload: Vec<u8>,
+    },
     Raw(Vec<u8>),
 }
 
@@ -49,7 +61,12 @@ impl L4 {
                 h.extend_from_slice(&[0, 8, 0, 0]);
                 h
             }
-            L4::Icmp { ty, code, rest, payload } => {
+            L4::Icmp {
+                ty,
+                code,
+                rest,
+                payload,
+            } => {
                 let mut h = vec![*ty, *code, 0, 0];
                 h.extend_from_slice(rest);
                 h.extend_from_slice(payload);
@@ -70,16 +87,31 @@ pub fn udp(sport: u16, dport: u16) -> L4 {
 
 pub fn echo_request(v6: bool, id: u16) -> L4 {
     let ty = if v6 { 128 } else { 8 };
-    L4::Icmp { ty, code: 0, rest: [(id >> 8) as u8, id as u8, 0, 1], payload: vec![] }
+    L4::Icmp {
+        ty,
+        code: 0,
+        rest: [(id >> 8) as u8, id as u8, 0, 1],
+        payload: vec![],
+    }
 }
 
 pub fn echo_reply(v6: bool, id: u16) -> L4 {
     let ty = if v6 { 129 } else { 0 };
-    L4::Icmp { ty, code: 0, rest: [(id >> 8) as u8, id as u8, 0, 1], payload: vec![] }
+    L4::Icmp {
+        ty,
+        code: 0,
+        rest: [(id >> 8) as u8, id as u8, 0, 1],
+        payload: vec![],
+    }
 }
 
 pub fn icmp(ty: u8, code: u8, rest: [u8; 4], payload: Vec<u8>) -> L4 {
-    L4::Icmp { ty, code, rest, payload }
+    L4::Icmp {
+        ty,
+        code,
+        rest,
+        payload,
+    }
 }
 
 fn proto_of(l4: &L4, v6: bool) -> u8 {
