@@ -2,6 +2,7 @@
 //! loader and the agent.
 
 pub mod agent;
+pub mod api;
 pub mod compile;
 pub mod datapath;
 pub mod host;

@@ -2,6 +2,8 @@
 
 pub mod model;
 mod parse;
+mod write;
 
 pub use model::*;
 pub use parse::{PolicyError, load_file, parse_str};
+pub use write::{peer_flow, rule_flow, to_yaml};

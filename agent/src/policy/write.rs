@@ -1,0 +1,162 @@
+//! Writing a policy back as a control file. The output parses back to an
+//! equal `Policy`; comments of the original file are not kept.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use super::model::*;
+
+/// The policy as a control file, in the documented format.
+pub fn to_yaml(policy: &Policy) -> String {
+    let mut out = String::from("version: 1\n");
+    if !policy.prefix_lists.is_empty() {
+        out.push_str("prefix_lists:\n");
+        for (name, nets) in &policy.prefix_lists {
+            let nets: Vec<String> = nets.iter().map(|n| quote(&n.to_string())).collect();
+            let _ = writeln!(out, "  {name}: [{}]", nets.join(", "));
+        }
+    }
+    if !policy.groups.is_empty() {
+        out.push_str("groups:\n");
+        for (name, group) in &policy.groups {
+            let _ = writeln!(out, "  {name}:");
+            if let Some(d) = &group.description {
+                let _ = writeln!(out, "    description: {}", quote(d));
+            }
+            for (key, rules, peers_key) in [("ingress", &group.ingress, "from"), ("egress", &group.egress, "to")] {
+                if rules.is_empty() {
+                    continue;
+                }
+                let _ = writeln!(out, "    {key}:");
+                for rule in rules {
+                    let _ = writeln!(out, "      - {}", rule_flow(rule, peers_key));
+                }
+            }
+        }
+    }
+    if !policy.endpoints.is_empty() {
+        out.push_str("endpoints:\n");
+        for ep in &policy.endpoints {
+            let _ = writeln!(out, "  - name: {}", quote(&ep.name));
+            if let Some(node) = &ep.node {
+                let _ = writeln!(out, "    node: {}", quote(node));
+            }
+            if let Some(iface) = &ep.interface {
+                let _ = writeln!(out, "    interface: {}", quote(iface));
+            }
+            let addrs: Vec<String> = ep.addresses.iter().map(|a| quote(&a.to_string())).collect();
+            let _ = writeln!(out, "    addresses: [{}]", addrs.join(", "));
+            let groups: Vec<String> = ep.groups.iter().map(|g| quote(g)).collect();
+            let _ = writeln!(out, "    groups: [{}]", groups.join(", "));
+        }
+    }
+    if policy.settings != Settings::default() {
+        let ct = &policy.settings.conntrack;
+        let _ = writeln!(
+            out,
+            "settings:\n  conntrack: {{tcp_established: {}, tcp_other: {}, udp: {}, udp_stream: {}, icmp: {}, other: {}}}",
+            duration(ct.tcp_established),
+            duration(ct.tcp_other),
+            duration(ct.udp),
+            duration(ct.udp_stream),
+            duration(ct.icmp),
+            duration(ct.other)
+        );
+    }
+    out
+}
+
+/// One rule as a YAML flow mapping.
+pub fn rule_flow(rule: &Rule, peers_key: &str) -> String {
+    let mut parts = vec![format!("proto: {}", rule.proto.name())];
+    if let Some(p) = rule.ports {
+        if p.first == p.last {
+            parts.push(format!("ports: {}", p.first));
+        } else {
+            parts.push(format!("ports: \"{}-{}\"", p.first, p.last));
+        }
+    }
+    if let Some(icmp) = rule.icmp {
+        match icmp.code {
+            Some(code) => parts.push(format!("icmp: {{type: {}, code: {code}}}", icmp.ty)),
+            None => parts.push(format!("icmp: {{type: {}}}", icmp.ty)),
+        }
+    }
+    let peers: Vec<String> = rule.peers.iter().map(peer_flow).collect();
+    parts.push(format!("{peers_key}: [{}]", peers.join(", ")));
+    if let Some(d) = &rule.description {
+        parts.push(format!("description: {}", quote(d)));
+    }
+    format!("{{{}}}", parts.join(", "))
+}
+
+pub fn peer_flow(peer: &Peer) -> String {
+    match peer {
+        Peer::Group(g) => format!("{{group: {}}}", quote(g)),
+        Peer::Cidr(c) => format!("{{cidr: {}}}", quote(&c.to_string())),
+        Peer::PrefixList(p) => format!("{{prefix_list: {}}}", quote(p)),
+        Peer::Host => "host".into(),
+    }
+}
+
+fn duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s % 86_400 == 0 {
+        format!("{}d", s / 86_400)
+    } else if s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// A double-quoted YAML scalar (JSON string syntax is valid YAML).
+fn quote(s: &str) -> String {
+    serde_json::to_string(s).expect("strings serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse_str;
+
+    const FULL: &str = r#"
+version: 1
+prefix_lists:
+  office: ["192.0.2.0/24", "2001:db8::/32"]
+groups:
+  web:
+    description: "public: web \"tier\""
+    ingress:
+      - {proto: tcp, ports: 443, from: [{cidr: 0.0.0.0/0}, {cidr: "::/0"}], description: https}
+      - {proto: icmp, icmp: {type: 3, code: 4}, from: [host]}
+      - {proto: icmpv6, from: [{prefix_list: office}]}
+    egress:
+      - {proto: tcp, ports: "8000-8100", to: [{group: api}]}
+      - {proto: all, to: [host]}
+      - {proto: 47, to: [{cidr: 10.0.0.0/8}]}
+  api: {}
+endpoints:
+  - {name: web-1, interface: hw-web1, addresses: ["10.10.0.11", "fd00:10::11"], groups: [web]}
+  - {name: api-1, node: b, interface: hw-api1, addresses: ["10.10.0.21"], groups: [api, web]}
+  - {name: bare, addresses: []}
+settings:
+  conntrack: {udp: 45s, tcp_other: 2m, icmp: 1h, other: 2d}
+"#;
+
+    #[test]
+    fn written_policy_parses_back_equal() {
+        let p = parse_str(FULL, "full.yaml").unwrap();
+        let text = to_yaml(&p);
+        let back = parse_str(&text, "written.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back, p, "{text}");
+    }
+
+    #[test]
+    fn minimal_policy_writes_minimal_file() {
+        let p = parse_str("version: 1\n", "min.yaml").unwrap();
+        assert_eq!(to_yaml(&p), "version: 1\n");
+    }
+}
