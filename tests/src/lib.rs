@@ -1,1 +1,35 @@
+//! Test hosts for hostwall, built from network namespaces, used by the
+//! integration tests (`tests/tests/`) and by `cargo xtask demo`.
+//!
+//! - [`Host`]: a host namespace with a bridge; [`Host::add_container`]
+//!   adds a [`Container`] (its own namespace, a veth pair whose host side is
+//!   the endpoint interface); [`Host::add_remote`] adds the other host
+//!   behind an uplink.
+//! - [`Agent`]: `hostwall agent` running in the host namespace, with its own
+//!   config file and bpffs; [`Agent::stats`] reads its counters.
+//! - [`Node::serve`] starts echo servers, [`Check`]s describe expected
+//!   reachability, [`assert_checks`] runs them in parallel with real
+//!   traffic (`hostwall-probe` for TCP and UDP, `ping` for ICMP).
+//!
+//! Everything is torn down on drop, panics included; programs that also
+//! want it on Ctrl-C call [`cleanup::cleanup_on_interrupt`]. All of it needs
+//! root.
 
+pub mod agent;
+pub mod bins;
+pub mod cleanup;
+pub mod netns;
+pub mod probe;
+pub mod topology;
+
+pub use agent::{Agent, AgentOptions, Stats};
+pub use bins::Binaries;
+pub use hostwall_common::{DropReason, PassReason};
+pub use netns::Netns;
+pub use probe::{
+    Check, Expect, Node, Outcome, Probe, ProbeOptions, Report, Server, assert_checks, run_checks, run_checks_with,
+};
+pub use topology::{Container, Host, Remote, Subnet};
+
+/// The agent's library, for reading control files the way the agent does.
+pub use hostwall;

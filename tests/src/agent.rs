@@ -1,0 +1,452 @@
+//! The agent under test: `hostwall agent` running in a host namespace, and
+//! its counters read through `hostwall stats`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use hostwall_common::{DropReason, PassReason};
+
+use crate::bins::Binaries;
+use crate::cleanup::{self, Resource};
+use crate::netns::{describe, run};
+use crate::topology::{Host, unique_name};
+
+/// How long the agent may take to load, attach and log `policy applied`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a reload or re-attach may take to show in the log.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The node name the agent is started with; endpoints with another `node`
+/// are remote.
+pub const NODE: &str = "testnode";
+
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// `--uplink`: the interface to put the XDP filter on.
+    pub uplink: Option<String>,
+    /// `--node`; default [`NODE`].
+    pub node: Option<String>,
+}
+
+#[derive(Default)]
+struct Log {
+    text: Mutex<String>,
+    changed: Condvar,
+}
+
+/// A running agent with its own config file and bpffs. On drop it is
+/// stopped (SIGTERM, then SIGKILL), its bpffs unmounted and its directory
+/// removed; when the test is panicking its log is printed first.
+pub struct Agent {
+    child: Option<Child>,
+    bins: Binaries,
+    label: String,
+    dir: PathBuf,
+    config: PathBuf,
+    /// A copy of the last policy the agent accepted, for naming rule
+    /// counters even while `config` holds a refused one.
+    applied: PathBuf,
+    bpffs: PathBuf,
+    log: Arc<Log>,
+    cleanup_ids: Vec<u64>,
+}
+
+impl Agent {
+    /// Starts the agent on `host` with `policy` (the control file's text)
+    /// and waits until it logs `policy applied`.
+    pub fn start(host: &Host, policy: &str) -> anyhow::Result<Agent> {
+        Agent::start_with(host, policy, &AgentOptions::default())
+    }
+
+    pub fn start_with(host: &Host, policy: &str, opts: &AgentOptions) -> anyhow::Result<Agent> {
+        let label = unique_name("hwt-agent");
+        let dir = std::env::temp_dir().join(&label);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut cleanup_ids = vec![cleanup::register(Resource::Dir(dir.clone()))];
+        let config = dir.join("policy.yaml");
+        let applied = dir.join("applied.yaml");
+        let bpffs = dir.join("bpffs");
+        let mut agent = Agent {
+            child: None,
+            bins: host.bins().clone(),
+            label,
+            dir,
+            config,
+            applied,
+            bpffs,
+            log: Arc::new(Log::default()),
+            cleanup_ids: Vec::new(),
+        };
+        std::fs::write(&agent.config, policy)?;
+        // The bpffs is mounted here, outside `ip netns exec`: one the agent
+        // mounted itself would live in its private mount namespace only.
+        std::fs::create_dir_all(&agent.bpffs)?;
+        mount_bpffs(&agent.bpffs)?;
+        cleanup_ids.push(cleanup::register(Resource::Mount(agent.bpffs.clone())));
+        agent.cleanup_ids = cleanup_ids;
+
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", host.ns().name()])
+            .arg(&agent.bins.hostwall)
+            .arg("agent");
+        cmd.arg("--config").arg(&agent.config).arg("--bpffs").arg(&agent.bpffs);
+        cmd.args(["--node", opts.node.as_deref().unwrap_or(NODE)]);
+        if let Some(uplink) = &opts.uplink {
+            cmd.args(["--uplink", uplink]);
+        }
+        // `ip netns exec` execs (no fork), so the child's pid is the agent's
+        // and signals reach it directly.
+        let mut child = cmd
+            .env("NO_COLOR", "1")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting `{}`", describe(&cmd)))?;
+        agent.cleanup_ids.push(cleanup::register(Resource::Process {
+            pid: child.id() as i32,
+            graceful: true,
+        }));
+        for stream in [
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let log = agent.log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut text = log.text.lock().unwrap_or_else(|e| e.into_inner());
+                    text.push_str(&line);
+                    text.push('\n');
+                    log.changed.notify_all();
+                }
+            });
+        }
+        agent.child = Some(child);
+        agent
+            .wait_for_log("policy applied", 1, START_TIMEOUT)
+            .context("the agent did not start")?;
+        std::fs::copy(&agent.config, &agent.applied)?;
+        Ok(agent)
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        self.log.text.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// How many log lines contain every one of `needles`.
+    pub fn count_log(&self, needles: &[&str]) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// Waits until `occurrences` log lines contain `needle`; fails early,
+    /// with the log, if the agent exits.
+    pub fn wait_for_log(&mut self, needle: &str, occurrences: usize, timeout: Duration) -> anyhow::Result<()> {
+        self.wait_for_lines(&[needle], occurrences, timeout)
+    }
+
+    /// Like [`Agent::wait_for_log`], for lines containing all of `needles`.
+    pub fn wait_for_lines(&mut self, needles: &[&str], occurrences: usize, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.count_log(needles) >= occurrences {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                // Let the reader threads catch the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                bail!(
+                    "the agent exited ({status}) before logging {needles:?}; its log:\n{}",
+                    self.log()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no {needles:?} in the agent's log after {timeout:?}; its log:\n{}",
+                    self.log()
+                );
+            }
+            let text = self.log.text.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = self.log.changed.wait_timeout(text, Duration::from_millis(100));
+        }
+    }
+
+    /// Replaces the control file, sends SIGHUP and waits for the agent to
+    /// log `policy applied` once more.
+    pub fn reload(&mut self, policy: &str) -> anyhow::Result<()> {
+        let before = self.count_log(&["policy applied"]);
+        std::fs::write(&self.config, policy)?;
+        self.signal(libc::SIGHUP)?;
+        self.wait_for_log("policy applied", before + 1, RELOAD_TIMEOUT)?;
+        std::fs::copy(&self.config, &self.applied)?;
+        Ok(())
+    }
+
+    /// Replaces the control file with one the agent must refuse, sends
+    /// SIGHUP and waits for it to log `policy refused`.
+    pub fn reload_refused(&mut self, policy: &str) -> anyhow::Result<()> {
+        let applied = self.count_log(&["policy applied"]);
+        let before = self.count_log(&["policy refused"]);
+        std::fs::write(&self.config, policy)?;
+        self.signal(libc::SIGHUP)?;
+        self.wait_for_log("policy refused", before + 1, RELOAD_TIMEOUT)?;
+        if self.count_log(&["policy applied"]) != applied {
+            bail!(
+                "the agent both refused and applied the policy; its log:\n{}",
+                self.log()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn signal(&self, sig: libc::c_int) -> anyhow::Result<()> {
+        let child = self.child.as_ref().context("the agent is not running")?;
+        if unsafe { libc::kill(child.id() as i32, sig) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("signalling the agent");
+        }
+        Ok(())
+    }
+
+    /// Stops the agent with SIGTERM and returns how it exited (SIGKILL after
+    /// 10 s counts as a failure).
+    pub fn stop(&mut self) -> anyhow::Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("the agent is not running")
+        };
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!(
+            "the agent ignored SIGTERM for 10 s and was killed; its log:\n{}",
+            self.log()
+        )
+    }
+
+    /// Panics unless at least `at_least` drops for `reason` were counted
+    /// since `before`; returns the counts since `before`.
+    pub fn assert_dropped_since(&self, before: &Stats, reason: DropReason, at_least: u64) -> Stats {
+        let delta = self.stats().expect("reading the agent's counters").since(before);
+        let n = delta.dropped(reason);
+        assert!(
+            n >= at_least,
+            "expected at least {at_least} drops counted as {}, got {n}; counters since: {delta}",
+            reason.name()
+        );
+        delta
+    }
+
+    /// `hostwall stats --json`, run from the test process on the agent's
+    /// bpffs.
+    pub fn stats(&self) -> anyhow::Result<Stats> {
+        let mut cmd = Command::new(&self.bins.hostwall);
+        cmd.arg("stats")
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .arg("--config")
+            .arg(&self.applied)
+            .arg("--json");
+        let out = run(&mut cmd)?;
+        Stats::parse(&out).with_context(|| format!("parsing `hostwall stats --json` output:\n{out}"))
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        // Counters are readable only while the agent runs.
+        let stats = if panicking && self.child.is_some() {
+            self.stats().ok()
+        } else {
+            None
+        };
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if panicking {
+            eprintln!(
+                "---- log of agent {} ----\n{}---- end of agent log ----",
+                self.label,
+                self.log()
+            );
+            if let Some(stats) = stats {
+                eprintln!("---- counters of agent {} ----\n{stats}", self.label);
+            }
+        }
+        cleanup::unmount(&self.bpffs);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        for id in &self.cleanup_ids {
+            cleanup::forget(*id);
+        }
+    }
+}
+
+fn mount_bpffs(dir: &Path) -> anyhow::Result<()> {
+    let target = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("mounting a bpffs on {}", dir.display()));
+    }
+    Ok(())
+}
+
+/// One per-rule counter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleStat {
+    pub id: u64,
+    pub group: String,
+    /// `ingress` or `egress`.
+    pub direction: String,
+    pub index: u64,
+    pub packets: u64,
+}
+
+/// The agent's counters, by reason name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub drops: BTreeMap<String, u64>,
+    pub passes: BTreeMap<String, u64>,
+    pub rules: Vec<RuleStat>,
+}
+
+impl Stats {
+    pub fn parse(json: &str) -> anyhow::Result<Stats> {
+        let v: serde_json::Value = serde_json::from_str(json)?;
+        let reasons = |key: &str| -> anyhow::Result<BTreeMap<String, u64>> {
+            let list = v[key].as_array().with_context(|| format!("no {key:?} list"))?;
+            list.iter()
+                .map(|r| {
+                    let name = r["reason"].as_str().context("a counter without a reason")?;
+                    let packets = r["packets"].as_u64().context("a counter without packets")?;
+                    Ok((name.to_string(), packets))
+                })
+                .collect()
+        };
+        let rules = match v["rules"].as_array() {
+            Some(list) => list
+                .iter()
+                .map(|r| {
+                    Some(RuleStat {
+                        id: r["id"].as_u64()?,
+                        group: r["group"].as_str()?.to_string(),
+                        direction: r["direction"].as_str()?.to_string(),
+                        index: r["index"].as_u64()?,
+                        packets: r["packets"].as_u64()?,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+                .context("a malformed rule counter")?,
+            None => Vec::new(),
+        };
+        Ok(Stats {
+            drops: reasons("drops")?,
+            passes: reasons("passes")?,
+            rules,
+        })
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops.get(reason.name()).copied().unwrap_or(0)
+    }
+
+    pub fn passed(&self, reason: PassReason) -> u64 {
+        self.passes.get(reason.name()).copied().unwrap_or(0)
+    }
+
+    /// Packets counted for rule `index` of `group`'s `direction` list.
+    pub fn rule(&self, group: &str, direction: &str, index: u64) -> Option<u64> {
+        self.rules
+            .iter()
+            .find(|r| r.group == group && r.direction == direction && r.index == index)
+            .map(|r| r.packets)
+    }
+
+    /// The counts since `earlier` (counters only grow while an agent runs).
+    pub fn since(&self, earlier: &Stats) -> Stats {
+        let sub = |now: &BTreeMap<String, u64>, then: &BTreeMap<String, u64>| {
+            now.iter()
+                .map(|(k, v)| (k.clone(), v.saturating_sub(then.get(k).copied().unwrap_or(0))))
+                .collect()
+        };
+        Stats {
+            drops: sub(&self.drops, &earlier.drops),
+            passes: sub(&self.passes, &earlier.passes),
+            rules: self
+                .rules
+                .iter()
+                .map(|r| {
+                    let then = earlier.rule(&r.group, &r.direction, r.index).unwrap_or(0);
+                    RuleStat {
+                        packets: r.packets.saturating_sub(then),
+                        ..r.clone()
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The non-zero counters, for failure messages.
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nonzero = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        write!(
+            f,
+            "drops: [{}] passes: [{}]",
+            nonzero(&self.drops),
+            nonzero(&self.passes)
+        )?;
+        let rules: Vec<String> = self
+            .rules
+            .iter()
+            .filter(|r| r.packets > 0)
+            .map(|r| format!("{}/{}[{}]={}", r.group, r.direction, r.index, r.packets))
+            .collect();
+        if !rules.is_empty() {
+            write!(f, " rules: [{}]", rules.join(" "))?;
+        }
+        Ok(())
+    }
+}
