@@ -1,9 +1,9 @@
 //! hostwall's userspace: the policy model, its compiler, the datapath
 //! loader and the agent.
 
-pub mod agent;
 pub mod api;
 pub mod compile;
+pub mod daemon;
 pub mod datapath;
 pub mod host;
 pub mod policy;

@@ -95,6 +95,10 @@ pub struct EndpointInfo {
 }
 const _: () = assert!(size_of::<EndpointInfo>() == 8);
 
+/// `EndpointInfo::endpoint` of a quarantined interface: everything to and
+/// from it is dropped.
+pub const QUARANTINED: u32 = u32::MAX;
+
 /// Per-generation settings (`HW_SETTINGS`, index = slot). Timeouts in ns.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -41,13 +41,15 @@ pub enum DropReason {
     IcmpErrorUntracked = 13,
     /// The IPv6 extension header chain is longer than hostwall parses.
     Ipv6ExtensionChainTooLong = 14,
+    /// The interface matches `settings.quarantine` and is not an endpoint.
+    Quarantined = 15,
 }
 
 /// Number of slots in the drop counter array; codes must stay below it.
 pub const DROP_REASON_SLOTS: u32 = 32;
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::EgressDenied,
         DropReason::IngressDenied,
         DropReason::SpoofedSource,
@@ -62,6 +64,7 @@ impl DropReason {
         DropReason::NoEndpoint,
         DropReason::IcmpErrorUntracked,
         DropReason::Ipv6ExtensionChainTooLong,
+        DropReason::Quarantined,
     ];
 
     /// The name used in logs and in `hostwall stats`.
@@ -81,6 +84,7 @@ impl DropReason {
             DropReason::NoEndpoint => "no-endpoint",
             DropReason::IcmpErrorUntracked => "icmp-error-untracked",
             DropReason::Ipv6ExtensionChainTooLong => "ipv6-extension-chain-too-long",
+            DropReason::Quarantined => "quarantined",
         }
     }
 

@@ -64,6 +64,9 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
     } else {
         iface(slot, ifindex).ok_or(DropReason::NoEndpoint)?
     };
+    if endpoint.endpoint == QUARANTINED {
+        return Err(DropReason::Quarantined);
+    }
 
     // 1. Frame type.
     let pkt = match parse::ethertype(data, data_end)? {
@@ -171,43 +174,24 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
     }
 
     // 6. Rules.
-    let mut rule_egress = 0;
-    let mut rule_ingress = 0;
-    let mut flags = 0;
-    match hook {
-        Hook::FromEndpoint => {
-            // 6a. The sender's egress, then the receiver's ingress when it
-            // is local, under the same slot.
-            dst_info = peer(slot, pkt.family, &pkt.dst);
-            rule_egress =
-                policy(slot, endpoint.policy, dst_info.class, DIR_EGRESS, &pkt).ok_or(DropReason::EgressDenied)?;
-            flags |= CT_ORIG_LOCAL;
-            if dst_info.local_policy != 0 {
-                let src_info = peer(slot, pkt.family, &pkt.src);
-                rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, &pkt)
-                    .ok_or(DropReason::IngressDenied)?;
-                flags |= CT_REPLY_LOCAL;
+    let decided = decide(hook, slot, &endpoint, dst_info, &pkt);
+    let (rule_egress, rule_ingress, mut flags, key) = match decided {
+        Ok((e, i, f)) => (e, i, f, key),
+        Err(reason) => {
+            // 6d. A TCP packet without SYN that the rules deny in its own
+            // direction may be the reply side of a flow that predates the
+            // agent (or whose entry was evicted). If the rules allow the
+            // reverse flow, it is tracked as that flow, reply seen.
+            let by_rules = matches!(reason, DropReason::EgressDenied | DropReason::IngressDenied);
+            if !by_rules || pkt.proto != parse::IPPROTO_TCP || pkt.tcp_flags & parse::TCP_SYN != 0 {
+                return Err(reason);
+            }
+            match decide_reverse(slot, &reversed_packet(&pkt)) {
+                Some((e, i, f)) => (e, i, f | CT_SEEN_REPLY, reversed(&key)),
+                None => return Err(reason),
             }
         }
-        Hook::ToEndpoint => {
-            // 6b. Flows from local endpoints were judged at their own
-            // interface; one that reaches here untracked took another path.
-            let src_info = peer(slot, pkt.family, &pkt.src);
-            if src_info.local_endpoint != 0 {
-                return Err(DropReason::LocalAddressWrongPath);
-            }
-            rule_ingress =
-                policy(slot, endpoint.policy, src_info.class, DIR_INGRESS, &pkt).ok_or(DropReason::IngressDenied)?;
-            flags |= CT_REPLY_LOCAL;
-        }
-        Hook::Uplink => {
-            // 6c. The same ingress decision the receiver's TC hook would take.
-            let src_info = peer(slot, pkt.family, &pkt.src);
-            rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, &pkt)
-                .ok_or(DropReason::IngressDenied)?;
-            flags |= CT_REPLY_LOCAL;
-        }
-    }
+    };
 
     if tracked_kind(&pkt) {
         if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
@@ -235,6 +219,87 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
         count_rule(rule_ingress, bytes);
     }
     Ok(PassReason::NewAllowed)
+}
+
+/// Step 6: the rules that allow a new flow, as (egress rule, ingress rule,
+/// conntrack flags).
+#[inline(always)]
+fn decide(
+    hook: Hook,
+    slot: u32,
+    endpoint: &EndpointInfo,
+    mut dst_info: PeerInfo,
+    pkt: &Packet,
+) -> Result<(u32, u32, u32), DropReason> {
+    let mut rule_egress = 0;
+    let mut rule_ingress = 0;
+    let mut flags = 0;
+    match hook {
+        Hook::FromEndpoint => {
+            // 6a. The sender's egress, then the receiver's ingress when it
+            // is local, under the same slot.
+            dst_info = peer(slot, pkt.family, &pkt.dst);
+            rule_egress =
+                policy(slot, endpoint.policy, dst_info.class, DIR_EGRESS, pkt).ok_or(DropReason::EgressDenied)?;
+            flags |= CT_ORIG_LOCAL;
+            if dst_info.local_policy != 0 {
+                let src_info = peer(slot, pkt.family, &pkt.src);
+                rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, pkt)
+                    .ok_or(DropReason::IngressDenied)?;
+                flags |= CT_REPLY_LOCAL;
+            }
+        }
+        Hook::ToEndpoint => {
+            // 6b. Flows from local endpoints were judged at their own
+            // interface; one that reaches here untracked took another path.
+            let src_info = peer(slot, pkt.family, &pkt.src);
+            if src_info.local_endpoint != 0 {
+                return Err(DropReason::LocalAddressWrongPath);
+            }
+            rule_ingress =
+                policy(slot, endpoint.policy, src_info.class, DIR_INGRESS, pkt).ok_or(DropReason::IngressDenied)?;
+            flags |= CT_REPLY_LOCAL;
+        }
+        Hook::Uplink => {
+            // 6c. The same ingress decision the receiver's TC hook would take.
+            let src_info = peer(slot, pkt.family, &pkt.src);
+            rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, pkt)
+                .ok_or(DropReason::IngressDenied)?;
+            flags |= CT_REPLY_LOCAL;
+        }
+    }
+    Ok((rule_egress, rule_ingress, flags))
+}
+
+/// Step 6d: the rules for `rev` (a packet reversed), judged as a new flow:
+/// the egress of its sender and the ingress of its receiver, where local.
+#[inline(always)]
+fn decide_reverse(slot: u32, rev: &Packet) -> Option<(u32, u32, u32)> {
+    let src_info = peer(slot, rev.family, &rev.src);
+    let dst_info = peer(slot, rev.family, &rev.dst);
+    if src_info.local_policy != 0 {
+        let ep = EndpointInfo {
+            policy: src_info.local_policy,
+            endpoint: src_info.local_endpoint,
+        };
+        return decide(Hook::FromEndpoint, slot, &ep, dst_info, rev).ok();
+    }
+    if dst_info.local_policy != 0 {
+        let rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, rev)?;
+        return Some((0, rule_ingress, CT_REPLY_LOCAL));
+    }
+    None
+}
+
+/// The same packet travelling the other way.
+#[inline(always)]
+fn reversed_packet(pkt: &Packet) -> Packet {
+    let mut rev = *pkt;
+    rev.src = pkt.dst;
+    rev.dst = pkt.src;
+    rev.sport = pkt.dport;
+    rev.dport = pkt.sport;
+    rev
 }
 
 /// Neighbour discovery and MLD (step 1 and 2 for ICMPv6). `Ok(None)` means

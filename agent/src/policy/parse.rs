@@ -18,7 +18,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_yaml_ng::Value;
 
 use super::model::{
-    ConntrackTimeouts, Direction, Endpoint, Group, IcmpMatch, Peer, Policy, PortRange, Proto, Rule, Settings,
+    ConntrackTimeouts, Direction, Endpoint, Group, IcmpMatch, OnPolicyChange, Peer, Policy, PortRange, Proto,
+    Quarantine, Rule, Settings,
 };
 
 /// Why a control file was rejected.
@@ -111,6 +112,44 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         }
     })?;
     validate(raw).map_err(|fault| PolicyError::Invalid {
+        origin: origin.to_owned(),
+        path: fault.path,
+        message: fault.message,
+    })
+}
+
+/// Parses one rule written as YAML (a flow mapping, as in a control file)
+/// for `group`'s `dir` rules, checking its references against `policy`
+/// (plus `group` itself). Errors name the field as `rule.<field>`.
+pub fn parse_rule(policy: &Policy, group: &str, dir: Direction, text: &str, origin: &str) -> Result<Rule, PolicyError> {
+    let mut value: Value = serde_yaml_ng::from_str(text).map_err(|err| PolicyError::Syntax {
+        origin: origin.to_owned(),
+        message: yaml_message(&err),
+    })?;
+    value.apply_merge().map_err(|err| PolicyError::Syntax {
+        origin: origin.to_owned(),
+        message: yaml_message(&err),
+    })?;
+    let raw: RawRule = serde_path_to_error::deserialize(value).map_err(|err| {
+        let message = err.inner().to_string();
+        let inner = field_path(err.path(), &message);
+        PolicyError::Invalid {
+            origin: origin.to_owned(),
+            path: if inner.is_empty() {
+                "rule".into()
+            } else {
+                format!("rule.{inner}")
+            },
+            message: requote(&message),
+        }
+    })?;
+    let mut groups: HashSet<String> = policy.groups.keys().cloned().collect();
+    groups.insert(group.to_owned());
+    let known = Known {
+        groups,
+        prefix_lists: policy.prefix_lists.keys().cloned().collect(),
+    };
+    validate_rule(raw, "rule", dir, &known).map_err(|fault| PolicyError::Invalid {
         origin: origin.to_owned(),
         path: fault.path,
         message: fault.message,
@@ -248,9 +287,20 @@ struct RawEndpoint {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "settings: a map with conntrack")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "settings: a map with conntrack, on_policy_change and quarantine"
+)]
 struct RawSettings {
     conntrack: Option<RawConntrack>,
+    on_policy_change: Option<String>,
+    quarantine: Option<RawQuarantine>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "quarantine: a map with interfaces (a glob)")]
+struct RawQuarantine {
+    interfaces: String,
 }
 
 #[derive(Deserialize)]
@@ -692,7 +742,42 @@ fn nodes_meet(a: Option<&str>, b: Option<&str>) -> bool {
 
 fn validate_settings(raw: Option<RawSettings>) -> Result<Settings, Fault> {
     let mut conntrack = ConntrackTimeouts::default();
-    if let Some(raw) = raw.and_then(|s| s.conntrack) {
+    let mut on_policy_change = OnPolicyChange::default();
+    let mut quarantine = None;
+    let raw = match raw {
+        Some(RawSettings {
+            conntrack,
+            on_policy_change: change,
+            quarantine: q,
+        }) => {
+            if let Some(change) = change {
+                on_policy_change = match change.as_str() {
+                    "keep" => OnPolicyChange::Keep,
+                    "revalidate" => OnPolicyChange::Revalidate,
+                    other => {
+                        return Err(fault(
+                            "settings.on_policy_change",
+                            format!("\"{other}\" is not a choice; write keep or revalidate"),
+                        ));
+                    }
+                };
+            }
+            if let Some(q) = q {
+                if q.interfaces.is_empty() || q.interfaces.len() > 64 || q.interfaces.contains('/') {
+                    return Err(fault(
+                        "settings.quarantine.interfaces",
+                        format!("\"{}\" is not an interface name pattern (like veth*)", q.interfaces),
+                    ));
+                }
+                quarantine = Some(Quarantine {
+                    interfaces: q.interfaces,
+                });
+            }
+            conntrack
+        }
+        None => None,
+    };
+    if let Some(raw) = raw {
         let fields = [
             ("tcp_established", raw.tcp_established, &mut conntrack.tcp_established),
             ("tcp_other", raw.tcp_other, &mut conntrack.tcp_other),
@@ -707,7 +792,11 @@ fn validate_settings(raw: Option<RawSettings>) -> Result<Settings, Fault> {
             }
         }
     }
-    Ok(Settings { conntrack })
+    Ok(Settings {
+        conntrack,
+        on_policy_change,
+        quarantine,
+    })
 }
 
 // ---------------------------------------------------------------------------
