@@ -73,7 +73,7 @@ impl Fixture {
             assert!(ok, "ip link add {real}");
             names.push((iface.clone(), real));
         }
-        let mut dp = Datapath::load().expect("load programs");
+        let mut dp = Datapath::load_unpinned().expect("load programs");
         let host: Vec<IpAddr> = host.iter().map(|a| a.parse().unwrap()).collect();
         let names2 = names.clone();
         let resolve = move |name: &str| {
@@ -390,9 +390,27 @@ fn replies_pass_and_unsolicited_replies_do_not() {
             Pass(PassReason::Established),
         ),
         (
-            "other port, no flow",
+            "mid-stream packet of a flow the rules allow (started before the agent)",
             From("hw-api"),
             frame(API, WEB, tcp(8080, 40002, ACK)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "its next packet is a reply",
+            From("hw-api"),
+            frame(API, WEB, tcp(8080, 40002, ACK)),
+            Pass(PassReason::Reply),
+        ),
+        (
+            "mid-stream packet whose reverse the rules deny",
+            From("hw-api"),
+            frame(API, WEB, tcp(8082, 40003, ACK)),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "a SYN is never admitted as the reverse of a flow",
+            From("hw-api"),
+            frame(API, WEB, tcp(8080, 40004, SYN)),
             Drop(DropReason::EgressDenied),
         ),
         (
