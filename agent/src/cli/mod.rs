@@ -5,6 +5,7 @@ mod agent;
 mod apply;
 mod conntrack;
 mod endpoint;
+mod explain;
 mod get;
 mod reload;
 mod rule;
@@ -75,6 +76,8 @@ pub enum Command {
     Status,
     /// Per-rule counters, rules that never matched, drops by reason.
     Stats,
+    /// Why a flow is allowed or denied, and by which rules.
+    Explain(explain::Args),
     /// List or flush tracked flows.
     #[command(subcommand)]
     Conntrack(conntrack::Cmd),
@@ -98,6 +101,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Status => status::run(&ctx),
         Command::Stats => stats::run(&ctx),
         Command::Conntrack(cmd) => conntrack::run(&ctx, cmd),
+        Command::Explain(args) => explain::run(&ctx, args),
     }
 }
 

@@ -87,15 +87,19 @@ impl Datapath {
     /// and loads the three programs (not yet attached).
     pub fn load(layout: &Layout) -> Result<Datapath, LoadError> {
         let maps = layout.maps();
-        std::fs::create_dir_all(&maps).map_err(|source| LoadError::Dir { path: maps.clone(), source })?;
+        std::fs::create_dir_all(&maps).map_err(|source| LoadError::Dir {
+            path: maps.clone(),
+            source,
+        })?;
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&'static str, PathBuf)> = MAPS.iter().map(|m| (*m, maps.join(m))).collect();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let ebpf = loader
-            .load(crate::EBPF_OBJECT)
-            .map_err(|source| LoadError::Object { dir: maps.clone(), source: Box::new(source) })?;
+        let ebpf = loader.load(crate::EBPF_OBJECT).map_err(|source| LoadError::Object {
+            dir: maps.clone(),
+            source: Box::new(source),
+        })?;
         Datapath::with_programs(ebpf)
     }
 
@@ -104,7 +108,10 @@ impl Datapath {
     pub fn load_unpinned() -> Result<Datapath, LoadError> {
         let ebpf = EbpfLoader::new()
             .load(crate::EBPF_OBJECT)
-            .map_err(|source| LoadError::Object { dir: PathBuf::new(), source: Box::new(source) })?;
+            .map_err(|source| LoadError::Object {
+                dir: PathBuf::new(),
+                source: Box::new(source),
+            })?;
         Datapath::with_programs(ebpf)
     }
 

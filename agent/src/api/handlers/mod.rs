@@ -3,6 +3,7 @@
 
 mod conntrack;
 mod endpoints;
+mod explain;
 mod policy;
 mod reload;
 mod rules;
@@ -29,6 +30,7 @@ pub fn handle(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
         ("POST", ["v1", "endpoints"]) => endpoints::add(agent, req, caller),
         ("DELETE", ["v1", "endpoints", name]) => endpoints::remove(agent, name, caller),
         ("GET", ["v1", "stats"]) => stats::get(agent),
+        ("GET", ["v1", "explain"]) => explain::get(agent, req),
         ("GET", ["v1", "conntrack"]) => conntrack::list(agent, req),
         ("DELETE", ["v1", "conntrack"]) => conntrack::flush(agent, req, caller),
         (
