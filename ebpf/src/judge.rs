@@ -18,7 +18,11 @@
 //! 6. Rules: the sender's egress rules (when the sender is a local
 //!    endpoint) and the receiver's ingress rules (when the receiver is a
 //!    local endpoint), both from the same policy slot. A new flow that both
-//!    allow is tracked.
+//!    allow is tracked. A TCP packet without SYN that the rules deny may be
+//!    the far side of a flow the rules allow (one that predates the agent):
+//!    then it is tracked as that flow.
+//! 7. Conntrack share: a new flow is dropped when its local endpoint
+//!    already holds `max_per_endpoint` tracked flows.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use hostwall_common::*;
@@ -197,17 +201,27 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
         if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
             flags |= CT_CLOSING;
         }
+        // 7. The flow counts against one local endpoint's share of the
+        // table, so that one endpoint's flood cannot evict the others'.
+        let owner = if hook == Hook::Uplink {
+            dst_info.local_endpoint
+        } else {
+            endpoint.endpoint
+        };
+        if !reserve_flow(owner, &settings) {
+            return Err(DropReason::ConntrackEndpointFull);
+        }
         let entry = CtEntry {
             last_seen_ns: now,
             flags,
             rule_egress,
             rule_ingress,
-            _pad: 0,
+            owner,
         };
-        if CONNTRACK.insert(&key, &entry, 0).is_ok() {
-            if let Some(n) = CT_EVENTS.get_ptr_mut(0) {
-                unsafe { *n += 1 };
-            }
+        if CONNTRACK.insert(&key, &entry, 0).is_ok()
+            && let Some(n) = CT_EVENTS.get_ptr_mut(0)
+        {
+            unsafe { *n += 1 };
         }
     }
     if pkt.fragment == Fragment::First {
@@ -513,25 +527,26 @@ fn tracked_kind(pkt: &Packet) -> bool {
     }
 }
 
+/// Takes one of `owner`'s tracked-flow slots; `false` when it has none
+/// left. The count is not atomic across CPUs: the agent recounts every
+/// second, so a race costs at most a few flows over the cap, briefly.
 #[inline(always)]
-fn timeout(settings: &Settings, proto: u8, flags: u32) -> u64 {
-    match proto {
-        parse::IPPROTO_TCP | parse::IPPROTO_SCTP => {
-            if flags & CT_CLOSING != 0 || flags & CT_SEEN_REPLY == 0 {
-                settings.tcp_other_ns
-            } else {
-                settings.tcp_established_ns
+fn reserve_flow(owner: u32, settings: &Settings) -> bool {
+    if owner == 0 {
+        return true;
+    }
+    match CT_COUNT.get_ptr_mut(&owner) {
+        Some(count) => unsafe {
+            if *count >= settings.max_flows_per_endpoint {
+                return false;
             }
+            *count += 1;
+            true
+        },
+        None => {
+            let _ = CT_COUNT.insert(&owner, &1, 0);
+            true
         }
-        parse::IPPROTO_UDP => {
-            if flags & CT_SEEN_REPLY != 0 {
-                settings.udp_stream_ns
-            } else {
-                settings.udp_ns
-            }
-        }
-        parse::IPPROTO_ICMP | parse::IPPROTO_ICMPV6 => settings.icmp_ns,
-        _ => settings.other_ns,
     }
 }
 
@@ -540,7 +555,7 @@ fn timeout(settings: &Settings, proto: u8, flags: u32) -> u64 {
 fn ct_find(key: &CtKey, settings: &Settings, now: u64) -> Option<*mut CtEntry> {
     let entry = CONNTRACK.get_ptr_mut(key)?;
     let e = unsafe { &*entry };
-    if now.saturating_sub(e.last_seen_ns) > timeout(settings, key.proto, e.flags) {
+    if now.saturating_sub(e.last_seen_ns) > ct_timeout(settings, key.proto, e.flags) {
         return None;
     }
     Some(entry)

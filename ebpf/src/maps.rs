@@ -81,3 +81,9 @@ pub static CT_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 /// a restarted agent gives surviving rules their old ids (and counters).
 #[map(name = "HW_RULE_KEYS")]
 pub static RULE_KEYS: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Per local endpoint id: the tracked flows it holds. The programs count
+/// up as they insert; the agent recounts (and removes expired flows) every
+/// second, which also accounts for LRU evictions.
+#[map(name = "HW_CT_COUNT")]
+pub static CT_COUNT: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ENDPOINT_INTERFACES, 0);

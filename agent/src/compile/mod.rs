@@ -377,6 +377,8 @@ fn settings(policy: &Policy) -> Settings {
         icmp_ns: ns(ct.icmp),
         other_ns: ns(ct.other),
         fragment_ns: 30_000_000_000,
+        max_flows_per_endpoint: ct.max_per_endpoint,
+        _pad: 0,
     }
 }
 

@@ -3,6 +3,7 @@
 //! leaves enforcement in place when it stops (fail-static).
 
 mod enforce;
+mod gc;
 pub mod lifecycle;
 pub mod notify;
 pub mod rules;
@@ -39,6 +40,8 @@ pub struct Options {
 /// Fallback for missed events: interfaces and addresses are compared this
 /// often even without a netlink event.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// Conntrack garbage collection runs every this many reconcile ticks.
+const GC_EVERY_TICKS: u32 = 2;
 /// Editors and configuration management write files in several steps.
 const FILE_SETTLE: Duration = Duration::from_millis(100);
 
@@ -105,6 +108,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     let mut file_pending: Option<tokio::time::Instant> = None;
+    let mut gc_due = 0u32;
     loop {
         let settle = async {
             match file_pending {
@@ -139,7 +143,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 }
                 agent.reconcile();
             }
-            _ = tick.tick() => agent.reconcile(),
+            _ = tick.tick() => {
+                agent.reconcile();
+                gc_due += 1;
+                if gc_due >= GC_EVERY_TICKS {
+                    gc_due = 0;
+                    agent.conntrack_gc();
+                }
+            }
         }
     }
     let _ = std::fs::remove_file(&agent.opts.socket);

@@ -21,7 +21,7 @@ pub const PROG_UPLINK: &str = "hostwall_uplink";
 pub const PROGRAMS: [&str; 3] = [PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK];
 
 /// Every map of the eBPF object; all are pinned.
-pub const MAPS: [&str; 19] = [
+pub const MAPS: [&str; 20] = [
     "HW_ACTIVE",
     "HW_SETTINGS",
     "HW_IFACE_0",
@@ -41,6 +41,7 @@ pub const MAPS: [&str; 19] = [
     "HW_PASSES",
     "HW_CT_EVENTS",
     "HW_RULE_KEYS",
+    "HW_CT_COUNT",
 ];
 
 #[derive(Debug, thiserror::Error)]

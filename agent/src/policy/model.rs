@@ -186,6 +186,8 @@ pub struct ConntrackTimeouts {
     pub udp_stream: Duration,
     pub icmp: Duration,
     pub other: Duration,
+    /// Tracked flows one local endpoint may hold at once.
+    pub max_per_endpoint: u32,
 }
 
 impl Default for ConntrackTimeouts {
@@ -197,6 +199,7 @@ impl Default for ConntrackTimeouts {
             udp_stream: Duration::from_secs(180),
             icmp: Duration::from_secs(30),
             other: Duration::from_secs(600),
+            max_per_endpoint: 32_768,
         }
     }
 }

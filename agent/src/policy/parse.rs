@@ -306,7 +306,7 @@ struct RawQuarantine {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "conntrack timeouts: a map with tcp_established, tcp_other, udp, udp_stream, icmp and other"
+    expecting = "conntrack settings: a map with tcp_established, tcp_other, udp, udp_stream, icmp, other and max_per_endpoint"
 )]
 struct RawConntrack {
     tcp_established: Option<Scalar>,
@@ -315,6 +315,7 @@ struct RawConntrack {
     udp_stream: Option<Scalar>,
     icmp: Option<Scalar>,
     other: Option<Scalar>,
+    max_per_endpoint: Option<Scalar>,
 }
 
 /// A value that may be written as an integer or as a string (`ports: 443`
@@ -777,7 +778,10 @@ fn validate_settings(raw: Option<RawSettings>) -> Result<Settings, Fault> {
         }
         None => None,
     };
-    if let Some(raw) = raw {
+    if let Some(mut raw) = raw {
+        if let Some(v) = raw.max_per_endpoint.take() {
+            conntrack.max_per_endpoint = parse_flow_cap(&v).map_err(at("settings.conntrack.max_per_endpoint"))?;
+        }
         let fields = [
             ("tcp_established", raw.tcp_established, &mut conntrack.tcp_established),
             ("tcp_other", raw.tcp_other, &mut conntrack.tcp_other),
@@ -797,6 +801,21 @@ fn validate_settings(raw: Option<RawSettings>) -> Result<Settings, Fault> {
         on_policy_change,
         quarantine,
     })
+}
+
+fn parse_flow_cap(value: &Scalar) -> Result<u32, String> {
+    let cap = hostwall_common::MAX_CONNTRACK_ENTRIES;
+    let n = match value {
+        Scalar::Int(n) => *n,
+        Scalar::Str(s) => s
+            .trim()
+            .parse::<i128>()
+            .map_err(|_| format!("\"{s}\" is not a number of flows"))?,
+    };
+    if n < 1 || n > cap as i128 {
+        return Err(format!("{n} is not between 1 and {cap} (the conntrack table's size)"));
+    }
+    Ok(n as u32)
 }
 
 // ---------------------------------------------------------------------------
@@ -2013,7 +2032,9 @@ settings:
             })
         );
         assert_eq!(
-            timeouts("{tcp_established: 1d, tcp_other: 2m, udp: 3s, udp_stream: 4m, icmp: 5s, other: 6h}"),
+            timeouts(
+                "{tcp_established: 1d, tcp_other: 2m, udp: 3s, udp_stream: 4m, icmp: 5s, other: 6h, max_per_endpoint: 7}"
+            ),
             Ok(ConntrackTimeouts {
                 tcp_established: Duration::from_secs(86_400),
                 tcp_other: Duration::from_secs(120),
@@ -2021,9 +2042,19 @@ settings:
                 udp_stream: Duration::from_secs(240),
                 icmp: Duration::from_secs(5),
                 other: Duration::from_secs(21_600),
+                max_per_endpoint: 7,
             })
         );
         assert_eq!(parse("version: 1\nsettings: {}\n").settings, Settings::default());
+    }
+
+    #[test]
+    fn flow_cap_must_fit_the_table() {
+        assert_eq!(
+            timeouts("{max_per_endpoint: 0}"),
+            Err("test.yaml: settings.conntrack.max_per_endpoint: 0 is not between 1 and 262144 (the conntrack table's size)".into())
+        );
+        assert!(timeouts("{max_per_endpoint: 9999999}").is_err());
     }
 
     #[test]

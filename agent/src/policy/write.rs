@@ -61,13 +61,14 @@ pub fn to_yaml(policy: &Policy) -> String {
         }
         let _ = writeln!(
             out,
-            "  conntrack: {{tcp_established: {}, tcp_other: {}, udp: {}, udp_stream: {}, icmp: {}, other: {}}}",
+            "  conntrack: {{tcp_established: {}, tcp_other: {}, udp: {}, udp_stream: {}, icmp: {}, other: {}, max_per_endpoint: {}}}",
             duration(ct.tcp_established),
             duration(ct.tcp_other),
             duration(ct.udp),
             duration(ct.udp_stream),
             duration(ct.icmp),
-            duration(ct.other)
+            duration(ct.other),
+            ct.max_per_endpoint
         );
     }
     out
@@ -151,7 +152,7 @@ endpoints:
   - {name: api-1, node: b, interface: hw-api1, addresses: ["10.10.0.21"], groups: [api, web]}
   - {name: bare, addresses: []}
 settings:
-  conntrack: {udp: 45s, tcp_other: 2m, icmp: 1h, other: 2d}
+  conntrack: {udp: 45s, tcp_other: 2m, icmp: 1h, other: 2d, max_per_endpoint: 100}
   on_policy_change: revalidate
   quarantine: {interfaces: "veth*"}
 "#;

@@ -1042,3 +1042,49 @@ fn rule_counters_count_each_packet_once() {
     );
     assert_eq!(after.iter().sum::<u64>(), 4);
 }
+
+#[test]
+fn one_endpoint_cannot_take_the_whole_conntrack_table() {
+    let f = Fixture::new(
+        &POLICY.replace("conntrack: {udp: 1s, icmp: 1s}", "conntrack: {max_per_endpoint: 2}"),
+        &[HOST],
+    );
+    f.check(&[
+        (
+            "first flow",
+            From("hw-web"),
+            frame(WEB, API, tcp(43000, 8080, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "second flow",
+            From("hw-web"),
+            frame(WEB, API, tcp(43001, 8080, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "third flow",
+            From("hw-web"),
+            frame(WEB, API, tcp(43002, 8080, SYN)),
+            Drop(DropReason::ConntrackEndpointFull),
+        ),
+        (
+            "tracked flows go on",
+            From("hw-web"),
+            frame(WEB, API, tcp(43000, 8080, ACK)),
+            Pass(PassReason::Established),
+        ),
+        (
+            "inbound flows count against web too",
+            To("hw-web"),
+            frame(OUTSIDE, WEB, tcp(1, 80, SYN)),
+            Drop(DropReason::ConntrackEndpointFull),
+        ),
+        (
+            "api has its own share",
+            From("hw-api"),
+            frame(API, DB_REMOTE, tcp(43003, 5432, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+    ]);
+}
