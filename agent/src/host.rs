@@ -96,3 +96,24 @@ fn mount_bpffs(dir: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Every interface of the agent's network namespace: (ifindex, name).
+pub fn interfaces() -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return out;
+    }
+    let mut cur = list;
+    loop {
+        let entry = unsafe { &*cur };
+        if entry.if_index == 0 || entry.if_name.is_null() {
+            break;
+        }
+        let name = unsafe { CStr::from_ptr(entry.if_name) }.to_string_lossy().into_owned();
+        out.push((entry.if_index, name));
+        cur = unsafe { cur.add(1) };
+    }
+    unsafe { libc::if_freenameindex(list) };
+    out
+}

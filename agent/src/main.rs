@@ -6,6 +6,10 @@ mod cli;
 
 fn main() -> ExitCode {
     let args = cli::Cli::parse();
+    if !matches!(args.command, cli::Command::Agent(_)) {
+        // A CLI whose output is piped into `head` should stop quietly.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     cli::init_tracing(args.verbose, args.quiet);
     match cli::run(args) {
         Ok(code) => code,

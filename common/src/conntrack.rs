@@ -35,7 +35,10 @@ pub struct CtEntry {
     pub rule_egress: u32,
     /// The ingress rule of the receiving endpoint (0: none).
     pub rule_ingress: u32,
-    pub _pad: u32,
+    /// The local endpoint the flow counts against for
+    /// `settings.conntrack.max_per_endpoint`: the sender when it is local,
+    /// else the receiver.
+    pub owner: u32,
 }
 const _: () = assert!(size_of::<CtEntry>() == 24);
 
@@ -49,6 +52,31 @@ pub const CT_ORIG_LOCAL: u32 = 4;
 /// The flow's responder is a local endpoint: its replies were counted at
 /// that endpoint's interface.
 pub const CT_REPLY_LOCAL: u32 = 8;
+
+/// How long an entry lives after its last packet. The one definition of
+/// the conntrack timeouts, used by the programs and by the agent's
+/// garbage collection.
+#[inline(always)]
+pub fn ct_timeout(settings: &crate::Settings, proto: u8, flags: u32) -> u64 {
+    match proto {
+        6 | 132 => {
+            if flags & CT_CLOSING != 0 || flags & CT_SEEN_REPLY == 0 {
+                settings.tcp_other_ns
+            } else {
+                settings.tcp_established_ns
+            }
+        }
+        17 => {
+            if flags & CT_SEEN_REPLY != 0 {
+                settings.udp_stream_ns
+            } else {
+                settings.udp_ns
+            }
+        }
+        1 | 58 => settings.icmp_ns,
+        _ => settings.other_ns,
+    }
+}
 
 /// Key of the fragment table (`HW_FRAGS`): a datagram whose first fragment
 /// passed. Value: `bpf_ktime_get_ns` when it passed.

@@ -95,6 +95,10 @@ pub struct EndpointInfo {
 }
 const _: () = assert!(size_of::<EndpointInfo>() == 8);
 
+/// `EndpointInfo::endpoint` of a quarantined interface: everything to and
+/// from it is dropped.
+pub const QUARANTINED: u32 = u32::MAX;
+
 /// Per-generation settings (`HW_SETTINGS`, index = slot). Timeouts in ns.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -106,8 +110,12 @@ pub struct Settings {
     pub icmp_ns: u64,
     pub other_ns: u64,
     pub fragment_ns: u64,
+    /// Tracked flows one endpoint may hold; new flows beyond it are
+    /// dropped.
+    pub max_flows_per_endpoint: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 56);
+const _: () = assert!(size_of::<Settings>() == 64);
 
 /// Packet and byte counter of one rule (`HW_RULE_STATS`, per CPU).
 #[repr(C)]

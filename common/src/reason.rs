@@ -41,13 +41,18 @@ pub enum DropReason {
     IcmpErrorUntracked = 13,
     /// The IPv6 extension header chain is longer than hostwall parses.
     Ipv6ExtensionChainTooLong = 14,
+    /// The interface matches `settings.quarantine` and is not an endpoint.
+    Quarantined = 15,
+    /// The endpoint already holds `settings.conntrack.max_per_endpoint`
+    /// tracked flows.
+    ConntrackEndpointFull = 16,
 }
 
 /// Number of slots in the drop counter array; codes must stay below it.
 pub const DROP_REASON_SLOTS: u32 = 32;
 
 impl DropReason {
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::EgressDenied,
         DropReason::IngressDenied,
         DropReason::SpoofedSource,
@@ -62,6 +67,8 @@ impl DropReason {
         DropReason::NoEndpoint,
         DropReason::IcmpErrorUntracked,
         DropReason::Ipv6ExtensionChainTooLong,
+        DropReason::Quarantined,
+        DropReason::ConntrackEndpointFull,
     ];
 
     /// The name used in logs and in `hostwall stats`.
@@ -81,6 +88,8 @@ impl DropReason {
             DropReason::NoEndpoint => "no-endpoint",
             DropReason::IcmpErrorUntracked => "icmp-error-untracked",
             DropReason::Ipv6ExtensionChainTooLong => "ipv6-extension-chain-too-long",
+            DropReason::Quarantined => "quarantined",
+            DropReason::ConntrackEndpointFull => "conntrack-endpoint-full",
         }
     }
 

@@ -18,7 +18,11 @@
 //! 6. Rules: the sender's egress rules (when the sender is a local
 //!    endpoint) and the receiver's ingress rules (when the receiver is a
 //!    local endpoint), both from the same policy slot. A new flow that both
-//!    allow is tracked.
+//!    allow is tracked. A TCP packet without SYN that the rules deny may be
+//!    the far side of a flow the rules allow (one that predates the agent):
+//!    then it is tracked as that flow.
+//! 7. Conntrack share: a new flow is dropped when its local endpoint
+//!    already holds `max_per_endpoint` tracked flows.
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
 use hostwall_common::*;
@@ -64,6 +68,9 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
     } else {
         iface(slot, ifindex).ok_or(DropReason::NoEndpoint)?
     };
+    if endpoint.endpoint == QUARANTINED {
+        return Err(DropReason::Quarantined);
+    }
 
     // 1. Frame type.
     let pkt = match parse::ethertype(data, data_end)? {
@@ -171,6 +178,73 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
     }
 
     // 6. Rules.
+    let decided = decide(hook, slot, &endpoint, dst_info, &pkt);
+    let (rule_egress, rule_ingress, mut flags, key) = match decided {
+        Ok((e, i, f)) => (e, i, f, key),
+        Err(reason) => {
+            // 6d. A TCP packet without SYN that the rules deny in its own
+            // direction may be the reply side of a flow that predates the
+            // agent (or whose entry was evicted). If the rules allow the
+            // reverse flow, it is tracked as that flow, reply seen.
+            let by_rules = matches!(reason, DropReason::EgressDenied | DropReason::IngressDenied);
+            if !by_rules || pkt.proto != parse::IPPROTO_TCP || pkt.tcp_flags & parse::TCP_SYN != 0 {
+                return Err(reason);
+            }
+            match decide_reverse(slot, &reversed_packet(&pkt)) {
+                Some((e, i, f)) => (e, i, f | CT_SEEN_REPLY, reversed(&key)),
+                None => return Err(reason),
+            }
+        }
+    };
+
+    if tracked_kind(&pkt) {
+        if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
+            flags |= CT_CLOSING;
+        }
+        // 7. The flow counts against one local endpoint's share of the
+        // table, so that one endpoint's flood cannot evict the others'.
+        let owner = if hook == Hook::Uplink {
+            dst_info.local_endpoint
+        } else {
+            endpoint.endpoint
+        };
+        if !reserve_flow(owner, &settings) {
+            return Err(DropReason::ConntrackEndpointFull);
+        }
+        let entry = CtEntry {
+            last_seen_ns: now,
+            flags,
+            rule_egress,
+            rule_ingress,
+            owner,
+        };
+        if CONNTRACK.insert(&key, &entry, 0).is_ok()
+            && let Some(n) = CT_EVENTS.get_ptr_mut(0)
+        {
+            unsafe { *n += 1 };
+        }
+    }
+    if pkt.fragment == Fragment::First {
+        let _ = FRAGS.insert(&frag_key(&pkt), &now, 0);
+    }
+    if hook != Hook::Uplink {
+        let bytes = (data_end - data) as u64;
+        count_rule(rule_egress, bytes);
+        count_rule(rule_ingress, bytes);
+    }
+    Ok(PassReason::NewAllowed)
+}
+
+/// Step 6: the rules that allow a new flow, as (egress rule, ingress rule,
+/// conntrack flags).
+#[inline(always)]
+fn decide(
+    hook: Hook,
+    slot: u32,
+    endpoint: &EndpointInfo,
+    mut dst_info: PeerInfo,
+    pkt: &Packet,
+) -> Result<(u32, u32, u32), DropReason> {
     let mut rule_egress = 0;
     let mut rule_ingress = 0;
     let mut flags = 0;
@@ -180,11 +254,11 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
             // is local, under the same slot.
             dst_info = peer(slot, pkt.family, &pkt.dst);
             rule_egress =
-                policy(slot, endpoint.policy, dst_info.class, DIR_EGRESS, &pkt).ok_or(DropReason::EgressDenied)?;
+                policy(slot, endpoint.policy, dst_info.class, DIR_EGRESS, pkt).ok_or(DropReason::EgressDenied)?;
             flags |= CT_ORIG_LOCAL;
             if dst_info.local_policy != 0 {
                 let src_info = peer(slot, pkt.family, &pkt.src);
-                rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, &pkt)
+                rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, pkt)
                     .ok_or(DropReason::IngressDenied)?;
                 flags |= CT_REPLY_LOCAL;
             }
@@ -197,44 +271,49 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
                 return Err(DropReason::LocalAddressWrongPath);
             }
             rule_ingress =
-                policy(slot, endpoint.policy, src_info.class, DIR_INGRESS, &pkt).ok_or(DropReason::IngressDenied)?;
+                policy(slot, endpoint.policy, src_info.class, DIR_INGRESS, pkt).ok_or(DropReason::IngressDenied)?;
             flags |= CT_REPLY_LOCAL;
         }
         Hook::Uplink => {
             // 6c. The same ingress decision the receiver's TC hook would take.
             let src_info = peer(slot, pkt.family, &pkt.src);
-            rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, &pkt)
+            rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, pkt)
                 .ok_or(DropReason::IngressDenied)?;
             flags |= CT_REPLY_LOCAL;
         }
     }
+    Ok((rule_egress, rule_ingress, flags))
+}
 
-    if tracked_kind(&pkt) {
-        if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
-            flags |= CT_CLOSING;
-        }
-        let entry = CtEntry {
-            last_seen_ns: now,
-            flags,
-            rule_egress,
-            rule_ingress,
-            _pad: 0,
+/// Step 6d: the rules for `rev` (a packet reversed), judged as a new flow:
+/// the egress of its sender and the ingress of its receiver, where local.
+#[inline(always)]
+fn decide_reverse(slot: u32, rev: &Packet) -> Option<(u32, u32, u32)> {
+    let src_info = peer(slot, rev.family, &rev.src);
+    let dst_info = peer(slot, rev.family, &rev.dst);
+    if src_info.local_policy != 0 {
+        let ep = EndpointInfo {
+            policy: src_info.local_policy,
+            endpoint: src_info.local_endpoint,
         };
-        if CONNTRACK.insert(&key, &entry, 0).is_ok() {
-            if let Some(n) = CT_EVENTS.get_ptr_mut(0) {
-                unsafe { *n += 1 };
-            }
-        }
+        return decide(Hook::FromEndpoint, slot, &ep, dst_info, rev).ok();
     }
-    if pkt.fragment == Fragment::First {
-        let _ = FRAGS.insert(&frag_key(&pkt), &now, 0);
+    if dst_info.local_policy != 0 {
+        let rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, rev)?;
+        return Some((0, rule_ingress, CT_REPLY_LOCAL));
     }
-    if hook != Hook::Uplink {
-        let bytes = (data_end - data) as u64;
-        count_rule(rule_egress, bytes);
-        count_rule(rule_ingress, bytes);
-    }
-    Ok(PassReason::NewAllowed)
+    None
+}
+
+/// The same packet travelling the other way.
+#[inline(always)]
+fn reversed_packet(pkt: &Packet) -> Packet {
+    let mut rev = *pkt;
+    rev.src = pkt.dst;
+    rev.dst = pkt.src;
+    rev.sport = pkt.dport;
+    rev.dport = pkt.sport;
+    rev
 }
 
 /// Neighbour discovery and MLD (step 1 and 2 for ICMPv6). `Ok(None)` means
@@ -448,25 +527,26 @@ fn tracked_kind(pkt: &Packet) -> bool {
     }
 }
 
+/// Takes one of `owner`'s tracked-flow slots; `false` when it has none
+/// left. The count is not atomic across CPUs: the agent recounts every
+/// second, so a race costs at most a few flows over the cap, briefly.
 #[inline(always)]
-fn timeout(settings: &Settings, proto: u8, flags: u32) -> u64 {
-    match proto {
-        parse::IPPROTO_TCP | parse::IPPROTO_SCTP => {
-            if flags & CT_CLOSING != 0 || flags & CT_SEEN_REPLY == 0 {
-                settings.tcp_other_ns
-            } else {
-                settings.tcp_established_ns
+fn reserve_flow(owner: u32, settings: &Settings) -> bool {
+    if owner == 0 {
+        return true;
+    }
+    match CT_COUNT.get_ptr_mut(&owner) {
+        Some(count) => unsafe {
+            if *count >= settings.max_flows_per_endpoint {
+                return false;
             }
+            *count += 1;
+            true
+        },
+        None => {
+            let _ = CT_COUNT.insert(&owner, &1, 0);
+            true
         }
-        parse::IPPROTO_UDP => {
-            if flags & CT_SEEN_REPLY != 0 {
-                settings.udp_stream_ns
-            } else {
-                settings.udp_ns
-            }
-        }
-        parse::IPPROTO_ICMP | parse::IPPROTO_ICMPV6 => settings.icmp_ns,
-        _ => settings.other_ns,
     }
 }
 
@@ -475,7 +555,7 @@ fn timeout(settings: &Settings, proto: u8, flags: u32) -> u64 {
 fn ct_find(key: &CtKey, settings: &Settings, now: u64) -> Option<*mut CtEntry> {
     let entry = CONNTRACK.get_ptr_mut(key)?;
     let e = unsafe { &*entry };
-    if now.saturating_sub(e.last_seen_ns) > timeout(settings, key.proto, e.flags) {
+    if now.saturating_sub(e.last_seen_ns) > ct_timeout(settings, key.proto, e.flags) {
         return None;
     }
     Some(entry)

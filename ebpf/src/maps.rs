@@ -75,3 +75,15 @@ pub static PASSES: PerCpuArray<Counter> = PerCpuArray::with_max_entries(PASS_REA
 /// count this gives the number of LRU evictions.
 #[map(name = "HW_CT_EVENTS")]
 pub static CT_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
+
+/// Per rule id: a hash of the rule (group, direction, content) the id
+/// stands for, 0 when unused. Written and read by the agent only, so that
+/// a restarted agent gives surviving rules their old ids (and counters).
+#[map(name = "HW_RULE_KEYS")]
+pub static RULE_KEYS: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Per local endpoint id: the tracked flows it holds. The programs count
+/// up as they insert; the agent recounts (and removes expired flows) every
+/// second, which also accounts for LRU evictions.
+#[map(name = "HW_CT_COUNT")]
+pub static CT_COUNT: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ENDPOINT_INTERFACES, 0);

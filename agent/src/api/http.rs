@@ -181,7 +181,8 @@ mod tests {
 
     #[test]
     fn decodes_a_request_with_body_and_query() {
-        let raw = b"POST /v1/conntrack?proto=tcp&addr=10.0.0.1%2F8 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody";
+        let raw =
+            b"POST /v1/conntrack?proto=tcp&addr=10.0.0.1%2F8 HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody";
         let req = decode(raw).unwrap().unwrap();
         assert_eq!(req.method, "POST");
         assert_eq!(req.path, "/v1/conntrack");
@@ -192,7 +193,10 @@ mod tests {
     #[test]
     fn waits_for_the_whole_body() {
         assert_eq!(decode(b"GET /v1/status HTTP/1.1\r\n").unwrap(), None);
-        assert_eq!(decode(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc").unwrap(), None);
+        assert_eq!(
+            decode(b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc").unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -208,14 +212,21 @@ mod tests {
             b"GET /%zz HTTP/1.1\r\n\r\n",
             b"GET /\xff HTTP/1.1\r\n\r\n",
         ] {
-            assert!(matches!(decode(raw), Err(DecodeError::Malformed { .. })), "{:?}", String::from_utf8_lossy(raw));
+            assert!(
+                matches!(decode(raw), Err(DecodeError::Malformed { .. })),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 
     #[test]
     fn caps_the_size() {
         let big = format!("POST /x HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_REQUEST);
-        assert_eq!(decode(big.as_bytes()), Err(DecodeError::TooLarge { limit: MAX_REQUEST }));
+        assert_eq!(
+            decode(big.as_bytes()),
+            Err(DecodeError::TooLarge { limit: MAX_REQUEST })
+        );
         let endless = vec![b'a'; MAX_REQUEST + 1];
         assert_eq!(decode(&endless), Err(DecodeError::TooLarge { limit: MAX_REQUEST }));
     }

@@ -1,32 +1,59 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use hostwall::agent::{self, Options};
+use anyhow::Context as _;
+use hostwall::daemon::{self, Options};
 
 #[derive(clap::Args)]
 pub struct Args {
     /// The control file.
-    #[arg(long)]
-    config: PathBuf,
+    #[arg(long, required_unless_present = "cleanup")]
+    config: Option<PathBuf>,
     /// Interface facing other hosts; gets the XDP early-drop filter.
     #[arg(long)]
     uplink: Option<String>,
     /// This host's node name (default: the hostname).
     #[arg(long)]
     node: Option<String>,
-    /// Directory on a bpffs for pinned maps (mounted if needed).
+    /// Directory on a bpffs for pinned programs, links and maps (mounted
+    /// if needed).
     #[arg(long, default_value = super::DEFAULT_BPFFS)]
     bpffs: PathBuf,
+    /// A group whose members may use the control API besides root.
+    #[arg(long)]
+    admin_group: Option<String>,
+    /// Detach and remove everything hostwall pinned, then exit.
+    #[arg(long)]
+    cleanup: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = name.parse() {
+        return Ok(gid);
+    }
+    let c = std::ffi::CString::new(name)?;
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        anyhow::bail!("--admin-group: no group named {name}");
+    }
+    Ok(unsafe { (*gr).gr_gid })
+}
+
+pub fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
+    if args.cleanup {
+        let n = daemon::lifecycle::uninstall(&args.bpffs)?;
+        println!("removed {n} pinned layout(s) under {}", args.bpffs.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let opts = Options {
-        config: args.config,
+        config: args.config.context("--config is required")?,
         uplink: args.uplink,
         node: args.node.unwrap_or_else(hostwall::host::hostname),
         bpffs: args.bpffs,
+        socket: ctx.socket().to_path_buf(),
+        admin_group: args.admin_group.as_deref().map(group_id).transpose()?,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(agent::run(opts))?;
+    rt.block_on(daemon::run(opts))?;
     Ok(ExitCode::SUCCESS)
 }

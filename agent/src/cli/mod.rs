@@ -1,15 +1,27 @@
-//! The `hostwall` command line; one file per subcommand.
+//! The `hostwall` command line; one file per subcommand. Every command but
+//! `agent`, `validate` and `uninstall` is a client of the agent's API.
 
 mod agent;
+mod apply;
+mod conntrack;
+mod endpoint;
+mod explain;
+mod get;
+mod reload;
+mod rule;
 mod stats;
+mod status;
+mod uninstall;
 mod validate;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde_json::Value;
 
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/hostwall";
+pub const DEFAULT_SOCKET: &str = "/run/hostwall/hostwall.sock";
 
 #[derive(Parser)]
 #[command(
@@ -24,6 +36,12 @@ pub struct Cli {
     /// Only warnings and errors.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// The agent's control socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -32,20 +50,123 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent in the foreground: enforce the control file.
     Agent(agent::Args),
+    /// Remove every hostwall program, link and pin from this host.
+    Uninstall(uninstall::Args),
     /// Check a control file without applying it.
     Validate {
         /// The control file (YAML or JSON).
         file: PathBuf,
     },
-    /// Show drop and pass counters (and per-rule counters with --config).
-    Stats(stats::Args),
+    /// Apply a whole control file through the agent.
+    Apply { file: PathBuf },
+    /// Show what applying a control file would change.
+    Diff { file: PathBuf },
+    /// Re-read the agent's control file (as SIGHUP).
+    Reload,
+    /// Add or remove one rule.
+    #[command(subcommand)]
+    Rule(rule::Cmd),
+    /// Add or remove one endpoint.
+    #[command(subcommand)]
+    Endpoint(endpoint::Cmd),
+    /// Show applied state.
+    #[command(subcommand)]
+    Get(get::Cmd),
+    /// Whether the policy is enforced, where, and how full the maps are.
+    Status,
+    /// Per-rule counters, rules that never matched, drops by reason.
+    Stats,
+    /// Why a flow is allowed or denied, and by which rules.
+    Explain(explain::Args),
+    /// List or flush tracked flows.
+    #[command(subcommand)]
+    Conntrack(conntrack::Cmd),
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let ctx = Ctx {
+        socket: cli.socket,
+        json: cli.json,
+    };
     match cli.command {
-        Command::Agent(args) => agent::run(args),
+        Command::Agent(args) => agent::run(args, &ctx),
+        Command::Uninstall(args) => uninstall::run(args, &ctx),
         Command::Validate { file } => validate::run(&file),
-        Command::Stats(args) => stats::run(args),
+        Command::Apply { file } => apply::apply(&ctx, &file),
+        Command::Diff { file } => apply::diff(&ctx, &file),
+        Command::Reload => reload::run(&ctx),
+        Command::Rule(cmd) => rule::run(&ctx, cmd),
+        Command::Endpoint(cmd) => endpoint::run(&ctx, cmd),
+        Command::Get(cmd) => get::run(&ctx, cmd),
+        Command::Status => status::run(&ctx),
+        Command::Stats => stats::run(&ctx),
+        Command::Conntrack(cmd) => conntrack::run(&ctx, cmd),
+        Command::Explain(args) => explain::run(&ctx, args),
+    }
+}
+
+/// What every API command needs.
+pub struct Ctx {
+    pub socket: PathBuf,
+    pub json: bool,
+}
+
+impl Ctx {
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&[u8]>,
+    ) -> anyhow::Result<Value> {
+        Ok(hostwall::api::client::call(&self.socket, method, path, query, body)?)
+    }
+
+    /// Prints `value` as JSON with --json, else runs `human`.
+    pub fn print(&self, value: &Value, human: impl FnOnce(&Value)) {
+        if self.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(value).expect("json values serialize")
+            );
+        } else {
+            human(value);
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+/// Human lines for a change summary (`changes` of an apply/diff reply).
+pub fn print_changes(changes: &Value) {
+    let list = |key: &str, sign: &str| {
+        for item in changes[key].as_array().into_iter().flatten() {
+            match item {
+                Value::String(s) => println!(
+                    "  {sign} {key_label} {s}",
+                    key_label = key.split('_').next().unwrap_or(key)
+                ),
+                v => println!(
+                    "  {sign} rule {}/{}: {}",
+                    v["group"].as_str().unwrap_or(""),
+                    v["direction"].as_str().unwrap_or(""),
+                    v["rule"].as_str().unwrap_or("")
+                ),
+            }
+        }
+    };
+    list("rules_added", "+");
+    list("rules_removed", "-");
+    list("endpoints_added", "+");
+    list("endpoints_removed", "-");
+    list("endpoints_changed", "~");
+    list("groups_added", "+");
+    list("groups_removed", "-");
+    list("prefix_lists_changed", "~");
+    if changes["settings_changed"] == Value::Bool(true) {
+        println!("  ~ settings");
     }
 }
 

@@ -14,6 +14,7 @@
 //!   that covers it, then into prefix-aligned blocks.
 
 mod classes;
+mod lookup;
 mod ports;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,7 +29,11 @@ use hostwall_common::{
 use crate::policy::{Direction, Peer, Policy, Proto, Rule};
 pub use classes::Label;
 use classes::PeerClasses;
+pub use lookup::Lookup;
 pub use ports::{PortBlock, port_blocks};
+
+/// An inclusive port range and the rule that allows it.
+type PortRangeRule = (u16, u16, u32);
 
 /// Where a rule id comes from: the n-th rule of a group's ingress or egress.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,19 +61,29 @@ pub struct Compiled {
     pub peer4: Vec<(u32, [u8; 4], PeerInfo)>,
     pub peer6: Vec<(u32, [u8; 16], PeerInfo)>,
     pub policy: Vec<(u32, PolicyKey, PolicyValue)>,
-    /// `rules[id - 1]` is the rule with id `id`.
-    pub rules: Vec<RuleRef>,
+    /// Every rule with its id, in policy order.
+    pub rules: Vec<(u32, RuleRef)>,
     pub settings: Settings,
 }
 
 impl Compiled {
     pub fn rule_id(&self, rule: &RuleRef) -> Option<u32> {
-        self.rules.iter().position(|r| r == rule).map(|i| i as u32 + 1)
+        self.rules.iter().find(|(_, r)| r == rule).map(|(id, _)| *id)
+    }
+
+    pub fn rule(&self, id: u32) -> Option<&RuleRef> {
+        self.rules.iter().find(|(i, _)| *i == id).map(|(_, r)| r)
     }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
+    #[error("rule {index} of {group} {} has no rule id", direction.as_str())]
+    NoRuleId {
+        group: String,
+        direction: Direction,
+        index: usize,
+    },
     #[error("the policy needs {needed} entries in {map}, which holds {capacity} ({} too many)", needed - capacity)]
     MapFull {
         map: &'static str,
@@ -111,19 +126,43 @@ pub struct HostView<'a> {
 }
 
 pub fn compile(policy: &Policy, host: &HostView<'_>) -> Result<Compiled, CompileError> {
-    compile_with_limits(policy, host, &Limits::default())
+    compile_with(policy, host, &Limits::default(), &positional_ids(policy))
 }
 
-/// Compiles, refusing a policy that does not fit `limits`.
-pub fn compile_with_limits(policy: &Policy, host: &HostView<'_>, limits: &Limits) -> Result<Compiled, CompileError> {
+/// Rule ids by position: groups by name, ingress then egress, rules in
+/// file order, from 1.
+pub fn positional_ids(policy: &Policy) -> BTreeMap<RuleRef, u32> {
+    let mut ids = BTreeMap::new();
+    for (name, group) in &policy.groups {
+        for (direction, rules) in [(Direction::Ingress, &group.ingress), (Direction::Egress, &group.egress)] {
+            for index in 0..rules.len() {
+                let next = ids.len() as u32 + 1;
+                ids.insert(
+                    RuleRef {
+                        group: name.clone(),
+                        direction,
+                        index,
+                    },
+                    next,
+                );
+            }
+        }
+    }
+    ids
+}
+
+/// Compiles with the given rule ids (every rule of the policy must have
+/// one), refusing a policy that does not fit `limits`.
+pub fn compile_with(
+    policy: &Policy,
+    host: &HostView<'_>,
+    limits: &Limits,
+    rule_ids: &BTreeMap<RuleRef, u32>,
+) -> Result<Compiled, CompileError> {
     let mut out = Compiled {
         settings: settings(policy),
         ..Default::default()
     };
-
-    // Rule ids, in a stable order: groups by name, ingress then egress,
-    // rules in file order.
-    let mut rule_ids: BTreeMap<RuleRef, u32> = BTreeMap::new();
     for (name, group) in &policy.groups {
         for (direction, rules) in [(Direction::Ingress, &group.ingress), (Direction::Egress, &group.egress)] {
             for index in 0..rules.len() {
@@ -132,8 +171,19 @@ pub fn compile_with_limits(policy: &Policy, host: &HostView<'_>, limits: &Limits
                     direction,
                     index,
                 };
-                out.rules.push(r.clone());
-                rule_ids.insert(r, out.rules.len() as u32);
+                let id = *rule_ids.get(&r).ok_or(CompileError::NoRuleId {
+                    group: name.clone(),
+                    direction,
+                    index,
+                })?;
+                if id as usize > limits.rules {
+                    return Err(CompileError::MapFull {
+                        map: "HW_RULE_STATS",
+                        needed: id as usize,
+                        capacity: limits.rules,
+                    });
+                }
+                out.rules.push((id, r));
             }
         }
     }
@@ -190,11 +240,11 @@ pub fn compile_with_limits(policy: &Policy, host: &HostView<'_>, limits: &Limits
         if labels_class.host {
             info.flags |= hostwall_common::PEER_HOST;
         }
-        if let Some(owner) = labels_class.endpoint {
-            if let Some((pid, eid)) = local_policy.get(&owner) {
-                info.local_policy = *pid;
-                info.local_endpoint = *eid;
-            }
+        if let Some(owner) = labels_class.endpoint
+            && let Some((pid, eid)) = local_policy.get(&owner)
+        {
+            info.local_policy = *pid;
+            info.local_endpoint = *eid;
         }
         match net {
             ipnet::IpNet::V4(n) => out.peer4.push((n.prefix_len() as u32, n.network().octets(), info)),
@@ -208,7 +258,7 @@ pub fn compile_with_limits(policy: &Policy, host: &HostView<'_>, limits: &Limits
     for (groups, pid) in &policy_ids {
         for direction in [Direction::Ingress, Direction::Egress] {
             // (class, any_proto, proto) -> [(first, last, rule id)]
-            let mut buckets: BTreeMap<(u32, u8, u8), Vec<(u16, u16, u32)>> = BTreeMap::new();
+            let mut buckets: BTreeMap<(u32, u8, u8), Vec<PortRangeRule>> = BTreeMap::new();
             for group in groups {
                 let Some(g) = policy.groups.get(*group) else { continue };
                 let rules = match direction {
@@ -327,6 +377,8 @@ fn settings(policy: &Policy) -> Settings {
         icmp_ns: ns(ct.icmp),
         other_ns: ns(ct.other),
         fragment_ns: 30_000_000_000,
+        max_flows_per_endpoint: ct.max_per_endpoint,
+        _pad: 0,
     }
 }
 

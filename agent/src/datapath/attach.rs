@@ -1,20 +1,33 @@
-//! Attaching the programs: TC on both directions of each endpoint
-//! interface (tcx first in the chain where the kernel has it, clsact
-//! before that), XDP on the uplink.
+//! Attaching the programs so that they outlive the agent: TC on both
+//! directions of each endpoint interface (tcx links pinned on bpffs, first
+//! in the chain, on Linux 6.6 and later; cls_bpf filters on a clsact qdisc
+//! at a fixed priority and handle before that), XDP on the uplink (a pinned
+//! link).
+//!
+//! A restarted or upgraded agent adopts what it finds: it swaps its new
+//! programs into the existing links (`BPF_LINK_UPDATE`) or filters (netlink
+//! replace) atomically, so enforcement never lapses.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf,
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        tc::{self, SchedClassifierLinkId, TcAttach},
-        xdp::XdpLinkId,
+        links::{FdLink, LinkError, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttach, TcHandle},
+        xdp::XdpLink,
     },
     util::KernelVersion,
 };
 
 use super::{PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK};
+
+/// cls_bpf priority and handle of hostwall's filters on kernels without
+/// tcx. Priority 1 runs before any filter others add with the default.
+const NL_PRIORITY: u16 = 1;
+const NL_HANDLE: TcHandle = TcHandle::new(0, 0x4857);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -32,6 +45,14 @@ pub enum AttachError {
         #[source]
         source: tc::TcError,
     },
+    #[error("pinning the {hook} link of {interface} at {path}")]
+    Pin {
+        hook: &'static str,
+        interface: String,
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,44 +63,104 @@ pub enum HookKind {
     Clsact,
 }
 
-struct Attached {
-    interface: String,
-    ingress: SchedClassifierLinkId,
-    egress: SchedClassifierLinkId,
-}
+impl HookKind {
+    pub fn current() -> HookKind {
+        match KernelVersion::current() {
+            Ok(v) if v >= KernelVersion::new(6, 6, 0) => HookKind::Tcx,
+            _ => HookKind::Clsact,
+        }
+    }
 
-/// What is attached where, keyed by ifindex.
-#[derive(Default)]
-pub struct Attachments {
-    endpoints: BTreeMap<u32, Attached>,
-    uplink: Option<(String, XdpLinkId)>,
-}
-
-pub fn hook_kind() -> HookKind {
-    match KernelVersion::current() {
-        Ok(v) if v >= KernelVersion::new(6, 6, 0) => HookKind::Tcx,
-        _ => HookKind::Clsact,
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::Tcx => "tcx",
+            HookKind::Clsact => "clsact",
+        }
     }
 }
 
+/// What is attached where. The kernel objects live on without the agent;
+/// this is the agent's view of them.
+pub struct Attachments {
+    links_dir: PathBuf,
+    kind: HookKind,
+    endpoints: BTreeMap<u32, String>,
+    uplink: Option<(String, u32)>,
+}
+
+fn hook_name(t: TcAttachType) -> &'static str {
+    match t {
+        TcAttachType::Ingress => "tc ingress",
+        TcAttachType::Egress => "tc egress",
+    }
+}
+
+fn suffix(t: TcAttachType) -> &'static str {
+    match t {
+        TcAttachType::Ingress => "ingress",
+        TcAttachType::Egress => "egress",
+    }
+}
+
+fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
+    ebpf.program_mut(name)
+        .expect("program loaded")
+        .try_into()
+        .expect("program is a classifier")
+}
+
+fn xdp(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(PROG_UPLINK)
+        .expect("program loaded")
+        .try_into()
+        .expect("program is xdp")
+}
+
 impl Attachments {
+    /// `links_dir` holds the pinned links (created if missing).
+    pub fn new(links_dir: &Path) -> std::io::Result<Attachments> {
+        std::fs::create_dir_all(links_dir)?;
+        Ok(Attachments {
+            links_dir: links_dir.to_path_buf(),
+            kind: HookKind::current(),
+            endpoints: BTreeMap::new(),
+            uplink: None,
+        })
+    }
+
+    pub fn kind(&self) -> HookKind {
+        self.kind
+    }
+
     pub fn is_attached(&self, ifindex: u32) -> bool {
         self.endpoints.contains_key(&ifindex)
     }
 
     pub fn attached(&self) -> impl Iterator<Item = (u32, &str)> {
-        self.endpoints.iter().map(|(i, a)| (*i, a.interface.as_str()))
+        self.endpoints.iter().map(|(i, n)| (*i, n.as_str()))
     }
 
-    /// Attaches both TC programs to an endpoint interface. On tcx the
-    /// programs go first in the chain, so no earlier program can pass what
-    /// hostwall drops.
+    fn link_path(&self, interface: &str, ifindex: u32, t: TcAttachType) -> PathBuf {
+        let _ = interface;
+        self.links_dir.join(format!("if{ifindex}_{}", suffix(t)))
+    }
+
+    /// Puts both TC programs on an endpoint interface, taking over any
+    /// hostwall attachment already there (from an earlier agent).
     pub fn attach_endpoint(&mut self, ebpf: &mut Ebpf, interface: &str, ifindex: u32) -> Result<(), AttachError> {
-        if self.endpoints.contains_key(&ifindex) {
-            return Ok(());
-        }
-        let kind = hook_kind();
-        if kind == HookKind::Clsact {
+        self.attach_endpoint_from(ebpf, interface, ifindex, None)
+    }
+
+    /// Like `attach_endpoint`, also adopting links pinned under `old_links`
+    /// (an older pinned layout being replaced).
+    pub fn attach_endpoint_from(
+        &mut self,
+        ebpf: &mut Ebpf,
+        interface: &str,
+        ifindex: u32,
+        old_links: Option<&Path>,
+    ) -> Result<(), AttachError> {
+        if self.kind == HookKind::Clsact {
             match tc::qdisc_add_clsact(ifindex) {
                 Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
                 Err(source) => {
@@ -90,97 +171,217 @@ impl Attachments {
                 }
             }
         }
-        let ingress = attach_tc(
-            ebpf,
-            PROG_FROM_ENDPOINT,
-            TcAttachType::Ingress,
-            kind,
-            interface,
-            ifindex,
-        )?;
-        let egress = match attach_tc(ebpf, PROG_TO_ENDPOINT, TcAttachType::Egress, kind, interface, ifindex) {
-            Ok(link) => link,
-            Err(e) => {
-                let _ = classifier(ebpf, PROG_FROM_ENDPOINT).detach(ingress);
-                return Err(e);
-            }
-        };
-        self.endpoints.insert(
-            ifindex,
-            Attached {
-                interface: interface.into(),
-                ingress,
-                egress,
-            },
-        );
+        for (prog, t) in [
+            (PROG_FROM_ENDPOINT, TcAttachType::Ingress),
+            (PROG_TO_ENDPOINT, TcAttachType::Egress),
+        ] {
+            let path = self.link_path(interface, ifindex, t);
+            let old = old_links.map(|d| d.join(path.file_name().expect("link file name")));
+            self.attach_tc(ebpf, prog, t, interface, ifindex, &path, old.as_deref())?;
+        }
+        self.endpoints.insert(ifindex, interface.to_string());
         Ok(())
     }
 
-    /// Forgets an interface that disappeared (its links went with it) or
-    /// detaches one that is no longer an endpoint.
-    pub fn detach_endpoint(&mut self, ebpf: &mut Ebpf, ifindex: u32) {
-        if let Some(a) = self.endpoints.remove(&ifindex) {
-            let _ = classifier(ebpf, PROG_FROM_ENDPOINT).detach(a.ingress);
-            let _ = classifier(ebpf, PROG_TO_ENDPOINT).detach(a.egress);
-        }
-    }
-
-    pub fn attach_uplink(&mut self, ebpf: &mut Ebpf, interface: &str, ifindex: u32) -> Result<(), AttachError> {
-        let prog: &mut Xdp = ebpf.program_mut(PROG_UPLINK).expect("loaded").try_into().expect("xdp");
-        let link = prog
-            .attach(ifindex, XdpMode::Default)
-            .map_err(|source| AttachError::Attach {
-                hook: "xdp",
-                interface: interface.into(),
-                ifindex,
-                source,
-            })?;
-        self.uplink = Some((interface.into(), link));
-        Ok(())
-    }
-
-    /// Detaches everything.
-    pub fn detach_all(&mut self, ebpf: &mut Ebpf) {
-        let all: Vec<u32> = self.endpoints.keys().copied().collect();
-        for ifindex in all {
-            self.detach_endpoint(ebpf, ifindex);
-        }
-        if let Some((_, link)) = self.uplink.take() {
-            let prog: &mut Xdp = ebpf.program_mut(PROG_UPLINK).expect("loaded").try_into().expect("xdp");
-            let _ = prog.detach(link);
-        }
-    }
-}
-
-fn classifier<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut SchedClassifier {
-    ebpf.program_mut(name).expect("loaded").try_into().expect("classifier")
-}
-
-fn attach_tc(
-    ebpf: &mut Ebpf,
-    prog: &'static str,
-    attach_type: TcAttachType,
-    kind: HookKind,
-    interface: &str,
-    ifindex: u32,
-) -> Result<SchedClassifierLinkId, AttachError> {
-    let how = match kind {
-        HookKind::Tcx => TcAttach::Tcx {
-            attach_type,
-            order: LinkOrder::first(),
-        },
-        HookKind::Clsact => TcAttach::Auto(attach_type),
-    };
-    let hook = match attach_type {
-        TcAttachType::Ingress => "tc ingress",
-        _ => "tc egress",
-    };
-    classifier(ebpf, prog)
-        .attach(ifindex, how)
-        .map_err(|source| AttachError::Attach {
-            hook,
+    #[expect(clippy::too_many_arguments, reason = "one hook of one interface, fully described")]
+    fn attach_tc(
+        &self,
+        ebpf: &mut Ebpf,
+        prog: &str,
+        t: TcAttachType,
+        interface: &str,
+        ifindex: u32,
+        path: &Path,
+        old: Option<&Path>,
+    ) -> Result<(), AttachError> {
+        let err = |source| AttachError::Attach {
+            hook: hook_name(t),
             interface: interface.into(),
             ifindex,
             source,
+        };
+        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| AttachError::Pin {
+            hook: hook_name(t),
+            interface: interface.into(),
+            path: path.to_path_buf(),
+            source,
+        };
+        match self.kind {
+            HookKind::Tcx => {
+                let existing = [Some(path), old]
+                    .into_iter()
+                    .flatten()
+                    .find_map(|p| adopt_tc_link(p).ok());
+                let program = classifier(ebpf, prog);
+                let id = match existing {
+                    Some(link) => program.attach_to_link(link).map_err(err)?,
+                    None => program
+                        .attach(
+                            ifindex,
+                            TcAttach::Tcx {
+                                attach_type: t,
+                                order: LinkOrder::first(),
+                            },
+                        )
+                        .map_err(err)?,
+                };
+                let link = program.take_link(id).map_err(err)?;
+                let fd: FdLink = link.try_into().map_err(|e: LinkError| pin_err(Box::new(e)))?;
+                for p in [Some(path), old].into_iter().flatten() {
+                    let _ = std::fs::remove_file(p);
+                }
+                fd.pin(path).map_err(|e| pin_err(Box::new(e)))?;
+            }
+            HookKind::Clsact => {
+                let program = classifier(ebpf, prog);
+                let existing = SchedClassifierLink::attached(ifindex, t.into(), NL_PRIORITY, NL_HANDLE, None).ok();
+                let replaced = match existing {
+                    Some(link) => program.attach_to_link(link).ok(),
+                    None => None,
+                };
+                let id = match replaced {
+                    Some(id) => id,
+                    None => program
+                        .attach(
+                            ifindex,
+                            TcAttach::Netlink {
+                                parent: t.into(),
+                                options: NlOptions {
+                                    priority: NL_PRIORITY,
+                                    handle: NL_HANDLE,
+                                    ..Default::default()
+                                },
+                            },
+                        )
+                        .map_err(err)?,
+                };
+                // The filter holds the program; dropping the link handle
+                // would detach it.
+                std::mem::forget(program.take_link(id).map_err(err)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes hostwall from an interface (or forgets one that is gone).
+    pub fn detach_endpoint(&mut self, ifindex: u32) {
+        let Some(interface) = self.endpoints.remove(&ifindex) else {
+            return;
+        };
+        for t in [TcAttachType::Ingress, TcAttachType::Egress] {
+            let _ = std::fs::remove_file(self.link_path(&interface, ifindex, t));
+            if self.kind == HookKind::Clsact
+                && let Ok(link) = SchedClassifierLink::attached(ifindex, t.into(), NL_PRIORITY, NL_HANDLE, None)
+            {
+                drop(link_detach(link));
+            }
+        }
+    }
+
+    /// Attaches the XDP filter to the uplink, adopting a pinned link.
+    pub fn attach_uplink(
+        &mut self,
+        ebpf: &mut Ebpf,
+        interface: &str,
+        ifindex: u32,
+        old_links: Option<&Path>,
+    ) -> Result<(), AttachError> {
+        let name = format!("uplink{ifindex}");
+        let path = self.links_dir.join(&name);
+        let old = old_links.map(|d| d.join(&name));
+        let err = |source| AttachError::Attach {
+            hook: "xdp",
+            interface: interface.into(),
+            ifindex,
+            source,
+        };
+        let pin_err = |source: Box<dyn std::error::Error + Send + Sync>| AttachError::Pin {
+            hook: "xdp",
+            interface: interface.into(),
+            path: path.clone(),
+            source,
+        };
+        let existing = [Some(path.as_path()), old.as_deref()]
+            .into_iter()
+            .flatten()
+            .find_map(|p| {
+                let fd: FdLink = PinnedLink::from_pin(p).ok()?.into();
+                XdpLink::try_from(fd).ok()
+            });
+        let program = xdp(ebpf);
+        let id = match existing {
+            Some(link) => program.attach_to_link(link).map_err(err)?,
+            None => program.attach(ifindex, XdpMode::Default).map_err(err)?,
+        };
+        let link = program.take_link(id).map_err(err)?;
+        match FdLink::try_from(link) {
+            Ok(fd) => {
+                for p in [Some(path.as_path()), old.as_deref()].into_iter().flatten() {
+                    let _ = std::fs::remove_file(p);
+                }
+                fd.pin(&path).map_err(|e| pin_err(Box::new(e)))?;
+            }
+            Err(e) => return Err(pin_err(Box::new(e))),
+        }
+        self.uplink = Some((interface.to_string(), ifindex));
+        Ok(())
+    }
+
+    /// Pinned endpoint links whose interface no longer exists, or that no
+    /// endpoint wants: (file name, ifindex).
+    pub fn pinned_endpoint_links(&self) -> Vec<(String, u32)> {
+        pinned_links(&self.links_dir)
+    }
+
+    /// Removes a pinned link by file name.
+    pub fn remove_pin(&self, name: &str) {
+        let _ = std::fs::remove_file(self.links_dir.join(name));
+    }
+}
+
+/// Pinned TC links in a directory: (file name, ifindex).
+pub fn pinned_links(dir: &Path) -> Vec<(String, u32)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let mut parts = name.rsplitn(3, '.');
+            let _dir = parts.next()?;
+            let ifindex = parts.next()?.parse().ok()?;
+            let _iface = parts.next()?;
+            Some((name, ifindex))
         })
+        .collect()
+}
+
+fn adopt_tc_link(path: &Path) -> Result<SchedClassifierLink, LinkError> {
+    let pinned = PinnedLink::from_pin(path)?;
+    SchedClassifierLink::try_from(FdLink::from(pinned))
+}
+
+fn link_detach(link: SchedClassifierLink) -> Result<(), aya::programs::ProgramError> {
+    use aya::programs::links::Link as _;
+    link.detach()
+}
+
+/// Removes every hostwall attachment recorded under `links_dir` and, on
+/// clsact kernels, hostwall's filters on `interfaces`.
+pub fn remove_all(links_dir: &Path, interfaces: &[u32]) {
+    if let Ok(entries) = std::fs::read_dir(links_dir) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    if HookKind::current() == HookKind::Clsact {
+        for &ifindex in interfaces {
+            for t in [TcAttachType::Ingress, TcAttachType::Egress] {
+                if let Ok(link) = SchedClassifierLink::attached(ifindex, t.into(), NL_PRIORITY, NL_HANDLE, None) {
+                    let _ = link_detach(link);
+                }
+            }
+        }
+    }
 }

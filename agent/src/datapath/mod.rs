@@ -1,30 +1,59 @@
-//! Loading the eBPF programs, attaching them to interfaces, and writing
-//! compiled policy into their maps.
+//! Loading the eBPF programs, pinning them with their maps and links on a
+//! bpffs, attaching them, and writing compiled policy into their maps.
 
 mod attach;
+pub mod layout;
 mod slots;
 pub mod stats;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use aya::{Ebpf, EbpfLoader};
+use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 
-pub use attach::{AttachError, Attachments, HookKind};
+pub use attach::{AttachError, Attachments, HookKind, pinned_links, remove_all};
+pub use layout::Layout;
 pub use slots::{SlotError, Slots};
 
 /// Names of the programs in the eBPF object.
 pub const PROG_FROM_ENDPOINT: &str = "hostwall_from_endpoint";
 pub const PROG_TO_ENDPOINT: &str = "hostwall_to_endpoint";
 pub const PROG_UPLINK: &str = "hostwall_uplink";
+pub const PROGRAMS: [&str; 3] = [PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK];
 
-/// Maps pinned under the bpffs directory so that `hostwall stats` can read
-/// them while the agent runs.
-pub const PINNED_MAPS: &[&str] = &["HW_DROPS", "HW_PASSES", "HW_RULE_STATS", "HW_CONNTRACK", "HW_CT_EVENTS"];
+/// Every map of the eBPF object; all are pinned.
+pub const MAPS: [&str; 20] = [
+    "HW_ACTIVE",
+    "HW_SETTINGS",
+    "HW_IFACE_0",
+    "HW_IFACE_1",
+    "HW_SRC_0",
+    "HW_SRC_1",
+    "HW_PEER4_0",
+    "HW_PEER4_1",
+    "HW_PEER6_0",
+    "HW_PEER6_1",
+    "HW_POLICY_0",
+    "HW_POLICY_1",
+    "HW_CONNTRACK",
+    "HW_FRAGS",
+    "HW_RULE_STATS",
+    "HW_DROPS",
+    "HW_PASSES",
+    "HW_CT_EVENTS",
+    "HW_RULE_KEYS",
+    "HW_CT_COUNT",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("loading the eBPF object failed")]
-    Object(#[source] aya::EbpfError),
+    #[error(
+        "loading the eBPF object failed (pinned maps under {dir} may be from an incompatible build; `hostwall uninstall` removes them)"
+    )]
+    Object {
+        dir: PathBuf,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
     #[error("the eBPF object has no program or map named {name}")]
     Missing { name: &'static str },
     #[error("the kernel refused program {name}")]
@@ -39,12 +68,11 @@ pub enum LoadError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("pinning map {name} at {path}")]
-    Pin {
-        name: &'static str,
+    #[error("creating {path}")]
+    Dir {
         path: PathBuf,
         #[source]
-        source: aya::pin::PinError,
+        source: std::io::Error,
     },
 }
 
@@ -55,11 +83,42 @@ pub struct Datapath {
 }
 
 impl Datapath {
-    /// Loads the object and its three programs (not yet attached).
-    pub fn load() -> Result<Datapath, LoadError> {
-        let mut ebpf = EbpfLoader::new().load(crate::EBPF_OBJECT).map_err(LoadError::Object)?;
+    /// Loads the object with every map pinned under `layout` (reusing maps
+    /// already pinned there, so policy, conntrack and counters carry over)
+    /// and loads the three programs (not yet attached).
+    pub fn load(layout: &Layout) -> Result<Datapath, LoadError> {
+        let maps = layout.maps();
+        std::fs::create_dir_all(&maps).map_err(|source| LoadError::Dir {
+            path: maps.clone(),
+            source,
+        })?;
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&'static str, PathBuf)> = MAPS.iter().map(|m| (*m, maps.join(m))).collect();
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(crate::EBPF_OBJECT).map_err(|source| LoadError::Object {
+            dir: maps.clone(),
+            source: Box::new(source),
+        })?;
+        Datapath::with_programs(ebpf)
+    }
+
+    /// Loads programs and maps with nothing pinned: for packet tests and
+    /// benchmarks, whose maps die with the process.
+    pub fn load_unpinned() -> Result<Datapath, LoadError> {
+        let ebpf = EbpfLoader::new()
+            .load(crate::EBPF_OBJECT)
+            .map_err(|source| LoadError::Object {
+                dir: PathBuf::new(),
+                source: Box::new(source),
+            })?;
+        Datapath::with_programs(ebpf)
+    }
+
+    fn with_programs(mut ebpf: Ebpf) -> Result<Datapath, LoadError> {
         for name in [PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT] {
-            let prog: &mut aya::programs::SchedClassifier = ebpf
+            let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(LoadError::Missing { name })?
                 .try_into()
@@ -82,14 +141,42 @@ impl Datapath {
         Ok(Datapath { ebpf, slots })
     }
 
-    /// Pins the observable maps under `dir` (which must be on a bpffs).
-    pub fn pin_maps(&self, dir: &Path) -> Result<(), LoadError> {
-        for name in PINNED_MAPS {
-            let map = self.ebpf.map(name).ok_or(LoadError::Missing { name })?;
+    /// Pins the programs (for inspection with bpftool; links keep them
+    /// alive).
+    pub fn pin_programs(&mut self, layout: &Layout) -> Result<(), LoadError> {
+        let dir = layout.progs();
+        std::fs::create_dir_all(&dir).map_err(|source| LoadError::Dir {
+            path: dir.clone(),
+            source,
+        })?;
+        for name in PROGRAMS {
             let path = dir.join(name);
             let _ = std::fs::remove_file(&path);
-            map.pin(&path).map_err(|source| LoadError::Pin { name, path, source })?;
+            if let Some(p) = self.ebpf.program_mut(name) {
+                let _ = p.pin(&path);
+            }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_map_of_the_object_is_pinned() {
+        let obj = aya_obj::Object::parse(crate::EBPF_OBJECT).expect("the eBPF object parses");
+        let mut in_object: Vec<&str> = obj
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        in_object.sort();
+        let mut listed: Vec<&str> = super::MAPS.to_vec();
+        listed.sort();
+        assert_eq!(
+            in_object, listed,
+            "datapath::MAPS must name every map of the eBPF object"
+        );
     }
 }

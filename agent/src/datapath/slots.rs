@@ -130,13 +130,36 @@ fn ep_of(c: &Compiled, k: &SrcKey) -> u32 {
 }
 
 impl Slots {
+    /// (map, entries, capacity) of the active slot's maps.
+    pub fn fill(&self) -> Vec<(&'static str, usize, u32)> {
+        use hostwall_common::*;
+        let s = &self.slots[self.current as usize];
+        vec![
+            ("HW_IFACE", s.iface.keys().count(), MAX_ENDPOINT_INTERFACES),
+            ("HW_SRC", s.src.keys().count(), MAX_SRC_ENTRIES),
+            ("HW_PEER4", s.peer4.keys().count(), MAX_PEER_ENTRIES),
+            ("HW_PEER6", s.peer6.keys().count(), MAX_PEER_ENTRIES),
+            ("HW_POLICY", s.policy.keys().count(), MAX_POLICY_ENTRIES),
+        ]
+    }
+
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Slots, LoadError> {
         Ok(Slots {
             active: take(ebpf, "HW_ACTIVE")?,
             settings: take(ebpf, "HW_SETTINGS")?,
             slots: [Slot::take(ebpf, 0)?, Slot::take(ebpf, 1)?],
             current: 0,
-        })
+        }
+        .with_current())
+    }
+
+    /// Reads which slot is active (maps reused from an earlier agent).
+    fn with_current(mut self) -> Slots {
+        self.current = match self.active.get(&0, 0) {
+            Ok(1) => 1,
+            _ => 0,
+        };
+        self
     }
 
     /// Writes `compiled` into the inactive slot and makes it the active one.

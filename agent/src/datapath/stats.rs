@@ -1,11 +1,15 @@
-//! Reading the counters: from the agent's own maps, or from the maps it
-//! pinned (for `hostwall stats`).
+//! Counters and fill levels, read from the maps.
 
-use std::path::Path;
+use std::collections::HashMap;
 
-use aya::maps::{Map, MapData, PerCpuArray};
-use hostwall_common::{Counter, DropReason, PassReason};
+use aya::Ebpf;
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use hostwall_common::{Counter, CtEntry, CtKey, DropReason, MAX_CONNTRACK_ENTRIES, PassReason};
 use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::compile::Compiled;
+use crate::daemon::Agent;
 
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct ReasonCount {
@@ -16,76 +20,98 @@ pub struct ReasonCount {
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
+pub struct ConntrackTotals {
+    pub entries: usize,
+    pub capacity: u32,
+    /// Flows inserted since the maps were created.
+    pub inserted: u64,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
 pub struct Stats {
     pub drops: Vec<ReasonCount>,
     pub passes: Vec<ReasonCount>,
-    /// `rules[id]`: (packets, bytes) of rule `id` (index 0 unused).
-    pub rules: Vec<(u64, u64)>,
+    /// rule id -> (packets, bytes)
+    #[serde(skip)]
+    pub rules: HashMap<u32, (u64, u64)>,
+    pub conntrack: ConntrackTotals,
 }
 
-impl Stats {
-    pub fn drops_for(&self, reason: DropReason) -> u64 {
-        self.drops
-            .iter()
-            .find(|r| r.code == reason as u32)
-            .map(|r| r.packets)
-            .unwrap_or(0)
-    }
-}
-
-fn sum(map: &PerCpuArray<MapData, Counter>, index: u32) -> (u64, u64) {
+fn sum(map: &PerCpuArray<&MapData, Counter>, index: u32) -> (u64, u64) {
     match map.get(&index, 0) {
         Ok(values) => values.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes)),
         Err(_) => (0, 0),
     }
 }
 
-fn open(dir: &Path, name: &str) -> Result<PerCpuArray<MapData, Counter>, StatsError> {
-    let path = dir.join(name);
-    let data = MapData::from_pin(&path).map_err(|source| StatsError::Open {
-        path: path.clone(),
-        source,
-    })?;
-    PerCpuArray::try_from(Map::PerCpuArray(data)).map_err(|source| StatsError::Open { path, source })
+fn counters<'a>(ebpf: &'a Ebpf, name: &str) -> Option<PerCpuArray<&'a MapData, Counter>> {
+    PerCpuArray::try_from(ebpf.map(name)?).ok()
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StatsError {
-    #[error("opening pinned map {path} (is the agent running with this --bpffs?)")]
-    Open {
-        path: std::path::PathBuf,
-        #[source]
-        source: aya::maps::MapError,
-    },
-}
-
-/// Reads the counters pinned under `dir`; `rules` is how many rule ids to
-/// read (0 for none).
-pub fn read_pinned(dir: &Path, rules: u32) -> Result<Stats, StatsError> {
-    let drops = open(dir, "HW_DROPS")?;
-    let passes = open(dir, "HW_PASSES")?;
+pub fn read(ebpf: &Ebpf, compiled: &Compiled) -> Stats {
     let mut stats = Stats::default();
-    for r in DropReason::ALL {
-        let (packets, bytes) = sum(&drops, r as u32);
-        stats.drops.push(ReasonCount {
-            code: r as u32,
-            reason: r.name(),
-            packets,
-            bytes,
-        });
+    if let Some(drops) = counters(ebpf, "HW_DROPS") {
+        for r in DropReason::ALL {
+            let (packets, bytes) = sum(&drops, r as u32);
+            stats.drops.push(ReasonCount {
+                code: r as u32,
+                reason: r.name(),
+                packets,
+                bytes,
+            });
+        }
     }
-    for r in PassReason::ALL {
-        let (packets, bytes) = sum(&passes, r as u32);
-        stats.passes.push(ReasonCount {
-            code: r as u32,
-            reason: r.name(),
-            packets,
-            bytes,
-        });
+    if let Some(passes) = counters(ebpf, "HW_PASSES") {
+        for r in PassReason::ALL {
+            let (packets, bytes) = sum(&passes, r as u32);
+            stats.passes.push(ReasonCount {
+                code: r as u32,
+                reason: r.name(),
+                packets,
+                bytes,
+            });
+        }
     }
-    if rules > 0 {
-        let rule_map = open(dir, "HW_RULE_STATS")?;
-        stats.rules = (0..=rules).map(|i| sum(&rule_map, i)).collect();
+    if let Some(rules) = counters(ebpf, "HW_RULE_STATS") {
+        for (id, _) in &compiled.rules {
+            stats.rules.insert(*id, sum(&rules, *id));
+        }
     }
-    Ok(stats)
+    stats.conntrack.capacity = MAX_CONNTRACK_ENTRIES;
+    if let Some(ct) = ebpf
+        .map("HW_CONNTRACK")
+        .and_then(|m| BpfHashMap::<&MapData, CtKey, CtEntry>::try_from(m).ok())
+    {
+        stats.conntrack.entries = ct.keys().count();
+    }
+    if let Some(ev) = ebpf
+        .map("HW_CT_EVENTS")
+        .and_then(|m| PerCpuArray::<&MapData, u64>::try_from(m).ok())
+    {
+        stats.conntrack.inserted = ev.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+    }
+    stats
+}
+
+/// Entries and capacity of the maps of the active policy slot and of
+/// conntrack.
+pub fn fill_levels(agent: &Agent) -> Vec<Value> {
+    let mut out: Vec<Value> = agent
+        .datapath
+        .slots
+        .fill()
+        .into_iter()
+        .map(|(map, entries, capacity)| json!({"map": map, "entries": entries, "capacity": capacity}))
+        .collect();
+    let s = read(&agent.datapath.ebpf, &agent.compiled);
+    out.push(json!({"map": "HW_CONNTRACK", "entries": s.conntrack.entries, "capacity": s.conntrack.capacity}));
+    out.push(json!({"map": "HW_RULE_STATS", "entries": agent.compiled.rules.len(), "capacity": hostwall_common::MAX_RULES - 1}));
+    out
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -138,16 +138,43 @@ impl Endpoint {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Settings {
     pub conntrack: ConntrackTimeouts,
+    /// What happens to tracked flows a new policy no longer allows.
+    pub on_policy_change: OnPolicyChange,
+    /// Interfaces that get no network unless they are endpoints.
+    pub quarantine: Option<Quarantine>,
 }
 
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            conntrack: ConntrackTimeouts::default(),
-        }
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnPolicyChange {
+    /// Tracked flows continue until they time out (as AWS security groups).
+    #[default]
+    Keep,
+    /// Tracked flows the new policy does not allow are ended.
+    Revalidate,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Quarantine {
+    /// A glob (`*`, `?`) over interface names.
+    pub interfaces: String,
+}
+
+impl Quarantine {
+    pub fn matches(&self, name: &str) -> bool {
+        glob(self.interfaces.as_bytes(), name.as_bytes())
+    }
+}
+
+fn glob(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => glob(&pattern[1..], name) || (!name.is_empty() && glob(pattern, &name[1..])),
+        (Some(b'?'), Some(_)) => glob(&pattern[1..], &name[1..]),
+        (Some(p), Some(n)) if p == n => glob(&pattern[1..], &name[1..]),
+        _ => false,
     }
 }
 
@@ -159,6 +186,8 @@ pub struct ConntrackTimeouts {
     pub udp_stream: Duration,
     pub icmp: Duration,
     pub other: Duration,
+    /// Tracked flows one local endpoint may hold at once.
+    pub max_per_endpoint: u32,
 }
 
 impl Default for ConntrackTimeouts {
@@ -170,6 +199,7 @@ impl Default for ConntrackTimeouts {
             udp_stream: Duration::from_secs(180),
             icmp: Duration::from_secs(30),
             other: Duration::from_secs(600),
+            max_per_endpoint: 32_768,
         }
     }
 }

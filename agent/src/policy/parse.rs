@@ -18,7 +18,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_yaml_ng::Value;
 
 use super::model::{
-    ConntrackTimeouts, Direction, Endpoint, Group, IcmpMatch, Peer, Policy, PortRange, Proto, Rule, Settings,
+    ConntrackTimeouts, Direction, Endpoint, Group, IcmpMatch, OnPolicyChange, Peer, Policy, PortRange, Proto,
+    Quarantine, Rule, Settings,
 };
 
 /// Why a control file was rejected.
@@ -111,6 +112,44 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         }
     })?;
     validate(raw).map_err(|fault| PolicyError::Invalid {
+        origin: origin.to_owned(),
+        path: fault.path,
+        message: fault.message,
+    })
+}
+
+/// Parses one rule written as YAML (a flow mapping, as in a control file)
+/// for `group`'s `dir` rules, checking its references against `policy`
+/// (plus `group` itself). Errors name the field as `rule.<field>`.
+pub fn parse_rule(policy: &Policy, group: &str, dir: Direction, text: &str, origin: &str) -> Result<Rule, PolicyError> {
+    let mut value: Value = serde_yaml_ng::from_str(text).map_err(|err| PolicyError::Syntax {
+        origin: origin.to_owned(),
+        message: yaml_message(&err),
+    })?;
+    value.apply_merge().map_err(|err| PolicyError::Syntax {
+        origin: origin.to_owned(),
+        message: yaml_message(&err),
+    })?;
+    let raw: RawRule = serde_path_to_error::deserialize(value).map_err(|err| {
+        let message = err.inner().to_string();
+        let inner = field_path(err.path(), &message);
+        PolicyError::Invalid {
+            origin: origin.to_owned(),
+            path: if inner.is_empty() {
+                "rule".into()
+            } else {
+                format!("rule.{inner}")
+            },
+            message: requote(&message),
+        }
+    })?;
+    let mut groups: HashSet<String> = policy.groups.keys().cloned().collect();
+    groups.insert(group.to_owned());
+    let known = Known {
+        groups,
+        prefix_lists: policy.prefix_lists.keys().cloned().collect(),
+    };
+    validate_rule(raw, "rule", dir, &known).map_err(|fault| PolicyError::Invalid {
         origin: origin.to_owned(),
         path: fault.path,
         message: fault.message,
@@ -248,15 +287,26 @@ struct RawEndpoint {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, expecting = "settings: a map with conntrack")]
+#[serde(
+    deny_unknown_fields,
+    expecting = "settings: a map with conntrack, on_policy_change and quarantine"
+)]
 struct RawSettings {
     conntrack: Option<RawConntrack>,
+    on_policy_change: Option<String>,
+    quarantine: Option<RawQuarantine>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, expecting = "quarantine: a map with interfaces (a glob)")]
+struct RawQuarantine {
+    interfaces: String,
 }
 
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "conntrack timeouts: a map with tcp_established, tcp_other, udp, udp_stream, icmp and other"
+    expecting = "conntrack settings: a map with tcp_established, tcp_other, udp, udp_stream, icmp, other and max_per_endpoint"
 )]
 struct RawConntrack {
     tcp_established: Option<Scalar>,
@@ -265,6 +315,7 @@ struct RawConntrack {
     udp_stream: Option<Scalar>,
     icmp: Option<Scalar>,
     other: Option<Scalar>,
+    max_per_endpoint: Option<Scalar>,
 }
 
 /// A value that may be written as an integer or as a string (`ports: 443`
@@ -692,7 +743,45 @@ fn nodes_meet(a: Option<&str>, b: Option<&str>) -> bool {
 
 fn validate_settings(raw: Option<RawSettings>) -> Result<Settings, Fault> {
     let mut conntrack = ConntrackTimeouts::default();
-    if let Some(raw) = raw.and_then(|s| s.conntrack) {
+    let mut on_policy_change = OnPolicyChange::default();
+    let mut quarantine = None;
+    let raw = match raw {
+        Some(RawSettings {
+            conntrack,
+            on_policy_change: change,
+            quarantine: q,
+        }) => {
+            if let Some(change) = change {
+                on_policy_change = match change.as_str() {
+                    "keep" => OnPolicyChange::Keep,
+                    "revalidate" => OnPolicyChange::Revalidate,
+                    other => {
+                        return Err(fault(
+                            "settings.on_policy_change",
+                            format!("\"{other}\" is not a choice; write keep or revalidate"),
+                        ));
+                    }
+                };
+            }
+            if let Some(q) = q {
+                if q.interfaces.is_empty() || q.interfaces.len() > 64 || q.interfaces.contains('/') {
+                    return Err(fault(
+                        "settings.quarantine.interfaces",
+                        format!("\"{}\" is not an interface name pattern (like veth*)", q.interfaces),
+                    ));
+                }
+                quarantine = Some(Quarantine {
+                    interfaces: q.interfaces,
+                });
+            }
+            conntrack
+        }
+        None => None,
+    };
+    if let Some(mut raw) = raw {
+        if let Some(v) = raw.max_per_endpoint.take() {
+            conntrack.max_per_endpoint = parse_flow_cap(&v).map_err(at("settings.conntrack.max_per_endpoint"))?;
+        }
         let fields = [
             ("tcp_established", raw.tcp_established, &mut conntrack.tcp_established),
             ("tcp_other", raw.tcp_other, &mut conntrack.tcp_other),
@@ -707,7 +796,26 @@ fn validate_settings(raw: Option<RawSettings>) -> Result<Settings, Fault> {
             }
         }
     }
-    Ok(Settings { conntrack })
+    Ok(Settings {
+        conntrack,
+        on_policy_change,
+        quarantine,
+    })
+}
+
+fn parse_flow_cap(value: &Scalar) -> Result<u32, String> {
+    let cap = hostwall_common::MAX_CONNTRACK_ENTRIES;
+    let n = match value {
+        Scalar::Int(n) => *n,
+        Scalar::Str(s) => s
+            .trim()
+            .parse::<i128>()
+            .map_err(|_| format!("\"{s}\" is not a number of flows"))?,
+    };
+    if n < 1 || n > cap as i128 {
+        return Err(format!("{n} is not between 1 and {cap} (the conntrack table's size)"));
+    }
+    Ok(n as u32)
 }
 
 // ---------------------------------------------------------------------------
@@ -1924,7 +2032,9 @@ settings:
             })
         );
         assert_eq!(
-            timeouts("{tcp_established: 1d, tcp_other: 2m, udp: 3s, udp_stream: 4m, icmp: 5s, other: 6h}"),
+            timeouts(
+                "{tcp_established: 1d, tcp_other: 2m, udp: 3s, udp_stream: 4m, icmp: 5s, other: 6h, max_per_endpoint: 7}"
+            ),
             Ok(ConntrackTimeouts {
                 tcp_established: Duration::from_secs(86_400),
                 tcp_other: Duration::from_secs(120),
@@ -1932,9 +2042,19 @@ settings:
                 udp_stream: Duration::from_secs(240),
                 icmp: Duration::from_secs(5),
                 other: Duration::from_secs(21_600),
+                max_per_endpoint: 7,
             })
         );
         assert_eq!(parse("version: 1\nsettings: {}\n").settings, Settings::default());
+    }
+
+    #[test]
+    fn flow_cap_must_fit_the_table() {
+        assert_eq!(
+            timeouts("{max_per_endpoint: 0}"),
+            Err("test.yaml: settings.conntrack.max_per_endpoint: 0 is not between 1 and 262144 (the conntrack table's size)".into())
+        );
+        assert!(timeouts("{max_per_endpoint: 9999999}").is_err());
     }
 
     #[test]

@@ -52,15 +52,23 @@ pub fn to_yaml(policy: &Policy) -> String {
     }
     if policy.settings != Settings::default() {
         let ct = &policy.settings.conntrack;
+        out.push_str("settings:\n");
+        if policy.settings.on_policy_change == OnPolicyChange::Revalidate {
+            out.push_str("  on_policy_change: revalidate\n");
+        }
+        if let Some(q) = &policy.settings.quarantine {
+            let _ = writeln!(out, "  quarantine: {{interfaces: {}}}", quote(&q.interfaces));
+        }
         let _ = writeln!(
             out,
-            "settings:\n  conntrack: {{tcp_established: {}, tcp_other: {}, udp: {}, udp_stream: {}, icmp: {}, other: {}}}",
+            "  conntrack: {{tcp_established: {}, tcp_other: {}, udp: {}, udp_stream: {}, icmp: {}, other: {}, max_per_endpoint: {}}}",
             duration(ct.tcp_established),
             duration(ct.tcp_other),
             duration(ct.udp),
             duration(ct.udp_stream),
             duration(ct.icmp),
-            duration(ct.other)
+            duration(ct.other),
+            ct.max_per_endpoint
         );
     }
     out
@@ -101,11 +109,11 @@ pub fn peer_flow(peer: &Peer) -> String {
 
 fn duration(d: Duration) -> String {
     let s = d.as_secs();
-    if s % 86_400 == 0 {
+    if s.is_multiple_of(86_400) {
         format!("{}d", s / 86_400)
-    } else if s % 3600 == 0 {
+    } else if s.is_multiple_of(3600) {
         format!("{}h", s / 3600)
-    } else if s % 60 == 0 {
+    } else if s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
@@ -120,6 +128,7 @@ fn quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Quarantine;
     use crate::policy::parse_str;
 
     const FULL: &str = r#"
@@ -143,7 +152,9 @@ endpoints:
   - {name: api-1, node: b, interface: hw-api1, addresses: ["10.10.0.21"], groups: [api, web]}
   - {name: bare, addresses: []}
 settings:
-  conntrack: {udp: 45s, tcp_other: 2m, icmp: 1h, other: 2d}
+  conntrack: {udp: 45s, tcp_other: 2m, icmp: 1h, other: 2d, max_per_endpoint: 100}
+  on_policy_change: revalidate
+  quarantine: {interfaces: "veth*"}
 "#;
 
     #[test]
@@ -152,6 +163,21 @@ settings:
         let text = to_yaml(&p);
         let back = parse_str(&text, "written.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(back, p, "{text}");
+    }
+
+    #[test]
+    fn quarantine_globs_match_interface_names() {
+        let q = Quarantine {
+            interfaces: "veth*".into(),
+        };
+        assert!(q.matches("veth0a1b"));
+        assert!(q.matches("veth"));
+        assert!(!q.matches("eth0"));
+        let q = Quarantine {
+            interfaces: "c?-*-x".into(),
+        };
+        assert!(q.matches("c1-abc-x"));
+        assert!(!q.matches("c12-abc-x"));
     }
 
     #[test]

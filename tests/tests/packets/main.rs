@@ -73,7 +73,7 @@ impl Fixture {
             assert!(ok, "ip link add {real}");
             names.push((iface.clone(), real));
         }
-        let mut dp = Datapath::load().expect("load programs");
+        let mut dp = Datapath::load_unpinned().expect("load programs");
         let host: Vec<IpAddr> = host.iter().map(|a| a.parse().unwrap()).collect();
         let names2 = names.clone();
         let resolve = move |name: &str| {
@@ -390,9 +390,27 @@ fn replies_pass_and_unsolicited_replies_do_not() {
             Pass(PassReason::Established),
         ),
         (
-            "other port, no flow",
+            "mid-stream packet of a flow the rules allow (started before the agent)",
             From("hw-api"),
             frame(API, WEB, tcp(8080, 40002, ACK)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "its next packet is a reply",
+            From("hw-api"),
+            frame(API, WEB, tcp(8080, 40002, ACK)),
+            Pass(PassReason::Reply),
+        ),
+        (
+            "mid-stream packet whose reverse the rules deny",
+            From("hw-api"),
+            frame(API, WEB, tcp(8082, 40003, ACK)),
+            Drop(DropReason::EgressDenied),
+        ),
+        (
+            "a SYN is never admitted as the reverse of a flow",
+            From("hw-api"),
+            frame(API, WEB, tcp(8080, 40004, SYN)),
             Drop(DropReason::EgressDenied),
         ),
         (
@@ -1023,4 +1041,50 @@ fn rule_counters_count_each_packet_once() {
         "api's ingress rule: request and reply, once each"
     );
     assert_eq!(after.iter().sum::<u64>(), 4);
+}
+
+#[test]
+fn one_endpoint_cannot_take_the_whole_conntrack_table() {
+    let f = Fixture::new(
+        &POLICY.replace("conntrack: {udp: 1s, icmp: 1s}", "conntrack: {max_per_endpoint: 2}"),
+        &[HOST],
+    );
+    f.check(&[
+        (
+            "first flow",
+            From("hw-web"),
+            frame(WEB, API, tcp(43000, 8080, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "second flow",
+            From("hw-web"),
+            frame(WEB, API, tcp(43001, 8080, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "third flow",
+            From("hw-web"),
+            frame(WEB, API, tcp(43002, 8080, SYN)),
+            Drop(DropReason::ConntrackEndpointFull),
+        ),
+        (
+            "tracked flows go on",
+            From("hw-web"),
+            frame(WEB, API, tcp(43000, 8080, ACK)),
+            Pass(PassReason::Established),
+        ),
+        (
+            "inbound flows count against web too",
+            To("hw-web"),
+            frame(OUTSIDE, WEB, tcp(1, 80, SYN)),
+            Drop(DropReason::ConntrackEndpointFull),
+        ),
+        (
+            "api has its own share",
+            From("hw-api"),
+            frame(API, DB_REMOTE, tcp(43003, 5432, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+    ]);
 }

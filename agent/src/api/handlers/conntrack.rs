@@ -1,0 +1,128 @@
+//! `GET /v1/conntrack` and `DELETE /v1/conntrack`, both filtered by query:
+//! `addr` (either end, an address or CIDR), `port` (either end), `proto`
+//! (name or number), `endpoint` (an endpoint's name: any of its
+//! addresses).
+
+use std::net::IpAddr;
+
+use aya::maps::{HashMap, MapData};
+use hostwall_common::{CT_CLOSING, CT_SEEN_REPLY, CtEntry, CtKey, FAMILY_V4};
+use ipnet::IpNet;
+use serde_json::{Value, json};
+use tracing::info;
+
+use crate::api::http::Request;
+use crate::api::{Caller, Reply, error};
+use crate::daemon::Agent;
+
+struct Filter {
+    nets: Vec<IpNet>,
+    port: Option<u16>,
+    proto: Option<u8>,
+}
+
+fn filter(agent: &Agent, req: &Request) -> Result<Filter, Reply> {
+    let mut f = Filter {
+        nets: Vec::new(),
+        port: None,
+        proto: None,
+    };
+    if let Some(a) = req.query("addr") {
+        let net = a
+            .parse::<IpNet>()
+            .or_else(|_| a.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| error(422, format!("addr: \"{a}\" is not an address or CIDR")))?;
+        f.nets.push(net);
+    }
+    if let Some(name) = req.query("endpoint") {
+        let ep = agent
+            .policy
+            .endpoints
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| error(404, format!("endpoint: no endpoint named {name}")))?;
+        f.nets.extend(ep.addresses.iter().map(|a| IpNet::from(*a)));
+    }
+    if let Some(p) = req.query("port") {
+        f.port = Some(
+            p.parse()
+                .map_err(|_| error(422, format!("port: \"{p}\" is not a port")))?,
+        );
+    }
+    if let Some(p) = req.query("proto") {
+        f.proto = Some(match p {
+            "tcp" => 6,
+            "udp" => 17,
+            "icmp" => 1,
+            "icmpv6" => 58,
+            "sctp" => 132,
+            n => n
+                .parse()
+                .map_err(|_| error(422, format!("proto: \"{n}\" is not a protocol")))?,
+        });
+    }
+    Ok(f)
+}
+
+fn addr(k: &CtKey, b: &[u8; 16]) -> IpAddr {
+    if k.family == FAMILY_V4 {
+        IpAddr::from([b[0], b[1], b[2], b[3]])
+    } else {
+        IpAddr::from(*b)
+    }
+}
+
+impl Filter {
+    fn matches(&self, k: &CtKey) -> bool {
+        let (s, d) = (addr(k, &k.src), addr(k, &k.dst));
+        (self.nets.is_empty() || self.nets.iter().any(|n| n.contains(&s) || n.contains(&d)))
+            && self.port.is_none_or(|p| k.sport == p || k.dport == p)
+            && self.proto.is_none_or(|p| k.proto == p)
+    }
+}
+
+fn table(agent: &mut Agent) -> Option<HashMap<&mut MapData, CtKey, CtEntry>> {
+    HashMap::try_from(agent.datapath.ebpf.map_mut("HW_CONNTRACK")?).ok()
+}
+
+pub fn list(agent: &mut Agent, req: &Request) -> Reply {
+    let f = match filter(agent, req) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let now = crate::datapath::stats::monotonic_ns();
+    let Some(ct) = table(agent) else {
+        return error(500, "the conntrack map is missing");
+    };
+    let flows: Vec<Value> = ct
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| f.matches(k))
+        .map(|(k, v)| {
+            json!({
+                "proto": k.proto,
+                "src": addr(&k, &k.src), "sport": k.sport,
+                "dst": addr(&k, &k.dst), "dport": k.dport,
+                "seen_reply": v.flags & CT_SEEN_REPLY != 0,
+                "closing": v.flags & CT_CLOSING != 0,
+                "idle_seconds": now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
+                "rule_egress": v.rule_egress, "rule_ingress": v.rule_ingress,
+            })
+        })
+        .collect();
+    (200, json!({ "flows": flows }))
+}
+
+pub fn flush(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
+    let f = match filter(agent, req) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let Some(mut ct) = table(agent) else {
+        return error(500, "the conntrack map is missing");
+    };
+    let doomed: Vec<CtKey> = ct.keys().filter_map(Result::ok).filter(|k| f.matches(k)).collect();
+    let flushed = doomed.iter().filter(|k| ct.remove(k).is_ok()).count();
+    info!(uid = caller.uid, flushed, "conntrack flushed");
+    (200, json!({ "flushed": flushed }))
+}

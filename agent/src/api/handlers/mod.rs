@@ -1,0 +1,76 @@
+//! One file per request. Every handler runs on the agent's task with the
+//! agent's state; mutations go through `Agent::apply_and_save`.
+
+mod conntrack;
+mod endpoints;
+mod explain;
+mod policy;
+mod reload;
+mod rules;
+mod stats;
+mod status;
+
+use serde_json::Value;
+
+use super::http::Request;
+use super::{Caller, Reply, error};
+use crate::daemon::Agent;
+use crate::policy::{Policy, parse_str, to_yaml};
+
+pub fn handle(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
+    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    match (req.method.as_str(), segments.as_slice()) {
+        ("GET", ["v1", "status"]) => status::get(agent),
+        ("GET", ["v1", "policy"]) => policy::get(agent),
+        ("PUT", ["v1", "policy"]) => policy::apply(agent, req, caller),
+        ("POST", ["v1", "policy", "diff"]) => policy::diff(agent, req),
+        ("POST", ["v1", "reload"]) => reload::post(agent),
+        ("POST", ["v1", "rules"]) => rules::add(agent, req, caller),
+        ("DELETE", ["v1", "rules"]) => rules::remove(agent, req, caller),
+        ("POST", ["v1", "endpoints"]) => endpoints::add(agent, req, caller),
+        ("DELETE", ["v1", "endpoints", name]) => endpoints::remove(agent, name, caller),
+        ("GET", ["v1", "stats"]) => stats::get(agent),
+        ("GET", ["v1", "explain"]) => explain::get(agent, req),
+        ("GET", ["v1", "conntrack"]) => conntrack::list(agent, req),
+        ("DELETE", ["v1", "conntrack"]) => conntrack::flush(agent, req, caller),
+        (
+            _,
+            [
+                "v1",
+                "status" | "policy" | "reload" | "rules" | "endpoints" | "stats" | "conntrack",
+                ..,
+            ],
+        ) => error(405, format!("{} is not allowed on {}", req.method, req.path)),
+        _ => error(404, format!("no such API path: {}", req.path)),
+    }
+}
+
+/// A JSON request body as an object.
+fn json_body(req: &Request) -> Result<serde_json::Map<String, Value>, Reply> {
+    match serde_json::from_slice::<Value>(&req.body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(error(400, "the request body must be a JSON object")),
+        Err(e) => Err(error(400, format!("the request body is not JSON: {e}"))),
+    }
+}
+
+/// Re-validates an edited policy as a whole, the way a control file is
+/// validated, so an API change can never enforce what a file could not.
+fn revalidate(edited: &Policy) -> Result<Policy, Reply> {
+    parse_str(&to_yaml(edited), "the changed policy").map_err(|e| error(422, e))
+}
+
+/// Applies and saves an edited policy; the reply carries what changed.
+fn commit(agent: &mut Agent, edited: Policy, source: &str, caller: &Caller) -> Reply {
+    let policy = match revalidate(&edited) {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
+    match agent.apply_and_save(policy, source, caller) {
+        Ok(change) => (
+            200,
+            serde_json::json!({ "applied": true, "changes": change, "generation": agent.generation }),
+        ),
+        Err(e) => error(409, format!("{:#}", anyhow::Error::new(e))),
+    }
+}

@@ -1,0 +1,85 @@
+//! `GET /v1/policy`, `PUT /v1/policy` (apply a whole control file) and
+//! `POST /v1/policy/diff` (what applying it would change).
+
+use serde_json::{Value, json};
+
+use crate::api::http::Request;
+use crate::api::{Caller, Reply, error};
+use crate::compile::RuleRef;
+use crate::daemon::Agent;
+use crate::policy::{Direction, Policy, parse_str, peer_flow, rule_flow, to_yaml};
+
+/// The applied policy, with the id of every rule.
+pub fn get(agent: &mut Agent) -> Reply {
+    let mut groups = serde_json::Map::new();
+    for (name, g) in &agent.policy.groups {
+        let mut dirs = serde_json::Map::new();
+        for (direction, rules, key) in [
+            (Direction::Ingress, &g.ingress, "from"),
+            (Direction::Egress, &g.egress, "to"),
+        ] {
+            let list: Vec<Value> = rules
+                .iter()
+                .enumerate()
+                .map(|(index, r)| {
+                    let id = agent.compiled.rule_id(&RuleRef { group: name.clone(), direction, index });
+                    json!({
+                        "id": id,
+                        "proto": r.proto.name(),
+                        "ports": r.ports.map(|p| if p.first == p.last { p.first.to_string() } else { format!("{}-{}", p.first, p.last) }),
+                        "icmp_type": r.icmp.map(|i| i.ty),
+                        "icmp_code": r.icmp.and_then(|i| i.code),
+                        "peers": r.peers.iter().map(peer_flow).collect::<Vec<_>>(),
+                        "description": r.description,
+                        "rule": rule_flow(r, key),
+                    })
+                })
+                .collect();
+            dirs.insert(direction.as_str().into(), Value::Array(list));
+        }
+        if let Some(d) = &g.description {
+            dirs.insert("description".into(), json!(d));
+        }
+        groups.insert(name.clone(), Value::Object(dirs));
+    }
+    let endpoints: Vec<Value> = agent
+        .policy
+        .endpoints
+        .iter()
+        .map(|e| {
+            json!({
+                "name": e.name, "node": e.node, "interface": e.interface,
+                "addresses": e.addresses, "groups": e.groups, "local": e.is_local(&agent.opts.node),
+            })
+        })
+        .collect();
+    (
+        200,
+        json!({
+            "generation": agent.generation,
+            "groups": groups,
+            "endpoints": endpoints,
+            "prefix_lists": agent.policy.prefix_lists,
+            "yaml": to_yaml(&agent.policy),
+        }),
+    )
+}
+
+fn body_policy(req: &Request) -> Result<Policy, Reply> {
+    let text = std::str::from_utf8(&req.body).map_err(|_| error(400, "the policy must be UTF-8 text"))?;
+    parse_str(text, "the submitted policy").map_err(|e| error(422, e))
+}
+
+pub fn apply(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
+    match body_policy(req) {
+        Ok(p) => super::commit(agent, p, "apply", caller),
+        Err(r) => r,
+    }
+}
+
+pub fn diff(agent: &mut Agent, req: &Request) -> Reply {
+    match body_policy(req) {
+        Ok(p) => (200, json!({ "changes": crate::policy::diff(&agent.policy, &p) })),
+        Err(r) => r,
+    }
+}

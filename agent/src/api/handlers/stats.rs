@@ -1,0 +1,37 @@
+//! `GET /v1/stats`: per-rule counters (and rules that never matched),
+//! drops and passes by reason, conntrack totals.
+
+use serde_json::{Value, json};
+
+use crate::api::Reply;
+use crate::daemon::Agent;
+
+pub fn get(agent: &mut Agent) -> Reply {
+    let s = crate::datapath::stats::read(&agent.datapath.ebpf, &agent.compiled);
+    let rules: Vec<Value> = agent
+        .compiled
+        .rules
+        .iter()
+        .map(|(id, r)| {
+            let (packets, bytes) = s.rules.get(id).copied().unwrap_or_default();
+            let g = &agent.policy.groups[&r.group];
+            let rule = match r.direction {
+                crate::policy::Direction::Ingress => crate::policy::rule_flow(&g.ingress[r.index], "from"),
+                crate::policy::Direction::Egress => crate::policy::rule_flow(&g.egress[r.index], "to"),
+            };
+            json!({
+                "id": id, "group": r.group, "direction": r.direction.as_str(), "index": r.index,
+                "rule": rule, "packets": packets, "bytes": bytes, "never_matched": packets == 0,
+            })
+        })
+        .collect();
+    (
+        200,
+        json!({
+            "rules": rules,
+            "drops": s.drops,
+            "passes": s.passes,
+            "conntrack": s.conntrack,
+        }),
+    )
+}

@@ -1,0 +1,139 @@
+//! Accepting API connections: permissions, credentials, size and time
+//! limits. Requests are handed to the agent's task one at a time.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use super::http::{self, DecodeError, MAX_REQUEST};
+use super::{Caller, Reply, error};
+use crate::daemon::ApiCall;
+
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Binds the socket: mode 0600 (0660 and group-owned with an admin group).
+pub fn bind(path: &Path, admin_group: Option<u32>) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    let mode = match admin_group {
+        Some(gid) => {
+            std::os::unix::fs::chown(path, Some(0), Some(gid))?;
+            0o660
+        }
+        None => 0o600,
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, agent: mpsc::Sender<ApiCall>, admin_group: Option<u32>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, agent.clone(), admin_group));
+            }
+            Err(e) => {
+                warn!(error = %e, "accepting an API connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Root, or a member of the admin group (primary or supplementary).
+fn authorized(caller: &Caller, admin_group: Option<u32>) -> bool {
+    if caller.uid == 0 {
+        return true;
+    }
+    let Some(gid) = admin_group else { return false };
+    if caller.gid == gid {
+        return true;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", caller.pid)).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
+}
+
+async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, admin_group: Option<u32>) {
+    let reply = match handle(&mut stream, agent, admin_group).await {
+        Ok(r) => r,
+        Err(r) => r,
+    };
+    let _ = stream.write_all(&http::response(reply.0, &reply.1)).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn handle(
+    stream: &mut UnixStream,
+    agent: mpsc::Sender<ApiCall>,
+    admin_group: Option<u32>,
+) -> Result<Reply, Reply> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| error(500, format!("reading peer credentials: {e}")))?;
+    let caller = Caller {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid().unwrap_or(0),
+    };
+    if !authorized(&caller, admin_group) {
+        warn!(
+            uid = caller.uid,
+            pid = caller.pid,
+            "refused an API client that is neither root nor in the admin group"
+        );
+        return Err(error(403, "only root and the admin group may use the hostwall API"));
+    }
+    let request = tokio::time::timeout(READ_TIMEOUT, read_request(stream))
+        .await
+        .map_err(|_| error(408, "the request did not arrive within 5 s"))??;
+    debug!(method = %request.method, path = %request.path, uid = caller.uid, "API request");
+    let (tx, rx) = oneshot::channel();
+    agent
+        .send(ApiCall {
+            request,
+            caller,
+            reply: tx,
+        })
+        .await
+        .map_err(|_| error(500, "the agent is shutting down"))?;
+    rx.await.map_err(|_| error(500, "the agent dropped the request"))
+}
+
+async fn read_request(stream: &mut UnixStream) -> Result<http::Request, Reply> {
+    let mut buf = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 16384];
+    loop {
+        match http::decode(&buf) {
+            Ok(Some(req)) => return Ok(req),
+            Ok(None) => {}
+            Err(e @ DecodeError::TooLarge { .. }) => return Err(error(413, e)),
+            Err(e) => return Err(error(400, e)),
+        }
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(|e| error(400, format!("reading the request: {e}")))?;
+        if n == 0 {
+            return Err(error(400, "the connection closed before the request was complete"));
+        }
+        if buf.len() + n > MAX_REQUEST + 4 {
+            return Err(error(413, format!("request larger than {MAX_REQUEST} bytes")));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}

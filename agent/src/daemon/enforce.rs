@@ -1,0 +1,278 @@
+//! Applying a policy: compile, write the inactive slot, flip, attach; and
+//! keeping it applied as interfaces and host addresses change.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
+use hostwall_common::{Counter, CtEntry, CtKey, QUARANTINED};
+use tracing::{error, info, warn};
+
+use super::Agent;
+use super::rules::Assignment;
+use crate::api::Caller;
+use crate::compile::{self, CompileError, Compiled, HostView, Limits, Lookup};
+use crate::datapath::SlotError;
+use crate::host;
+use crate::policy::{OnPolicyChange, Policy, PolicyDiff};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    #[error("writing the policy maps; the last good policy stays enforced")]
+    Slots(#[from] SlotError),
+    #[error("the policy has more rules than the {max} rule ids the datapath holds")]
+    RuleIds { max: u32 },
+    #[error("the policy was applied but writing it back to {path} failed; the previous policy was restored")]
+    WriteBack {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Agent {
+    /// Makes `new` the enforced policy: compiled, written to the inactive
+    /// slot and switched to in one step. On error nothing changes.
+    pub fn apply(&mut self, new: Policy, source: &str, caller: Option<&Caller>) -> Result<PolicyDiff, ApplyError> {
+        let assignment = self.registry.assign(&new).map_err(|max| ApplyError::RuleIds { max })?;
+        let compiled = self.enforce(&new, &assignment)?;
+        self.registry.commit(&assignment);
+        let change = crate::policy::diff(&self.policy, &new);
+        let revalidate = new.settings.on_policy_change == OnPolicyChange::Revalidate && !change.is_empty();
+        self.policy = new;
+        self.compiled = compiled;
+        self.applied_at = SystemTime::now();
+        self.generation += 1;
+        self.last_error = None;
+        if revalidate {
+            let ended = self.revalidate_flows();
+            info!(ended, "tracked flows the new policy does not allow were ended");
+        }
+        match caller {
+            Some(c) => info!(uid = c.uid, pid = c.pid, source, changes = %change.summary(), "policy changed"),
+            None => info!(source, changes = %change.summary(), "policy changed"),
+        }
+        Ok(change)
+    }
+
+    /// `apply`, then writes the policy back to the control file. If the
+    /// file cannot be written, the previous policy is applied again.
+    pub fn apply_and_save(&mut self, new: Policy, source: &str, caller: &Caller) -> Result<PolicyDiff, ApplyError> {
+        let previous = self.policy.clone();
+        let change = self.apply(new, source, Some(caller))?;
+        let text = crate::policy::to_yaml(&self.policy);
+        if let Err(e) = write_atomically(&self.opts.config, text.as_bytes()) {
+            if let Err(again) = self.apply(previous, "restore after a failed write", Some(caller)) {
+                error!(error = %again, "restoring the previous policy failed");
+            }
+            return Err(ApplyError::WriteBack {
+                path: self.opts.config.clone(),
+                source: e,
+            });
+        }
+        self.file_hash = Some(super::lifecycle::sha256_hex(text.as_bytes()));
+        Ok(change)
+    }
+
+    /// Re-applies the current policy if interfaces or host addresses moved.
+    pub fn reconcile(&mut self) {
+        let addresses = match host::addresses() {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "reading the host's addresses failed");
+                return;
+            }
+        };
+        let interfaces_moved = self
+            .compiled
+            .endpoints
+            .iter()
+            .any(|e| host::ifindex(&e.interface) != e.ifindex);
+        let quarantine_moved = self.quarantine_candidates() != self.quarantined;
+        if addresses == self.host_addresses && !interfaces_moved && !quarantine_moved {
+            return;
+        }
+        self.host_addresses = addresses;
+        let policy = self.policy.clone();
+        let assignment = match self.registry.assign(&policy) {
+            Ok(a) => a,
+            Err(max) => return self.note_error(ApplyError::RuleIds { max }),
+        };
+        match self.enforce(&policy, &assignment) {
+            Ok(compiled) => {
+                self.compiled = compiled;
+                info!(
+                    attached = self.attachments.attached().count(),
+                    "host changed; policy re-applied"
+                );
+            }
+            Err(e) => self.note_error(e),
+        }
+    }
+
+    fn note_error(&mut self, e: ApplyError) {
+        error!(error = %format!("{e:#}"), "re-applying the policy failed; the last good state stays enforced");
+        self.last_error = Some(format!("{:#}", anyhow::Error::new(e)));
+    }
+
+    /// Interfaces that match `settings.quarantine` and are no endpoint.
+    pub fn quarantine_candidates(&self) -> BTreeMap<u32, String> {
+        let Some(q) = &self.policy.settings.quarantine else {
+            return BTreeMap::new();
+        };
+        let endpoint_ifaces: BTreeSet<&str> = self
+            .policy
+            .endpoints
+            .iter()
+            .filter(|e| e.is_local(&self.opts.node))
+            .filter_map(|e| e.interface.as_deref())
+            .collect();
+        host::interfaces()
+            .into_iter()
+            .filter(|(_, name)| q.matches(name) && !endpoint_ifaces.contains(name.as_str()))
+            .collect()
+    }
+
+    /// Compiles `policy` for the host as it is, writes it to the maps and
+    /// attaches to every endpoint (and quarantined) interface.
+    pub(super) fn enforce(&mut self, policy: &Policy, assignment: &Assignment) -> Result<Compiled, ApplyError> {
+        let addrs: Vec<IpAddr> = self.host_addresses.iter().copied().collect();
+        let view = HostView {
+            node: &self.opts.node,
+            host_addresses: &addrs,
+            ifindex: &host::ifindex,
+        };
+        let mut compiled = compile::compile_with(policy, &view, &Limits::default(), &assignment.ids)?;
+
+        // Quarantine: computed against the new policy's endpoints.
+        let saved = std::mem::replace(&mut self.policy, policy.clone());
+        let quarantine = self.quarantine_candidates();
+        self.policy = saved;
+        for (ifindex, name) in &quarantine {
+            compiled.endpoints.push(compile::LocalEndpoint {
+                name: format!("quarantine:{name}"),
+                interface: name.clone(),
+                ifindex: Some(*ifindex),
+                info: hostwall_common::EndpointInfo {
+                    policy: 0,
+                    endpoint: QUARANTINED,
+                },
+            });
+        }
+
+        self.prepare_rule_counters(assignment);
+        self.datapath.slots.apply(&compiled)?;
+        self.record_rule_keys(assignment);
+
+        let wanted: BTreeSet<u32> = compiled.endpoints.iter().filter_map(|e| e.ifindex).collect();
+        let stale: Vec<u32> = self
+            .attachments
+            .attached()
+            .map(|(i, _)| i)
+            .filter(|i| !wanted.contains(i))
+            .collect();
+        for ifindex in stale {
+            self.attachments.detach_endpoint(ifindex);
+        }
+        let old_links = self.adopt_from.clone();
+        for ep in &compiled.endpoints {
+            let Some(ifindex) = ep.ifindex else { continue };
+            if self.attachments.is_attached(ifindex) {
+                continue;
+            }
+            match self.attachments.attach_endpoint_from(
+                &mut self.datapath.ebpf,
+                &ep.interface,
+                ifindex,
+                old_links.as_deref(),
+            ) {
+                Ok(()) => info!(endpoint = %ep.name, interface = %ep.interface, ifindex, "attached"),
+                Err(e) => {
+                    let message = format!("{:#}", anyhow::Error::new(e));
+                    error!(endpoint = %ep.name, error = %message, "attaching failed");
+                    self.last_error = Some(message);
+                }
+            }
+        }
+        self.quarantined = quarantine;
+        Ok(compiled)
+    }
+
+    /// Fresh rule ids start counting from zero.
+    fn prepare_rule_counters(&mut self, assignment: &Assignment) {
+        let Some(map) = self.datapath.ebpf.map_mut("HW_RULE_STATS") else {
+            return;
+        };
+        let Ok(mut stats) = PerCpuArray::<&mut MapData, Counter>::try_from(map) else {
+            return;
+        };
+        let ncpus = aya::util::nr_cpus().map(|n| n.get() as usize).unwrap_or(1);
+        for (id, _) in &assignment.fresh {
+            if let Ok(zero) = PerCpuValues::try_from(vec![Counter::default(); ncpus]) {
+                let _ = stats.set(*id, zero, 0);
+            }
+        }
+    }
+
+    fn record_rule_keys(&mut self, assignment: &Assignment) {
+        let Some(map) = self.datapath.ebpf.map_mut("HW_RULE_KEYS") else {
+            return;
+        };
+        let Ok(mut keys) = Array::<&mut MapData, u64>::try_from(map) else {
+            return;
+        };
+        for id in &assignment.freed {
+            let _ = keys.set(*id, &0, 0);
+        }
+        for (id, key) in &assignment.fresh {
+            let _ = keys.set(*id, key, 0);
+        }
+    }
+
+    /// Ends tracked flows the enforced policy does not allow; returns how
+    /// many.
+    pub fn revalidate_flows(&mut self) -> usize {
+        let lookup = Lookup::new(&self.compiled);
+        let Some(map) = self.datapath.ebpf.map_mut("HW_CONNTRACK") else {
+            return 0;
+        };
+        let Ok(mut ct) = HashMap::<&mut MapData, CtKey, CtEntry>::try_from(map) else {
+            return 0;
+        };
+        let doomed: Vec<CtKey> = ct.keys().filter_map(Result::ok).filter(|k| !lookup.allows(k)).collect();
+        doomed.iter().filter(|k| ct.remove(k).is_ok()).count()
+    }
+}
+
+/// Writes `bytes` to `path` so that readers see the old or the new file,
+/// never a part: a temporary file beside it, fsync, rename, fsync the
+/// directory. The file's mode is kept.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the control file path has no file name"))?;
+    let tmp = dir.join(format!(".{}.hostwall-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        if let Ok(meta) = std::fs::metadata(path) {
+            f.set_permissions(meta.permissions())?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}

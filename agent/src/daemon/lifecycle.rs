@@ -1,0 +1,194 @@
+//! Starting (fresh, after a restart or crash, or over an older pinned
+//! layout) and uninstalling.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use hostwall_common::{Counter, CtEntry, CtKey, MAX_RULES};
+use sha2::{Digest, Sha256};
+use tracing::{info, warn};
+
+use super::rules::RuleRegistry;
+use super::{Agent, Options};
+use crate::compile::Compiled;
+use crate::datapath::{Attachments, Datapath, Layout, pinned_links, remove_all};
+use crate::host;
+use crate::policy::{self, Policy};
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn empty_policy() -> Policy {
+    Policy {
+        prefix_lists: BTreeMap::new(),
+        groups: BTreeMap::new(),
+        endpoints: Vec::new(),
+        settings: Default::default(),
+    }
+}
+
+/// Loads the datapath, adopting whatever an earlier agent left pinned, and
+/// enforces the control file. Returns the agent and the older layouts to
+/// remove once it serves.
+pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
+    let bytes = std::fs::read(&opts.config).with_context(|| format!("reading {}", opts.config.display()))?;
+    let policy = policy::parse_str(&String::from_utf8_lossy(&bytes), &opts.config.display().to_string())?;
+    host::ensure_bpffs(&opts.bpffs).with_context(|| format!("preparing bpffs directory {}", opts.bpffs.display()))?;
+
+    let layout = Layout::new(&opts.bpffs);
+    let older = layout.older();
+    let restarting = layout.exists();
+    let mut datapath = Datapath::load(&layout).context("loading the datapath")?;
+    if restarting {
+        info!(
+            layout = layout.version(),
+            "adopting the pinned datapath of an earlier agent"
+        );
+    } else if let Some(old) = older.first() {
+        info!(
+            from = old.version(),
+            to = layout.version(),
+            "upgrading the pinned layout"
+        );
+        migrate(old, &mut datapath);
+    }
+    let registry = read_rule_keys(&mut datapath);
+    let attachments = Attachments::new(&layout.links()).context("creating the links directory")?;
+
+    let mut agent = Agent {
+        opts,
+        layout: layout.clone(),
+        datapath,
+        attachments,
+        policy: empty_policy(),
+        compiled: Compiled::default(),
+        registry,
+        host_addresses: host::addresses().context("reading the host's addresses")?,
+        quarantined: BTreeMap::new(),
+        applied_at: SystemTime::now(),
+        file_hash: Some(sha256_hex(&bytes)),
+        last_error: None,
+        generation: 0,
+        adopt_from: older.first().map(|l| l.links()),
+    };
+
+    if let Some(uplink) = agent.opts.uplink.clone() {
+        let ifindex = host::ifindex(&uplink).with_context(|| format!("uplink interface {uplink} does not exist"))?;
+        let old = agent.adopt_from.clone();
+        agent
+            .attachments
+            .attach_uplink(&mut agent.datapath.ebpf, &uplink, ifindex, old.as_deref())?;
+        info!(interface = %uplink, "uplink filter attached");
+    }
+    agent.apply(policy, "startup", None)?;
+
+    // Links pinned by an earlier agent for interfaces that are gone or no
+    // longer endpoints.
+    let attached: BTreeSet<u32> = agent.attachments.attached().map(|(i, _)| i).collect();
+    for (name, ifindex) in pinned_links(&layout.links()) {
+        if !attached.contains(&ifindex) {
+            info!(link = %name, "removing a stale attachment");
+            agent.attachments.remove_pin(&name);
+        }
+    }
+    agent.datapath.pin_programs(&layout)?;
+    Ok((agent, older))
+}
+
+/// Removes the layouts an upgrade replaced (their links were taken over).
+pub fn finish_upgrade(agent: &mut Agent, older: &[Layout]) {
+    for old in older {
+        remove_all(&old.links(), &[]);
+        match old.remove() {
+            Ok(()) => info!(layout = old.version(), "removed the older pinned layout"),
+            Err(e) => warn!(layout = old.version(), error = %e, "removing the older pinned layout failed"),
+        }
+    }
+    agent.adopt_from = None;
+}
+
+fn read_rule_keys(datapath: &mut Datapath) -> RuleRegistry {
+    let max = MAX_RULES - 1;
+    let Some(map) = datapath.ebpf.map("HW_RULE_KEYS") else {
+        return RuleRegistry::new(max);
+    };
+    let Ok(keys) = Array::<&MapData, u64>::try_from(map) else {
+        return RuleRegistry::new(max);
+    };
+    let pairs: Vec<(u32, u64)> = (1..MAX_RULES)
+        .filter_map(|id| keys.get(&id, 0).ok().filter(|k| *k != 0).map(|k| (id, k)))
+        .collect();
+    RuleRegistry::from_keys(max, pairs)
+}
+
+fn open_pinned(dir: &Path, name: &str) -> Option<Map> {
+    let data = MapData::from_pin(dir.join(name)).ok()?;
+    Map::from_map_data(data).ok()
+}
+
+/// Carries tracked flows, rule ids and rule counters over from an older
+/// layout, where their format is unchanged.
+fn migrate(old: &Layout, datapath: &mut Datapath) {
+    let dir = old.maps();
+    let mut flows = 0usize;
+    if let (Some(from), Some(to)) = (open_pinned(&dir, "HW_CONNTRACK"), datapath.ebpf.map_mut("HW_CONNTRACK")) {
+        match (
+            HashMap::<MapData, CtKey, CtEntry>::try_from(from),
+            HashMap::<&mut MapData, CtKey, CtEntry>::try_from(to),
+        ) {
+            (Ok(from), Ok(mut to)) => {
+                for (k, v) in from.iter().filter_map(Result::ok) {
+                    if to.insert(&k, &v, 0).is_ok() {
+                        flows += 1;
+                    }
+                }
+            }
+            _ => warn!("tracked flows of the older layout have another format; flows are judged again"),
+        }
+    }
+    if let (Some(from), Some(to)) = (open_pinned(&dir, "HW_RULE_KEYS"), datapath.ebpf.map_mut("HW_RULE_KEYS"))
+        && let (Ok(from), Ok(mut to)) = (
+            Array::<MapData, u64>::try_from(from),
+            Array::<&mut MapData, u64>::try_from(to),
+        )
+    {
+        for id in 0..from.len().min(to.len()) {
+            if let Ok(v) = from.get(&id, 0) {
+                let _ = to.set(id, &v, 0);
+            }
+        }
+    }
+    if let (Some(from), Some(to)) = (
+        open_pinned(&dir, "HW_RULE_STATS"),
+        datapath.ebpf.map_mut("HW_RULE_STATS"),
+    ) && let (Ok(from), Ok(mut to)) = (
+        PerCpuArray::<MapData, Counter>::try_from(from),
+        PerCpuArray::<&mut MapData, Counter>::try_from(to),
+    ) {
+        for id in 0..from.len().min(to.len()) {
+            if let Ok(v) = from.get(&id, 0) {
+                let _ = to.set(id, v, 0);
+            }
+        }
+    }
+    info!(flows, "carried tracked flows over from the older layout");
+}
+
+/// Removes every attachment and pin hostwall has under `bpffs`.
+pub fn uninstall(bpffs: &Path) -> anyhow::Result<usize> {
+    let interfaces: Vec<u32> = host::interfaces().into_iter().map(|(i, _)| i).collect();
+    let layouts = Layout::all(bpffs);
+    for l in &layouts {
+        remove_all(&l.links(), &interfaces);
+        l.remove().with_context(|| format!("removing {}", l.dir().display()))?;
+    }
+    if layouts.is_empty() {
+        // Kernels without tcx keep filters without pins.
+        remove_all(Path::new("/nonexistent"), &interfaces);
+    }
+    Ok(layouts.len())
+}

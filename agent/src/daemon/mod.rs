@@ -1,0 +1,199 @@
+//! `hostwall agent`: the daemon. It enforces the control file, serves the
+//! control API, follows the file, the host's interfaces and addresses, and
+//! leaves enforcement in place when it stops (fail-static).
+
+mod enforce;
+mod gc;
+pub mod lifecycle;
+pub mod notify;
+pub mod rules;
+mod watch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use crate::api::{self, Caller, http::Request};
+use crate::compile::Compiled;
+use crate::datapath::{Attachments, Datapath, Layout};
+use crate::policy::Policy;
+pub use enforce::ApplyError;
+use rules::RuleRegistry;
+use watch::Watch;
+
+pub struct Options {
+    pub config: PathBuf,
+    pub uplink: Option<String>,
+    pub node: String,
+    pub bpffs: PathBuf,
+    pub socket: PathBuf,
+    /// Members of this group may use the control API besides root.
+    pub admin_group: Option<u32>,
+}
+
+/// Fallback for missed events: interfaces and addresses are compared this
+/// often even without a netlink event.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
+/// Conntrack garbage collection runs every this many reconcile ticks.
+const GC_EVERY_TICKS: u32 = 2;
+/// Editors and configuration management write files in several steps.
+const FILE_SETTLE: Duration = Duration::from_millis(100);
+
+/// A request from the control API, answered on `reply`.
+pub struct ApiCall {
+    pub request: Request,
+    pub caller: Caller,
+    pub reply: oneshot::Sender<api::Reply>,
+}
+
+/// The agent's state. One task owns it; API requests, file and link events
+/// are handled one at a time, so updates never interleave.
+pub struct Agent {
+    pub opts: Options,
+    pub layout: Layout,
+    pub datapath: Datapath,
+    pub attachments: Attachments,
+    /// The policy enforced now (the last good one).
+    pub policy: Policy,
+    pub compiled: Compiled,
+    pub registry: RuleRegistry,
+    pub host_addresses: BTreeSet<IpAddr>,
+    /// Quarantined interfaces: ifindex -> name.
+    pub quarantined: BTreeMap<u32, String>,
+    pub applied_at: SystemTime,
+    /// SHA-256 of the control file's bytes as last read or written.
+    pub file_hash: Option<String>,
+    pub last_error: Option<String>,
+    pub generation: u64,
+    /// While an upgrade is under way: the older layout's links directory,
+    /// whose links are taken over.
+    pub adopt_from: Option<PathBuf>,
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let (mut agent, old_layouts) = lifecycle::start(opts)?;
+
+    let (api_tx, mut api_rx) = mpsc::channel::<ApiCall>(64);
+    let server = api::server::bind(&agent.opts.socket, agent.opts.admin_group)
+        .with_context(|| format!("serving the control API on {}", agent.opts.socket.display()))?;
+    tokio::spawn(api::server::serve(server, api_tx, agent.opts.admin_group));
+
+    let file_watch = Watch::control_file(&agent.opts.config).context("watching the control file")?;
+    let link_watch = Watch::links().context("watching links over rtnetlink")?;
+
+    lifecycle::finish_upgrade(&mut agent, &old_layouts);
+    info!(
+        config = %agent.opts.config.display(),
+        endpoints = agent.compiled.endpoints.len(),
+        attached = agent.attachments.attached().count(),
+        rules = agent.compiled.rules.len(),
+        hook = agent.attachments.kind().as_str(),
+        layout = agent.layout.version(),
+        "policy applied"
+    );
+    match notify::notify("READY=1\nSTATUS=enforcing") {
+        Ok(true) => info!("notified the service manager: ready"),
+        Ok(false) => {}
+        Err(e) => warn!(error = %e, "could not notify the service manager"),
+    }
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    let mut file_pending: Option<tokio::time::Instant> = None;
+    let mut gc_due = 0u32;
+    loop {
+        let settle = async {
+            match file_pending {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the control file");
+                agent.reload_file(true);
+            }
+            Some(call) = api_rx.recv() => {
+                let reply = api::handlers::handle(&mut agent, &call.request, &call.caller);
+                let _ = call.reply.send(reply);
+            }
+            r = file_watch.changed() => {
+                if let Err(e) = r {
+                    error!(error = %e, "watching the control file failed");
+                }
+                file_pending = Some(tokio::time::Instant::now() + FILE_SETTLE);
+            }
+            _ = settle => {
+                file_pending = None;
+                agent.reload_file(false);
+            }
+            r = link_watch.changed() => {
+                if let Err(e) = r {
+                    error!(error = %e, "watching links failed");
+                }
+                agent.reconcile();
+            }
+            _ = tick.tick() => {
+                agent.reconcile();
+                gc_due += 1;
+                if gc_due >= GC_EVERY_TICKS {
+                    gc_due = 0;
+                    agent.conntrack_gc();
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&agent.opts.socket);
+    info!("stopping; enforcement stays in place (hostwall uninstall removes it)");
+    Ok(())
+}
+
+impl Agent {
+    /// Re-reads the control file. An invalid file is refused: the last good
+    /// policy stays enforced and the error is kept for `status`.
+    pub fn reload_file(&mut self, force: bool) {
+        let bytes = match std::fs::read(&self.opts.config) {
+            Ok(b) => b,
+            Err(e) => {
+                // A file being replaced may be missing for a moment; a
+                // missing file never removes the policy.
+                if force {
+                    self.fail(format!(
+                        "{}: cannot read the control file: {e}",
+                        self.opts.config.display()
+                    ));
+                }
+                return;
+            }
+        };
+        let hash = lifecycle::sha256_hex(&bytes);
+        if !force && self.file_hash.as_deref() == Some(hash.as_str()) {
+            return;
+        }
+        self.file_hash = Some(hash);
+        let text = String::from_utf8_lossy(&bytes);
+        let origin = self.opts.config.display().to_string();
+        match crate::policy::parse_str(&text, &origin) {
+            Ok(p) => match self.apply(p, "control file", None) {
+                Ok(change) => info!(changes = %change.summary(), "policy applied from the control file"),
+                Err(e) => self.fail(format!("{e:#}")),
+            },
+            Err(e) => self.fail(format!("{:#}", anyhow::Error::new(e))),
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        error!(error = %message, "policy refused; the last good policy stays enforced");
+        self.last_error = Some(message);
+    }
+}

@@ -1,0 +1,159 @@
+//! What changes between two policies: rules and endpoints added and
+//! removed, as an operator reviews them.
+
+use serde::Serialize;
+
+use super::model::*;
+use super::write::rule_flow;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct RuleChange {
+    pub group: String,
+    pub direction: &'static str,
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PolicyDiff {
+    pub rules_added: Vec<RuleChange>,
+    pub rules_removed: Vec<RuleChange>,
+    pub endpoints_added: Vec<String>,
+    pub endpoints_removed: Vec<String>,
+    pub endpoints_changed: Vec<String>,
+    pub groups_added: Vec<String>,
+    pub groups_removed: Vec<String>,
+    pub prefix_lists_changed: Vec<String>,
+    pub settings_changed: bool,
+}
+
+impl PolicyDiff {
+    pub fn is_empty(&self) -> bool {
+        *self == PolicyDiff::default()
+    }
+
+    /// One line for logs: "+2 rules, -1 rule, +1 endpoint".
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        let mut count = |n: usize, sign: &str, what: &str| {
+            if n > 0 {
+                parts.push(format!("{sign}{n} {what}{}", if n == 1 { "" } else { "s" }));
+            }
+        };
+        count(self.rules_added.len(), "+", "rule");
+        count(self.rules_removed.len(), "-", "rule");
+        count(self.endpoints_added.len(), "+", "endpoint");
+        count(self.endpoints_removed.len(), "-", "endpoint");
+        count(self.endpoints_changed.len(), "~", "endpoint");
+        count(self.groups_added.len(), "+", "group");
+        count(self.groups_removed.len(), "-", "group");
+        count(self.prefix_lists_changed.len(), "~", "prefix list");
+        if self.settings_changed {
+            parts.push("settings changed".into());
+        }
+        if parts.is_empty() {
+            "no changes".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+fn rules_of(p: &Policy) -> Vec<RuleChange> {
+    let mut out = Vec::new();
+    for (name, g) in &p.groups {
+        for (dir, rules, key) in [("ingress", &g.ingress, "from"), ("egress", &g.egress, "to")] {
+            for r in rules {
+                out.push(RuleChange {
+                    group: name.clone(),
+                    direction: dir,
+                    rule: rule_flow(r, key),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Multiset difference `a - b`.
+fn minus<T: PartialEq + Clone>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut rest: Vec<&T> = b.iter().collect();
+    let mut out = Vec::new();
+    for x in a {
+        match rest.iter().position(|y| *y == x) {
+            Some(i) => {
+                rest.swap_remove(i);
+            }
+            None => out.push(x.clone()),
+        }
+    }
+    out
+}
+
+pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
+    let (old_rules, new_rules) = (rules_of(old), rules_of(new));
+    let mut d = PolicyDiff {
+        rules_added: minus(&new_rules, &old_rules),
+        rules_removed: minus(&old_rules, &new_rules),
+        settings_changed: old.settings != new.settings,
+        ..Default::default()
+    };
+    for e in &new.endpoints {
+        match old.endpoints.iter().find(|o| o.name == e.name) {
+            None => d.endpoints_added.push(e.name.clone()),
+            Some(o) if o != e => d.endpoints_changed.push(e.name.clone()),
+            Some(_) => {}
+        }
+    }
+    for o in &old.endpoints {
+        if !new.endpoints.iter().any(|e| e.name == o.name) {
+            d.endpoints_removed.push(o.name.clone());
+        }
+    }
+    d.groups_added = new
+        .groups
+        .keys()
+        .filter(|k| !old.groups.contains_key(*k))
+        .cloned()
+        .collect();
+    d.groups_removed = old
+        .groups
+        .keys()
+        .filter(|k| !new.groups.contains_key(*k))
+        .cloned()
+        .collect();
+    let names: std::collections::BTreeSet<&String> = old.prefix_lists.keys().chain(new.prefix_lists.keys()).collect();
+    d.prefix_lists_changed = names
+        .into_iter()
+        .filter(|n| old.prefix_lists.get(*n) != new.prefix_lists.get(*n))
+        .cloned()
+        .collect();
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse_str;
+
+    #[test]
+    fn reports_rules_and_endpoints() {
+        let a = parse_str(
+            "version: 1\ngroups:\n  g:\n    ingress:\n      - {proto: tcp, ports: 1, from: [host]}\nendpoints:\n  - {name: a, addresses: [\"10.0.0.1\"], groups: [g]}\n",
+            "a",
+        )
+        .unwrap();
+        let b = parse_str(
+            "version: 1\ngroups:\n  g:\n    ingress:\n      - {proto: tcp, ports: 2, from: [host]}\nendpoints:\n  - {name: a, addresses: [\"10.0.0.2\"], groups: [g]}\n  - {name: b, addresses: []}\n",
+            "b",
+        )
+        .unwrap();
+        let d = diff(&a, &b);
+        assert_eq!(d.rules_added.len(), 1);
+        assert_eq!(d.rules_removed.len(), 1);
+        assert_eq!(d.rules_added[0].rule, "{proto: tcp, ports: 2, from: [host]}");
+        assert_eq!(d.endpoints_added, vec!["b"]);
+        assert_eq!(d.endpoints_changed, vec!["a"]);
+        assert_eq!(d.summary(), "+1 rule, -1 rule, +1 endpoint, ~1 endpoint");
+        assert!(diff(&b, &b).is_empty());
+    }
+}
