@@ -132,10 +132,17 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
 
     // 3. Fragments.
     if pkt.fragment == Fragment::Later {
+        // A datagram's fragments arrive together; an old entry (an IP id
+        // reused much later) lets nothing through.
         let key = frag_key(&pkt);
-        return match unsafe { FRAGS.get(&key) } {
-            Some(_) => Ok(PassReason::Fragment),
-            None => Err(DropReason::FragmentUntracked),
+        let fresh = match (unsafe { FRAGS.get(&key) }, SETTINGS.get(slot)) {
+            (Some(seen), Some(settings)) => unsafe { bpf_ktime_get_ns() }.saturating_sub(*seen) <= settings.fragment_ns,
+            _ => false,
+        };
+        return if fresh {
+            Ok(PassReason::Fragment)
+        } else {
+            Err(DropReason::FragmentUntracked)
         };
     }
 
@@ -153,6 +160,7 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
             return Err(DropReason::IcmpErrorUntracked);
         }
         if ct_find(&quoted, &settings, now).is_some() || ct_find(&reversed(&quoted), &settings, now).is_some() {
+            remember_first_fragment(&pkt, now);
             return Ok(PassReason::Related);
         }
         return Err(DropReason::IcmpErrorUntracked);
@@ -167,12 +175,14 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
     if !is_echo_reply {
         if let Some(entry) = ct_find(&key, &settings, now) {
             ct_touch(hook, entry, &pkt, now, false, data_end - data);
+            remember_first_fragment(&pkt, now);
             return Ok(PassReason::Established);
         }
     }
     if !is_icmp || is_echo_reply {
         if let Some(entry) = ct_find(&reversed(&key), &settings, now) {
             ct_touch(hook, entry, &pkt, now, true, data_end - data);
+            remember_first_fragment(&pkt, now);
             return Ok(PassReason::Reply);
         }
     }
@@ -224,9 +234,7 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
             unsafe { *n += 1 };
         }
     }
-    if pkt.fragment == Fragment::First {
-        let _ = FRAGS.insert(&frag_key(&pkt), &now, 0);
-    }
+    remember_first_fragment(&pkt, now);
     if hook != Hook::Uplink {
         let bytes = (data_end - data) as u64;
         count_rule(rule_egress, bytes);
@@ -601,6 +609,15 @@ fn count_rule(rule: u32, bytes: u64) {
             (*c).packets += 1;
             (*c).bytes += bytes;
         }
+    }
+}
+
+/// A first fragment that passed (by any step) lets the rest of its
+/// datagram through.
+#[inline(always)]
+fn remember_first_fragment(pkt: &Packet, now: u64) {
+    if pkt.fragment == Fragment::First {
+        let _ = FRAGS.insert(&frag_key(pkt), &now, 0);
     }
 }
 

@@ -49,10 +49,8 @@ pub struct Agent {
     label: String,
     dir: PathBuf,
     config: PathBuf,
-    /// A copy of the last policy the agent accepted, for naming rule
-    /// counters even while `config` holds a refused one.
-    applied: PathBuf,
     bpffs: PathBuf,
+    socket: PathBuf,
     log: Arc<Log>,
     cleanup_ids: Vec<u64>,
 }
@@ -71,16 +69,16 @@ impl Agent {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut cleanup_ids = vec![cleanup::register(Resource::Dir(dir.clone()))];
         let config = dir.join("policy.yaml");
-        let applied = dir.join("applied.yaml");
         let bpffs = dir.join("bpffs");
+        let socket = dir.join("hostwall.sock");
         let mut agent = Agent {
             child: None,
             bins: host.bins().clone(),
             label,
             dir,
             config,
-            applied,
             bpffs,
+            socket,
             log: Arc::new(Log::default()),
             cleanup_ids: Vec::new(),
         };
@@ -96,7 +94,12 @@ impl Agent {
         cmd.args(["netns", "exec", host.ns().name()])
             .arg(&agent.bins.hostwall)
             .arg("agent");
-        cmd.arg("--config").arg(&agent.config).arg("--bpffs").arg(&agent.bpffs);
+        cmd.arg("--config")
+            .arg(&agent.config)
+            .arg("--bpffs")
+            .arg(&agent.bpffs)
+            .arg("--socket")
+            .arg(&agent.socket);
         cmd.args(["--node", opts.node.as_deref().unwrap_or(NODE)]);
         if let Some(uplink) = &opts.uplink {
             cmd.args(["--uplink", uplink]);
@@ -136,7 +139,6 @@ impl Agent {
         agent
             .wait_for_log("policy applied", 1, START_TIMEOUT)
             .context("the agent did not start")?;
-        std::fs::copy(&agent.config, &agent.applied)?;
         Ok(agent)
     }
 
@@ -146,6 +148,27 @@ impl Agent {
 
     pub fn bpffs(&self) -> &Path {
         &self.bpffs
+    }
+
+    /// The agent's control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Runs a `hostwall` CLI command against this agent (from the test
+    /// process) and returns its stdout; fails on a non-zero exit.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut cmd = Command::new(&self.bins.hostwall);
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        run(&mut cmd)
+    }
+
+    /// `hostwall uninstall` on this agent's bpffs: removes enforcement that
+    /// outlives a stopped agent.
+    pub fn uninstall(&self) -> anyhow::Result<()> {
+        let mut cmd = Command::new(&self.bins.hostwall);
+        cmd.arg("uninstall").arg("--bpffs").arg(&self.bpffs);
+        run(&mut cmd).map(drop)
     }
 
     /// Everything the agent logged so far.
@@ -199,10 +222,9 @@ impl Agent {
     /// log `policy applied` once more.
     pub fn reload(&mut self, policy: &str) -> anyhow::Result<()> {
         let before = self.count_log(&["policy applied"]);
-        std::fs::write(&self.config, policy)?;
+        self.write_config(policy)?;
         self.signal(libc::SIGHUP)?;
         self.wait_for_log("policy applied", before + 1, RELOAD_TIMEOUT)?;
-        std::fs::copy(&self.config, &self.applied)?;
         Ok(())
     }
 
@@ -211,7 +233,7 @@ impl Agent {
     pub fn reload_refused(&mut self, policy: &str) -> anyhow::Result<()> {
         let applied = self.count_log(&["policy applied"]);
         let before = self.count_log(&["policy refused"]);
-        std::fs::write(&self.config, policy)?;
+        self.write_config(policy)?;
         self.signal(libc::SIGHUP)?;
         self.wait_for_log("policy refused", before + 1, RELOAD_TIMEOUT)?;
         if self.count_log(&["policy applied"]) != applied {
@@ -220,6 +242,16 @@ impl Agent {
                 self.log()
             );
         }
+        Ok(())
+    }
+
+    /// Replaces the control file the way configuration management does
+    /// (a new file renamed over the old), so the agent's file watch never
+    /// sees half a file.
+    pub fn write_config(&self, policy: &str) -> anyhow::Result<()> {
+        let tmp = self.dir.join(".policy.yaml.new");
+        std::fs::write(&tmp, policy)?;
+        std::fs::rename(&tmp, &self.config)?;
         Ok(())
     }
 
@@ -266,17 +298,10 @@ impl Agent {
         delta
     }
 
-    /// `hostwall stats --json`, run from the test process on the agent's
-    /// bpffs.
+    /// `hostwall stats --json`, run from the test process against the
+    /// agent's socket.
     pub fn stats(&self) -> anyhow::Result<Stats> {
-        let mut cmd = Command::new(&self.bins.hostwall);
-        cmd.arg("stats")
-            .arg("--bpffs")
-            .arg(&self.bpffs)
-            .arg("--config")
-            .arg(&self.applied)
-            .arg("--json");
-        let out = run(&mut cmd)?;
+        let out = self.cli(&["stats", "--json"])?;
         Stats::parse(&out).with_context(|| format!("parsing `hostwall stats --json` output:\n{out}"))
     }
 }

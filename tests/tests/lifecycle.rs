@@ -71,8 +71,10 @@ fn interface_created_after_start_is_enforced() {
         if round == 2 {
             let status = agent.stop().expect("stopping the agent");
             assert!(status.success(), "the agent exited with {status}");
+            assert_checks("after the agent stopped (enforcement stays)", &denied);
+            agent.uninstall().expect("hostwall uninstall");
             let controls: Vec<Check> = denied.iter().map(|c| c.clone().expecting(Expect::Allowed)).collect();
-            assert_checks("control: after the agent stopped", &controls);
+            assert_checks("control: after hostwall uninstall", &controls);
         }
     }
 }

@@ -120,7 +120,11 @@ fn denied_paths_are_dropped_with_their_reason() {
         "the agent exited with {status} on SIGTERM; its log:\n{}",
         agent.log()
     );
-    assert_checks("control: after the agent stopped (enforcement removed)", &controls);
+    // Fail-static: a stopped agent leaves enforcement in place.
+    let still_denied: Vec<Check> = [egress.as_slice(), ingress.as_slice()].concat();
+    assert_checks("after the agent stopped (enforcement stays)", &still_denied);
+    agent.uninstall().expect("hostwall uninstall");
+    assert_checks("control: after hostwall uninstall (enforcement removed)", &controls);
 }
 
 #[test]

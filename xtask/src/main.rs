@@ -29,7 +29,10 @@ enum Cmd {
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 fn cargo(args: &[&str]) -> anyhow::Result<()> {
@@ -46,7 +49,14 @@ fn cargo(args: &[&str]) -> anyhow::Result<()> {
 
 /// Builds the agent and the traffic probe; returns their paths.
 fn build_binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
-    cargo(&["build", "--package", "hostwall", "--package", "hostwall-tests", "--bins"])?;
+    cargo(&[
+        "build",
+        "--package",
+        "hostwall",
+        "--package",
+        "hostwall-tests",
+        "--bins",
+    ])?;
     let target = repo_root().join("target").join("debug");
     Ok((target.join("hostwall"), target.join("hostwall-probe")))
 }
@@ -57,7 +67,7 @@ fn main() -> anyhow::Result<()> {
             cargo(&["fmt", "--all", "--", "--check"])?;
             cargo(&["clippy", "--all-targets", "--", "-D", "warnings"])?;
             build_binaries()?;
-            let mut test = vec!["test"];
+            let mut test = vec!["test", "--no-fail-fast"];
             if !args.is_empty() {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));

@@ -181,7 +181,17 @@ impl Agent {
         }
         let old_links = self.adopt_from.clone();
         for ep in &compiled.endpoints {
-            let Some(ifindex) = ep.ifindex else { continue };
+            let Some(ifindex) = ep.ifindex else {
+                let known_missing = self
+                    .compiled
+                    .endpoints
+                    .iter()
+                    .any(|e| e.name == ep.name && e.ifindex.is_none());
+                if !known_missing {
+                    warn!(endpoint = %ep.name, interface = %ep.interface, "interface not present; will attach when it appears");
+                }
+                continue;
+            };
             if self.attachments.is_attached(ifindex) {
                 continue;
             }

@@ -713,6 +713,18 @@ fn fragments_follow_their_first_fragment() {
             frame_v6_fragment(WEB6, API6, 6, 2, false, TCP, vec![0; 8]),
             Drop(DropReason::FragmentUntracked),
         ),
+        (
+            "first fragment of the reply (passes by conntrack)",
+            From("hw-api"),
+            frame_v4_fragment(API, WEB, 90, 0, true, tcp(8080, 40100, SYN | ACK).bytes(), TCP),
+            Pass(PassReason::Reply),
+        ),
+        (
+            "later fragment of the reply",
+            From("hw-api"),
+            frame_v4_fragment(API, WEB, 90, 3, false, vec![0; 8], TCP),
+            Pass(PassReason::Fragment),
+        ),
     ]);
 }
 
