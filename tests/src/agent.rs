@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use hostwall_common::{DropReason, PassReason};
 
 use crate::bins::Binaries;
 use crate::cleanup::{self, Resource};
-use crate::netns::{describe, run};
+use crate::netns::{describe, output, run};
 use crate::topology::{Host, unique_name};
 
 /// How long the agent may take to load, attach and log `policy applied`.
@@ -32,6 +32,11 @@ pub struct AgentOptions {
     pub uplink: Option<String>,
     /// `--node`; default [`NODE`].
     pub node: Option<String>,
+    /// More arguments for `hostwall agent` (e.g. `--admin-group`).
+    pub args: Vec<String>,
+    /// Environment variables for the agent (e.g. `NOTIFY_SOCKET`,
+    /// `HOSTWALL_LAYOUT_VERSION`).
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -45,7 +50,11 @@ struct Log {
 /// removed; when the test is panicking its log is printed first.
 pub struct Agent {
     child: Option<Child>,
+    /// The cleanup registration of the running child.
+    child_cleanup: Option<u64>,
     bins: Binaries,
+    host_ns: String,
+    opts: AgentOptions,
     label: String,
     dir: PathBuf,
     config: PathBuf,
@@ -73,7 +82,10 @@ impl Agent {
         let socket = dir.join("hostwall.sock");
         let mut agent = Agent {
             child: None,
+            child_cleanup: None,
             bins: host.bins().clone(),
+            host_ns: host.ns().name().to_string(),
+            opts: opts.clone(),
             label,
             dir,
             config,
@@ -90,19 +102,35 @@ impl Agent {
         cleanup_ids.push(cleanup::register(Resource::Mount(agent.bpffs.clone())));
         agent.cleanup_ids = cleanup_ids;
 
+        agent.spawn()?;
+        agent
+            .wait_for_log("policy applied", 1, START_TIMEOUT)
+            .context("the agent did not start")?;
+        Ok(agent)
+    }
+
+    /// Runs `hostwall agent` with this agent's config, bpffs, socket and
+    /// options; its output goes to the same log.
+    fn spawn(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", host.ns().name()])
-            .arg(&agent.bins.hostwall)
+        cmd.args(["netns", "exec", &self.host_ns])
+            .arg(&self.bins.hostwall)
             .arg("agent");
         cmd.arg("--config")
-            .arg(&agent.config)
+            .arg(&self.config)
             .arg("--bpffs")
-            .arg(&agent.bpffs)
+            .arg(&self.bpffs)
             .arg("--socket")
-            .arg(&agent.socket);
-        cmd.args(["--node", opts.node.as_deref().unwrap_or(NODE)]);
-        if let Some(uplink) = &opts.uplink {
+            .arg(&self.socket);
+        cmd.args(["--node", self.opts.node.as_deref().unwrap_or(NODE)]);
+        if let Some(uplink) = &self.opts.uplink {
             cmd.args(["--uplink", uplink]);
+        }
+        cmd.args(&self.opts.args);
+        cmd.env_remove("NOTIFY_SOCKET")
+            .env_remove(hostwall::datapath::layout::LAYOUT_VERSION_ENV);
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
         }
         // `ip netns exec` execs (no fork), so the child's pid is the agent's
         // and signals reach it directly.
@@ -114,7 +142,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting `{}`", describe(&cmd)))?;
-        agent.cleanup_ids.push(cleanup::register(Resource::Process {
+        self.child_cleanup = Some(cleanup::register(Resource::Process {
             pid: child.id() as i32,
             graceful: true,
         }));
@@ -125,7 +153,7 @@ impl Agent {
         .into_iter()
         .flatten()
         {
-            let log = agent.log.clone();
+            let log = self.log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     let mut text = log.text.lock().unwrap_or_else(|e| e.into_inner());
@@ -135,11 +163,62 @@ impl Agent {
                 }
             });
         }
-        agent.child = Some(child);
-        agent
-            .wait_for_log("policy applied", 1, START_TIMEOUT)
-            .context("the agent did not start")?;
-        Ok(agent)
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn forget_child(&mut self) {
+        if let Some(id) = self.child_cleanup.take() {
+            cleanup::forget(id);
+        }
+    }
+
+    /// Whether the agent process is running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// Kills the agent with SIGKILL (no chance to clean up) and reaps it.
+    /// Its config, bpffs and socket path stay for [`Agent::restart`].
+    pub fn kill9(&mut self) -> anyhow::Result<()> {
+        let mut child = self.child.take().context("the agent is not running")?;
+        child.kill().context("sending SIGKILL to the agent")?;
+        child.wait()?;
+        self.forget_child();
+        Ok(())
+    }
+
+    /// Starts the agent again on the same config, bpffs and socket (after
+    /// [`Agent::stop`] or [`Agent::kill9`]) and waits until it logs
+    /// `policy applied` once more.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        let opts = self.opts.clone();
+        self.restart_with(&opts)
+    }
+
+    /// [`Agent::restart`] with other options (same config, bpffs, socket).
+    pub fn restart_with(&mut self, opts: &AgentOptions) -> anyhow::Result<()> {
+        if self.is_running() {
+            bail!("the agent is still running");
+        }
+        if let Some(mut old) = self.child.take() {
+            let _ = old.wait();
+            self.forget_child();
+        }
+        self.opts = opts.clone();
+        let before = self.count_log(&["policy applied"]);
+        self.spawn()?;
+        self.wait_for_log("policy applied", before + 1, START_TIMEOUT)
+            .context("the restarted agent did not apply its policy")
+    }
+
+    /// A path for files a test hands to the CLI (`apply`, `diff`), in a
+    /// directory of its own: the agent watches the control file's
+    /// directory, and these are no business of it. Removed with the agent.
+    pub fn scratch_path(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.join("scratch");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir.join(name))
     }
 
     pub fn config_path(&self) -> &Path {
@@ -161,6 +240,37 @@ impl Agent {
         let mut cmd = Command::new(&self.bins.hostwall);
         cmd.arg("--socket").arg(&self.socket).args(args);
         run(&mut cmd)
+    }
+
+    /// Runs a `hostwall` CLI command against this agent and returns how it
+    /// went, whatever its exit status.
+    pub fn cli_output(&self, args: &[&str]) -> anyhow::Result<Output> {
+        let mut cmd = Command::new(&self.bins.hostwall);
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        output(&mut cmd)
+    }
+
+    /// `hostwall status --json`, parsed. `status` exits 1 when the policy
+    /// is not enforced everywhere; that is still a status.
+    pub fn status(&self) -> anyhow::Result<serde_json::Value> {
+        let out = self.cli_output(&["status", "--json"])?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "`hostwall status --json` ({}) printed no JSON: {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// The hash of the enforced policy, from `hostwall status`.
+    pub fn policy_hash(&self) -> anyhow::Result<String> {
+        let v = self.status()?;
+        v["policy"]["hash"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no policy.hash in the status: {v}"))
     }
 
     /// `hostwall uninstall` on this agent's bpffs: removes enforcement that
@@ -273,6 +383,7 @@ impl Agent {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Some(status) = child.try_wait()? {
+                self.forget_child();
                 return Ok(status);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -324,6 +435,7 @@ impl Drop for Agent {
             let _ = child.kill();
             let _ = child.wait();
         }
+        self.forget_child();
         if panicking {
             eprintln!(
                 "---- log of agent {} ----\n{}---- end of agent log ----",

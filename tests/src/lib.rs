@@ -10,6 +10,8 @@
 //! - [`Node::serve`] starts echo servers, [`Check`]s describe expected
 //!   reachability, [`assert_checks`] runs them in parallel with real
 //!   traffic (`hostwall-probe` for TCP and UDP, `ping` for ICMP).
+//! - [`TcpStreamer`] and [`UdpSeqSender`] keep a flow going while the
+//!   agent changes, against servers from [`Node::serve_specs`].
 //!
 //! Everything is torn down on drop, panics included; programs that also
 //! want it on Ctrl-C call [`cleanup::cleanup_on_interrupt`]. All of it needs
@@ -20,6 +22,7 @@ pub mod bins;
 pub mod cleanup;
 pub mod netns;
 pub mod probe;
+pub mod stream;
 pub mod topology;
 
 pub use agent::{Agent, AgentOptions, Stats};
@@ -29,6 +32,7 @@ pub use netns::Netns;
 pub use probe::{
     Check, Expect, Node, Outcome, Probe, ProbeOptions, Report, Server, assert_checks, run_checks, run_checks_with,
 };
+pub use stream::{Progress, TcpStreamer, UdpSeqSender, seq_gaps};
 pub use topology::{Container, Host, Remote, Subnet};
 
 /// The agent's library, for reading control files the way the agent does.

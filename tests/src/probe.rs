@@ -101,7 +101,19 @@ pub trait Node: Sync {
 
     /// Starts echo servers on every address of the namespace.
     fn serve(&self, tcp: &[u16], udp: &[u16]) -> anyhow::Result<Server> {
-        Server::start(self.netns(), self.label(), self.probe_bin(), tcp, udp)
+        let specs: Vec<String> = tcp
+            .iter()
+            .map(|p| format!("tcp:{p}"))
+            .chain(udp.iter().map(|p| format!("udp:{p}")))
+            .collect();
+        Server::start(self.netns(), self.label(), self.probe_bin(), &specs)
+    }
+
+    /// Starts `hostwall-probe serve` with any specs (`tcpecho:PORT`,
+    /// `udpseq:PORT` as well as `tcp:PORT`, `udp:PORT`).
+    fn serve_specs(&self, specs: &[&str]) -> anyhow::Result<Server> {
+        let specs: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
+        Server::start(self.netns(), self.label(), self.probe_bin(), &specs)
     }
 }
 
@@ -161,35 +173,16 @@ pub struct Received {
     pub peer: SocketAddr,
 }
 
+/// The output lines of a child process, collected by reader threads.
 #[derive(Default)]
-struct ServerLog {
+pub(crate) struct ServerLog {
     lines: Mutex<Vec<String>>,
     changed: Condvar,
 }
 
-/// `hostwall-probe serve` running in a namespace; killed on drop.
-pub struct Server {
-    child: Child,
-    log: Arc<ServerLog>,
-    cleanup_id: u64,
-}
-
-impl Server {
-    fn start(netns: &str, label: &str, probe_bin: &Path, tcp: &[u16], udp: &[u16]) -> anyhow::Result<Server> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns]).arg(probe_bin).arg("serve");
-        cmd.args(tcp.iter().map(|p| format!("tcp:{p}")));
-        cmd.args(udp.iter().map(|p| format!("udp:{p}")));
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting `{}`", describe(&cmd)))?;
-        let cleanup_id = cleanup::register(Resource::Process {
-            pid: child.id() as i32,
-            graceful: false,
-        });
+impl ServerLog {
+    /// Collects the child's stdout and stderr from now on.
+    pub(crate) fn capture(child: &mut Child) -> Arc<ServerLog> {
         let log = Arc::new(ServerLog::default());
         for stream in [
             child
@@ -212,6 +205,43 @@ impl Server {
                 }
             });
         }
+        log
+    }
+
+    pub(crate) fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits up to `timeout` for another line.
+    pub(crate) fn wait_change(&self, timeout: Duration) {
+        let guard = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.changed.wait_timeout(guard, timeout);
+    }
+}
+
+/// `hostwall-probe serve` running in a namespace; killed on drop.
+pub struct Server {
+    child: Child,
+    log: Arc<ServerLog>,
+    cleanup_id: u64,
+}
+
+impl Server {
+    fn start(netns: &str, label: &str, probe_bin: &Path, specs: &[String]) -> anyhow::Result<Server> {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(probe_bin).arg("serve");
+        cmd.args(specs);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting `{}`", describe(&cmd)))?;
+        let cleanup_id = cleanup::register(Resource::Process {
+            pid: child.id() as i32,
+            graceful: false,
+        });
+        let log = ServerLog::capture(&mut child);
         let mut server = Server { child, log, cleanup_id };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -235,12 +265,44 @@ impl Server {
     }
 
     fn lines(&self) -> Vec<String> {
-        self.log.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.log.lines()
     }
 
     fn wait_change(&self, timeout: Duration) {
-        let guard = self.log.lines.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self.log.changed.wait_timeout(guard, timeout);
+        self.log.wait_change(timeout)
+    }
+
+    /// The sequence numbers a `udpseq:PORT` server received, in arrival
+    /// order (an unreadable datagram counts as `u64::MAX`).
+    pub fn seqs(&self, port: u16) -> Vec<u64> {
+        let prefix = format!("seq {port} ");
+        self.lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(|rest| rest.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX))
+            .collect()
+    }
+
+    /// Waits up to `timeout` until a `udpseq:PORT` server has received at
+    /// least `count` datagrams; returns what it received.
+    pub fn wait_for_seqs(&self, port: u16, count: usize, timeout: Duration) -> Vec<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seqs = self.seqs(port);
+            if seqs.len() >= count || Instant::now() >= deadline {
+                return seqs;
+            }
+            self.wait_change(Duration::from_millis(50));
+        }
+    }
+
+    /// Peers whose connections a `tcpecho:PORT` server accepted.
+    pub fn accepted(&self, port: u16) -> Vec<SocketAddr> {
+        let prefix = format!("accept tcpecho {port} ");
+        self.lines()
+            .iter()
+            .filter_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+            .collect()
     }
 
     /// Every message received so far.

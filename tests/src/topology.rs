@@ -191,6 +191,21 @@ impl Host {
     /// A container with the given addresses, which must be in the bridge
     /// subnet.
     pub fn add_container_with(&self, name: &str, iface: &str, v4: Ipv4Addr, v6: Ipv6Addr) -> anyhow::Result<Container> {
+        let container = self.add_container_unplugged(name, iface, v4, v6)?;
+        self.plug(&container)?;
+        Ok(container)
+    }
+
+    /// A container whose host-side interface exists but is down and not on
+    /// the bridge yet (as a container runtime leaves it while it sets the
+    /// container up); [`Host::plug`] connects it.
+    pub fn add_container_unplugged(
+        &self,
+        name: &str,
+        iface: &str,
+        v4: Ipv4Addr,
+        v6: Ipv6Addr,
+    ) -> anyhow::Result<Container> {
         if iface.len() > 15 {
             bail!("interface name {iface:?} is longer than 15 characters");
         }
@@ -211,9 +226,6 @@ impl Host {
         ns.ip(&format!("addr add {v6}/64 dev eth0 nodad"))?;
         ns.ip(&format!("route add default via {}", self.bridge.v4(1)))?;
         ns.ip(&format!("-6 route add default via {}", self.bridge.v6(1)))?;
-        self.ns
-            .ip(&format!("link set {iface} master {BRIDGE} up"))
-            .with_context(|| format!("attaching {iface} to the bridge"))?;
         Ok(Container {
             ns,
             host_ns: self.ns.name().to_string(),
@@ -223,6 +235,15 @@ impl Host {
             v6,
             bins: self.bins.clone(),
         })
+    }
+
+    /// Puts a container's host-side interface on the bridge and brings it
+    /// up.
+    pub fn plug(&self, container: &Container) -> anyhow::Result<()> {
+        let iface = &container.iface;
+        self.ns
+            .ip(&format!("link set {iface} master {BRIDGE} up"))
+            .with_context(|| format!("attaching {iface} to the bridge"))
     }
 
     /// The "other host": a namespace behind the uplink (`uplink0` in the

@@ -67,7 +67,7 @@ fn start_agent(host: &Host) -> Agent {
         POLICY,
         &AgentOptions {
             uplink: Some(UPLINK.into()),
-            node: None,
+            ..Default::default()
         },
     )
     .expect("starting the agent")
@@ -223,7 +223,7 @@ fn endpoints_of_other_nodes_are_peers_by_address() {
         PARTNER_POLICY,
         &AgentOptions {
             uplink: Some(UPLINK.into()),
-            node: None,
+            ..Default::default()
         },
     )
     .expect("starting the agent");

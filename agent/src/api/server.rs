@@ -16,6 +16,10 @@ use crate::daemon::ApiCall;
 
 /// How long a client may take to send its request.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// After the response: how long and how much unread input is drained
+/// before the connection closes.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+const DRAIN_LIMIT: usize = 2 * MAX_REQUEST;
 
 /// Binds the socket: mode 0600 (0660 and group-owned with an admin group).
 pub fn bind(path: &Path, admin_group: Option<u32>) -> std::io::Result<UnixListener> {
@@ -75,6 +79,22 @@ async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, admin_
     };
     let _ = stream.write_all(&http::response(reply.0, &reply.1)).await;
     let _ = stream.shutdown().await;
+    // A Unix socket closed with unread input resets the peer, whose read
+    // then fails with ECONNRESET instead of returning the response just
+    // sent (refused, oversized and malformed requests are answered before
+    // they are read to the end). Drain what the client still sends, within
+    // limits.
+    let drain = async {
+        let mut sink = [0u8; 16384];
+        let mut left = DRAIN_LIMIT;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
 }
 
 async fn handle(

@@ -348,13 +348,20 @@ pub fn pinned_links(dir: &Path) -> Vec<(String, u32)> {
         .filter_map(Result::ok)
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            let mut parts = name.rsplitn(3, '.');
-            let _dir = parts.next()?;
-            let ifindex = parts.next()?.parse().ok()?;
-            let _iface = parts.next()?;
+            let ifindex = parse_link_name(&name)?;
             Some((name, ifindex))
         })
         .collect()
+}
+
+/// The ifindex in a TC link's pin name (`if<ifindex>_ingress` or
+/// `if<ifindex>_egress`, see `Attachments::link_path`).
+fn parse_link_name(name: &str) -> Option<u32> {
+    let (ifindex, dir) = name.strip_prefix("if")?.split_once('_')?;
+    if dir != suffix(TcAttachType::Ingress) && dir != suffix(TcAttachType::Egress) {
+        return None;
+    }
+    ifindex.parse().ok()
 }
 
 fn adopt_tc_link(path: &Path) -> Result<SchedClassifierLink, LinkError> {
@@ -383,5 +390,31 @@ pub fn remove_all(links_dir: &Path, interfaces: &[u32]) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pinned_links_are_found_by_the_names_they_are_pinned_under() {
+        let dir = std::env::temp_dir().join(format!("hostwall-links-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let attachments = Attachments::new(&dir).unwrap();
+        for t in [TcAttachType::Ingress, TcAttachType::Egress] {
+            std::fs::write(attachments.link_path("hw-a", 17, t), "").unwrap();
+        }
+        for other in ["uplink3", "if_ingress", "ifx_egress", "if4_sideways", "notes"] {
+            std::fs::write(dir.join(other), "").unwrap();
+        }
+        let mut found = pinned_links(&dir);
+        found.sort();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            found,
+            vec![("if17_egress".to_string(), 17), ("if17_ingress".to_string(), 17)]
+        );
     }
 }

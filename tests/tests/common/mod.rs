@@ -166,3 +166,5 @@ impl Shop {
         })
     }
 }
+
+pub mod daemon;

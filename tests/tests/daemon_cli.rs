@@ -1,0 +1,623 @@
+//! The CLI against a running agent: rules and endpoints added and removed,
+//! `diff` and `apply`, refused input that changes nothing, the control file
+//! written back after every change, counters and tracked flows; and the
+//! control file edited behind the agent's back (hot reload).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use common::bins;
+use common::daemon::{DEADLINE, cli_fails, cli_json, flows, poll, rule_id, rules_of, wait_for};
+use hostwall_tests::hostwall::policy::{Policy, parse_str};
+use hostwall_tests::{
+    Agent, Check, Container, DropReason, Expect, Host, Node, Outcome, Probe, ProbeOptions, Server, UdpSeqSender,
+    assert_checks, seq_gaps,
+};
+
+const POLICY: &str = r#"
+version: 1
+groups:
+  web:
+    egress:
+      - {proto: tcp, ports: 8080, to: [{group: api}]}
+      - {proto: udp, ports: 8053, to: [{group: api}]}
+  api:
+    ingress:
+      - {proto: tcp, ports: 8080, from: [{group: web}]}
+      - {proto: udp, ports: 8053, from: [{group: web}]}
+endpoints:
+  - {name: web, interface: hw-web, addresses: ["10.77.0.11", "fd00:77::11"], groups: [web]}
+  - {name: api, interface: hw-api, addresses: ["10.77.0.12", "fd00:77::12"], groups: [api]}
+"#;
+
+struct Setup {
+    agent: Agent,
+    servers: Vec<Server>,
+    web: Container,
+    api: Container,
+    db: Container,
+    _host: Host,
+}
+
+/// web and api are endpoints; db (10.77.0.13) is a container the policy
+/// does not know yet. api serves tcp 8080 and 9090 (echo) and udp 8053
+/// (sequence receiver) and 9053 (echo).
+fn setup(policy: &str) -> Setup {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let api = host.add_container("api", "hw-api", 12).expect("adding api");
+    let db = host.add_container("db", "hw-db", 13).expect("adding db");
+    let servers = vec![
+        api.serve_specs(&["tcpecho:8080", "tcp:9090", "udpseq:8053", "udp:9053"])
+            .expect("servers in api"),
+    ];
+    let agent = Agent::start(&host, policy).expect("starting the agent");
+    Setup {
+        agent,
+        servers,
+        web,
+        api,
+        db,
+        _host: host,
+    }
+}
+
+/// The applied policy as the agent reports it (`get policy`), parsed back.
+fn applied(agent: &Agent) -> Policy {
+    let v = cli_json(agent, &["get", "policy"]);
+    let yaml = v["yaml"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no yaml in `get policy`: {v}"));
+    parse_str(yaml, "get policy").unwrap_or_else(|e| panic!("`get policy` yaml does not parse: {e}\n{yaml}"))
+}
+
+/// The control file on disk passes `hostwall validate` and holds the
+/// applied policy.
+fn assert_file_matches(agent: &Agent, what: &str) {
+    let out = Command::new(&bins().hostwall)
+        .arg("validate")
+        .arg(agent.config_path())
+        .output()
+        .expect("running hostwall validate");
+    assert!(
+        out.status.success(),
+        "{what}: `hostwall validate` refuses the control file the agent wrote: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(agent.config_path()).expect("reading the control file");
+    let on_disk = parse_str(&text, "the control file").expect("the control file parses");
+    assert_eq!(
+        on_disk,
+        applied(agent),
+        "{what}: the control file does not hold the applied policy:\n{text}"
+    );
+}
+
+fn cli(agent: &Agent, args: &[&str]) -> String {
+    agent
+        .cli(args)
+        .unwrap_or_else(|e| panic!("hostwall {}: {e:#}", args.join(" ")))
+}
+
+/// Polls new TCP connections from `from` to `to` until they are dropped.
+fn wait_denied(from: &Container, port: u16, to: &Container) {
+    let opts = ProbeOptions {
+        timeout: Some(std::time::Duration::from_millis(1000)),
+        ..Default::default()
+    };
+    wait_for(
+        &format!("{} → {} tcp/{port} is dropped", from.name, to.name),
+        DEADLINE,
+        || match from.probe(Probe::Tcp(port), to.v4.into(), &opts) {
+            Ok(Outcome::TimedOut) => Some(()),
+            Ok(Outcome::Echoed) => None,
+            Ok(other) => panic!("{} → {} tcp/{port}: unexpected {other}", from.name, to.name),
+            Err(e) => panic!("{} → {} tcp/{port}: {e:#}", from.name, to.name),
+        },
+    );
+}
+
+#[test]
+fn rules_endpoints_diff_and_apply_through_the_cli() {
+    let s = setup(POLICY);
+    let agent = &s.agent;
+    let to_api = |port| Check::allowed(&s.web, Probe::Tcp(port), s.api.v4).labelled("api");
+    assert_checks(
+        "the first policy",
+        &[to_api(8080), to_api(9090).expecting(Expect::Denied)],
+    );
+    let kept_id = rule_id(agent, "web", "egress", 0);
+    let kept_count = || agent.stats().expect("counters").rule("web", "egress", 0).unwrap_or(0);
+    // The probe's last packets (its connection's close) may trail it.
+    let mut last = u64::MAX;
+    let kept_before = wait_for("the tcp/8080 rule's counter settles", DEADLINE, || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = kept_count();
+        let settled = now == last;
+        last = now;
+        settled.then_some(now)
+    });
+    assert!(kept_before > 0, "web → api tcp/8080 counted nothing");
+
+    // rule add: both sides of tcp/9090.
+    let out = cli(
+        agent,
+        &[
+            "rule",
+            "add",
+            "web",
+            "egress",
+            "--proto",
+            "tcp",
+            "--ports",
+            "9090",
+            "--peer",
+            "group:api",
+        ],
+    );
+    assert!(out.contains("rule added"), "rule add said: {out}");
+    cli(
+        agent,
+        &[
+            "rule",
+            "add",
+            "api",
+            "ingress",
+            "--proto",
+            "tcp",
+            "--ports",
+            "9090",
+            "--peer",
+            "group:web",
+        ],
+    );
+    let rules = rules_of(agent, "web", "egress");
+    let added = rules
+        .iter()
+        .find(|r| r["ports"] == "9090")
+        .unwrap_or_else(|| panic!("`get policy` does not show the added rule: {rules:?}"));
+    let added_id = added["id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("the added rule has no id: {added}"));
+    assert!(added_id != kept_id, "the added rule reuses id {kept_id}");
+    let human = cli(agent, &["get", "policy"]);
+    assert!(
+        human.contains(&format!("[{added_id}]")) && human.contains("9090"),
+        "`get policy` does not list rule {added_id}:\n{human}"
+    );
+    assert_file_matches(agent, "after rule add");
+    // The rule that survived the updates kept its id and its count, and
+    // goes on counting.
+    assert_eq!(
+        rule_id(agent, "web", "egress", 0),
+        kept_id,
+        "a surviving rule changed its id"
+    );
+    assert_eq!(
+        kept_count(),
+        kept_before,
+        "rule {kept_id}'s counter changed across updates that did not touch it"
+    );
+    assert_checks("after rule add", &[to_api(8080), to_api(9090)]);
+    let kept_after = kept_count();
+    assert!(
+        kept_after > kept_before,
+        "rule {kept_id} counted {kept_before} before the updates and {kept_after} after more traffic"
+    );
+
+    // rule remove --id.
+    cli(agent, &["rule", "remove", "--id", &added_id.to_string()]);
+    let rules = rules_of(agent, "web", "egress");
+    assert!(
+        rules.iter().all(|r| r["id"] != added_id && r["ports"] != "9090"),
+        "rule {added_id} is still there: {rules:?}"
+    );
+    assert_file_matches(agent, "after rule remove");
+    wait_denied(&s.web, 9090, &s.api);
+
+    // endpoint add / remove: db joins group web, then leaves.
+    let db_reaches_api = || Check::allowed(&s.db, Probe::Tcp(8080), s.api.v4).labelled("api");
+    assert_checks(
+        "db is no endpoint: api's ingress does not admit it",
+        &[db_reaches_api().expecting(Expect::Denied)],
+    );
+    let v4 = s.db.v4.to_string();
+    cli(
+        agent,
+        &[
+            "endpoint",
+            "add",
+            "db",
+            "--interface",
+            "hw-db",
+            "--address",
+            &v4,
+            "--group",
+            "web",
+        ],
+    );
+    assert_file_matches(agent, "after endpoint add");
+    assert!(
+        applied(agent).endpoints.iter().any(|e| e.name == "db"),
+        "db is not in the applied policy"
+    );
+    assert_checks("db in group web", &[db_reaches_api()]);
+    cli(agent, &["endpoint", "remove", "db"]);
+    assert_file_matches(agent, "after endpoint remove");
+    wait_denied(&s.db, 8080, &s.api);
+
+    // diff shows, apply applies.
+    let hash = agent.policy_hash().expect("status");
+    let next = POLICY.replace(
+        "      - {proto: udp, ports: 8053, to: [{group: api}]}\n",
+        "      - {proto: udp, ports: 8053, to: [{group: api}]}\n      - {proto: udp, ports: 9053, to: [{group: api}]}\n",
+    )
+    .replace(
+        "      - {proto: udp, ports: 8053, from: [{group: web}]}\n",
+        "      - {proto: udp, ports: 8053, from: [{group: web}]}\n      - {proto: udp, ports: 9053, from: [{group: web}]}\n",
+    );
+    let file = agent.scratch_path("next.yaml").expect("scratch path");
+    std::fs::write(&file, &next).expect("writing the next policy");
+    let file = file.to_str().expect("utf-8 path");
+    let diff = cli_json(agent, &["diff", file]);
+    let added_rules = diff["changes"]["rules_added"].as_array().cloned().unwrap_or_default();
+    assert_eq!(added_rules.len(), 2, "diff should show two added rules: {diff}");
+    // api's ingress rule for tcp/9090 is still applied, and not in the file.
+    let removed = diff["changes"]["rules_removed"].as_array().cloned().unwrap_or_default();
+    assert!(
+        removed.len() == 1
+            && removed[0]["group"] == "api"
+            && removed[0]["rule"].as_str().is_some_and(|r| r.contains("9090")),
+        "diff should show api's tcp/9090 rule removed: {diff}"
+    );
+    let human = cli(agent, &["diff", file]);
+    assert!(
+        human.contains("+ rule") && human.contains("9053"),
+        "diff said:\n{human}"
+    );
+    assert_eq!(agent.policy_hash().expect("status"), hash, "diff changed the policy");
+    let udp_9053 = Check::allowed(&s.web, Probe::Udp(9053), s.api.v4).labelled("api");
+    assert_checks("before apply", &[udp_9053.clone().expecting(Expect::Denied)]);
+    cli(agent, &["apply", file]);
+    assert_ne!(
+        agent.policy_hash().expect("status"),
+        hash,
+        "apply did not change the policy"
+    );
+    assert_eq!(
+        applied(agent),
+        parse_str(&next, "next").expect("the next policy parses"),
+        "apply did not apply the file"
+    );
+    assert_file_matches(agent, "after apply");
+    assert_checks("after apply", &[udp_9053]);
+    let diff = cli_json(agent, &["diff", file]);
+    assert!(
+        diff["changes"]["rules_added"].as_array().is_some_and(Vec::is_empty),
+        "diff against the applied file should be empty: {diff}"
+    );
+}
+
+#[test]
+fn invalid_cli_input_names_the_field_and_changes_nothing() {
+    let s = setup(POLICY);
+    let agent = &s.agent;
+    let hash = agent.policy_hash().expect("status");
+    let generation = agent.status().expect("status")["policy"]["generation"].clone();
+    let file_before = std::fs::read(agent.config_path()).expect("reading the control file");
+    let bad_file = agent.scratch_path("bad.yaml").expect("scratch path");
+    std::fs::write(&bad_file, POLICY.replace("ports: 8053, from", "ports: 70000, from")).expect("writing");
+    let bad_file = bad_file.to_str().expect("utf-8 path");
+
+    let cases: Vec<(&str, Vec<&str>, Vec<&str>)> = vec![
+        (
+            "a port out of range",
+            vec![
+                "rule",
+                "add",
+                "web",
+                "egress",
+                "--proto",
+                "tcp",
+                "--ports",
+                "70000",
+                "--peer",
+                "group:api",
+            ],
+            vec!["rule.ports", "70000"],
+        ),
+        (
+            "an unknown group as peer",
+            vec![
+                "rule",
+                "add",
+                "web",
+                "egress",
+                "--proto",
+                "tcp",
+                "--ports",
+                "80",
+                "--peer",
+                "group:nosuch",
+            ],
+            vec!["rule.to[0].group", "nosuch"],
+        ),
+        (
+            "ports with icmp",
+            vec![
+                "rule",
+                "add",
+                "web",
+                "egress",
+                "--proto",
+                "icmp",
+                "--ports",
+                "80",
+                "--peer",
+                "group:api",
+            ],
+            vec!["rule.ports", "icmp"],
+        ),
+        (
+            "a malformed peer",
+            vec!["rule", "add", "web", "egress", "--proto", "tcp", "--peer", "bogus"],
+            vec!["peer", "bogus"],
+        ),
+        (
+            "an address that is not one",
+            vec![
+                "endpoint",
+                "add",
+                "x",
+                "--interface",
+                "hw-x",
+                "--address",
+                "10.77.0.300",
+                "--group",
+                "web",
+            ],
+            vec!["addresses[0]", "10.77.0.300"],
+        ),
+        (
+            "an address another endpoint owns",
+            vec![
+                "endpoint",
+                "add",
+                "x",
+                "--interface",
+                "hw-x",
+                "--address",
+                "10.77.0.11",
+                "--group",
+                "web",
+            ],
+            vec!["addresses[0]", "10.77.0.11", "web"],
+        ),
+        (
+            "removing a rule id that does not exist",
+            vec!["rule", "remove", "--id", "999"],
+            vec!["999"],
+        ),
+        (
+            "removing an unknown endpoint",
+            vec!["endpoint", "remove", "nosuch"],
+            vec!["nosuch"],
+        ),
+        (
+            "applying an invalid file",
+            vec!["apply", bad_file],
+            vec!["groups.api.ingress[1].ports", "70000"],
+        ),
+    ];
+    for (what, args, needles) in &cases {
+        let (code, stderr) = cli_fails(agent, args);
+        assert_ne!(code, 0, "{what}");
+        assert!(
+            stderr.starts_with("error: ") && needles.iter().all(|n| stderr.contains(n)),
+            "{what}: the error should name {needles:?}: {stderr}"
+        );
+        assert_eq!(agent.policy_hash().expect("status"), hash, "{what} changed the policy");
+        assert_eq!(
+            std::fs::read(agent.config_path()).expect("reading the control file"),
+            file_before,
+            "{what} rewrote the control file"
+        );
+    }
+    assert_eq!(
+        agent.status().expect("status")["policy"]["generation"],
+        generation,
+        "refused input applied something"
+    );
+    assert_checks(
+        "the policy is unchanged",
+        &[
+            Check::allowed(&s.web, Probe::Tcp(8080), s.api.v4).labelled("api"),
+            Check::denied(&s.web, Probe::Udp(9053), s.api.v4).labelled("api"),
+        ],
+    );
+}
+
+#[test]
+fn stats_and_conntrack_through_the_cli() {
+    let s = setup(POLICY);
+    let agent = &s.agent;
+    let v = cli_json(agent, &["stats"]);
+    let rules = v["rules"].as_array().cloned().unwrap_or_default();
+    assert_eq!(rules.len(), 4, "one counter per rule: {v}");
+    assert!(
+        rules
+            .iter()
+            .all(|r| r["never_matched"] == true && r["id"].as_u64().is_some()),
+        "before any traffic every rule has an id and never matched: {rules:?}"
+    );
+
+    let udp = UdpSeqSender::start(&s.web, SocketAddr::new(s.api.v4.into(), 8053), 50).expect("starting the UDP flow");
+    let server = &s.servers[0];
+    server.wait_for_seqs(8053, 10, DEADLINE);
+    let stats = agent.stats().expect("counters");
+    assert!(
+        stats.rule("web", "egress", 1).unwrap_or(0) >= 10,
+        "the udp rule counted too little: {stats}"
+    );
+    let human = cli(agent, &["stats"]);
+    let line = |needle: &str| {
+        human
+            .lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("`hostwall stats` has no line for {needle}:\n{human}"))
+            .to_string()
+    };
+    assert!(
+        !line("web/egress: {proto: udp, ports: 8053").contains("never matched"),
+        "stats:\n{human}"
+    );
+    assert!(
+        line("web/egress: {proto: tcp, ports: 8080").contains("never matched"),
+        "stats:\n{human}"
+    );
+
+    // conntrack list and its filters.
+    let web = s.web.v4.to_string();
+    let found = flows(agent, &["--addr", &web, "--port", "8053", "--proto", "udp"]);
+    assert!(
+        found.len() == 1 && found[0]["src"] == web.as_str() && found[0]["dport"] == 8053,
+        "conntrack list --addr {web} --port 8053 --proto udp: {found:?}"
+    );
+    assert_eq!(
+        flows(agent, &["--endpoint", "web", "--proto", "udp"]).len(),
+        1,
+        "--endpoint web"
+    );
+    assert_eq!(
+        flows(agent, &["--addr", "10.77.0.0/24", "--port", "8053"]).len(),
+        1,
+        "--addr as a CIDR"
+    );
+    for (filter, expected) in [
+        (["--port", "9999"], 0),
+        (["--proto", "tcp"], 0),
+        (["--addr", "10.77.0.13"], 0),
+        (["--endpoint", "api"], 1),
+    ] {
+        let f = flows(agent, &filter);
+        assert_eq!(f.len(), expected, "conntrack list {filter:?}: {f:?}");
+    }
+    let table = cli(agent, &["conntrack", "list", "--port", "8053"]);
+    assert!(table.contains(&format!("{web}:")), "conntrack list table:\n{table}");
+
+    // The rule goes; the tracked flow stays (keep) until it is flushed.
+    let id = rule_id(agent, "web", "egress", 1);
+    cli(agent, &["rule", "remove", "--id", &id.to_string()]);
+    let seen = server.seqs(8053).len();
+    server.wait_for_seqs(8053, seen + 10, DEADLINE);
+    assert!(
+        server.seqs(8053).len() >= seen + 10,
+        "the tracked flow stopped when its rule was removed"
+    );
+    let before = agent.stats().expect("counters");
+    let flushed = cli_json(agent, &["conntrack", "flush", "--addr", &web]);
+    assert!(flushed["flushed"].as_u64().unwrap_or(0) >= 1, "flush: {flushed}");
+    let delta = poll(DEADLINE, || {
+        let d = agent.stats().expect("counters").since(&before);
+        (d.dropped(DropReason::EgressDenied) >= 10, d)
+    });
+    assert!(
+        delta.dropped(DropReason::EgressDenied) >= 10,
+        "the flushed flow's datagrams are not dropped: {delta}"
+    );
+    let sent = udp.finish().expect("stopping the UDP flow");
+    let received = server.seqs(8053);
+    assert!((received.len() as u64) < sent, "every datagram arrived after the flush");
+    if let Some(gaps) = seq_gaps(&received, received.len() as u64) {
+        panic!("the flow did not end at the flush: {gaps}");
+    }
+    let left = flows(agent, &["--addr", &web]);
+    assert!(
+        left.is_empty(),
+        "flows of web are tracked again after the flush: {left:?}"
+    );
+}
+
+fn last_error(agent: &Agent) -> Option<String> {
+    agent.status().expect("status")["last_error"]
+        .as_str()
+        .map(str::to_string)
+}
+
+#[test]
+fn edits_of_the_control_file_apply_without_sighup() {
+    let s = setup(POLICY);
+    let agent = &s.agent;
+    let hash = agent.policy_hash().expect("status");
+    let tcp_8080 = || Check::allowed(&s.web, Probe::Tcp(8080), s.api.v4).labelled("api");
+    let udp_9053 = || Check::allowed(&s.web, Probe::Udp(9053), s.api.v4).labelled("api");
+    assert_checks("the first policy", &[tcp_8080(), udp_9053().expecting(Expect::Denied)]);
+
+    // Written and renamed into place, as configuration management does.
+    let wider = POLICY
+        .replace(
+            "      - {proto: udp, ports: 8053, to: [{group: api}]}\n",
+            "      - {proto: udp, ports: 8053, to: [{group: api}]}\n      - {proto: udp, ports: 9053, to: [{group: api}]}\n",
+        )
+        .replace(
+            "      - {proto: udp, ports: 8053, from: [{group: web}]}\n",
+            "      - {proto: udp, ports: 8053, from: [{group: web}]}\n      - {proto: udp, ports: 9053, from: [{group: web}]}\n",
+        );
+    agent.write_config(&wider).expect("replacing the control file");
+    let wider_hash = wait_for("the edited file is applied", DEADLINE, || {
+        let h = agent.policy_hash().expect("status");
+        (h != hash).then_some(h)
+    });
+    assert_eq!(
+        applied(agent),
+        parse_str(&wider, "wider").expect("parses"),
+        "the applied policy is not the edited file"
+    );
+    assert_eq!(last_error(agent), None, "a valid edit left an error");
+    assert!(
+        agent.count_log(&["SIGHUP"]) == 0,
+        "the agent was sent SIGHUP; its log:\n{}",
+        agent.log()
+    );
+    assert_checks("after the edit", &[tcp_8080(), udp_9053()]);
+
+    // An invalid edit is refused and reported; the last good policy holds.
+    let invalid = wider.replace("ports: 9053, from", "ports: 70000, from");
+    agent.write_config(&invalid).expect("replacing the control file");
+    let error = wait_for("status reports the invalid edit", DEADLINE, || last_error(agent));
+    assert!(
+        error.contains("groups.api.ingress[2].ports") && error.contains("70000"),
+        "last_error should name the field and the value: {error}"
+    );
+    assert_eq!(
+        agent.policy_hash().expect("status"),
+        wider_hash,
+        "the invalid edit changed the policy"
+    );
+    let human = cli(agent, &["status"]);
+    assert!(
+        human.contains("last error") && human.contains("70000"),
+        "status:\n{human}"
+    );
+    assert_checks(
+        "the last good policy after the invalid edit",
+        &[
+            tcp_8080(),
+            udp_9053(),
+            Check::denied(&s.web, Probe::Tcp(9090), s.api.v4).labelled("api"),
+        ],
+    );
+
+    // Written in place (truncate, then write): applied too, the error goes.
+    std::fs::write(agent.config_path(), POLICY).expect("writing the control file");
+    wait_for("the rewritten file is applied", DEADLINE, || {
+        (agent.policy_hash().expect("status") == hash).then_some(())
+    });
+    assert_eq!(last_error(agent), None, "the error stays after a valid edit");
+    assert_checks(
+        "the first policy again",
+        &[tcp_8080(), udp_9053().expecting(Expect::Denied)],
+    );
+}

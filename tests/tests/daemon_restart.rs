@@ -1,0 +1,340 @@
+//! The agent's own life under traffic: killed with SIGKILL and restarted,
+//! started on a host whose connections predate it, upgraded to a newer
+//! pinned layout, stopped and uninstalled. Enforcement never lapses and
+//! never cuts an allowed flow, until `hostwall uninstall` removes it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use common::bins;
+use common::daemon::{DEADLINE, flows, rule_id};
+use hostwall_tests::{
+    Agent, AgentOptions, Check, Container, DropReason, Expect, Host, Node, Probe, Server, TcpStreamer, UdpSeqSender,
+    assert_checks, seq_gaps,
+};
+
+/// a may reach b on tcp/8080 and udp/8053; c may reach nothing.
+const POLICY: &str = r#"
+version: 1
+groups:
+  client:
+    egress:
+      - {proto: tcp, ports: 8080, to: [{group: server}]}
+      - {proto: udp, ports: 8053, to: [{group: server}]}
+  server:
+    ingress:
+      - {proto: tcp, ports: 8080, from: [{group: client}, {group: intruder}]}
+      - {proto: udp, ports: 8053, from: [{group: client}]}
+      - {proto: udp, ports: 9000, from: [{group: intruder}]}
+  intruder: {}
+endpoints:
+  - {name: a, interface: hw-a, addresses: ["10.77.0.11", "fd00:77::11"], groups: [client]}
+  - {name: b, interface: hw-b, addresses: ["10.77.0.12", "fd00:77::12"], groups: [server]}
+  - {name: c, interface: hw-c, addresses: ["10.77.0.13", "fd00:77::13"], groups: [intruder]}
+"#;
+
+struct Setup {
+    server: Server,
+    a: Container,
+    b: Container,
+    c: Container,
+    host: Host,
+}
+
+/// Client a, server b (TCP echo on 8080, sequence receivers on udp 8053
+/// and 9000) and intruder c; no agent yet. The control checks show that
+/// what the agent will deny gets through without it.
+fn setup() -> Setup {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let a = host.add_container("a", "hw-a", 11).expect("adding a");
+    let b = host.add_container("b", "hw-b", 12).expect("adding b");
+    let c = host.add_container("c", "hw-c", 13).expect("adding c");
+    let server = b
+        .serve_specs(&["tcpecho:8080", "udpseq:8053", "udpseq:9000"])
+        .expect("servers in b");
+    Setup { server, a, b, c, host }
+}
+
+impl Setup {
+    fn dst(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.b.v4.into(), port)
+    }
+
+    fn allowed(&self) -> Check<'_> {
+        Check::allowed(&self.a, Probe::Tcp(8080), self.b.v4).labelled("b")
+    }
+
+    /// c has no egress rule.
+    fn denied(&self) -> Check<'_> {
+        Check::denied(&self.c, Probe::Tcp(8080), self.b.v4).labelled("b")
+    }
+
+    fn control(&self) {
+        assert_checks(
+            "control: before the agent starts",
+            &[self.denied().expecting(Expect::Allowed)],
+        );
+    }
+}
+
+/// The streams of a test: an allowed TCP connection and UDP flow from a to
+/// b, and denied datagrams from c to b.
+struct Streams {
+    tcp: TcpStreamer,
+    udp: UdpSeqSender,
+    denied: UdpSeqSender,
+}
+
+impl Streams {
+    fn start(s: &Setup) -> Streams {
+        let mut tcp = TcpStreamer::start(&s.a, s.dst(8080)).expect("starting the TCP stream");
+        let udp = UdpSeqSender::start(&s.a, s.dst(8053), 50).expect("starting the UDP stream");
+        let denied = UdpSeqSender::start(&s.c, s.dst(9000), 50).expect("starting the denied datagrams");
+        tcp.assert_flowing(16 * 1024, "at the start");
+        Streams { tcp, udp, denied }
+    }
+
+    /// Stops everything and checks that the allowed flows lost nothing and
+    /// none of the denied datagrams arrived; returns how many datagrams the
+    /// allowed UDP flow carried.
+    fn finish(self, s: &Setup, what: &str) -> u64 {
+        let denied = self.denied.finish().expect("stopping the denied datagrams");
+        let sent = self.udp.finish().expect("stopping the UDP stream");
+        self.tcp
+            .finish()
+            .unwrap_or_else(|e| panic!("{what}: the TCP connection did not go through unbroken: {e:#}"));
+        let received = s.server.wait_for_seqs(8053, sent as usize, DEADLINE);
+        if let Some(gaps) = seq_gaps(&received, sent) {
+            panic!("{what}: the allowed UDP flow lost datagrams: {gaps}");
+        }
+        let leaked = s.server.seqs(9000).len();
+        assert_eq!(
+            leaked, 0,
+            "{what}: {leaked} of {denied} denied datagrams from c reached b"
+        );
+        sent
+    }
+}
+
+#[test]
+fn sigkill_leaves_enforcement_and_a_restart_adopts_it() {
+    let s = setup();
+    s.control();
+    let mut agent = Agent::start(&s.host, POLICY).expect("starting the agent");
+    let start = agent.stats().expect("reading counters");
+    let mut streams = Streams::start(&s);
+    let hash = agent.policy_hash().expect("status");
+    let ids: Vec<u64> = (0..2).map(|i| rule_id(&agent, "client", "egress", i)).collect();
+    let before = agent.stats().expect("reading counters");
+
+    agent.kill9().expect("killing the agent");
+    assert!(
+        agent.cli_output(&["status"]).expect("running status").status.code() != Some(0),
+        "`hostwall status` succeeded with no agent running"
+    );
+    streams.tcp.assert_flowing(16 * 1024, "with no agent running");
+    assert_checks("with no agent running", &[s.allowed(), s.denied()]);
+
+    agent.restart().expect("restarting the agent");
+    assert!(
+        agent.log().contains("adopting the pinned datapath"),
+        "the restarted agent did not adopt the pinned datapath; its log:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        agent.policy_hash().expect("status"),
+        hash,
+        "the policy hash changed across the restart"
+    );
+    let again: Vec<u64> = (0..2).map(|i| rule_id(&agent, "client", "egress", i)).collect();
+    assert_eq!(again, ids, "rule ids changed across the restart");
+    let after = agent.stats().expect("reading counters");
+    for (group, direction, index) in [
+        ("client", "egress", 0),
+        ("client", "egress", 1),
+        ("server", "ingress", 1),
+    ] {
+        let (then, now) = (
+            before.rule(group, direction, index).unwrap_or(0),
+            after.rule(group, direction, index).unwrap_or(0),
+        );
+        assert!(
+            then > 0 && now >= then,
+            "rule {group}/{direction}[{index}] counted {then} before the kill and {now} after the restart"
+        );
+    }
+    streams.tcp.assert_flowing(16 * 1024, "after the restart");
+    assert_checks("after the restart", &[s.allowed(), s.denied()]);
+    let sent = streams.finish(&s, "across SIGKILL and restart");
+    // The datapath counted on with no agent, into counters the restarted
+    // agent kept: each datagram once.
+    let delta = agent.stats().expect("reading counters").since(&start);
+    assert_eq!(
+        delta.rule("client", "egress", 1),
+        Some(sent),
+        "the udp rule should have counted all {sent} datagrams: {delta}"
+    );
+    assert!(
+        delta.dropped(DropReason::EgressDenied) > 0,
+        "c's datagrams were not counted as dropped: {delta}"
+    );
+}
+
+#[test]
+fn agent_start_keeps_connections_that_predate_it() {
+    let s = setup();
+    s.control();
+    let mut tcp = TcpStreamer::start(&s.a, s.dst(8080)).expect("starting the TCP stream before the agent");
+    tcp.assert_flowing(16 * 1024, "before the agent starts");
+
+    let agent = Agent::start(&s.host, POLICY).expect("starting the agent");
+    tcp.assert_flowing(32 * 1024, "after the agent started");
+    let tracked = flows(&agent, &["--port", "8080", "--proto", "tcp"]);
+    assert!(
+        tracked.len() == 1 && tracked[0]["seen_reply"] == true && tracked[0]["src"] == s.a.v4.to_string(),
+        "the connection is tracked as a's flow to b with its reply seen: {tracked:?}"
+    );
+    let stats = agent.stats().expect("reading counters");
+    let drops: u64 = stats.drops.values().sum();
+    assert_eq!(
+        drops, 0,
+        "packets were dropped while the agent took over live connections: {stats}"
+    );
+
+    assert_checks("enforcing", &[s.allowed(), s.denied()]);
+    tcp.finish()
+        .expect("the connection that predates the agent went on unbroken");
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn layout_upgrade_takes_over_without_a_gap() {
+    let s = setup();
+    s.control();
+    let mut agent = Agent::start(&s.host, POLICY).expect("starting the agent (layout 1)");
+    let v1 = agent.bpffs().join("v1");
+    let v2 = agent.bpffs().join("v2");
+    assert!(
+        v1.join("maps").is_dir(),
+        "no layout 1 under {}",
+        agent.bpffs().display()
+    );
+    let mut streams = Streams::start(&s);
+    let before = agent.stats().expect("reading counters");
+
+    let status = agent.stop().expect("stopping the layout 1 agent");
+    assert!(status.success(), "the agent exited with {status}");
+    streams.tcp.assert_flowing(8 * 1024, "between the two agents");
+    let newer = AgentOptions {
+        env: vec![("HOSTWALL_LAYOUT_VERSION".into(), "2".into())],
+        ..Default::default()
+    };
+    agent.restart_with(&newer).expect("starting the layout 2 agent");
+
+    let status = agent.status().expect("status");
+    assert_eq!(status["layout"].as_u64(), Some(2), "the new agent's layout: {status}");
+    assert!(!v1.exists(), "layout 1 is still pinned: {:?}", entries(&v1));
+    for sub in ["maps", "progs", "links"] {
+        assert!(
+            !entries(&v2.join(sub)).is_empty(),
+            "layout 2 has nothing under {sub}: {:?}",
+            entries(&v2)
+        );
+    }
+    // Three endpoints, two hooks each.
+    assert_eq!(
+        entries(&v2.join("links")).len(),
+        6,
+        "pinned links: {:?}",
+        entries(&v2.join("links"))
+    );
+    let after = agent.stats().expect("reading counters");
+    let (then, now) = (
+        before.rule("client", "egress", 1).unwrap_or(0),
+        after.rule("client", "egress", 1).unwrap_or(0),
+    );
+    assert!(
+        then > 0 && now >= then,
+        "the UDP rule's counter was not carried over: {then} before, {now} after"
+    );
+
+    streams.tcp.assert_flowing(16 * 1024, "after the upgrade");
+    assert_checks("after the upgrade", &[s.allowed(), s.denied()]);
+    let _ = streams.finish(&s, "across the layout upgrade");
+}
+
+#[test]
+fn uninstall_after_stop_removes_pins_and_enforcement() {
+    let s = setup();
+    s.control();
+    let mut agent = Agent::start(&s.host, POLICY).expect("starting the agent");
+    let checks = [s.allowed(), s.denied()];
+    assert_checks("enforcing", &checks);
+
+    let status = agent.stop().expect("stopping the agent");
+    assert!(status.success(), "the agent exited with {status}");
+    assert_checks("after the agent stopped (fail-static)", &checks);
+    // Three endpoints, two hooks each, pinned so that they outlive the
+    // agent.
+    let links = entries(&agent.bpffs().join("v1").join("links"));
+    assert_eq!(links.len(), 6, "pinned links after the stop: {links:?}");
+
+    agent.uninstall().expect("hostwall uninstall");
+    // A fresh bpffs holds the kernel's own `maps.debug` and `progs.debug`
+    // (BPF preload); everything else was hostwall's.
+    let left: Vec<String> = entries(agent.bpffs())
+        .into_iter()
+        .filter(|n| n != "maps.debug" && n != "progs.debug")
+        .collect();
+    assert!(
+        left.is_empty(),
+        "pins left under {} after uninstall: {left:?}",
+        agent.bpffs().display()
+    );
+    assert_checks(
+        "after hostwall uninstall: nothing is filtered",
+        &[s.allowed(), s.denied().expecting(Expect::Allowed)],
+    );
+}
+
+#[test]
+fn restart_releases_interfaces_that_are_no_longer_endpoints() {
+    let s = setup();
+    let mut agent = Agent::start(&s.host, POLICY).expect("starting the agent");
+    let c_to_host = || Check::allowed(&s.c, Probe::Ping, s.host.subnet().v4(1)).labelled("host");
+    assert_checks(
+        "c is an endpoint without egress rules",
+        &[c_to_host().expecting(Expect::Denied)],
+    );
+
+    agent.kill9().expect("killing the agent");
+    // c leaves the policy while no agent runs.
+    let without_c: String = POLICY
+        .lines()
+        .filter(|l| !l.contains("name: c,"))
+        .map(|l| l.to_string() + "\n")
+        .collect();
+    agent.write_config(&without_c).expect("writing the control file");
+    agent.restart().expect("restarting the agent");
+
+    // Interfaces that are no endpoints are left alone.
+    assert_checks(
+        "c is no endpoint after the restart",
+        &[c_to_host(), s.allowed(), s.denied().expecting(Expect::Denied)],
+    );
+    let links = entries(&agent.bpffs().join("v1").join("links"));
+    assert_eq!(links.len(), 4, "only a's and b's hooks stay pinned: {links:?}");
+}

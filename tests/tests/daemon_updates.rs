@@ -1,0 +1,368 @@
+//! Policy updates under traffic: a hundred updates in a row neither cut an
+//! allowed flow nor open, even for one packet, a path that both the old
+//! and the new policy deny; a removed rule stops new connections while
+//! established ones continue (`keep`) or end (`revalidate`).
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+
+use common::bins;
+use common::daemon::{DEADLINE, flows, poll, rule_id, wait_for};
+use hostwall_tests::{
+    Agent, Check, DropReason, Expect, Host, Node, Outcome, Probe, ProbeOptions, TcpStreamer, UdpSeqSender,
+    assert_checks, seq_gaps,
+};
+
+const STREAM_TCP: u16 = 7000;
+const STREAM_UDP: u16 = 7001;
+/// X: s → r, allowed in A only. Y: r → s, allowed in B only.
+const X_PORT: u16 = 8080;
+const Y_PORT: u16 = 8081;
+/// Z: z1 → z2, denied in A (z2's ingress) and in B (z1's egress); allowed
+/// by any mix of A's egress and B's ingress.
+const Z_PORT: u16 = 9000;
+
+const ENDPOINTS: &str = r#"
+endpoints:
+  - {name: s, interface: hw-s, addresses: ["10.77.0.11", "fd00:77::11"], groups: [sender]}
+  - {name: r, interface: hw-r, addresses: ["10.77.0.12", "fd00:77::12"], groups: [receiver]}
+  - {name: z1, interface: hw-z1, addresses: ["10.77.0.13", "fd00:77::13"], groups: [zs]}
+  - {name: z2, interface: hw-z2, addresses: ["10.77.0.14", "fd00:77::14"], groups: [zr]}
+"#;
+
+fn policy_a() -> String {
+    format!(
+        r#"version: 1
+groups:
+  sender:
+    egress:
+      - {{proto: tcp, ports: {STREAM_TCP}, to: [{{group: receiver}}]}}
+      - {{proto: udp, ports: {STREAM_UDP}, to: [{{group: receiver}}]}}
+      - {{proto: udp, ports: {X_PORT}, to: [{{group: receiver}}]}}
+  receiver:
+    ingress:
+      - {{proto: tcp, ports: {STREAM_TCP}, from: [{{group: sender}}]}}
+      - {{proto: udp, ports: {STREAM_UDP}, from: [{{group: sender}}]}}
+      - {{proto: udp, ports: {X_PORT}, from: [{{group: sender}}]}}
+  zs:
+    egress:
+      - {{proto: udp, ports: {Z_PORT}, to: [{{group: zr}}]}}
+  zr: {{}}
+{ENDPOINTS}"#
+    )
+}
+
+fn policy_b() -> String {
+    format!(
+        r#"version: 1
+groups:
+  sender:
+    egress:
+      - {{proto: tcp, ports: {STREAM_TCP}, to: [{{group: receiver}}]}}
+      - {{proto: udp, ports: {STREAM_UDP}, to: [{{group: receiver}}]}}
+    ingress:
+      - {{proto: udp, ports: {Y_PORT}, from: [{{group: receiver}}]}}
+  receiver:
+    ingress:
+      - {{proto: tcp, ports: {STREAM_TCP}, from: [{{group: sender}}]}}
+      - {{proto: udp, ports: {STREAM_UDP}, from: [{{group: sender}}]}}
+    egress:
+      - {{proto: udp, ports: {Y_PORT}, to: [{{group: sender}}]}}
+  zs: {{}}
+  zr:
+    ingress:
+      - {{proto: udp, ports: {Z_PORT}, from: [{{group: zs}}]}}
+{ENDPOINTS}"#
+    )
+}
+
+/// The streams run over IPv4.
+fn v4(c: &hostwall_tests::Container) -> IpAddr {
+    c.v4.into()
+}
+
+#[test]
+fn hundred_updates_neither_cut_allowed_flows_nor_open_denied_ones() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let add = |name: &str, n: u8| {
+        host.add_container(name, &format!("hw-{name}"), n)
+            .unwrap_or_else(|e| panic!("adding container {name}: {e:#}"))
+    };
+    let (s, r, z1, z2) = (add("s", 11), add("r", 12), add("z1", 13), add("z2", 14));
+    let r_server = r
+        .serve_specs(&[
+            &format!("tcpecho:{STREAM_TCP}"),
+            &format!("udpseq:{STREAM_UDP}"),
+            &format!("udp:{X_PORT}"),
+        ])
+        .expect("servers in r");
+    let _s_server = s.serve(&[], &[Y_PORT]).expect("server in s");
+    let z2_server = z2.serve_specs(&[&format!("udpseq:{Z_PORT}")]).expect("server in z2");
+    let z_dst = SocketAddr::new(v4(&z2), Z_PORT);
+
+    // Control: without the agent, Z's datagrams arrive, so an empty
+    // receiver later means they were dropped.
+    let z = UdpSeqSender::start(&z1, z_dst, 200).expect("starting the control Z sender");
+    let seen = wait_for("the control Z datagrams arrive", DEADLINE, || {
+        let n = z2_server.seqs(Z_PORT).len();
+        (n >= 20).then_some(n)
+    });
+    let sent = z.finish().expect("stopping the control Z sender");
+    assert!(seen > 0 && sent > 0);
+    let control_seen = z2_server.wait_for_seqs(Z_PORT, sent as usize, DEADLINE).len();
+
+    let agent = Agent::start(&host, &policy_a()).expect("starting the agent on policy A");
+    let file_a = agent.scratch_path("a.yaml").expect("scratch path");
+    let file_b = agent.scratch_path("b.yaml").expect("scratch path");
+    std::fs::write(&file_a, policy_a()).expect("writing policy A");
+    std::fs::write(&file_b, policy_b()).expect("writing policy B");
+    let apply = |file: &std::path::Path| {
+        agent
+            .cli(&["apply", file.to_str().expect("utf-8 path")])
+            .unwrap_or_else(|e| panic!("hostwall apply {}: {e:#}", file.display()))
+    };
+
+    // What A and B each allow, checked once with traffic.
+    let x_allowed = |allowed: bool| {
+        let c = Check::allowed(&s, Probe::Udp(X_PORT), r.v4).labelled("r (X)");
+        if allowed { c } else { c.expecting(Expect::Denied) }
+    };
+    let y_allowed = |allowed: bool| {
+        let c = Check::allowed(&r, Probe::Udp(Y_PORT), s.v4).labelled("s (Y)");
+        if allowed { c } else { c.expecting(Expect::Denied) }
+    };
+    assert_checks("policy A", &[x_allowed(true), y_allowed(false)]);
+    let hash_a = agent.policy_hash().expect("status");
+    apply(&file_b);
+    assert_checks("policy B", &[x_allowed(false), y_allowed(true)]);
+    let hash_b = agent.policy_hash().expect("status");
+    assert_ne!(hash_a, hash_b, "policies A and B have the same hash");
+    apply(&file_a);
+    let generation_before = agent.status().expect("status")["policy"]["generation"]
+        .as_u64()
+        .expect("a generation");
+
+    let before = agent.stats().expect("reading counters");
+    let mut tcp = TcpStreamer::start(&s, SocketAddr::new(v4(&r), STREAM_TCP)).expect("starting the TCP stream");
+    let udp = UdpSeqSender::start(&s, SocketAddr::new(v4(&r), STREAM_UDP), 50).expect("starting the UDP stream");
+    let z = UdpSeqSender::start(&z1, z_dst, 200).expect("starting the Z sender");
+    tcp.assert_flowing(16 * 1024, "before the updates");
+
+    for i in 0..100 {
+        // B first: after an even number of updates A is enforced again.
+        apply(if i % 2 == 0 { &file_b } else { &file_a });
+        if let Some(how) = tcp.broken() {
+            panic!("the TCP stream broke during update {}: {how}", i + 1);
+        }
+    }
+    tcp.assert_flowing(16 * 1024, "after the updates");
+    let status = agent.status().expect("status");
+    assert_eq!(
+        status["policy"]["generation"].as_u64(),
+        Some(generation_before + 100),
+        "100 updates were applied: {status}"
+    );
+    assert_eq!(
+        status["policy"]["hash"].as_str(),
+        Some(hash_a.as_str()),
+        "policy A is enforced at the end"
+    );
+    let tracked = flows(&agent, &["--port", &STREAM_UDP.to_string(), "--proto", "udp"]);
+    assert_eq!(tracked.len(), 1, "the UDP stream is one tracked flow: {tracked:?}");
+
+    let z_sent = z.finish().expect("stopping the Z sender");
+    let udp_sent = udp.finish().expect("stopping the UDP stream");
+    let tcp_bytes = tcp
+        .finish()
+        .expect("the TCP stream went both ways, complete and in order");
+    assert!(tcp_bytes > 0);
+
+    // Every finding is collected, so one run tells everything that went
+    // wrong.
+    let mut failures = Vec::new();
+    let received = r_server.wait_for_seqs(STREAM_UDP, udp_sent as usize, DEADLINE);
+    if let Some(gaps) = seq_gaps(&received, udp_sent) {
+        failures.push(format!(
+            "the allowed UDP stream lost datagrams across the updates: {gaps}"
+        ));
+    }
+    let z_seen = z2_server.seqs(Z_PORT).len() - control_seen;
+    if z_seen != 0 {
+        failures.push(format!(
+            "{z_seen} of {z_sent} Z datagrams reached z2 although policy A and policy B both deny them"
+        ));
+    }
+    // Every drop is one of Z's datagrams: none belongs to the streams.
+    let delta = poll(DEADLINE, || {
+        let d = agent.stats().expect("reading counters").since(&before);
+        (d.drops.values().sum::<u64>() >= z_sent, d)
+    });
+    let dropped: u64 = delta.drops.values().sum();
+    if dropped != z_sent {
+        failures.push(format!(
+            "{z_sent} Z datagrams were sent and nothing else should have been dropped, but {dropped} packets were"
+        ));
+    }
+    // Z was judged under both policies: the updates happened under traffic.
+    if delta.dropped(DropReason::EgressDenied) == 0 || delta.dropped(DropReason::IngressDenied) == 0 {
+        failures.push("Z's datagrams were not judged under both policies".to_string());
+    }
+    // The stream's rules survived every update with their counters, and
+    // counted each datagram once.
+    for (group, direction) in [("sender", "egress"), ("receiver", "ingress")] {
+        if delta.rule(group, direction, 1) != Some(udp_sent) {
+            failures.push(format!(
+                "rule {group}/{direction}[1] (udp {STREAM_UDP}) should have counted the {udp_sent} datagrams"
+            ));
+        }
+        if delta.rule(group, direction, 0).unwrap_or(0) == 0 {
+            failures.push(format!(
+                "rule {group}/{direction}[0] (tcp {STREAM_TCP}) counted nothing"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\ncounters since the streams started: {delta}",
+        failures.join("\n")
+    );
+}
+
+const REMOVAL_POLICY: &str = r#"
+version: 1
+groups:
+  client:
+    egress:
+      - {proto: tcp, ports: 8080, to: [{group: server}]}
+      - {proto: udp, ports: 8053, to: [{group: server}]}
+  server:
+    ingress:
+      - {proto: tcp, ports: 8080, from: [{group: client}]}
+      - {proto: udp, ports: 8053, from: [{group: client}]}
+endpoints:
+  - {name: a, interface: hw-a, addresses: ["10.77.0.11", "fd00:77::11"], groups: [client]}
+  - {name: b, interface: hw-b, addresses: ["10.77.0.12", "fd00:77::12"], groups: [server]}
+"#;
+
+/// A host with client a and server b, b serving a TCP echo on 8080 and a
+/// UDP sequence receiver on 8053, under `policy`.
+fn removal_setup(
+    policy: &str,
+) -> (
+    Agent,
+    hostwall_tests::Server,
+    hostwall_tests::Container,
+    hostwall_tests::Container,
+    Host,
+) {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let a = host.add_container("a", "hw-a", 11).expect("adding a");
+    let b = host.add_container("b", "hw-b", 12).expect("adding b");
+    let server = b.serve_specs(&["tcpecho:8080", "udpseq:8053"]).expect("servers in b");
+    let agent = Agent::start(&host, policy).expect("starting the agent");
+    (agent, server, a, b, host)
+}
+
+/// Removes a's two egress rules by id.
+fn remove_client_rules(agent: &Agent) {
+    let ids = [
+        rule_id(agent, "client", "egress", 0),
+        rule_id(agent, "client", "egress", 1),
+    ];
+    for id in ids {
+        agent
+            .cli(&["rule", "remove", "--id", &id.to_string()])
+            .unwrap_or_else(|e| panic!("hostwall rule remove --id {id}: {e:#}"));
+    }
+}
+
+/// Polls new TCP connections from a to b:8080 until one times out.
+fn wait_new_connections_refused(a: &hostwall_tests::Container, b: &hostwall_tests::Container) {
+    let opts = ProbeOptions {
+        timeout: Some(std::time::Duration::from_millis(1000)),
+        ..Default::default()
+    };
+    wait_for("new connections a → b tcp/8080 are dropped", DEADLINE, || {
+        match a.probe(Probe::Tcp(8080), b.v4.into(), &opts) {
+            Ok(Outcome::TimedOut) => Some(()),
+            Ok(Outcome::Echoed) => None,
+            Ok(other) => panic!("a → b tcp/8080: unexpected {other}"),
+            Err(e) => panic!("a → b tcp/8080: {e:#}"),
+        }
+    });
+}
+
+#[test]
+fn removed_rule_refuses_new_connections_and_keeps_established_ones() {
+    let (agent, server, a, b, _host) = removal_setup(REMOVAL_POLICY);
+    let mut tcp = TcpStreamer::start(&a, SocketAddr::new(b.v4.into(), 8080)).expect("starting the TCP stream");
+    let udp = UdpSeqSender::start(&a, SocketAddr::new(b.v4.into(), 8053), 50).expect("starting the UDP stream");
+    tcp.assert_flowing(16 * 1024, "before the removal");
+    assert_checks(
+        "before the removal",
+        &[Check::allowed(&a, Probe::Tcp(8080), b.v4).labelled("b")],
+    );
+
+    remove_client_rules(&agent);
+    wait_new_connections_refused(&a, &b);
+    tcp.assert_flowing(16 * 1024, "after the removal (keep)");
+
+    let sent = udp.finish().expect("stopping the UDP stream");
+    tcp.finish()
+        .expect("the established TCP connection continued after its rule was removed");
+    let received = server.wait_for_seqs(8053, sent as usize, DEADLINE);
+    if let Some(gaps) = seq_gaps(&received, sent) {
+        panic!("the established UDP flow was cut when its rule was removed (on_policy_change: keep): {gaps}");
+    }
+}
+
+#[test]
+fn removed_rule_ends_established_flows_with_revalidate() {
+    let policy = format!("{REMOVAL_POLICY}settings:\n  on_policy_change: revalidate\n");
+    let (agent, server, a, b, _host) = removal_setup(&policy);
+    let mut tcp = TcpStreamer::start(&a, SocketAddr::new(b.v4.into(), 8080)).expect("starting the TCP stream");
+    let udp = UdpSeqSender::start(&a, SocketAddr::new(b.v4.into(), 8053), 50).expect("starting the UDP stream");
+    tcp.assert_flowing(16 * 1024, "before the removal");
+    server.wait_for_seqs(8053, 10, DEADLINE);
+    assert_eq!(
+        flows(&agent, &["--addr", &a.v4.to_string()]).len(),
+        2,
+        "both flows are tracked"
+    );
+
+    let before = agent.stats().expect("reading counters");
+    remove_client_rules(&agent);
+    // Revalidation ran before the update returned, and nothing the rules
+    // deny is tracked again.
+    let left = flows(&agent, &["--addr", &a.v4.to_string()]);
+    assert!(
+        left.is_empty(),
+        "flows the new policy denies are still tracked: {left:?}"
+    );
+
+    // The flows' next packets are dropped.
+    wait_for("the ended flows' packets are dropped", DEADLINE, || {
+        let d = agent.stats().expect("reading counters").since(&before);
+        (d.dropped(DropReason::EgressDenied) >= 20).then_some(())
+    });
+    let stalled = tcp.progress().echoed;
+    wait_for("more of the ended flows' packets are dropped", DEADLINE, || {
+        let d = agent.stats().expect("reading counters").since(&before);
+        (d.dropped(DropReason::EgressDenied) >= 40).then_some(())
+    });
+    assert_eq!(
+        tcp.progress().echoed,
+        stalled,
+        "bytes still came back on a TCP connection the new policy ended"
+    );
+    let sent = udp.finish().expect("stopping the UDP stream");
+    let received = server.seqs(8053);
+    let k = received.len() as u64;
+    assert!(k < sent, "every datagram arrived although the flow was ended");
+    // Judged in order: what arrived is exactly the datagrams before the end.
+    if let Some(gaps) = seq_gaps(&received, k) {
+        panic!("the UDP flow did not end at one point: {gaps}");
+    }
+    wait_new_connections_refused(&a, &b);
+}
