@@ -273,7 +273,18 @@ fn layout_upgrade_takes_over_without_a_gap() {
 
     streams.tcp.assert_flowing(16 * 1024, "after the upgrade");
     assert_checks("after the upgrade", &[s.allowed(), s.denied()]);
-    let _ = streams.finish(&s, "across the layout upgrade");
+    let sent = streams.finish(&s, "across the layout upgrade");
+    // Every datagram was counted once: by the old programs (carried over
+    // after the takeover) or by the new ones.
+    let end = agent
+        .stats()
+        .expect("reading counters")
+        .rule("client", "egress", 1)
+        .unwrap_or(0);
+    assert!(
+        end >= sent,
+        "the UDP rule counted {end} packets across the upgrade but {sent} datagrams were sent: counts were lost"
+    );
 }
 
 #[test]

@@ -11,6 +11,12 @@ use super::http::{parse_response, percent_encode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    #[error("permission denied on {path}: the hostwall API is for root and the agent's --admin-group")]
+    Forbidden {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot reach the agent at {path} (is `hostwall agent` running?)")]
     Connect {
         path: String,

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
 use hostwall_common::{Counter, CtEntry, CtKey, MAX_RULES};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
@@ -101,6 +101,9 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
 
 /// Removes the layouts an upgrade replaced (their links were taken over).
 pub fn finish_upgrade(agent: &mut Agent, older: &[Layout]) {
+    if let Some(newest) = older.first() {
+        carry_over_after_takeover(newest, &mut agent.datapath);
+    }
     for old in older {
         remove_all(&old.links(), &[]);
         match old.remove() {
@@ -130,8 +133,10 @@ fn open_pinned(dir: &Path, name: &str) -> Option<Map> {
     Map::from_map_data(data).ok()
 }
 
-/// Carries tracked flows, rule ids and rule counters over from an older
-/// layout, where their format is unchanged.
+/// Carries tracked flows and rule ids over from an older layout, where
+/// their format is unchanged. Rule counters follow once the old programs are
+/// replaced (`finish_upgrade`), so that nothing they count in between is
+/// lost.
 fn migrate(old: &Layout, datapath: &mut Datapath) {
     let dir = old.maps();
     let mut flows = 0usize;
@@ -162,6 +167,14 @@ fn migrate(old: &Layout, datapath: &mut Datapath) {
             }
         }
     }
+    info!(flows, "carried tracked flows over from the older layout");
+}
+
+/// Once every link runs the new programs, the old maps are final: their
+/// rule counters are added to the new ones, and flows the old programs
+/// began after `migrate` are copied.
+fn carry_over_after_takeover(old: &Layout, datapath: &mut Datapath) {
+    let dir = old.maps();
     if let (Some(from), Some(to)) = (
         open_pinned(&dir, "HW_RULE_STATS"),
         datapath.ebpf.map_mut("HW_RULE_STATS"),
@@ -170,12 +183,37 @@ fn migrate(old: &Layout, datapath: &mut Datapath) {
         PerCpuArray::<&mut MapData, Counter>::try_from(to),
     ) {
         for id in 0..from.len().min(to.len()) {
-            if let Ok(v) = from.get(&id, 0) {
-                let _ = to.set(id, v, 0);
+            let (Ok(old), Ok(new)) = (from.get(&id, 0), to.get(&id, 0)) else {
+                continue;
+            };
+            if old.iter().all(|c| c.packets == 0) {
+                continue;
+            }
+            let sum: Vec<Counter> = old
+                .iter()
+                .zip(new.iter())
+                .map(|(o, n)| Counter {
+                    packets: o.packets + n.packets,
+                    bytes: o.bytes + n.bytes,
+                })
+                .collect();
+            if let Ok(values) = PerCpuValues::try_from(sum) {
+                let _ = to.set(id, values, 0);
             }
         }
     }
-    info!(flows, "carried tracked flows over from the older layout");
+    if let (Some(from), Some(to)) = (open_pinned(&dir, "HW_CONNTRACK"), datapath.ebpf.map_mut("HW_CONNTRACK"))
+        && let (Ok(from), Ok(mut to)) = (
+            HashMap::<MapData, CtKey, CtEntry>::try_from(from),
+            HashMap::<&mut MapData, CtKey, CtEntry>::try_from(to),
+        )
+    {
+        for (k, v) in from.iter().filter_map(Result::ok) {
+            if to.get(&k, 0).is_err() {
+                let _ = to.insert(&k, &v, 0);
+            }
+        }
+    }
 }
 
 /// Removes every attachment and pin hostwall has under `bpffs`.
