@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::model::*;
 use super::write::rule_flow;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct RuleChange {
     pub group: String,
     pub direction: &'static str,
@@ -74,16 +74,17 @@ fn rules_of(p: &Policy) -> Vec<RuleChange> {
     out
 }
 
-/// Multiset difference `a - b`.
-fn minus<T: PartialEq + Clone>(a: &[T], b: &[T]) -> Vec<T> {
-    let mut rest: Vec<&T> = b.iter().collect();
+/// Multiset difference `a - b`, in the order of `a`.
+fn minus<T: Eq + std::hash::Hash + Clone>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut rest: std::collections::HashMap<&T, usize> = std::collections::HashMap::new();
+    for y in b {
+        *rest.entry(y).or_default() += 1;
+    }
     let mut out = Vec::new();
     for x in a {
-        match rest.iter().position(|y| *y == x) {
-            Some(i) => {
-                rest.swap_remove(i);
-            }
-            None => out.push(x.clone()),
+        match rest.get_mut(x) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => out.push(x.clone()),
         }
     }
     out
