@@ -142,6 +142,11 @@ impl Agent {
         Ok(agent)
     }
 
+    /// The agent's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config
     }
