@@ -466,7 +466,7 @@ impl Report {
              10-rule policy by the N-rule one (median of {} rounds): `hostwall apply FILE` through the \
              running agent (parse, validate, compile, write the inactive slot, flip, save the control file), \
              `iptables-restore FILE` (the filter table), `nft -f FILE` (the table replaced atomically). \
-             **One rule**: {} changes at N rules, alternately adding and removing one rule: `hostwall rule \
+             **One rule**: {} changes at N rules (10 above 10,000 rules), alternately adding and removing one rule: `hostwall rule \
              add/remove` (through the agent, which also saves the control file), `iptables -A/-D`, and \
              `nft add/delete element` in the rule set.\n",
             r.rounds, self.plan.rule_changes
