@@ -56,7 +56,7 @@ impl Plan {
             progrun_rounds: 3,
             remote_endpoints: 1_000,
             traffic_rules: vec![10, 1_000, 10_000, 50_000],
-            secs: 4.0,
+            secs: 3.0,
             update_rules: vec![1_000, 10_000, 50_000],
             apply_rounds: 3,
             rule_changes: 100,

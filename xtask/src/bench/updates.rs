@@ -49,6 +49,9 @@ pub struct Results {
     pub apply_ms: BTreeMap<(usize, Tool), f64>,
     /// (rules, tool) -> ms of every one-rule change.
     pub change_ms: BTreeMap<(usize, Tool), Vec<f64>>,
+    /// (rules, tool, error) of applies that failed; that tool's one-rule
+    /// changes at that size are not measured.
+    pub failed: Vec<(usize, Tool, String)>,
 }
 
 struct Files {
@@ -79,6 +82,7 @@ pub fn run(plan: &Plan, tools: &Tools) -> anyhow::Result<Results> {
         rounds: plan.apply_rounds,
         apply_ms: BTreeMap::new(),
         change_ms: BTreeMap::new(),
+        failed: Vec::new(),
     };
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
     for &rules in &plan.update_rules {
@@ -125,7 +129,17 @@ pub fn run(plan: &Plan, tools: &Tools) -> anyhow::Result<Results> {
                     }
                 };
                 timed(&mut reset)?;
-                samples.push(ms(timed(&mut apply)?));
+                match timed(&mut apply) {
+                    Ok(d) => samples.push(ms(d)),
+                    Err(e) => {
+                        println!("  {rules:>6} rules  {:<18} failed: {e:#}", tool.name());
+                        out.failed.push((rules, tool, format!("{e:#}")));
+                        break;
+                    }
+                }
+            }
+            if samples.is_empty() {
+                continue;
             }
             let m = median(&mut samples);
             println!("  {rules:>6} rules  {:<18} {m:>9.1} ms", tool.name());
@@ -144,6 +158,9 @@ pub fn run(plan: &Plan, tools: &Tools) -> anyhow::Result<Results> {
             plan.rule_changes
         };
         for tool in TOOLS {
+            if out.failed.iter().any(|(n, t, _)| *n == rules && *t == tool) {
+                continue;
+            }
             let mut samples = Vec::new();
             for i in 0..changes {
                 let add = i % 2 == 0;
