@@ -221,6 +221,11 @@ impl Agent {
         Ok(dir.join(name))
     }
 
+    /// The agent's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn config_path(&self) -> &Path {
         &self.config
     }

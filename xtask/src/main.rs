@@ -1,5 +1,6 @@
-//! Developer commands: `cargo xtask test`, `cargo xtask demo`.
+//! Developer commands: `cargo xtask test`, `cargo xtask demo`, `cargo xtask bench`.
 
+mod bench;
 mod demo;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +27,14 @@ enum Cmd {
     /// Build, start a demo host, enforce examples/shop.yaml and print the
     /// reachability matrix.
     Demo,
+    /// Measure hostwall against no filter, iptables and nftables; writes
+    /// bench/report.md and its plots.
+    Bench {
+        /// Small sizes and short runs (bench/out/quick/): checks that the
+        /// benchmark works.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn repo_root() -> PathBuf {
@@ -73,6 +82,9 @@ fn main() -> anyhow::Result<()> {
                 test.extend(args.iter().map(String::as_str));
             }
             cargo(&test)?;
+            if args.is_empty() {
+                bench::run(&repo_root(), true)?;
+            }
             println!("all tests passed");
             Ok(())
         }
@@ -83,5 +95,6 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Cmd::Bench { quick } => bench::run(&repo_root(), quick),
     }
 }

@@ -1,6 +1,6 @@
 //! Peer classes: addresses grouped by the set of rule peers they match.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use hostwall_common::{FAMILY_V4, FAMILY_V6};
@@ -34,8 +34,11 @@ struct Own {
 
 pub struct PeerClasses {
     prefixes: BTreeMap<IpNet, PrefixClass>,
-    /// Class id -> (family, labels).
-    classes: Vec<(u8, BTreeSet<Label>)>,
+    /// Class id - 1 -> family.
+    families: Vec<u8>,
+    /// Label -> the classes whose labels include it, ascending, so that a
+    /// rule's classes are found without scanning every class.
+    by_label: HashMap<Label, Vec<u32>>,
 }
 
 impl PeerClasses {
@@ -102,7 +105,19 @@ impl PeerClasses {
                 },
             );
         }
-        PeerClasses { prefixes, classes }
+        let mut by_label: HashMap<Label, Vec<u32>> = HashMap::new();
+        let mut families = Vec::with_capacity(classes.len());
+        for (i, (family, labels)) in classes.into_iter().enumerate() {
+            families.push(family);
+            for label in labels {
+                by_label.entry(label).or_default().push(i as u32 + 1);
+            }
+        }
+        PeerClasses {
+            prefixes,
+            families,
+            by_label,
+        }
     }
 
     pub fn prefixes(&self) -> impl Iterator<Item = (&IpNet, &PrefixClass)> {
@@ -112,12 +127,16 @@ impl PeerClasses {
     /// Classes any of whose labels is in `labels`, restricted to one IP
     /// family when `family` is given.
     pub fn matching(&self, labels: &BTreeSet<Label>, family: Option<u8>) -> Vec<u32> {
-        self.classes
+        let mut out: Vec<u32> = labels
             .iter()
-            .enumerate()
-            .filter(|(_, (f, l))| family.is_none_or(|want| want == *f) && l.iter().any(|x| labels.contains(x)))
-            .map(|(i, _)| i as u32 + 1)
-            .collect()
+            .filter_map(|l| self.by_label.get(l))
+            .flatten()
+            .copied()
+            .filter(|c| family.is_none_or(|want| self.families[*c as usize - 1] == want))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 

@@ -2,8 +2,18 @@
 //! no packet is reading, then `HW_ACTIVE` is flipped: a packet reads the
 //! active slot once, so it is judged entirely by the old or entirely by
 //! the new policy.
+//!
+//! Writing a slot costs one system call per entry, so the agent remembers
+//! what each slot holds and writes only the difference: entries the new
+//! policy no longer has are removed, new and changed ones written. A policy
+//! change of one rule is then a handful of writes, whatever the size of
+//! the policy. A slot whose contents are unknown (maps adopted from an
+//! earlier agent, or a write that failed half-way) is cleared and written
+//! whole.
 
-use std::time::Duration;
+use std::collections::HashMap as StdHashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
 
 use aya::{
     Ebpf,
@@ -14,9 +24,10 @@ use hostwall_common::{EndpointInfo, PeerInfo, PolicyKey, PolicyValue, Settings, 
 use super::LoadError;
 use crate::compile::Compiled;
 
-/// How long to wait after a flip before the now-inactive slot may be
-/// rewritten: programs hold a slot for the few microseconds a packet takes,
-/// inside an RCU read-side section.
+/// How long a slot must have been inactive before it may be rewritten:
+/// programs hold a slot for the few microseconds a packet takes, inside an
+/// RCU read-side section. Only a write that follows a flip this closely
+/// waits.
 const GRACE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +38,46 @@ pub enum SlotError {
         #[source]
         source: MapError,
     },
+}
+
+/// What one slot's maps hold, as written by this agent.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Contents {
+    iface: StdHashMap<u32, EndpointInfo>,
+    src: StdHashMap<SrcKey, u32>,
+    peer4: StdHashMap<(u32, [u8; 4]), PeerInfo>,
+    peer6: StdHashMap<(u32, [u8; 16]), PeerInfo>,
+    policy: StdHashMap<(u32, PolicyKey), PolicyValue>,
+}
+
+impl Contents {
+    fn of(c: &Compiled) -> Contents {
+        Contents {
+            iface: c
+                .endpoints
+                .iter()
+                .filter_map(|ep| ep.ifindex.map(|i| (i, ep.info)))
+                .collect(),
+            src: c.src.iter().map(|k| (*k, ep_of(c, k))).collect(),
+            peer4: c.peer4.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
+            peer6: c.peer6.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
+            policy: c.policy.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
+        }
+    }
+}
+
+/// The changes that turn `old` into `new`: keys to remove, entries to write.
+fn delta<'a, K: Eq + Hash + Copy, V: PartialEq + Copy>(
+    old: &'a StdHashMap<K, V>,
+    new: &'a StdHashMap<K, V>,
+) -> (Vec<K>, Vec<(K, V)>) {
+    let gone = old.keys().filter(|k| !new.contains_key(k)).copied().collect();
+    let write = new
+        .iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(k, v)| (*k, *v))
+        .collect();
+    (gone, write)
 }
 
 struct Slot {
@@ -43,6 +94,10 @@ pub struct Slots {
     slots: [Slot; 2],
     /// The slot programs read.
     current: u32,
+    /// What each slot holds; `None` when unknown.
+    held: [Option<Contents>; 2],
+    /// When the inactive slot stopped being the active one.
+    flipped_at: Instant,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError> {
@@ -91,30 +146,45 @@ impl Slot {
         Ok(())
     }
 
-    fn fill(&mut self, c: &Compiled) -> Result<(), SlotError> {
+    /// Writes the difference between `old` (what the slot holds) and `new`.
+    /// Removals come first, so that a full map has room for what replaces
+    /// them.
+    fn write(&mut self, old: &Contents, new: &Contents) -> Result<(), SlotError> {
         let w = |map: &'static str| move |source| SlotError::Write { map, source };
-        for ep in &c.endpoints {
-            if let Some(ifindex) = ep.ifindex {
-                self.iface.insert(&ifindex, &ep.info, 0).map_err(w("HW_IFACE"))?;
-            }
+        let (gone, write) = delta(&old.iface, &new.iface);
+        for k in gone {
+            self.iface.remove(&k).map_err(w("HW_IFACE"))?;
         }
-        for k in &c.src {
-            self.src.insert(k, &ep_of(c, k), 0).map_err(w("HW_SRC"))?;
+        let (gone_src, write_src) = delta(&old.src, &new.src);
+        for k in gone_src {
+            self.src.remove(&k).map_err(w("HW_SRC"))?;
         }
-        for (len, addr, info) in &c.peer4 {
-            self.peer4
-                .insert(&Key::new(*len, *addr), info, 0)
-                .map_err(w("HW_PEER4"))?;
+        let (gone4, write4) = delta(&old.peer4, &new.peer4);
+        for (len, a) in gone4 {
+            self.peer4.remove(&Key::new(len, a)).map_err(w("HW_PEER4"))?;
         }
-        for (len, addr, info) in &c.peer6 {
-            self.peer6
-                .insert(&Key::new(*len, *addr), info, 0)
-                .map_err(w("HW_PEER6"))?;
+        let (gone6, write6) = delta(&old.peer6, &new.peer6);
+        for (len, a) in gone6 {
+            self.peer6.remove(&Key::new(len, a)).map_err(w("HW_PEER6"))?;
         }
-        for (len, key, value) in &c.policy {
-            self.policy
-                .insert(&Key::new(*len, *key), value, 0)
-                .map_err(w("HW_POLICY"))?;
+        let (gone_policy, write_policy) = delta(&old.policy, &new.policy);
+        for (len, k) in gone_policy {
+            self.policy.remove(&Key::new(len, k)).map_err(w("HW_POLICY"))?;
+        }
+        for (k, v) in write {
+            self.iface.insert(&k, &v, 0).map_err(w("HW_IFACE"))?;
+        }
+        for (k, v) in write_src {
+            self.src.insert(&k, &v, 0).map_err(w("HW_SRC"))?;
+        }
+        for ((len, a), v) in write4 {
+            self.peer4.insert(&Key::new(len, a), &v, 0).map_err(w("HW_PEER4"))?;
+        }
+        for ((len, a), v) in write6 {
+            self.peer6.insert(&Key::new(len, a), &v, 0).map_err(w("HW_PEER6"))?;
+        }
+        for ((len, k), v) in write_policy {
+            self.policy.insert(&Key::new(len, k), &v, 0).map_err(w("HW_POLICY"))?;
         }
         Ok(())
     }
@@ -149,6 +219,10 @@ impl Slots {
             settings: take(ebpf, "HW_SETTINGS")?,
             slots: [Slot::take(ebpf, 0)?, Slot::take(ebpf, 1)?],
             current: 0,
+            held: [None, None],
+            // Maps adopted from an earlier agent may have been flipped just
+            // before it stopped.
+            flipped_at: Instant::now(),
         }
         .with_current())
     }
@@ -166,21 +240,52 @@ impl Slots {
     /// If writing fails, the active slot is untouched and stays enforced.
     pub fn apply(&mut self, compiled: &Compiled) -> Result<(), SlotError> {
         let next = 1 - self.current;
+        let wait = GRACE.saturating_sub(self.flipped_at.elapsed());
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+        let new = Contents::of(compiled);
         let slot = &mut self.slots[next as usize];
-        slot.clear()?;
-        slot.fill(compiled)?;
+        // Until the write completes, what the slot holds is unknown.
+        let old = match self.held[next as usize].take() {
+            Some(old) => old,
+            None => {
+                slot.clear()?;
+                Contents::default()
+            }
+        };
+        slot.write(&old, &new)?;
         self.settings
             .set(next, &compiled.settings, 0)
             .map_err(|source| SlotError::Write {
                 map: "HW_SETTINGS",
                 source,
             })?;
+        self.held[next as usize] = Some(new);
         self.active.set(0, &next, 0).map_err(|source| SlotError::Write {
             map: "HW_ACTIVE",
             source,
         })?;
         self.current = next;
-        std::thread::sleep(GRACE);
+        self.flipped_at = Instant::now();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delta_removes_what_is_gone_and_writes_what_is_new_or_changed() {
+        let old: StdHashMap<u32, u32> = [(1, 10), (2, 20), (3, 30)].into();
+        let new: StdHashMap<u32, u32> = [(2, 20), (3, 31), (4, 40)].into();
+        let (mut gone, mut write) = delta(&old, &new);
+        gone.sort_unstable();
+        write.sort_unstable();
+        assert_eq!(gone, vec![1]);
+        assert_eq!(write, vec![(3, 31), (4, 40)]);
+        let (gone, write) = delta(&new, &new);
+        assert!(gone.is_empty() && write.is_empty());
     }
 }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::model::*;
 use super::write::rule_flow;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 pub struct RuleChange {
     pub group: String,
     pub direction: &'static str,
@@ -58,15 +58,37 @@ impl PolicyDiff {
     }
 }
 
-fn rules_of(p: &Policy) -> Vec<RuleChange> {
+/// A rule where it stands; compared as written, formatted only when it
+/// is reported (formatting every rule of a large policy costs more than
+/// the comparison).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct RuleAt<'a> {
+    group: &'a str,
+    direction: &'static str,
+    key: &'static str,
+    rule: &'a Rule,
+}
+
+impl RuleAt<'_> {
+    fn change(self) -> RuleChange {
+        RuleChange {
+            group: self.group.to_string(),
+            direction: self.direction,
+            rule: rule_flow(self.rule, self.key),
+        }
+    }
+}
+
+fn rules_of(p: &Policy) -> Vec<RuleAt<'_>> {
     let mut out = Vec::new();
     for (name, g) in &p.groups {
-        for (dir, rules, key) in [("ingress", &g.ingress, "from"), ("egress", &g.egress, "to")] {
-            for r in rules {
-                out.push(RuleChange {
-                    group: name.clone(),
-                    direction: dir,
-                    rule: rule_flow(r, key),
+        for (direction, rules, key) in [("ingress", &g.ingress, "from"), ("egress", &g.egress, "to")] {
+            for rule in rules {
+                out.push(RuleAt {
+                    group: name,
+                    direction,
+                    key,
+                    rule,
                 });
             }
         }
@@ -74,16 +96,17 @@ fn rules_of(p: &Policy) -> Vec<RuleChange> {
     out
 }
 
-/// Multiset difference `a - b`.
-fn minus<T: PartialEq + Clone>(a: &[T], b: &[T]) -> Vec<T> {
-    let mut rest: Vec<&T> = b.iter().collect();
+/// Multiset difference `a - b`, in the order of `a`.
+fn minus<T: Eq + std::hash::Hash + Clone>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut rest: std::collections::HashMap<&T, usize> = std::collections::HashMap::new();
+    for y in b {
+        *rest.entry(y).or_default() += 1;
+    }
     let mut out = Vec::new();
     for x in a {
-        match rest.iter().position(|y| *y == x) {
-            Some(i) => {
-                rest.swap_remove(i);
-            }
-            None => out.push(x.clone()),
+        match rest.get_mut(x) {
+            Some(n) if *n > 0 => *n -= 1,
+            _ => out.push(x.clone()),
         }
     }
     out
@@ -92,8 +115,8 @@ fn minus<T: PartialEq + Clone>(a: &[T], b: &[T]) -> Vec<T> {
 pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
     let (old_rules, new_rules) = (rules_of(old), rules_of(new));
     let mut d = PolicyDiff {
-        rules_added: minus(&new_rules, &old_rules),
-        rules_removed: minus(&old_rules, &new_rules),
+        rules_added: minus(&new_rules, &old_rules).into_iter().map(RuleAt::change).collect(),
+        rules_removed: minus(&old_rules, &new_rules).into_iter().map(RuleAt::change).collect(),
         settings_changed: old.settings != new.settings,
         ..Default::default()
     };

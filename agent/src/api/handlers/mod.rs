@@ -62,10 +62,17 @@ fn revalidate(edited: &Policy) -> Result<Policy, Reply> {
 
 /// Applies and saves an edited policy; the reply carries what changed.
 fn commit(agent: &mut Agent, edited: Policy, source: &str, caller: &Caller) -> Reply {
-    let policy = match revalidate(&edited) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
+    match revalidate(&edited) {
+        Ok(policy) => commit_parsed(agent, policy, source, caller),
+        Err(r) => r,
+    }
+}
+
+/// Applies and saves a policy that was parsed from a whole control file
+/// (the body of `PUT /v1/policy`): it has just been validated as a file is,
+/// so a second round trip through the writer and parser would check
+/// nothing more and, for a large policy, cost as much as the apply.
+fn commit_parsed(agent: &mut Agent, policy: Policy, source: &str, caller: &Caller) -> Reply {
     match agent.apply_and_save(policy, source, caller) {
         Ok(change) => (
             200,

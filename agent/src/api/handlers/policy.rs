@@ -72,7 +72,7 @@ fn body_policy(req: &Request) -> Result<Policy, Reply> {
 
 pub fn apply(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
     match body_policy(req) {
-        Ok(p) => super::commit(agent, p, "apply", caller),
+        Ok(p) => super::commit_parsed(agent, p, "apply", caller),
         Err(r) => r,
     }
 }
