@@ -20,7 +20,7 @@ pub fn run(ctx: &super::Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
                     for dir in ["ingress", "egress"] {
                         for r in g[dir].as_array().into_iter().flatten() {
                             println!(
-                                "  [{:>4}] {dir:<7} {}",
+                                "  [{}] {dir:<7} {}",
                                 r["id"].as_u64().unwrap_or(0),
                                 r["rule"].as_str().unwrap_or("")
                             );

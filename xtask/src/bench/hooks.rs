@@ -51,7 +51,7 @@ pub fn run(plan: &Plan, tools: &Tools) -> anyhow::Result<Results> {
                 NO_ENDPOINTS,
                 &AgentOptions {
                     uplink: Some(CLIENT.iface.into()),
-                    node: None,
+                    ..Default::default()
                 },
             )?),
         };
@@ -76,7 +76,7 @@ pub fn run(plan: &Plan, tools: &Tools) -> anyhow::Result<Results> {
                 &policy::hostwall_yaml(&spec),
                 &AgentOptions {
                     uplink: Some(hostwall_tests::topology::UPLINK.into()),
-                    node: None,
+                    ..Default::default()
                 },
             )?),
         };
