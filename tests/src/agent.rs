@@ -46,6 +46,9 @@ struct Log {
 pub struct Agent {
     child: Option<Child>,
     bins: Binaries,
+    /// The host namespace the agent runs in.
+    netns: String,
+    opts: AgentOptions,
     label: String,
     dir: PathBuf,
     config: PathBuf,
@@ -53,6 +56,8 @@ pub struct Agent {
     socket: PathBuf,
     log: Arc<Log>,
     cleanup_ids: Vec<u64>,
+    /// The running process's entry in the clean-up registry.
+    process_cleanup_id: Option<u64>,
 }
 
 impl Agent {
@@ -74,6 +79,8 @@ impl Agent {
         let mut agent = Agent {
             child: None,
             bins: host.bins().clone(),
+            netns: host.ns().name().to_string(),
+            opts: opts.clone(),
             label,
             dir,
             config,
@@ -81,6 +88,7 @@ impl Agent {
             socket,
             log: Arc::new(Log::default()),
             cleanup_ids: Vec::new(),
+            process_cleanup_id: None,
         };
         std::fs::write(&agent.config, policy)?;
         // The bpffs is mounted here, outside `ip netns exec`: one the agent
@@ -89,19 +97,26 @@ impl Agent {
         mount_bpffs(&agent.bpffs)?;
         cleanup_ids.push(cleanup::register(Resource::Mount(agent.bpffs.clone())));
         agent.cleanup_ids = cleanup_ids;
+        agent.spawn().context("the agent did not start")?;
+        Ok(agent)
+    }
 
+    /// Starts the agent process on this fixture's control file, bpffs and
+    /// socket, and waits for its next `policy applied`.
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let applied = self.count_log(&["policy applied"]);
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", host.ns().name()])
-            .arg(&agent.bins.hostwall)
+        cmd.args(["netns", "exec", &self.netns])
+            .arg(&self.bins.hostwall)
             .arg("agent");
         cmd.arg("--config")
-            .arg(&agent.config)
+            .arg(&self.config)
             .arg("--bpffs")
-            .arg(&agent.bpffs)
+            .arg(&self.bpffs)
             .arg("--socket")
-            .arg(&agent.socket);
-        cmd.args(["--node", opts.node.as_deref().unwrap_or(NODE)]);
-        if let Some(uplink) = &opts.uplink {
+            .arg(&self.socket);
+        cmd.args(["--node", self.opts.node.as_deref().unwrap_or(NODE)]);
+        if let Some(uplink) = &self.opts.uplink {
             cmd.args(["--uplink", uplink]);
         }
         // `ip netns exec` execs (no fork), so the child's pid is the agent's
@@ -114,7 +129,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting `{}`", describe(&cmd)))?;
-        agent.cleanup_ids.push(cleanup::register(Resource::Process {
+        self.process_cleanup_id = Some(cleanup::register(Resource::Process {
             pid: child.id() as i32,
             graceful: true,
         }));
@@ -125,7 +140,7 @@ impl Agent {
         .into_iter()
         .flatten()
         {
-            let log = agent.log.clone();
+            let log = self.log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     let mut text = log.text.lock().unwrap_or_else(|e| e.into_inner());
@@ -135,11 +150,32 @@ impl Agent {
                 }
             });
         }
-        agent.child = Some(child);
-        agent
-            .wait_for_log("policy applied", 1, START_TIMEOUT)
-            .context("the agent did not start")?;
-        Ok(agent)
+        self.child = Some(child);
+        self.wait_for_log("policy applied", applied + 1, START_TIMEOUT)
+    }
+
+    /// Kills the agent with SIGKILL, as a crash or the OOM killer would: no
+    /// clean-up of its own runs. Waits until the process is gone.
+    pub fn kill(&mut self) -> anyhow::Result<ExitStatus> {
+        let Some(mut child) = self.child.take() else {
+            bail!("the agent is not running")
+        };
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let status = child.wait().context("waiting for the killed agent")?;
+        if let Some(id) = self.process_cleanup_id.take() {
+            cleanup::forget(id);
+        }
+        Ok(status)
+    }
+
+    /// Starts the agent again after [`Agent::kill`] or [`Agent::stop`], on
+    /// the same control file, bpffs and socket (so it finds what the earlier
+    /// one pinned), and waits until it logs `policy applied`.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        if self.child.is_some() {
+            bail!("the agent is still running");
+        }
+        self.spawn().context("the agent did not start again")
     }
 
     pub fn config_path(&self) -> &Path {
@@ -164,10 +200,16 @@ impl Agent {
     }
 
     /// `hostwall uninstall` on this agent's bpffs: removes enforcement that
-    /// outlives a stopped agent.
+    /// outlives a stopped agent. It runs in the agent's network namespace,
+    /// as an operator would: on kernels without tcx the programs sit in tc
+    /// filters there, which no other namespace sees.
     pub fn uninstall(&self) -> anyhow::Result<()> {
-        let mut cmd = Command::new(&self.bins.hostwall);
-        cmd.arg("uninstall").arg("--bpffs").arg(&self.bpffs);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.netns])
+            .arg(&self.bins.hostwall)
+            .arg("uninstall")
+            .arg("--bpffs")
+            .arg(&self.bpffs);
         run(&mut cmd).map(drop)
     }
 
@@ -269,6 +311,9 @@ impl Agent {
         let Some(mut child) = self.child.take() else {
             bail!("the agent is not running")
         };
+        if let Some(id) = self.process_cleanup_id.take() {
+            cleanup::forget(id);
+        }
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -336,7 +381,7 @@ impl Drop for Agent {
         }
         cleanup::unmount(&self.bpffs);
         let _ = std::fs::remove_dir_all(&self.dir);
-        for id in &self.cleanup_ids {
+        for id in self.cleanup_ids.iter().chain(&self.process_cleanup_id) {
             cleanup::forget(*id);
         }
     }
