@@ -281,8 +281,14 @@ impl Agent {
     /// `hostwall uninstall` on this agent's bpffs: removes enforcement that
     /// outlives a stopped agent.
     pub fn uninstall(&self) -> anyhow::Result<()> {
-        let mut cmd = Command::new(&self.bins.hostwall);
-        cmd.arg("uninstall").arg("--bpffs").arg(&self.bpffs);
+        // In the agent's network namespace: on kernels without tcx the
+        // programs are netlink filters, found only there.
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.host_ns])
+            .arg(&self.bins.hostwall)
+            .arg("uninstall")
+            .arg("--bpffs")
+            .arg(&self.bpffs);
         run(&mut cmd).map(drop)
     }
 

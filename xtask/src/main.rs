@@ -1,7 +1,9 @@
-//! Developer commands: `cargo xtask test`, `cargo xtask demo`, `cargo xtask bench`.
+//! Developer commands: `cargo xtask test`, `cargo xtask demo`, `cargo xtask
+//! bench`, `cargo xtask vm-test`.
 
 mod bench;
 mod demo;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +37,26 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
     },
+    /// The integration scenarios in QEMU VMs on Debian's 6.1 and 6.12
+    /// kernels, and two VMs linked as two hosts (HOSTWALL_VM_ACCEL=kvm for
+    /// KVM; TCG by default).
+    VmTest {
+        /// Only these kernels for the single-host scenario (e.g. 6.1).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Only these integration tests inside the VMs (e.g. matrix).
+        #[arg(long = "test")]
+        tests: Vec<String>,
+        /// Leave out the two-host scenario.
+        #[arg(long)]
+        no_two_host: bool,
+        /// Leave out the single-host scenarios.
+        #[arg(long, conflicts_with = "no_two_host")]
+        no_single: bool,
+    },
+    /// Inside a test VM: run the scenario its kernel command line names.
+    #[command(hide = true)]
+    VmGuest,
 }
 
 fn repo_root() -> PathBuf {
@@ -88,6 +110,18 @@ fn main() -> anyhow::Result<()> {
             println!("all tests passed");
             Ok(())
         }
+        Cmd::VmTest {
+            kernels,
+            tests,
+            no_two_host,
+            no_single,
+        } => vm::run(vm::Options {
+            kernels,
+            tests,
+            single: !no_single,
+            two_host: !no_two_host,
+        }),
+        Cmd::VmGuest => vm::guest::main(),
         Cmd::Demo => {
             let (hostwall, probe) = build_binaries()?;
             if !demo::run(&hostwall, &probe, &repo_root())? {

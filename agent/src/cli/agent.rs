@@ -41,8 +41,8 @@ fn group_id(name: &str) -> anyhow::Result<u32> {
 
 pub fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
     if args.cleanup {
-        let n = daemon::lifecycle::uninstall(&args.bpffs)?;
-        println!("removed {n} pinned layout(s) under {}", args.bpffs.display());
+        let removed = daemon::lifecycle::uninstall(&args.bpffs)?;
+        println!("{}", removed.summary(&args.bpffs));
         return Ok(ExitCode::SUCCESS);
     }
     let opts = Options {

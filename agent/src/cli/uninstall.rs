@@ -9,10 +9,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, _ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
-    let n = hostwall::daemon::lifecycle::uninstall(&args.bpffs)?;
-    println!(
-        "removed {n} pinned layout(s) under {}; hostwall no longer filters",
-        args.bpffs.display()
-    );
+    let removed = hostwall::daemon::lifecycle::uninstall(&args.bpffs)?;
+    println!("{}", removed.summary(&args.bpffs));
     Ok(ExitCode::SUCCESS)
 }

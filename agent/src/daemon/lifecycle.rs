@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::rules::RuleRegistry;
 use super::{Agent, Options};
 use crate::compile::Compiled;
-use crate::datapath::{Attachments, Datapath, Layout, pinned_links, remove_all};
+use crate::datapath::{Attachments, Datapath, HookKind, Layout, pinned_links, remove_all};
 use crate::host;
 use crate::policy::{self, Policy};
 
@@ -216,17 +216,58 @@ fn carry_over_after_takeover(old: &Layout, datapath: &mut Datapath) {
     }
 }
 
-/// Removes every attachment and pin hostwall has under `bpffs`.
-pub fn uninstall(bpffs: &Path) -> anyhow::Result<usize> {
+/// What [`uninstall`] removed.
+pub struct Uninstalled {
+    pub layouts: usize,
+    /// cls_bpf filters (kernels without tcx).
+    pub filters: usize,
+}
+
+impl Uninstalled {
+    /// On kernels without tcx the programs sit in tc filters, which only a
+    /// process in the agent's network namespace sees; pins live on bpffs,
+    /// which any namespace sees. Removing a layout but no filter there means
+    /// the filters may still be enforcing in another namespace (or that the
+    /// agent had no endpoint attached).
+    pub fn filters_maybe_elsewhere(&self) -> bool {
+        HookKind::current() == HookKind::Clsact && self.layouts > 0 && self.filters == 0
+    }
+
+    /// One line for the CLI.
+    pub fn summary(&self, bpffs: &Path) -> String {
+        let mut s = format!("removed {} pinned layout(s) under {}", self.layouts, bpffs.display());
+        if HookKind::current() == HookKind::Clsact {
+            s.push_str(&format!(" and {} tc filter(s)", self.filters));
+        }
+        if self.filters_maybe_elsewhere() {
+            s.push_str(
+                "; no hostwall tc filter was found in this network namespace: on kernels without tcx \
+                 they stay on the interfaces of the namespace the agent ran in, so run `hostwall uninstall` \
+                 there (e.g. `ip netns exec NAME hostwall uninstall`)",
+            );
+        } else {
+            s.push_str("; hostwall no longer filters");
+        }
+        s
+    }
+}
+
+/// Removes every attachment and pin hostwall has under `bpffs` (and its tc
+/// filters in this network namespace).
+pub fn uninstall(bpffs: &Path) -> anyhow::Result<Uninstalled> {
     let interfaces: Vec<u32> = host::interfaces().into_iter().map(|(i, _)| i).collect();
     let layouts = Layout::all(bpffs);
+    let mut filters = 0;
     for l in &layouts {
-        remove_all(&l.links(), &interfaces);
+        filters += remove_all(&l.links(), &interfaces);
         l.remove().with_context(|| format!("removing {}", l.dir().display()))?;
     }
     if layouts.is_empty() {
         // Kernels without tcx keep filters without pins.
-        remove_all(Path::new("/nonexistent"), &interfaces);
+        filters += remove_all(Path::new("/nonexistent"), &interfaces);
     }
-    Ok(layouts.len())
+    Ok(Uninstalled {
+        layouts: layouts.len(),
+        filters,
+    })
 }

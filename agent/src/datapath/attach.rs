@@ -375,22 +375,27 @@ fn link_detach(link: SchedClassifierLink) -> Result<(), aya::programs::ProgramEr
 }
 
 /// Removes every hostwall attachment recorded under `links_dir` and, on
-/// clsact kernels, hostwall's filters on `interfaces`.
-pub fn remove_all(links_dir: &Path, interfaces: &[u32]) {
+/// clsact kernels, hostwall's filters on `interfaces`; returns how many
+/// filters it removed.
+pub fn remove_all(links_dir: &Path, interfaces: &[u32]) -> usize {
     if let Ok(entries) = std::fs::read_dir(links_dir) {
         for e in entries.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
     }
+    let mut filters = 0;
     if HookKind::current() == HookKind::Clsact {
         for &ifindex in interfaces {
             for t in [TcAttachType::Ingress, TcAttachType::Egress] {
-                if let Ok(link) = SchedClassifierLink::attached(ifindex, t.into(), NL_PRIORITY, NL_HANDLE, None) {
-                    let _ = link_detach(link);
+                if let Ok(link) = SchedClassifierLink::attached(ifindex, t.into(), NL_PRIORITY, NL_HANDLE, None)
+                    && link_detach(link).is_ok()
+                {
+                    filters += 1;
                 }
             }
         }
     }
+    filters
 }
 
 #[cfg(test)]
