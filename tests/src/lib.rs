@@ -10,6 +10,8 @@
 //! - [`Node::serve`] starts echo servers, [`Check`]s describe expected
 //!   reachability, [`assert_checks`] runs them in parallel with real
 //!   traffic (`hostwall-probe` for TCP and UDP, `ping` for ICMP).
+//! - [`testrun::Fixture`]: the eBPF programs loaded unpinned, built
+//!   [`frames`] run through them with BPF_PROG_TEST_RUN.
 //!
 //! Everything is torn down on drop, panics included; programs that also
 //! want it on Ctrl-C call [`cleanup::cleanup_on_interrupt`]. All of it needs
@@ -18,8 +20,10 @@
 pub mod agent;
 pub mod bins;
 pub mod cleanup;
+pub mod frames;
 pub mod netns;
 pub mod probe;
+pub mod testrun;
 pub mod topology;
 
 pub use agent::{Agent, AgentOptions, Stats};
