@@ -56,13 +56,16 @@ pub enum Hook<'a> {
 #[derive(Debug)]
 pub struct Refused(pub String);
 
+/// (code, packets) of every drop reason, then of every pass reason.
+type VerdictCounts = (Vec<(u32, u64)>, Vec<(u32, u64)>);
+
 pub struct Fixture {
     pub dp: Datapath,
     /// (interface name in the policy, interface created for it, ifindex).
     names: Vec<(String, String, u32)>,
-    /// Drop and pass counters after the last run, so that a run reads
-    /// them once.
-    counters: RefCell<Option<(Vec<u64>, Vec<u64>)>>,
+    /// Drop and pass counters (code, packets) after the last run, so that
+    /// a run reads them once.
+    counters: RefCell<Option<VerdictCounts>>,
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -150,11 +153,38 @@ impl Fixture {
             .collect()
     }
 
+    /// Packets counted under each of `codes` in a per-CPU counter array.
+    /// Reading only the codes that exist keeps a run to a few lookups.
+    fn counts(&self, map: &str, codes: impl Iterator<Item = u32>) -> Vec<(u32, u64)> {
+        let m: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(self.dp.ebpf.map(map).unwrap()).unwrap();
+        codes
+            .map(|i| (i, m.get(&i, 0).unwrap().iter().map(|c| c.packets).sum()))
+            .collect()
+    }
+
+    fn verdict_counts(&self) -> VerdictCounts {
+        (
+            self.counts("HW_DROPS", DropReason::ALL.iter().map(|r| *r as u32)),
+            self.counts("HW_PASSES", PassReason::ALL.iter().map(|r| *r as u32)),
+        )
+    }
+
     /// The conntrack table's entries.
     pub fn conntrack(&self) -> Vec<(CtKey, CtEntry)> {
         let m: HashMap<&MapData, CtKey, CtEntry> =
             HashMap::try_from(self.dp.ebpf.map("HW_CONNTRACK").unwrap()).unwrap();
         m.iter().filter_map(Result::ok).collect()
+    }
+
+    /// The conntrack table's entries, removed from it.
+    pub fn take_conntrack(&mut self) -> Vec<(CtKey, CtEntry)> {
+        let mut m: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.dp.ebpf.map_mut("HW_CONNTRACK").unwrap()).unwrap();
+        let entries: Vec<(CtKey, CtEntry)> = m.iter().filter_map(Result::ok).collect();
+        for (k, _) in &entries {
+            let _ = m.remove(k);
+        }
+        entries
     }
 
     /// Forgets every tracked flow, fragment and per-endpoint flow count, so
@@ -186,7 +216,7 @@ impl Fixture {
             .counters
             .borrow_mut()
             .take()
-            .unwrap_or_else(|| (self.counters("HW_DROPS"), self.counters("HW_PASSES")));
+            .unwrap_or_else(|| self.verdict_counts());
         let ret = match hook {
             Hook::From(iface) | Hook::To(iface) => {
                 let name = if matches!(hook, Hook::From(_)) {
@@ -219,11 +249,13 @@ impl Fixture {
                 }
             }
         };
-        let after = (self.counters("HW_DROPS"), self.counters("HW_PASSES"));
-        let moved = |before: &[u64], after: &[u64]| -> Vec<u32> {
-            (0..before.len())
-                .filter(|&i| after[i] != before[i])
-                .map(|i| i as u32)
+        let after = self.verdict_counts();
+        let moved = |before: &[(u32, u64)], after: &[(u32, u64)]| -> Vec<u32> {
+            before
+                .iter()
+                .zip(after)
+                .filter(|(b, a)| a.1 != b.1)
+                .map(|(b, _)| b.0)
                 .collect()
         };
         let dropped = moved(&before.0, &after.0);
