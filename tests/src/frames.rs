@@ -269,6 +269,38 @@ pub fn frame_v6_ext(src: &str, dst: &str, chain: &[u8], l4: L4) -> Frame {
     Frame(f)
 }
 
+/// An IPv6 packet with a chain of extension headers of chosen sizes
+/// before `l4`: (header type, bytes). A fragment header (44) is always 8
+/// bytes with offset 0 and M clear; AH (51) counts its length in 4-byte
+/// units, the others in 8-byte units.
+pub fn frame_v6_chain(src: &str, dst: &str, chain: &[(u8, usize)], l4: L4) -> Frame {
+    let l4_proto = proto_of(&l4, true);
+    let mut ext = Vec::new();
+    for (i, (ty, bytes)) in chain.iter().enumerate() {
+        let next = chain.get(i + 1).map(|c| c.0).unwrap_or(l4_proto);
+        let (len_field, bytes) = match ty {
+            44 => (0, 8),
+            51 => (bytes / 4 - 2, *bytes),
+            _ => (bytes / 8 - 1, *bytes),
+        };
+        // The rest is Pad1 options (zero bytes).
+        let mut h = vec![next, len_field as u8];
+        h.resize(bytes, 0);
+        ext.extend_from_slice(&h);
+    }
+    let body = l4.bytes();
+    let first = chain.first().map(|c| c.0).unwrap_or(l4_proto);
+    let mut h = ipv6_header(first, (ext.len() + body.len()) as u16);
+    let (s, d): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    h[8..24].copy_from_slice(&s.octets());
+    h[24..40].copy_from_slice(&d.octets());
+    h.extend_from_slice(&ext);
+    h.extend_from_slice(&body);
+    let mut f = eth(0x86dd);
+    f.extend_from_slice(&h);
+    Frame(f)
+}
+
 /// An IPv6 fragment: fragment header with `offset8` and M flag, then `body`.
 pub fn frame_v6_fragment(src: &str, dst: &str, id: u32, offset8: u16, more: bool, next: u8, body: Vec<u8>) -> Frame {
     let field = (offset8 << 3) | more as u16;
@@ -300,10 +332,27 @@ pub fn arp(sender: &str, target: &str) -> Frame {
 
 /// A frame with an 802.1Q tag in front of an IPv4 packet.
 pub fn vlan(inner: Frame) -> Frame {
+    tagged(0x8100, inner)
+}
+
+/// A frame with a VLAN tag of this TPID (0x8100 802.1Q, 0x88a8 802.1ad).
+pub fn tagged(tpid: u16, inner: Frame) -> Frame {
     let mut f = inner.0[..12].to_vec();
-    f.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+    f.extend_from_slice(&tpid.to_be_bytes());
+    f.extend_from_slice(&[0x00, 0x05]);
     f.extend_from_slice(&inner.0[12..]);
     Frame(f)
+}
+
+/// A UDP header whose length field says `len` (8 for an empty datagram,
+/// 0 for what a jumbogram or a broken stack sends).
+pub fn udp_with_length(sport: u16, dport: u16, len: u16) -> L4 {
+    let mut h = Vec::with_capacity(8);
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    L4::Proto(UDP, h)
 }
 
 /// A neighbour advertisement (or solicitation) for `target`.
