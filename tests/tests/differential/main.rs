@@ -141,6 +141,20 @@ fn tcp_without_syn_is_admitted_as_the_reverse_of_an_allowed_flow() {
         shrink: 1,
         progress: 0,
     };
+    let report = without_syn(&plan);
+    let c = &report.coverage;
+    eprintln!("{}\nin {:.1?}", c.summary(), report.elapsed);
+    assert_agree(&report);
+    assert!(
+        c.reverse >= 50,
+        "only {} reverse admissions:\n{}",
+        c.reverse,
+        c.summary()
+    );
+}
+
+/// The plan's cases with every TCP packet's SYN taken away.
+fn without_syn(plan: &Plan) -> Report {
     let no_syn = || {
         generate::case(plan.packets.clone(), false).prop_map(|mut case| {
             for (i, p) in case.packets.iter_mut().enumerate() {
@@ -151,18 +165,9 @@ fn tcp_without_syn_is_admitted_as_the_reverse_of_an_allowed_flow() {
             case
         })
     };
-    let report = harness::run_with(&plan, no_syn, |f, case, cov| {
+    harness::run_with(plan, no_syn, |f, case, cov| {
         harness::check_stateless(f, case, Compiler::Real, cov)
-    });
-    let c = &report.coverage;
-    eprintln!("{}\nin {:.1?}", c.summary(), report.elapsed);
-    assert_agree(&report);
-    assert!(
-        c.reverse >= 50,
-        "only {} reverse admissions:\n{}",
-        c.reverse,
-        c.summary()
-    );
+    })
 }
 
 /// A long run for `cargo xtask fuzz-datapath`: `HOSTWALL_DIFF_CASES`
@@ -176,7 +181,7 @@ fn long_run() {
         Some(case) => (case, 1),
         None => (0, env("HOSTWALL_DIFF_CASES").unwrap_or(1_000_000).div_ceil(200).max(1)),
     };
-    let report = harness::run(&Plan {
+    let plan = Plan {
         seed: seed(),
         first,
         policies,
@@ -184,12 +189,30 @@ fn long_run() {
         compiler: Compiler::Real,
         shrink: 3,
         progress: (policies / 20).max(1),
-    });
+    };
+    let report = harness::run(&plan);
     eprintln!(
         "seed {:#x}: {}\nin {:.1?}",
         seed(),
         report.coverage.summary(),
         report.elapsed
     );
+    assert_agree(&report);
+    // A tenth as many cases without SYN, and conntrack scripts (which
+    // pause for real now and then) for a fiftieth.
+    let report = without_syn(&Plan {
+        policies: policies.div_ceil(10),
+        progress: 0,
+        ..plan.clone()
+    });
+    eprintln!("without SYN: {}\nin {:.1?}", report.coverage.summary(), report.elapsed);
+    assert_agree(&report);
+    let scripts = Plan {
+        policies: policies.div_ceil(50),
+        progress: 0,
+        ..plan
+    };
+    let report = harness::run_with(&scripts, stateful::script, stateful::check);
+    eprintln!("conntrack: {}\nin {:.1?}", report.coverage.summary(), report.elapsed);
     assert_agree(&report);
 }
