@@ -12,6 +12,8 @@
 //!   traffic (`hostwall-probe` for TCP and UDP, `ping` for ICMP).
 //! - [`TcpStreamer`] and [`UdpSeqSender`] keep a flow going while the
 //!   agent changes, against servers from [`Node::serve_specs`].
+//! - [`testrun::Fixture`]: the eBPF programs loaded unpinned, built
+//!   [`frames`] run through them with BPF_PROG_TEST_RUN.
 //!
 //! Everything is torn down on drop, panics included; programs that also
 //! want it on Ctrl-C call [`cleanup::cleanup_on_interrupt`]. All of it needs
@@ -20,9 +22,11 @@
 pub mod agent;
 pub mod bins;
 pub mod cleanup;
+pub mod frames;
 pub mod netns;
 pub mod probe;
 pub mod stream;
+pub mod testrun;
 pub mod topology;
 
 pub use agent::{Agent, AgentOptions, Stats};

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use hostwall_common::{FAMILY_V4, FAMILY_V6};
 use ipnet::IpNet;
 
-use crate::policy::Policy;
+use crate::policy::{Peer, Policy};
 
 /// Something a rule peer can name.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -27,35 +27,64 @@ pub struct PrefixClass {
 
 #[derive(Default)]
 struct Own {
-    labels: BTreeSet<Label>,
+    /// Label ids, as [`PeerClasses::build`] interns them.
+    labels: Vec<u32>,
     host: bool,
     endpoint: Option<usize>,
 }
 
 pub struct PeerClasses {
     prefixes: BTreeMap<IpNet, PrefixClass>,
-    /// Class id - 1 -> family.
+    /// The family of class id `i + 1`.
     families: Vec<u8>,
-    /// Label -> the classes whose labels include it, ascending, so that a
-    /// rule's classes are found without scanning every class.
-    by_label: HashMap<Label, Vec<u32>>,
+    labels: HashMap<Label, u32>,
+    /// By label id: the classes whose label sets hold it, ascending, so
+    /// that a rule's classes are found without scanning every class.
+    by_label: Vec<Vec<u32>>,
 }
 
 impl PeerClasses {
-    pub fn build(policy: &Policy, host_addresses: &[IpAddr]) -> PeerClasses {
-        let mut own: BTreeMap<IpNet, Own> = BTreeMap::new();
+    /// `only_own`: each prefix's class holds its own labels only (a
+    /// planted bug, see `Mutation::DropShorterPrefix`).
+    pub fn build(policy: &Policy, host_addresses: &[IpAddr], only_own: bool) -> PeerClasses {
+        // Only what some rule names can tell addresses apart: a group no
+        // rule names, or the host when no rule names it, would only split
+        // classes (and multiply policy entries) for nothing.
+        let mut labels: HashMap<Label, u32> = HashMap::new();
+        let mut named_lists: BTreeSet<&str> = BTreeSet::new();
+        let intern = |labels: &mut HashMap<Label, u32>, l: Label| {
+            let next = labels.len() as u32;
+            *labels.entry(l).or_insert(next)
+        };
         for group in policy.groups.values() {
             for rule in group.ingress.iter().chain(&group.egress) {
                 for peer in &rule.peers {
-                    if let crate::policy::Peer::Cidr(net) = peer {
-                        own.entry(*net).or_default().labels.insert(Label::Cidr(*net));
+                    match peer {
+                        Peer::Cidr(net) => {
+                            intern(&mut labels, Label::Cidr(net.trunc()));
+                        }
+                        Peer::Group(g) => {
+                            intern(&mut labels, Label::Group(g.clone()));
+                        }
+                        Peer::PrefixList(name) => {
+                            if named_lists.insert(name) {
+                                for net in policy.prefix_lists.get(name).into_iter().flatten() {
+                                    intern(&mut labels, Label::Cidr(net.trunc()));
+                                }
+                            }
+                        }
+                        Peer::Host => {
+                            intern(&mut labels, Label::Host);
+                        }
                     }
                 }
             }
         }
-        for nets in policy.prefix_lists.values() {
-            for net in nets {
-                own.entry(*net).or_default().labels.insert(Label::Cidr(*net));
+
+        let mut own: BTreeMap<IpNet, Own> = BTreeMap::new();
+        for (label, id) in &labels {
+            if let Label::Cidr(net) = label {
+                own.entry(*net).or_default().labels.push(*id);
             }
         }
         for (i, ep) in policy.endpoints.iter().enumerate() {
@@ -63,37 +92,49 @@ impl PeerClasses {
                 let entry = own.entry(IpNet::from(*addr)).or_default();
                 entry.endpoint = Some(i);
                 for g in &ep.groups {
-                    entry.labels.insert(Label::Group(g.clone()));
+                    if let Some(id) = labels.get(&Label::Group(g.clone())) {
+                        entry.labels.push(*id);
+                    }
                 }
             }
         }
+        let host_label = labels.get(&Label::Host).copied();
         for addr in host_addresses {
             let entry = own.entry(IpNet::from(*addr)).or_default();
             entry.host = true;
-            entry.labels.insert(Label::Host);
+            entry.labels.extend(host_label);
         }
 
-        let mut ids: BTreeMap<(u8, BTreeSet<Label>), u32> = BTreeMap::new();
-        let mut classes = Vec::new();
+        // Prefixes in order, each after every prefix that contains it
+        // (shorter first at one address), so a stack of the enclosing
+        // prefixes gives each its inherited labels.
+        let mut ids: HashMap<(u8, Vec<u32>), u32> = HashMap::new();
+        let mut families = Vec::new();
+        let mut by_label: Vec<Vec<u32>> = vec![Vec::new(); labels.len()];
         let mut prefixes = BTreeMap::new();
+        let mut enclosing: Vec<(IpNet, Vec<u32>)> = Vec::new();
         for (net, o) in &own {
-            // Every enclosing prefix's labels apply too.
-            let mut labels = BTreeSet::new();
-            for len in (0..=net.prefix_len()).rev() {
-                let Ok(sup) = IpNet::new(net.network(), len) else {
-                    continue;
-                };
-                if let Some(s) = own.get(&sup.trunc()) {
-                    labels.extend(s.labels.iter().cloned());
-                }
+            while enclosing.last().is_some_and(|(outer, _)| !outer.contains(net)) {
+                enclosing.pop();
             }
-            let class = if labels.is_empty() {
+            let mut set = match enclosing.last() {
+                Some((_, inherited)) if !only_own => inherited.clone(),
+                _ => Vec::new(),
+            };
+            set.extend(&o.labels);
+            set.sort_unstable();
+            set.dedup();
+            let class = if set.is_empty() {
                 hostwall_common::CLASS_WORLD
             } else {
                 let family = family(net);
-                *ids.entry((family, labels.clone())).or_insert_with(|| {
-                    classes.push((family, labels));
-                    classes.len() as u32
+                *ids.entry((family, set.clone())).or_insert_with(|| {
+                    families.push(family);
+                    let id = families.len() as u32;
+                    for label in &set {
+                        by_label[*label as usize].push(id);
+                    }
+                    id
                 })
             };
             prefixes.insert(
@@ -104,18 +145,12 @@ impl PeerClasses {
                     endpoint: o.endpoint,
                 },
             );
-        }
-        let mut by_label: HashMap<Label, Vec<u32>> = HashMap::new();
-        let mut families = Vec::with_capacity(classes.len());
-        for (i, (family, labels)) in classes.into_iter().enumerate() {
-            families.push(family);
-            for label in labels {
-                by_label.entry(label).or_default().push(i as u32 + 1);
-            }
+            enclosing.push((*net, set));
         }
         PeerClasses {
             prefixes,
             families,
+            labels,
             by_label,
         }
     }
@@ -125,12 +160,12 @@ impl PeerClasses {
     }
 
     /// Classes any of whose labels is in `labels`, restricted to one IP
-    /// family when `family` is given.
+    /// family when `family` is given; ascending.
     pub fn matching(&self, labels: &BTreeSet<Label>, family: Option<u8>) -> Vec<u32> {
         let mut out: Vec<u32> = labels
             .iter()
-            .filter_map(|l| self.by_label.get(l))
-            .flatten()
+            .filter_map(|l| self.labels.get(l))
+            .flat_map(|id| &self.by_label[*id as usize])
             .copied()
             .filter(|c| family.is_none_or(|want| self.families[*c as usize - 1] == want))
             .collect();

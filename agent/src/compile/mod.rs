@@ -16,8 +16,9 @@
 mod classes;
 mod lookup;
 mod ports;
+pub mod synthetic;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use hostwall_common::{
@@ -159,6 +160,40 @@ pub fn compile_with(
     limits: &Limits,
     rule_ids: &BTreeMap<RuleRef, u32>,
 ) -> Result<Compiled, CompileError> {
+    compile_inner(policy, host, limits, rule_ids, None)
+}
+
+/// A deliberate compiler bug. The differential tests compile with one to
+/// show that they notice; nothing else uses them.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mutation {
+    /// Port ranges of more than one port lose their last port.
+    OffByOneRange,
+    /// A prefix's class leaves out the peers of the shorter prefixes
+    /// around it, so a longest match forgets the CIDRs that contain it.
+    DropShorterPrefix,
+}
+
+/// [`compile_with`] with `mutation` planted in it.
+#[doc(hidden)]
+pub fn compile_with_mutation(
+    policy: &Policy,
+    host: &HostView<'_>,
+    limits: &Limits,
+    rule_ids: &BTreeMap<RuleRef, u32>,
+    mutation: Mutation,
+) -> Result<Compiled, CompileError> {
+    compile_inner(policy, host, limits, rule_ids, Some(mutation))
+}
+
+fn compile_inner(
+    policy: &Policy,
+    host: &HostView<'_>,
+    limits: &Limits,
+    rule_ids: &BTreeMap<RuleRef, u32>,
+    mutation: Option<Mutation>,
+) -> Result<Compiled, CompileError> {
     let mut out = Compiled {
         settings: settings(policy),
         ..Default::default()
@@ -229,7 +264,11 @@ pub fn compile_with(
     check("HW_SRC", out.src.len(), limits.src_entries)?;
 
     // Peer classes.
-    let classes = PeerClasses::build(policy, host.host_addresses);
+    let classes = PeerClasses::build(
+        policy,
+        host.host_addresses,
+        mutation == Some(Mutation::DropShorterPrefix),
+    );
     for (net, labels_class) in classes.prefixes() {
         let mut info = PeerInfo {
             class: labels_class.class,
@@ -254,11 +293,15 @@ pub fn compile_with(
     check("HW_PEER4", out.peer4.len(), limits.peer_entries)?;
     check("HW_PEER6", out.peer6.len(), limits.peer_entries)?;
 
+    // What each rule contributes to a bucket, worked out once although
+    // every policy id whose groups hold the rule uses it.
+    let mut compiled_rules: HashMap<(&str, Direction, usize), CompiledRule> = HashMap::new();
+
     // Rules, per policy id, direction and peer class.
     for (groups, pid) in &policy_ids {
         for direction in [Direction::Ingress, Direction::Egress] {
-            // (class, any_proto, proto) -> [(first, last, rule id)]
-            let mut buckets: BTreeMap<(u32, u8, u8), Vec<PortRangeRule>> = BTreeMap::new();
+            // ((class, any_proto, proto), (first, last, rule id))
+            let mut buckets: Vec<((u32, u8, u8), PortRangeRule)> = Vec::new();
             for group in groups {
                 let Some(g) = policy.groups.get(*group) else { continue };
                 let rules = match direction {
@@ -266,27 +309,40 @@ pub fn compile_with(
                     Direction::Egress => &g.egress,
                 };
                 for (index, rule) in rules.iter().enumerate() {
-                    let id = rule_ids[&RuleRef {
-                        group: group.to_string(),
-                        direction,
-                        index,
-                    }];
-                    let labels = peer_labels(policy, rule);
-                    let (first, last) = rule_range(rule);
-                    let (any, proto) = match rule.proto {
-                        Proto::All => (1, 0),
-                        Proto::Number(n) => (0, n),
-                    };
-                    for class in classes.matching(&labels, family_of(rule.proto)) {
-                        buckets.entry((class, any, proto)).or_default().push((first, last, id));
-                    }
+                    let r = compiled_rules.entry((group, direction, index)).or_insert_with(|| {
+                        let id = rule_ids[&RuleRef {
+                            group: group.to_string(),
+                            direction,
+                            index,
+                        }];
+                        let (first, mut last) = rule_range(rule);
+                        if mutation == Some(Mutation::OffByOneRange) && rule.ports.is_some() && last > first {
+                            last -= 1;
+                        }
+                        let (any, proto) = match rule.proto {
+                            Proto::All => (1, 0),
+                            Proto::Number(n) => (0, n),
+                        };
+                        CompiledRule {
+                            classes: classes.matching(&peer_labels(policy, rule), family_of(rule.proto)),
+                            range: (first, last, id),
+                            any,
+                            proto,
+                        }
+                    });
+                    buckets.extend(r.classes.iter().map(|class| ((*class, r.any, r.proto), r.range)));
                 }
             }
             let dir = match direction {
                 Direction::Ingress => DIR_INGRESS,
                 Direction::Egress => DIR_EGRESS,
             };
-            for ((class, any_proto, proto), ranges) in buckets {
+            // Stable: within a bucket the rules stay in policy order, and
+            // the first rule covering a port is the one credited.
+            buckets.sort_by_key(|(bucket, _)| *bucket);
+            for chunk in buckets.chunk_by(|a, b| a.0 == b.0) {
+                let (class, any_proto, proto) = chunk[0].0;
+                let ranges: Vec<PortRangeRule> = chunk.iter().map(|(_, r)| *r).collect();
                 for block in port_blocks(&ranges) {
                     let key = PolicyKey {
                         policy: *pid,
@@ -311,6 +367,15 @@ pub fn compile_with(
     Ok(out)
 }
 
+/// One rule, ready to go into the buckets of the policy ids that hold it.
+struct CompiledRule {
+    /// The peer classes its peers match.
+    classes: Vec<u32>,
+    range: PortRangeRule,
+    any: u8,
+    proto: u8,
+}
+
 fn check(map: &'static str, needed: usize, capacity: usize) -> Result<(), CompileError> {
     if needed > capacity {
         return Err(CompileError::MapFull { map, needed, capacity });
@@ -327,11 +392,11 @@ fn peer_labels(policy: &Policy, rule: &Rule) -> BTreeSet<Label> {
                 labels.insert(Label::Group(g.clone()));
             }
             Peer::Cidr(net) => {
-                labels.insert(Label::Cidr(*net));
+                labels.insert(Label::Cidr(net.trunc()));
             }
             Peer::PrefixList(name) => {
                 for net in policy.prefix_lists.get(name).into_iter().flatten() {
-                    labels.insert(Label::Cidr(*net));
+                    labels.insert(Label::Cidr(net.trunc()));
                 }
             }
             Peer::Host => {

@@ -13,6 +13,9 @@ pub struct PortBlock {
 /// prefix-aligned blocks. A port covered by several ranges is credited to
 /// the range listed first.
 pub fn port_blocks(ranges: &[(u16, u16, u32)]) -> Vec<PortBlock> {
+    if let [(first, last, rule)] = ranges {
+        return blocks(&[(*first as u32, *last as u32, *rule)]);
+    }
     // Elementary intervals between all range boundaries.
     let mut bounds: Vec<u32> = Vec::with_capacity(ranges.len() * 2);
     for &(first, last, _) in ranges {
@@ -35,8 +38,13 @@ pub fn port_blocks(ranges: &[(u16, u16, u32)]) -> Vec<PortBlock> {
         }
     }
 
+    blocks(&runs)
+}
+
+/// Disjoint runs `(first, last, rule)` as prefix-aligned blocks.
+fn blocks(runs: &[(u32, u32, u32)]) -> Vec<PortBlock> {
     let mut blocks = Vec::new();
-    for (lo, hi, rule) in runs {
+    for &(lo, hi, rule) in runs {
         let mut start = lo;
         while start <= hi {
             // The largest aligned block that starts at `start` and fits.

@@ -3,186 +3,15 @@
 //! it) out. Each test gets a network namespace of its own (unshared on its
 //! thread) holding veth interfaces that stand for endpoint interfaces.
 
-mod pkt;
-
-use std::net::IpAddr;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-
-use aya::maps::{MapData, PerCpuArray};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
-use hostwall::compile::{self, HostView};
-use hostwall::datapath::{Datapath, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK};
-use hostwall::policy::parse_str;
-use hostwall_common::{Counter, DropReason, PassReason};
-use pkt::*;
-
-const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
-const TC_ACT_SHOT: u32 = 2;
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-/// Offset of `ifindex` in `struct __sk_buff` (include/uapi/linux/bpf.h).
-const SKB_IFINDEX_OFFSET: usize = 40;
-const SKB_CTX_SIZE: usize = 192;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Expect {
-    Pass(PassReason),
-    Drop(DropReason),
-}
 use Expect::{Drop, Pass};
-
-#[derive(Clone, Copy, Debug)]
-enum Hook<'a> {
-    /// TC ingress of the named endpoint interface.
-    From(&'a str),
-    /// TC egress of the named endpoint interface.
-    To(&'a str),
-    Uplink,
-}
 use Hook::{From, To, Uplink};
 
-struct Fixture {
-    dp: Datapath,
-    names: Vec<(String, String)>,
-}
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-impl Fixture {
-    /// Loads the programs and applies `yaml`. Endpoint interface names in
-    /// the policy are created as veth interfaces in a fresh network
-    /// namespace of this thread.
-    fn new(yaml: &str, host: &[&str]) -> Fixture {
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
-        let policy = parse_str(yaml, "test.yaml").expect("valid policy");
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let mut names = Vec::new();
-        for ep in &policy.endpoints {
-            let Some(iface) = &ep.interface else { continue };
-            // Interface names are per namespace, but a test thread may be
-            // reused: keep them unique anyway.
-            let real = format!("hp{n}-{}", &iface[iface.len().saturating_sub(8)..]);
-            let peer = format!("hq{n}-{}", names.len());
-            let ok = Command::new("ip")
-                .args(["link", "add", &real, "type", "veth", "peer", "name", &peer])
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "ip link add {real}");
-            names.push((iface.clone(), real));
-        }
-        let mut dp = Datapath::load_unpinned().expect("load programs");
-        let host: Vec<IpAddr> = host.iter().map(|a| a.parse().unwrap()).collect();
-        let names2 = names.clone();
-        let resolve = move |name: &str| {
-            let real = names2.iter().find(|(p, _)| p == name).map(|(_, r)| r.clone())?;
-            hostwall::host::ifindex(&real)
-        };
-        let view = HostView {
-            node: "test",
-            host_addresses: &host,
-            ifindex: &resolve,
-        };
-        let compiled = compile::compile(&policy, &view).expect("compile");
-        dp.slots.apply(&compiled).expect("apply");
-        Fixture { dp, names }
-    }
-
-    fn ifindex(&self, policy_name: &str) -> u32 {
-        let real = &self
-            .names
-            .iter()
-            .find(|(p, _)| p == policy_name)
-            .expect("interface in policy")
-            .1;
-        hostwall::host::ifindex(real).expect("test interface exists")
-    }
-
-    fn counters(&self, map: &str) -> Vec<u64> {
-        let m: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(self.dp.ebpf.map(map).unwrap()).unwrap();
-        (0..m.len())
-            .map(|i| m.get(&i, 0).unwrap().iter().map(|c| c.packets).sum())
-            .collect()
-    }
-
-    /// Runs `frame` through the program of `hook`; returns the verdict as
-    /// seen from its return code and the counter that moved.
-    fn run(&self, hook: Hook<'_>, frame: &Frame) -> Expect {
-        let drops = self.counters("HW_DROPS");
-        let passes = self.counters("HW_PASSES");
-        let ret = match hook {
-            From(iface) | To(iface) => {
-                let name = if matches!(hook, From(_)) {
-                    PROG_FROM_ENDPOINT
-                } else {
-                    PROG_TO_ENDPOINT
-                };
-                let prog: &SchedClassifier = self.dp.ebpf.program(name).unwrap().try_into().unwrap();
-                let mut ctx = [0u8; SKB_CTX_SIZE];
-                ctx[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&self.ifindex(iface).to_ne_bytes());
-                let mut opts = TestRunOptions::new();
-                opts.data_in = Some(&frame.0);
-                opts.ctx_in = Some(&ctx);
-                let r = prog
-                    .test_run(opts)
-                    .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {} bytes: {e}", frame.0.len()))
-                    .return_value;
-                match r {
-                    TC_ACT_UNSPEC => true,
-                    TC_ACT_SHOT => false,
-                    other => panic!("unexpected tc return {other}"),
-                }
-            }
-            Uplink => {
-                let prog: &Xdp = self.dp.ebpf.program(PROG_UPLINK).unwrap().try_into().unwrap();
-                let mut opts = TestRunOptions::new();
-                opts.data_in = Some(&frame.0);
-                let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value;
-                match r {
-                    XDP_PASS => true,
-                    XDP_DROP => false,
-                    other => panic!("unexpected xdp return {other}"),
-                }
-            }
-        };
-        let moved = |before: &[u64], after: &[u64]| -> Vec<u32> {
-            (0..before.len())
-                .filter(|&i| after[i] != before[i])
-                .map(|i| i as u32)
-                .collect()
-        };
-        let dropped = moved(&drops, &self.counters("HW_DROPS"));
-        let passed = moved(&passes, &self.counters("HW_PASSES"));
-        match (ret, dropped.as_slice(), passed.as_slice()) {
-            (true, [], [code]) => Pass(*PassReason::ALL.iter().find(|r| **r as u32 == *code).unwrap()),
-            (false, [code], []) => Drop(DropReason::from_code(*code).unwrap()),
-            other => panic!("return code and counters disagree: {other:?}"),
-        }
-    }
-
-    /// Runs a table; reports every mismatch with the case that caused it.
-    fn check(&self, cases: &[(&str, Hook<'_>, Frame, Expect)]) {
-        let mut failures = Vec::new();
-        for (name, hook, frame, want) in cases {
-            let got = self.run(*hook, frame);
-            if got != *want {
-                failures.push(format!(
-                    "{name}: {hook:?} expected {want:?}, got {got:?}\n  frame: {:02x?}",
-                    frame.0
-                ));
-            }
-        }
-        assert!(
-            failures.is_empty(),
-            "{} of {} cases failed:\n{}",
-            failures.len(),
-            cases.len(),
-            failures.join("\n")
-        );
-    }
-}
+mod hostile;
+use hostwall::compile::{self, HostView};
+use hostwall::policy::parse_str;
+use hostwall_common::{DropReason, PassReason};
+use hostwall_tests::frames::*;
+use hostwall_tests::testrun::{Expect, Fixture, Hook};
 
 // Named addresses of the test policy.
 const WEB: &str = "10.10.0.11";
@@ -802,37 +631,6 @@ fn odd_headers_are_judged_by_what_they_carry() {
 }
 
 #[test]
-fn truncated_headers_never_pass() {
-    let f = fixture();
-    for (full, l3_len) in [
-        (frame(WEB, API, tcp(40300, 8080, SYN)), 20),
-        (frame(WEB6, API6, tcp(40300, 8080, SYN)), 40),
-        (frame(WEB, HOST, udp(40300, 53)), 20),
-        (frame(WEB, API, echo_request(false, 3)), 20),
-        (frame_v6_ext(WEB6, API6, &[0, 60], tcp(40301, 8080, SYN)), 40),
-    ] {
-        // BPF_PROG_TEST_RUN refuses skbs whose IP header is incomplete
-        // (the kernel pulls it before running the program), so the cuts
-        // start after it: extension headers, L4 headers.
-        for len in 14 + l3_len..full.0.len() {
-            let cut = Frame(full.0[..len].to_vec());
-            let got = f.run(From("hw-web"), &cut);
-            assert_eq!(
-                got,
-                Drop(DropReason::Malformed),
-                "truncated to {len} of {} bytes",
-                full.0.len()
-            );
-        }
-        assert_eq!(
-            f.run(From("hw-web"), &full),
-            Pass(PassReason::NewAllowed),
-            "the whole frame passes"
-        );
-    }
-}
-
-#[test]
 fn icmp_errors_need_a_tracked_flow() {
     let f = fixture();
     let quoted = ip_packet(WEB, HOST, &udp(6000, 53));
@@ -970,21 +768,8 @@ endpoints:
     )
     .unwrap();
     let gone = f.ifindex("hw-gone");
-    let names = f.names.clone();
-    let resolve = move |n: &str| {
-        names
-            .iter()
-            .find(|(p, _)| p == n)
-            .and_then(|(_, r)| hostwall::host::ifindex(r))
-    };
-    let view = HostView {
-        node: "test",
-        host_addresses: &[],
-        ifindex: &resolve,
-    };
-    let compiled = compile::compile(&policy, &view).unwrap();
     let mut f = f;
-    f.dp.slots.apply(&compiled).unwrap();
+    f.apply(&policy, &[]);
     assert_ne!(gone, 0);
     f.check(&[(
         "stale interface",

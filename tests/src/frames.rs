@@ -1,5 +1,6 @@
-//! A small frame builder: Ethernet, IPv4/IPv6, TCP/UDP/ICMP. Checksums are
-//! left zero: the programs never verify them.
+//! A small frame builder: Ethernet, IPv4/IPv6, TCP/UDP/SCTP/ICMP and any
+//! other protocol number. Checksums are left zero: the programs never
+//! verify them.
 
 use std::net::IpAddr;
 
@@ -7,6 +8,7 @@ pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
 pub const ICMPV6: u8 = 58;
+pub const SCTP: u8 = 132;
 
 pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
@@ -34,6 +36,10 @@ pub enum L4 {
         sport: u16,
         dport: u16,
     },
+    Sctp {
+        sport: u16,
+        dport: u16,
+    },
     /// type, code, the 4 bytes after the checksum, then a payload.
     Icmp {
         ty: u8,
@@ -41,7 +47,11 @@ pub enum L4 {
         rest: [u8; 4],
         payload: Vec<u8>,
     },
+    /// Protocol 253 (reserved for experiments) with these bytes.
     Raw(Vec<u8>),
+    /// Any protocol number with these bytes: ICMP in an IPv6 packet, an
+    /// unknown protocol, a header written by hand.
+    Proto(u8, Vec<u8>),
 }
 
 impl L4 {
@@ -61,6 +71,14 @@ impl L4 {
                 h.extend_from_slice(&[0, 8, 0, 0]);
                 h
             }
+            L4::Sctp { sport, dport } => {
+                // Common header: ports, verification tag, checksum.
+                let mut h = Vec::with_capacity(12);
+                h.extend_from_slice(&sport.to_be_bytes());
+                h.extend_from_slice(&dport.to_be_bytes());
+                h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+                h
+            }
             L4::Icmp {
                 ty,
                 code,
@@ -72,7 +90,7 @@ impl L4 {
                 h.extend_from_slice(payload);
                 h
             }
-            L4::Raw(b) => b.clone(),
+            L4::Raw(b) | L4::Proto(_, b) => b.clone(),
         }
     }
 }
@@ -83,6 +101,19 @@ pub fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
 
 pub fn udp(sport: u16, dport: u16) -> L4 {
     L4::Udp { sport, dport }
+}
+
+pub fn sctp(sport: u16, dport: u16) -> L4 {
+    L4::Sctp { sport, dport }
+}
+
+/// The 8 bytes of an ICMP or ICMPv6 header without a payload, to put in a
+/// packet of any protocol number.
+pub fn icmp_header(ty: u8, code: u8, id: u16) -> Vec<u8> {
+    let mut h = vec![ty, code, 0, 0];
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&[0, 1]);
+    h
 }
 
 pub fn echo_request(v6: bool, id: u16) -> L4 {
@@ -118,6 +149,7 @@ fn proto_of(l4: &L4, v6: bool) -> u8 {
     match l4 {
         L4::Tcp { .. } => TCP,
         L4::Udp { .. } => UDP,
+        L4::Sctp { .. } => SCTP,
         L4::Icmp { .. } => {
             if v6 {
                 ICMPV6
@@ -126,12 +158,17 @@ fn proto_of(l4: &L4, v6: bool) -> u8 {
             }
         }
         L4::Raw(_) => 253,
+        L4::Proto(p, _) => *p,
     }
 }
 
 /// The IP packet (no Ethernet header) of `src -> dst` carrying `l4`.
 pub fn ip_packet(src: &str, dst: &str, l4: &L4) -> Vec<u8> {
-    let (src, dst): (IpAddr, IpAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+    ip_packet_of(src.parse().unwrap(), dst.parse().unwrap(), l4)
+}
+
+/// [`ip_packet`] with parsed addresses.
+pub fn ip_packet_of(src: IpAddr, dst: IpAddr, l4: &L4) -> Vec<u8> {
     let body = l4.bytes();
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
@@ -172,9 +209,13 @@ fn ipv6_header(next: u8, payload: u16) -> Vec<u8> {
 
 /// An Ethernet frame of `src -> dst` carrying `l4`.
 pub fn frame(src: &str, dst: &str, l4: L4) -> Frame {
-    let v6 = src.contains(':');
-    let mut f = eth(if v6 { 0x86dd } else { 0x0800 });
-    f.extend_from_slice(&ip_packet(src, dst, &l4));
+    frame_of(src.parse().unwrap(), dst.parse().unwrap(), &l4)
+}
+
+/// [`frame`] with parsed addresses.
+pub fn frame_of(src: IpAddr, dst: IpAddr, l4: &L4) -> Frame {
+    let mut f = eth(if src.is_ipv6() { 0x86dd } else { 0x0800 });
+    f.extend_from_slice(&ip_packet_of(src, dst, l4));
     Frame(f)
 }
 
@@ -228,6 +269,38 @@ pub fn frame_v6_ext(src: &str, dst: &str, chain: &[u8], l4: L4) -> Frame {
     Frame(f)
 }
 
+/// An IPv6 packet with a chain of extension headers of chosen sizes
+/// before `l4`: (header type, bytes). A fragment header (44) is always 8
+/// bytes with offset 0 and M clear; AH (51) counts its length in 4-byte
+/// units, the others in 8-byte units.
+pub fn frame_v6_chain(src: &str, dst: &str, chain: &[(u8, usize)], l4: L4) -> Frame {
+    let l4_proto = proto_of(&l4, true);
+    let mut ext = Vec::new();
+    for (i, (ty, bytes)) in chain.iter().enumerate() {
+        let next = chain.get(i + 1).map(|c| c.0).unwrap_or(l4_proto);
+        let (len_field, bytes) = match ty {
+            44 => (0, 8),
+            51 => (bytes / 4 - 2, *bytes),
+            _ => (bytes / 8 - 1, *bytes),
+        };
+        // The rest is Pad1 options (zero bytes).
+        let mut h = vec![next, len_field as u8];
+        h.resize(bytes, 0);
+        ext.extend_from_slice(&h);
+    }
+    let body = l4.bytes();
+    let first = chain.first().map(|c| c.0).unwrap_or(l4_proto);
+    let mut h = ipv6_header(first, (ext.len() + body.len()) as u16);
+    let (s, d): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    h[8..24].copy_from_slice(&s.octets());
+    h[24..40].copy_from_slice(&d.octets());
+    h.extend_from_slice(&ext);
+    h.extend_from_slice(&body);
+    let mut f = eth(0x86dd);
+    f.extend_from_slice(&h);
+    Frame(f)
+}
+
 /// An IPv6 fragment: fragment header with `offset8` and M flag, then `body`.
 pub fn frame_v6_fragment(src: &str, dst: &str, id: u32, offset8: u16, more: bool, next: u8, body: Vec<u8>) -> Frame {
     let field = (offset8 << 3) | more as u16;
@@ -259,10 +332,27 @@ pub fn arp(sender: &str, target: &str) -> Frame {
 
 /// A frame with an 802.1Q tag in front of an IPv4 packet.
 pub fn vlan(inner: Frame) -> Frame {
+    tagged(0x8100, inner)
+}
+
+/// A frame with a VLAN tag of this TPID (0x8100 802.1Q, 0x88a8 802.1ad).
+pub fn tagged(tpid: u16, inner: Frame) -> Frame {
     let mut f = inner.0[..12].to_vec();
-    f.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+    f.extend_from_slice(&tpid.to_be_bytes());
+    f.extend_from_slice(&[0x00, 0x05]);
     f.extend_from_slice(&inner.0[12..]);
     Frame(f)
+}
+
+/// A UDP header whose length field says `len` (8 for an empty datagram,
+/// 0 for what a jumbogram or a broken stack sends).
+pub fn udp_with_length(sport: u16, dport: u16, len: u16) -> L4 {
+    let mut h = Vec::with_capacity(8);
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(&[0, 0]);
+    L4::Proto(UDP, h)
 }
 
 /// A neighbour advertisement (or solicitation) for `target`.

@@ -1,0 +1,291 @@
+//! The real eBPF programs run on built frames through BPF_PROG_TEST_RUN: a
+//! frame in, the verdict (and the counter that explains it) out. Used by
+//! the packet tables (`tests/tests/packets/`) and the differential tests
+//! (`tests/tests/differential/`).
+//!
+//! A [`Fixture`] unshares a network namespace for its thread and creates a
+//! veth pair there for every endpoint interface it is given, since the
+//! `ifindex` handed to a TC program must exist in the caller's namespace.
+//! The programs and maps are loaded unpinned and die with the fixture.
+
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use hostwall::compile::{self, Compiled, HostView};
+use hostwall::datapath::{Datapath, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK};
+use hostwall::policy::{Policy, parse_str};
+use hostwall_common::{Counter, CtEntry, CtKey, DropReason, FragKey, PassReason};
+
+use crate::frames::Frame;
+
+const TC_ACT_UNSPEC: u32 = u32::MAX; // -1
+const TC_ACT_SHOT: u32 = 2;
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+/// Offset of `ifindex` in `struct __sk_buff` (include/uapi/linux/bpf.h).
+const SKB_IFINDEX_OFFSET: usize = 40;
+const SKB_CTX_SIZE: usize = 192;
+
+/// The node name policies are compiled for: endpoints without a node, or
+/// with this one, are local.
+pub const NODE: &str = "test";
+
+/// A verdict as the programs report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    Pass(PassReason),
+    Drop(DropReason),
+}
+
+/// Where a frame is run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook<'a> {
+    /// TC ingress of the named endpoint interface (as the policy names it).
+    From(&'a str),
+    /// TC egress of the named endpoint interface.
+    To(&'a str),
+    /// XDP on the uplink.
+    Uplink,
+}
+
+/// Why BPF_PROG_TEST_RUN did not run a frame.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+/// (code, packets) of every drop reason, then of every pass reason.
+type VerdictCounts = (Vec<(u32, u64)>, Vec<(u32, u64)>);
+
+pub struct Fixture {
+    pub dp: Datapath,
+    /// (interface name in the policy, interface created for it, ifindex).
+    names: Vec<(String, String, u32)>,
+    /// Drop and pass counters (code, packets) after the last run, so that
+    /// a run reads them once.
+    counters: RefCell<Option<VerdictCounts>>,
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+impl Fixture {
+    /// Loads the programs and applies `yaml`. Endpoint interface names in
+    /// the policy are created as veth interfaces in a fresh network
+    /// namespace of this thread.
+    pub fn new(yaml: &str, host: &[&str]) -> Fixture {
+        let policy = parse_str(yaml, "test.yaml").expect("valid policy");
+        let interfaces: Vec<&str> = policy.endpoints.iter().filter_map(|e| e.interface.as_deref()).collect();
+        let mut f = Fixture::with_interfaces(&interfaces);
+        let host: Vec<IpAddr> = host.iter().map(|a| a.parse().unwrap()).collect();
+        f.apply(&policy, &host);
+        f
+    }
+
+    /// Loads the programs with no policy applied, in a fresh network
+    /// namespace of this thread that holds a veth interface standing for
+    /// each of `interfaces`.
+    pub fn with_interfaces(interfaces: &[&str]) -> Fixture {
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mut names: Vec<(String, String, u32)> = Vec::new();
+        for iface in interfaces {
+            if names.iter().any(|(p, _, _)| p == iface) {
+                continue;
+            }
+            // Interface names are per namespace, but a test thread may be
+            // reused: keep them unique anyway.
+            let real = format!("hp{n}-{}", &iface[iface.len().saturating_sub(8)..]);
+            let peer = format!("hq{n}-{}", names.len());
+            let ok = Command::new("ip")
+                .args(["link", "add", &real, "type", "veth", "peer", "name", &peer])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "ip link add {real}");
+            let ifindex = hostwall::host::ifindex(&real).expect("the interface just created exists");
+            names.push((iface.to_string(), real, ifindex));
+        }
+        let dp = Datapath::load_unpinned().expect("load programs");
+        Fixture {
+            dp,
+            names,
+            counters: RefCell::new(None),
+        }
+    }
+
+    /// The ifindex standing for a policy's interface name, if the fixture
+    /// created one.
+    pub fn resolve(&self, policy_name: &str) -> Option<u32> {
+        self.names.iter().find(|(p, _, _)| p == policy_name).map(|(_, _, i)| *i)
+    }
+
+    pub fn ifindex(&self, policy_name: &str) -> u32 {
+        self.resolve(policy_name).expect("interface in policy")
+    }
+
+    /// Compiles `policy` for node [`NODE`] with these host addresses.
+    pub fn compile(&self, policy: &Policy, host: &[IpAddr]) -> Compiled {
+        let resolve = |name: &str| self.resolve(name);
+        let view = HostView {
+            node: NODE,
+            host_addresses: host,
+            ifindex: &resolve,
+        };
+        compile::compile(policy, &view).expect("compile")
+    }
+
+    pub fn apply(&mut self, policy: &Policy, host: &[IpAddr]) {
+        let compiled = self.compile(policy, host);
+        self.apply_compiled(&compiled);
+    }
+
+    pub fn apply_compiled(&mut self, compiled: &Compiled) {
+        self.dp.slots.apply(compiled).expect("apply");
+    }
+
+    pub fn counters(&self, map: &str) -> Vec<u64> {
+        let m: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(self.dp.ebpf.map(map).unwrap()).unwrap();
+        (0..m.len())
+            .map(|i| m.get(&i, 0).unwrap().iter().map(|c| c.packets).sum())
+            .collect()
+    }
+
+    /// Packets counted under each of `codes` in a per-CPU counter array.
+    /// Reading only the codes that exist keeps a run to a few lookups.
+    fn counts(&self, map: &str, codes: impl Iterator<Item = u32>) -> Vec<(u32, u64)> {
+        let m: PerCpuArray<&MapData, Counter> = PerCpuArray::try_from(self.dp.ebpf.map(map).unwrap()).unwrap();
+        codes
+            .map(|i| (i, m.get(&i, 0).unwrap().iter().map(|c| c.packets).sum()))
+            .collect()
+    }
+
+    fn verdict_counts(&self) -> VerdictCounts {
+        (
+            self.counts("HW_DROPS", DropReason::ALL.iter().map(|r| *r as u32)),
+            self.counts("HW_PASSES", PassReason::ALL.iter().map(|r| *r as u32)),
+        )
+    }
+
+    /// The conntrack table's entries.
+    pub fn conntrack(&self) -> Vec<(CtKey, CtEntry)> {
+        let m: HashMap<&MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.dp.ebpf.map("HW_CONNTRACK").unwrap()).unwrap();
+        m.iter().filter_map(Result::ok).collect()
+    }
+
+    /// The conntrack table's entries, removed from it.
+    pub fn take_conntrack(&mut self) -> Vec<(CtKey, CtEntry)> {
+        let mut m: HashMap<&mut MapData, CtKey, CtEntry> =
+            HashMap::try_from(self.dp.ebpf.map_mut("HW_CONNTRACK").unwrap()).unwrap();
+        let entries: Vec<(CtKey, CtEntry)> = m.iter().filter_map(Result::ok).collect();
+        for (k, _) in &entries {
+            let _ = m.remove(k);
+        }
+        entries
+    }
+
+    /// Forgets every tracked flow, fragment and per-endpoint flow count, so
+    /// that the next frame is judged as if it were the first.
+    pub fn flush_conntrack(&mut self) {
+        fn clear<K: aya::Pod, V: aya::Pod>(f: &mut Fixture, name: &str) {
+            let mut m: HashMap<&mut MapData, K, V> = HashMap::try_from(f.dp.ebpf.map_mut(name).unwrap()).unwrap();
+            let keys: Vec<K> = m.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                let _ = m.remove(&k);
+            }
+        }
+        clear::<CtKey, CtEntry>(self, "HW_CONNTRACK");
+        clear::<FragKey, u64>(self, "HW_FRAGS");
+        clear::<u32, u32>(self, "HW_CT_COUNT");
+    }
+
+    /// Runs `frame` through the program of `hook`; returns the verdict as
+    /// seen from its return code and the counter that moved.
+    pub fn run(&self, hook: Hook<'_>, frame: &Frame) -> Expect {
+        self.try_run(hook, frame)
+            .unwrap_or_else(|Refused(e)| panic!("BPF_PROG_TEST_RUN of {} bytes: {e}", frame.0.len()))
+    }
+
+    /// [`Fixture::run`], with the kernel's refusal to run a frame (TC
+    /// refuses frames whose IP header is incomplete) as an error.
+    pub fn try_run(&self, hook: Hook<'_>, frame: &Frame) -> Result<Expect, Refused> {
+        let before = self
+            .counters
+            .borrow_mut()
+            .take()
+            .unwrap_or_else(|| self.verdict_counts());
+        let ret = match hook {
+            Hook::From(iface) | Hook::To(iface) => {
+                let name = if matches!(hook, Hook::From(_)) {
+                    PROG_FROM_ENDPOINT
+                } else {
+                    PROG_TO_ENDPOINT
+                };
+                let prog: &SchedClassifier = self.dp.ebpf.program(name).unwrap().try_into().unwrap();
+                let mut ctx = [0u8; SKB_CTX_SIZE];
+                ctx[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&self.ifindex(iface).to_ne_bytes());
+                let mut opts = TestRunOptions::new();
+                opts.data_in = Some(&frame.0);
+                opts.ctx_in = Some(&ctx);
+                let r = prog.test_run(opts).map_err(|e| Refused(e.to_string()))?.return_value;
+                match r {
+                    TC_ACT_UNSPEC => true,
+                    TC_ACT_SHOT => false,
+                    other => panic!("unexpected tc return {other}"),
+                }
+            }
+            Hook::Uplink => {
+                let prog: &Xdp = self.dp.ebpf.program(PROG_UPLINK).unwrap().try_into().unwrap();
+                let mut opts = TestRunOptions::new();
+                opts.data_in = Some(&frame.0);
+                let r = prog.test_run(opts).map_err(|e| Refused(e.to_string()))?.return_value;
+                match r {
+                    XDP_PASS => true,
+                    XDP_DROP => false,
+                    other => panic!("unexpected xdp return {other}"),
+                }
+            }
+        };
+        let after = self.verdict_counts();
+        let moved = |before: &[(u32, u64)], after: &[(u32, u64)]| -> Vec<u32> {
+            before
+                .iter()
+                .zip(after)
+                .filter(|(b, a)| a.1 != b.1)
+                .map(|(b, _)| b.0)
+                .collect()
+        };
+        let dropped = moved(&before.0, &after.0);
+        let passed = moved(&before.1, &after.1);
+        *self.counters.borrow_mut() = Some(after);
+        Ok(match (ret, dropped.as_slice(), passed.as_slice()) {
+            (true, [], [code]) => Expect::Pass(*PassReason::ALL.iter().find(|r| **r as u32 == *code).unwrap()),
+            (false, [code], []) => Expect::Drop(DropReason::from_code(*code).unwrap()),
+            other => panic!("return code and counters disagree: {other:?}"),
+        })
+    }
+
+    /// Runs a table; reports every mismatch with the case that caused it.
+    pub fn check(&self, cases: &[(&str, Hook<'_>, Frame, Expect)]) {
+        let mut failures = Vec::new();
+        for (name, hook, frame, want) in cases {
+            let got = self.run(*hook, frame);
+            if got != *want {
+                failures.push(format!(
+                    "{name}: {hook:?} expected {want:?}, got {got:?}\n  frame: {:02x?}",
+                    frame.0
+                ));
+            }
+        }
+        assert!(
+            failures.is_empty(),
+            "{} of {} cases failed:\n{}",
+            failures.len(),
+            cases.len(),
+            failures.join("\n")
+        );
+    }
+}
