@@ -1,8 +1,10 @@
 //! Developer commands: `cargo xtask test`, `cargo xtask demo`, `cargo xtask
-//! bench`, `cargo xtask vm-test`.
+//! bench`, `cargo xtask vm-test`, `cargo xtask fuzz`, `cargo xtask
+//! fuzz-datapath`.
 
 mod bench;
 mod demo;
+mod fuzz;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -57,6 +59,26 @@ enum Cmd {
     /// Inside a test VM: run the scenario its kernel command line names.
     #[command(hide = true)]
     VmGuest,
+    /// Run the cargo-fuzz targets for a bounded time each.
+    Fuzz {
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (default: all).
+        targets: Vec<String>,
+    },
+    /// Compare the eBPF programs with the reference evaluator on generated
+    /// policies and packets.
+    FuzzDatapath {
+        /// Packets to run (about 200 per policy).
+        #[arg(long, default_value_t = 1_000_000)]
+        cases: u64,
+        /// The seed (default: a fresh one, printed).
+        #[arg(long, value_parser = fuzz::parse_seed)]
+        seed: Option<u64>,
+        /// Run only this case (policy) of the seed, as a failure names it.
+        #[arg(long)]
+        case: Option<u64>,
+    },
 }
 
 fn repo_root() -> PathBuf {
@@ -104,6 +126,7 @@ fn main() -> anyhow::Result<()> {
                 test.extend(args.iter().map(String::as_str));
             }
             cargo(&test)?;
+            fuzz::after_tests(&repo_root())?;
             if args.is_empty() {
                 bench::run(&repo_root(), true)?;
             }
@@ -130,5 +153,14 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Bench { quick } => bench::run(&repo_root(), quick),
+        Cmd::Fuzz { seconds, targets } => {
+            let targets: Vec<&str> = if targets.is_empty() {
+                fuzz::TARGETS.to_vec()
+            } else {
+                targets.iter().map(String::as_str).collect()
+            };
+            fuzz::fuzz(&repo_root(), seconds, &targets)
+        }
+        Cmd::FuzzDatapath { cases, seed, case } => fuzz::datapath(&repo_root(), cases, seed, case),
     }
 }

@@ -120,9 +120,27 @@ fn duration(d: Duration) -> String {
     }
 }
 
-/// A double-quoted YAML scalar (JSON string syntax is valid YAML).
+/// A double-quoted YAML scalar. Characters YAML does not allow raw
+/// (controls, DEL, C1 controls, a BOM, non-characters) and the ones it
+/// reads as line breaks (NEL, LS, PS) are escaped, so that the string
+/// reads back unchanged.
 fn quote(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialize")
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}') => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 #[cfg(test)]
@@ -178,6 +196,27 @@ settings:
         };
         assert!(q.matches("c1-abc-x"));
         assert!(!q.matches("c12-abc-x"));
+    }
+
+    /// Found by the policy fuzz target (`fuzz/seeds/policy/escapes.yaml`):
+    /// DEL and C1 controls were written raw, which YAML refuses, and NEL
+    /// and LS raw, which YAML reads as line breaks.
+    #[test]
+    fn strings_yaml_cannot_hold_raw_read_back_equal() {
+        let p = parse_str(
+            "version: 1\ngroups:\n  web:\n    description: \"a\\x7f b\\x9f c\\u0085 d\\u2028 e\\u2029 f\\ufeff g\\x01 h\\t i\\\\ j\\\" k\\u00e9\"\n\
+             endpoints:\n  - {name: w, node: \"n\\x7f\", interface: \"hw\\ufeff\", addresses: []}\n\
+             settings:\n  quarantine: {interfaces: \"v\\x85*\"}\n",
+            "escapes.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            p.groups["web"].description.as_deref(),
+            Some("a\u{7f} b\u{9f} c\u{85} d\u{2028} e\u{2029} f\u{feff} g\u{1} h\t i\\ j\" k\u{e9}")
+        );
+        let text = to_yaml(&p);
+        let back = parse_str(&text, "written.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert_eq!(back, p, "{text}");
     }
 
     #[test]

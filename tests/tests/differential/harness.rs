@@ -440,8 +440,12 @@ fn check_tracked(
     j: &Judgement,
     tracked: &[(hostwall_common::CtKey, hostwall_common::CtEntry)],
 ) -> Result<(), String> {
-    let expect_entry = j.expect == Expect::Pass(PassReason::NewAllowed)
-        && !matches!(pkt.l4, Transport::Icmp { proto, ty, .. } if !((proto == 1 && ty == 8) || (proto == 58 && ty == 128)));
+    // ICMP other than echo requests is judged packet by packet.
+    let tracked_kind = match pkt.l4 {
+        Transport::Icmp { proto, ty, .. } => (proto == 1 && ty == 8) || (proto == 58 && ty == 128),
+        _ => true,
+    };
+    let expect_entry = j.expect == Expect::Pass(PassReason::NewAllowed) && tracked_kind;
     if !expect_entry {
         return if tracked.is_empty() {
             Ok(())
