@@ -885,3 +885,48 @@ fn one_endpoint_cannot_take_the_whole_conntrack_table() {
         ),
     ]);
 }
+
+#[test]
+fn a_flooding_endpoint_does_not_evict_another_endpoints_flow() {
+    let f = Fixture::new(
+        &POLICY.replace("conntrack: {udp: 1s, icmp: 1s}", "conntrack: {max_per_endpoint: 64}"),
+        &[HOST],
+    );
+    f.check(&[(
+        "api's connection to the remote db",
+        From("hw-api"),
+        frame(API, DB_REMOTE, tcp(44000, 5432, SYN)),
+        Pass(PassReason::NewAllowed),
+    )]);
+    // web opens flows without end: its share fills, the rest is dropped and
+    // counted, and api's tracked flow is untouched.
+    let mut dropped = 0;
+    for port in 0..2_000u16 {
+        match f.run(From("hw-web"), &frame(WEB, API, tcp(10_000 + port, 8080, SYN))) {
+            Pass(PassReason::NewAllowed) => {}
+            Drop(DropReason::ConntrackEndpointFull) => dropped += 1,
+            other => panic!("flood packet {port}: {other:?}"),
+        }
+    }
+    assert_eq!(dropped, 2_000 - 64, "web's share is 64 flows");
+    f.check(&[
+        (
+            "api's flow goes on as established",
+            From("hw-api"),
+            frame(API, DB_REMOTE, tcp(44000, 5432, ACK)),
+            Pass(PassReason::Established),
+        ),
+        (
+            "and its replies as replies",
+            Uplink,
+            frame(DB_REMOTE, API, tcp(5432, 44000, ACK)),
+            Pass(PassReason::Reply),
+        ),
+        (
+            "api may still open new flows",
+            From("hw-api"),
+            frame(API, DB_REMOTE, tcp(44001, 5432, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+    ]);
+}
