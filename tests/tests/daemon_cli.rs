@@ -621,3 +621,59 @@ fn edits_of_the_control_file_apply_without_sighup() {
         &[tcp_8080(), udp_9053().expecting(Expect::Denied)],
     );
 }
+
+/// The policy map's capacity is the agent's `--policy-entries`: status
+/// reports it, a policy that does not fit is refused at start with the map
+/// and the count, and an update that does not fit changes nothing.
+#[test]
+fn map_sizes_are_configurable_and_a_policy_that_does_not_fit_is_refused() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let _web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let _api = host.add_container("api", "hw-api", 12).expect("adding api");
+    // POLICY needs 8 policy entries (4 rules, each for web's two address
+    // classes or api's).
+    let small = hostwall_tests::AgentOptions {
+        args: vec!["--policy-entries".into(), "16".into()],
+        ..Default::default()
+    };
+    let agent = Agent::start_with(&host, POLICY, &small).expect("starting the agent with 16 policy entries");
+    let status = agent.status().expect("status");
+    let policy_map = status["maps"]
+        .as_array()
+        .and_then(|maps| maps.iter().find(|m| m["map"] == "HW_POLICY"))
+        .unwrap_or_else(|| panic!("no HW_POLICY fill level in status: {status}"));
+    assert_eq!(policy_map["capacity"].as_u64(), Some(16), "{policy_map}");
+    let used = policy_map["entries"].as_u64().expect("entries");
+    assert!(used > 0 && used <= 16, "{policy_map}");
+
+    // Widening every rule to all ports of many ranges needs more entries.
+    let hash = agent.policy_hash().expect("policy hash");
+    let wide = POLICY.replace("ports: 8080", "ports: \"1-65534\"");
+    let (_, err) = cli_fails(&agent, &["apply", &write_temp(&agent, &wide)]);
+    assert!(
+        err.contains("HW_POLICY") && err.contains("too many"),
+        "the refusal names the map and the excess: {err}"
+    );
+    assert_eq!(
+        agent.policy_hash().expect("policy hash"),
+        hash,
+        "a refused update changed the policy"
+    );
+    drop(agent);
+
+    let tiny = hostwall_tests::AgentOptions {
+        args: vec!["--policy-entries".into(), "16".into()],
+        ..Default::default()
+    };
+    let err = match Agent::start_with(&host, &wide, &tiny) {
+        Ok(_) => panic!("an agent whose policy does not fit its maps started"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("HW_POLICY") && err.contains("which holds 16"), "{err}");
+}
+
+fn write_temp(agent: &Agent, text: &str) -> String {
+    let path = agent.scratch_path("wide.yaml").expect("a scratch path");
+    std::fs::write(&path, text).expect("writing the policy");
+    path.display().to_string()
+}

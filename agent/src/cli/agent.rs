@@ -22,6 +22,13 @@ pub struct Args {
     /// A group whose members may use the control API besides root.
     #[arg(long)]
     admin_group: Option<String>,
+    /// Capacity of the policy map (rule entries); a restart with another
+    /// size needs `hostwall uninstall` first.
+    #[arg(long, default_value_t = hostwall_common::MAX_POLICY_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+    policy_entries: u32,
+    /// Capacity of each peer map (prefixes and addresses per family).
+    #[arg(long, default_value_t = hostwall_common::MAX_PEER_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
+    peer_entries: u32,
     /// Detach and remove everything hostwall pinned, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -52,6 +59,10 @@ pub fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
         bpffs: args.bpffs,
         socket: ctx.socket().to_path_buf(),
         admin_group: args.admin_group.as_deref().map(group_id).transpose()?,
+        map_sizes: hostwall::datapath::MapSizes {
+            policy: args.policy_entries,
+            peer: args.peer_entries,
+        },
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(daemon::run(opts))?;

@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use super::Agent;
 use super::rules::Assignment;
 use crate::api::Caller;
-use crate::compile::{self, CompileError, Compiled, HostView, Limits, Lookup};
+use crate::compile::{self, CompileError, Compiled, HostView, Lookup};
 use crate::datapath::SlotError;
 use crate::host;
 use crate::policy::{OnPolicyChange, Policy, PolicyDiff};
@@ -147,7 +147,7 @@ impl Agent {
             host_addresses: &addrs,
             ifindex: &host::ifindex,
         };
-        let mut compiled = compile::compile_with(policy, &view, &Limits::default(), &assignment.ids)?;
+        let mut compiled = compile::compile_with(policy, &view, &self.opts.map_sizes.limits(), &assignment.ids)?;
 
         // Quarantine: computed against the new policy's endpoints.
         let saved = std::mem::replace(&mut self.policy, policy.clone());

@@ -42,7 +42,7 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
     let layout = Layout::new(&opts.bpffs);
     let older = layout.older();
     let restarting = layout.exists();
-    let mut datapath = Datapath::load(&layout).context("loading the datapath")?;
+    let mut datapath = Datapath::load(&layout, &opts.map_sizes).context("loading the datapath")?;
     if restarting {
         info!(
             layout = layout.version(),

@@ -35,6 +35,8 @@ pub struct Options {
     pub socket: PathBuf,
     /// Members of this group may use the control API besides root.
     pub admin_group: Option<u32>,
+    /// Capacities of the policy maps.
+    pub map_sizes: crate::datapath::MapSizes,
 }
 
 /// Fallback for missed events: interfaces and addresses are compared this

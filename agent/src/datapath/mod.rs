@@ -76,6 +76,38 @@ pub enum LoadError {
     },
 }
 
+/// Capacities of the policy maps that depend on the policy's size; chosen
+/// when the agent starts (`--policy-entries`, `--peer-entries`). Pinned maps
+/// keep their size: a restart with other sizes needs `hostwall uninstall`
+/// first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    /// `HW_POLICY_0`/`_1`: rule entries (rules × peer classes × port blocks).
+    pub policy: u32,
+    /// `HW_PEER4_*`/`HW_PEER6_*`: prefixes and addresses per family.
+    pub peer: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            policy: hostwall_common::MAX_POLICY_ENTRIES,
+            peer: hostwall_common::MAX_PEER_ENTRIES,
+        }
+    }
+}
+
+impl MapSizes {
+    /// The compiler's limits for these sizes.
+    pub fn limits(&self) -> crate::compile::Limits {
+        crate::compile::Limits {
+            policy_entries: self.policy as usize,
+            peer_entries: self.peer as usize,
+            ..Default::default()
+        }
+    }
+}
+
 /// The loaded programs and maps.
 pub struct Datapath {
     pub ebpf: Ebpf,
@@ -86,13 +118,19 @@ impl Datapath {
     /// Loads the object with every map pinned under `layout` (reusing maps
     /// already pinned there, so policy, conntrack and counters carry over)
     /// and loads the three programs (not yet attached).
-    pub fn load(layout: &Layout) -> Result<Datapath, LoadError> {
+    pub fn load(layout: &Layout, sizes: &MapSizes) -> Result<Datapath, LoadError> {
         let maps = layout.maps();
         std::fs::create_dir_all(&maps).map_err(|source| LoadError::Dir {
             path: maps.clone(),
             source,
         })?;
         let mut loader = EbpfLoader::new();
+        for name in ["HW_POLICY_0", "HW_POLICY_1"] {
+            loader.map_max_entries(name, sizes.policy);
+        }
+        for name in ["HW_PEER4_0", "HW_PEER4_1", "HW_PEER6_0", "HW_PEER6_1"] {
+            loader.map_max_entries(name, sizes.peer);
+        }
         let paths: Vec<(&'static str, PathBuf)> = MAPS.iter().map(|m| (*m, maps.join(m))).collect();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
@@ -101,7 +139,9 @@ impl Datapath {
             dir: maps.clone(),
             source: Box::new(source),
         })?;
-        Datapath::with_programs(ebpf)
+        let mut datapath = Datapath::with_programs(ebpf)?;
+        datapath.slots.set_sizes(*sizes);
+        Ok(datapath)
     }
 
     /// Loads programs and maps with nothing pinned: for packet tests and

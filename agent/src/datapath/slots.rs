@@ -98,6 +98,8 @@ pub struct Slots {
     held: [Option<Contents>; 2],
     /// When the inactive slot stopped being the active one.
     flipped_at: Instant,
+    /// The capacities the maps were created with.
+    sizes: super::MapSizes,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError> {
@@ -200,6 +202,10 @@ fn ep_of(c: &Compiled, k: &SrcKey) -> u32 {
 }
 
 impl Slots {
+    pub(super) fn set_sizes(&mut self, sizes: super::MapSizes) {
+        self.sizes = sizes;
+    }
+
     /// (map, entries, capacity) of the active slot's maps.
     pub fn fill(&self) -> Vec<(&'static str, usize, u32)> {
         use hostwall_common::*;
@@ -207,9 +213,9 @@ impl Slots {
         vec![
             ("HW_IFACE", s.iface.keys().count(), MAX_ENDPOINT_INTERFACES),
             ("HW_SRC", s.src.keys().count(), MAX_SRC_ENTRIES),
-            ("HW_PEER4", s.peer4.keys().count(), MAX_PEER_ENTRIES),
-            ("HW_PEER6", s.peer6.keys().count(), MAX_PEER_ENTRIES),
-            ("HW_POLICY", s.policy.keys().count(), MAX_POLICY_ENTRIES),
+            ("HW_PEER4", s.peer4.keys().count(), self.sizes.peer),
+            ("HW_PEER6", s.peer6.keys().count(), self.sizes.peer),
+            ("HW_POLICY", s.policy.keys().count(), self.sizes.policy),
         ]
     }
 
@@ -223,6 +229,7 @@ impl Slots {
             // Maps adopted from an earlier agent may have been flipped just
             // before it stopped.
             flipped_at: Instant::now(),
+            sizes: super::MapSizes::default(),
         }
         .with_current())
     }
