@@ -99,11 +99,10 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
     }
 
     // 2. Identity.
-    let mut dst_info = PeerInfo {
-        class: CLASS_WORLD,
-        local_policy: 0,
-        local_endpoint: 0,
-        flags: 0,
+    let mut peers = Peers {
+        slot,
+        src: None,
+        dst: None,
     };
     match hook {
         Hook::FromEndpoint => {
@@ -116,34 +115,17 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
         }
         Hook::ToEndpoint => {}
         Hook::Uplink => {
-            let src_info = peer(slot, pkt.family, &pkt.src);
+            let src_info = peers.src(&pkt);
             if src_info.local_endpoint != 0 {
                 return Err(DropReason::LocalAddressWrongPath);
             }
             if src_info.flags & PEER_HOST != 0 {
                 return Err(DropReason::HostAddressSpoofed);
             }
-            dst_info = peer(slot, pkt.family, &pkt.dst);
-            if dst_info.local_policy == 0 {
+            if peers.dst(&pkt).local_policy == 0 {
                 return Ok(PassReason::NotForEndpoint);
             }
         }
-    }
-
-    // 3. Fragments.
-    if pkt.fragment == Fragment::Later {
-        // A datagram's fragments arrive together; an old entry (an IP id
-        // reused much later) lets nothing through.
-        let key = frag_key(&pkt);
-        let fresh = match (unsafe { FRAGS.get(&key) }, SETTINGS.get(slot)) {
-            (Some(seen), Some(settings)) => unsafe { bpf_ktime_get_ns() }.saturating_sub(*seen) <= settings.fragment_ns,
-            _ => false,
-        };
-        return if fresh {
-            Ok(PassReason::Fragment)
-        } else {
-            Err(DropReason::FragmentUntracked)
-        };
     }
 
     let now = unsafe { bpf_ktime_get_ns() };
@@ -151,6 +133,21 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
         Some(s) => *s,
         None => return Err(DropReason::NoEndpoint),
     };
+
+    // 3. Fragments.
+    if pkt.fragment == Fragment::Later {
+        // A datagram's fragments arrive together; an old entry (an IP id
+        // reused much later) lets nothing through.
+        let fresh = match unsafe { FRAGS.get(&frag_key(&pkt)) } {
+            Some(seen) => now.saturating_sub(*seen) <= settings.fragment_ns,
+            None => false,
+        };
+        return if fresh {
+            Ok(PassReason::Fragment)
+        } else {
+            Err(DropReason::FragmentUntracked)
+        };
+    }
 
     // 4. ICMP errors.
     if parse::is_icmp_error(pkt.proto, pkt.icmp_type) {
@@ -188,7 +185,7 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
     }
 
     // 6. Rules.
-    let decided = decide(hook, slot, &endpoint, dst_info, &pkt);
+    let decided = decide(hook, slot, &endpoint, &mut peers, &pkt);
     let (rule_egress, rule_ingress, mut flags, key) = match decided {
         Ok((e, i, f)) => (e, i, f, key),
         Err(reason) => {
@@ -200,7 +197,14 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
             if !by_rules || pkt.proto != parse::IPPROTO_TCP || pkt.tcp_flags & parse::TCP_SYN != 0 {
                 return Err(reason);
             }
-            match decide_reverse(slot, &reversed_packet(&pkt)) {
+            // The reverse flow's ends are this packet's, swapped: lookups
+            // already made are reused.
+            let mut rev_peers = Peers {
+                slot,
+                src: peers.dst,
+                dst: peers.src,
+            };
+            match decide_reverse(slot, &mut rev_peers, &reversed_packet(&pkt)) {
                 Some((e, i, f)) => (e, i, f | CT_SEEN_REPLY, reversed(&key)),
                 None => return Err(reason),
             }
@@ -214,7 +218,7 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
         // 7. The flow counts against one local endpoint's share of the
         // table, so that one endpoint's flood cannot evict the others'.
         let owner = if hook == Hook::Uplink {
-            dst_info.local_endpoint
+            peers.dst(&pkt).local_endpoint
         } else {
             endpoint.endpoint
         };
@@ -250,7 +254,7 @@ fn decide(
     hook: Hook,
     slot: u32,
     endpoint: &EndpointInfo,
-    mut dst_info: PeerInfo,
+    peers: &mut Peers,
     pkt: &Packet,
 ) -> Result<(u32, u32, u32), DropReason> {
     let mut rule_egress = 0;
@@ -260,12 +264,12 @@ fn decide(
         Hook::FromEndpoint => {
             // 6a. The sender's egress, then the receiver's ingress when it
             // is local, under the same slot.
-            dst_info = peer(slot, pkt.family, &pkt.dst);
+            let dst_info = peers.dst(pkt);
             rule_egress =
                 policy(slot, endpoint.policy, dst_info.class, DIR_EGRESS, pkt).ok_or(DropReason::EgressDenied)?;
             flags |= CT_ORIG_LOCAL;
             if dst_info.local_policy != 0 {
-                let src_info = peer(slot, pkt.family, &pkt.src);
+                let src_info = peers.src(pkt);
                 rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, pkt)
                     .ok_or(DropReason::IngressDenied)?;
                 flags |= CT_REPLY_LOCAL;
@@ -274,7 +278,7 @@ fn decide(
         Hook::ToEndpoint => {
             // 6b. Flows from local endpoints were judged at their own
             // interface; one that reaches here untracked took another path.
-            let src_info = peer(slot, pkt.family, &pkt.src);
+            let src_info = peers.src(pkt);
             if src_info.local_endpoint != 0 {
                 return Err(DropReason::LocalAddressWrongPath);
             }
@@ -284,7 +288,7 @@ fn decide(
         }
         Hook::Uplink => {
             // 6c. The same ingress decision the receiver's TC hook would take.
-            let src_info = peer(slot, pkt.family, &pkt.src);
+            let (src_info, dst_info) = (peers.src(pkt), peers.dst(pkt));
             rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, pkt)
                 .ok_or(DropReason::IngressDenied)?;
             flags |= CT_REPLY_LOCAL;
@@ -296,21 +300,43 @@ fn decide(
 /// Step 6d: the rules for `rev` (a packet reversed), judged as a new flow:
 /// the egress of its sender and the ingress of its receiver, where local.
 #[inline(always)]
-fn decide_reverse(slot: u32, rev: &Packet) -> Option<(u32, u32, u32)> {
-    let src_info = peer(slot, rev.family, &rev.src);
-    let dst_info = peer(slot, rev.family, &rev.dst);
+fn decide_reverse(slot: u32, peers: &mut Peers, rev: &Packet) -> Option<(u32, u32, u32)> {
+    let src_info = peers.src(rev);
     if src_info.local_policy != 0 {
         let ep = EndpointInfo {
             policy: src_info.local_policy,
             endpoint: src_info.local_endpoint,
         };
-        return decide(Hook::FromEndpoint, slot, &ep, dst_info, rev).ok();
+        return decide(Hook::FromEndpoint, slot, &ep, peers, rev).ok();
     }
+    let dst_info = peers.dst(rev);
     if dst_info.local_policy != 0 {
         let rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, rev)?;
         return Some((0, rule_ingress, CT_REPLY_LOCAL));
     }
     None
+}
+
+/// The peer classes of a packet's two addresses, each looked up at most
+/// once per packet.
+struct Peers {
+    slot: u32,
+    src: Option<PeerInfo>,
+    dst: Option<PeerInfo>,
+}
+
+impl Peers {
+    #[inline(always)]
+    fn src(&mut self, pkt: &Packet) -> PeerInfo {
+        let slot = self.slot;
+        *self.src.get_or_insert_with(|| peer(slot, pkt.family, &pkt.src))
+    }
+
+    #[inline(always)]
+    fn dst(&mut self, pkt: &Packet) -> PeerInfo {
+        let slot = self.slot;
+        *self.dst.get_or_insert_with(|| peer(slot, pkt.family, &pkt.dst))
+    }
 }
 
 /// The same packet travelling the other way.
