@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use hostwall_common::{CLASS_WORLD, DIR_EGRESS, DIR_INGRESS, POLICY_FIXED_BITS, PeerInfo};
+use hostwall_common::{DIR_EGRESS, DIR_INGRESS, PeerInfo};
 
 use super::*;
 use crate::policy::parse_str;
@@ -26,55 +26,14 @@ fn fake_ifindex(name: &str) -> Option<u32> {
     )
 }
 
-/// Longest-prefix match over the compiled peer entries.
+/// The peer entry the datapath's LPM lookup finds for `addr`.
 fn peer(c: &Compiled, addr: &str) -> PeerInfo {
-    let world = PeerInfo {
-        class: CLASS_WORLD,
-        local_policy: 0,
-        local_endpoint: 0,
-        flags: 0,
-    };
-    let bits = |a: &[u8], n: u32| -> Vec<bool> { (0..n).map(|i| a[i as usize / 8] >> (7 - i % 8) & 1 == 1).collect() };
-    match addr.parse::<IpAddr>().unwrap() {
-        IpAddr::V4(a) => c
-            .peer4
-            .iter()
-            .filter(|(len, net, _)| bits(net, *len) == bits(&a.octets(), *len))
-            .max_by_key(|(len, _, _)| *len)
-            .map(|e| e.2)
-            .unwrap_or(world),
-        IpAddr::V6(a) => c
-            .peer6
-            .iter()
-            .filter(|(len, net, _)| bits(net, *len) == bits(&a.octets(), *len))
-            .max_by_key(|(len, _, _)| *len)
-            .map(|e| e.2)
-            .unwrap_or(world),
-    }
+    Lookup::new(c).peer(addr.parse().unwrap())
 }
 
-/// The rule the datapath would find, mirroring its two lookups.
+/// The rule the datapath's two policy lookups find.
 fn rule(c: &Compiled, policy: u32, class: u32, dir: u8, proto: u8, port: u16) -> Option<u32> {
-    if policy == 0 || class == CLASS_WORLD {
-        return None;
-    }
-    let covering = |any: u8, proto: u8, port: u16| {
-        c.policy
-            .iter()
-            .filter(|(len, k, _)| {
-                let bits = len - POLICY_FIXED_BITS;
-                let mask = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
-                k.policy == policy
-                    && k.class == class
-                    && k.dir == dir
-                    && k.any_proto == any
-                    && k.proto == proto
-                    && u16::from_be_bytes(k.port_be) & mask == port & mask
-            })
-            .max_by_key(|(len, _, _)| *len)
-            .map(|(_, _, v)| v.rule)
-    };
-    covering(0, proto, port).or_else(|| covering(1, 0, 0))
+    Lookup::new(c).rule(policy, class, dir, proto, port)
 }
 
 fn policy_of(c: &Compiled, endpoint: &str) -> u32 {

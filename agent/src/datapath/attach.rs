@@ -327,12 +327,6 @@ impl Attachments {
         Ok(())
     }
 
-    /// Pinned endpoint links whose interface no longer exists, or that no
-    /// endpoint wants: (file name, ifindex).
-    pub fn pinned_endpoint_links(&self) -> Vec<(String, u32)> {
-        pinned_links(&self.links_dir)
-    }
-
     /// Removes a pinned link by file name.
     pub fn remove_pin(&self, name: &str) {
         let _ = std::fs::remove_file(self.links_dir.join(name));

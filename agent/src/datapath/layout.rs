@@ -51,10 +51,6 @@ impl Layout {
         self.version
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn dir(&self) -> PathBuf {
         self.root.join(format!("v{}", self.version))
     }

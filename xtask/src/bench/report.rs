@@ -380,25 +380,8 @@ impl Report {
                 md.push('\n');
             }
             if file == "flood_drop" {
-                md.push_str(
-                    "\nFlood packets sent per second by the flooding container (one thread, 64-byte UDP):\n\n| rules |",
-                );
-                for v in VARIANTS {
-                    let _ = write!(md, " {} |", v.name());
-                }
-                md.push_str("\n| ---: |");
-                for _ in VARIANTS {
-                    md.push_str(" ---: |");
-                }
-                md.push('\n');
-                for &n in &sizes {
-                    let _ = write!(md, "| {n} |");
-                    for v in VARIANTS {
-                        let cell = get(n, v, |r| Some(r.flood_sent_per_s)).map(short).unwrap_or("-".into());
-                        let _ = write!(md, " {cell} |");
-                    }
-                    md.push('\n');
-                }
+                md.push_str("\nFlood packets sent per second by the flooding container (one thread, 64-byte UDP):\n\n");
+                variant_table(md, &sizes, |n, v| get(n, v, |r| Some(r.flood_sent_per_s)));
             }
             let series: Vec<Series> = VARIANTS
                 .iter()
@@ -414,23 +397,7 @@ impl Report {
             let _ = writeln!(md, "\n![{title}]({png})\n");
         }
         let _ = writeln!(md, "Request/response p99 latency (µs):\n");
-        md.push_str("| rules |");
-        for v in VARIANTS {
-            let _ = write!(md, " {} |", v.name());
-        }
-        md.push_str("\n| ---: |");
-        for _ in VARIANTS {
-            md.push_str(" ---: |");
-        }
-        md.push('\n');
-        for &n in &sizes {
-            let _ = write!(md, "| {n} |");
-            for v in VARIANTS {
-                let cell = get(n, v, |r| Some(r.rr_p99_us)).map(short).unwrap_or("-".into());
-                let _ = write!(md, " {cell} |");
-            }
-            md.push('\n');
-        }
+        variant_table(md, &sizes, |n, v| get(n, v, |r| Some(r.rr_p99_us)));
         md.push('\n');
 
         // Goals.
@@ -820,5 +787,27 @@ fn mib(bytes: u64) -> String {
         format!("{:.1} MiB", b / 1024.0 / 1024.0)
     } else {
         format!("{:.1} KiB", b / 1024.0)
+    }
+}
+
+/// A table of one number per rule count and variant ("-" where there is
+/// none).
+fn variant_table(md: &mut String, sizes: &[usize], cell: impl Fn(usize, Variant) -> Option<f64>) {
+    md.push_str("| rules |");
+    for v in VARIANTS {
+        let _ = write!(md, " {} |", v.name());
+    }
+    md.push_str("\n| ---: |");
+    for _ in VARIANTS {
+        md.push_str(" ---: |");
+    }
+    md.push('\n');
+    for &n in sizes {
+        let _ = write!(md, "| {n} |");
+        for v in VARIANTS {
+            let text = cell(n, v).map(short).unwrap_or("-".into());
+            let _ = write!(md, " {text} |");
+        }
+        md.push('\n');
     }
 }
