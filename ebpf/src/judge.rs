@@ -149,102 +149,104 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
         };
     }
 
-    // 4. ICMP errors.
-    if parse::is_icmp_error(pkt.proto, pkt.icmp_type) {
-        let quoted = parse::quoted_flow(data, data_end, &pkt).ok_or(DropReason::IcmpErrorUntracked)?;
-        // The error must go back to the sender of the quoted packet.
-        if quoted.src != pkt.dst {
+    // Steps 4 to 6 decide whether the packet passes; a first fragment that
+    // passes, by whichever step, lets the rest of its datagram through.
+    let pass = 'flow: {
+        // 4. ICMP errors.
+        if parse::is_icmp_error(pkt.proto, pkt.icmp_type) {
+            let quoted = parse::quoted_flow(data, data_end, &pkt).ok_or(DropReason::IcmpErrorUntracked)?;
+            // The error must go back to the sender of the quoted packet.
+            if quoted.src != pkt.dst {
+                return Err(DropReason::IcmpErrorUntracked);
+            }
+            if ct_find(&quoted, &settings, now).is_some() || ct_find(&reversed(&quoted), &settings, now).is_some() {
+                break 'flow PassReason::Related;
+            }
             return Err(DropReason::IcmpErrorUntracked);
         }
-        if ct_find(&quoted, &settings, now).is_some() || ct_find(&reversed(&quoted), &settings, now).is_some() {
-            remember_first_fragment(&pkt, now);
-            return Ok(PassReason::Related);
-        }
-        return Err(DropReason::IcmpErrorUntracked);
-    }
 
-    // 5. Conntrack.
-    // ICMP is directional: an echo request is only ever the original
-    // direction, an echo reply only ever a reply.
-    let is_icmp = pkt.proto == parse::IPPROTO_ICMP || pkt.proto == parse::IPPROTO_ICMPV6;
-    let is_echo_reply = parse::is_echo_reply(pkt.proto, pkt.icmp_type);
-    let key = flow_key(&pkt);
-    if !is_echo_reply {
-        if let Some(entry) = ct_find(&key, &settings, now) {
-            ct_touch(hook, entry, &pkt, now, false, data_end - data);
-            remember_first_fragment(&pkt, now);
-            return Ok(PassReason::Established);
-        }
-    }
-    if !is_icmp || is_echo_reply {
-        if let Some(entry) = ct_find(&reversed(&key), &settings, now) {
-            ct_touch(hook, entry, &pkt, now, true, data_end - data);
-            remember_first_fragment(&pkt, now);
-            return Ok(PassReason::Reply);
-        }
-    }
-
-    // 6. Rules.
-    let decided = decide(hook, slot, &endpoint, &mut peers, &pkt);
-    let (rule_egress, rule_ingress, mut flags, key) = match decided {
-        Ok((e, i, f)) => (e, i, f, key),
-        Err(reason) => {
-            // 6d. A TCP packet without SYN that the rules deny in its own
-            // direction may be the reply side of a flow that predates the
-            // agent (or whose entry was evicted). If the rules allow the
-            // reverse flow, it is tracked as that flow, reply seen.
-            let by_rules = matches!(reason, DropReason::EgressDenied | DropReason::IngressDenied);
-            if !by_rules || pkt.proto != parse::IPPROTO_TCP || pkt.tcp_flags & parse::TCP_SYN != 0 {
-                return Err(reason);
+        // 5. Conntrack.
+        // ICMP is directional: an echo request is only ever the original
+        // direction, an echo reply only ever a reply.
+        let is_icmp = pkt.proto == parse::IPPROTO_ICMP || pkt.proto == parse::IPPROTO_ICMPV6;
+        let is_echo_reply = parse::is_echo_reply(pkt.proto, pkt.icmp_type);
+        let key = flow_key(&pkt);
+        if !is_echo_reply {
+            if let Some(entry) = ct_find(&key, &settings, now) {
+                ct_touch(hook, entry, &pkt, now, false, data_end - data);
+                break 'flow PassReason::Established;
             }
-            // The reverse flow's ends are this packet's, swapped: lookups
-            // already made are reused.
-            let mut rev_peers = Peers {
-                slot,
-                src: peers.dst,
-                dst: peers.src,
+        }
+        if !is_icmp || is_echo_reply {
+            if let Some(entry) = ct_find(&reversed(&key), &settings, now) {
+                ct_touch(hook, entry, &pkt, now, true, data_end - data);
+                break 'flow PassReason::Reply;
+            }
+        }
+
+        // 6. Rules.
+        let decided = decide(hook, slot, &endpoint, &mut peers, &pkt);
+        let (rule_egress, rule_ingress, mut flags, key) = match decided {
+            Ok((e, i, f)) => (e, i, f, key),
+            Err(reason) => {
+                // 6d. A TCP packet without SYN that the rules deny in its own
+                // direction may be the reply side of a flow that predates the
+                // agent (or whose entry was evicted). If the rules allow the
+                // reverse flow, it is tracked as that flow, reply seen.
+                let by_rules = matches!(reason, DropReason::EgressDenied | DropReason::IngressDenied);
+                if !by_rules || pkt.proto != parse::IPPROTO_TCP || pkt.tcp_flags & parse::TCP_SYN != 0 {
+                    return Err(reason);
+                }
+                // The reverse flow's ends are this packet's, swapped: lookups
+                // already made are reused.
+                let mut rev_peers = Peers {
+                    slot,
+                    src: peers.dst,
+                    dst: peers.src,
+                };
+                match decide_reverse(slot, &mut rev_peers, &reversed_packet(&pkt)) {
+                    Some((e, i, f)) => (e, i, f | CT_SEEN_REPLY, reversed(&key)),
+                    None => return Err(reason),
+                }
+            }
+        };
+
+        if tracked_kind(&pkt) {
+            if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
+                flags |= CT_CLOSING;
+            }
+            // 7. The flow counts against one local endpoint's share of the
+            // table, so that one endpoint's flood cannot evict the others'.
+            let owner = if hook == Hook::Uplink {
+                peers.dst(&pkt).local_endpoint
+            } else {
+                endpoint.endpoint
             };
-            match decide_reverse(slot, &mut rev_peers, &reversed_packet(&pkt)) {
-                Some((e, i, f)) => (e, i, f | CT_SEEN_REPLY, reversed(&key)),
-                None => return Err(reason),
+            if !reserve_flow(owner, &settings) {
+                return Err(DropReason::ConntrackEndpointFull);
+            }
+            let entry = CtEntry {
+                last_seen_ns: now,
+                flags,
+                rule_egress,
+                rule_ingress,
+                owner,
+            };
+            if CONNTRACK.insert(&key, &entry, 0).is_ok()
+                && let Some(n) = CT_EVENTS.get_ptr_mut(0)
+            {
+                unsafe { *n += 1 };
             }
         }
+        if hook != Hook::Uplink {
+            let bytes = (data_end - data) as u64;
+            count_rule(rule_egress, bytes);
+            count_rule(rule_ingress, bytes);
+        }
+        PassReason::NewAllowed
     };
-
-    if tracked_kind(&pkt) {
-        if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
-            flags |= CT_CLOSING;
-        }
-        // 7. The flow counts against one local endpoint's share of the
-        // table, so that one endpoint's flood cannot evict the others'.
-        let owner = if hook == Hook::Uplink {
-            peers.dst(&pkt).local_endpoint
-        } else {
-            endpoint.endpoint
-        };
-        if !reserve_flow(owner, &settings) {
-            return Err(DropReason::ConntrackEndpointFull);
-        }
-        let entry = CtEntry {
-            last_seen_ns: now,
-            flags,
-            rule_egress,
-            rule_ingress,
-            owner,
-        };
-        if CONNTRACK.insert(&key, &entry, 0).is_ok()
-            && let Some(n) = CT_EVENTS.get_ptr_mut(0)
-        {
-            unsafe { *n += 1 };
-        }
-    }
     remember_first_fragment(&pkt, now);
-    if hook != Hook::Uplink {
-        let bytes = (data_end - data) as u64;
-        count_rule(rule_egress, bytes);
-        count_rule(rule_ingress, bytes);
-    }
-    Ok(PassReason::NewAllowed)
+    Ok(pass)
 }
 
 /// Step 6: the rules that allow a new flow, as (egress rule, ingress rule,
