@@ -1,10 +1,17 @@
-//! Connection tracking entries (`HW_CONNTRACK`, an LRU hash shared by all
-//! programs and not double-buffered: flows outlive policy generations).
+//! Connection tracking entries. Two LRU hashes shared by all programs and
+//! not double-buffered (flows outlive policy generations):
 //!
-//! A flow is stored once, under the tuple of the packet that opened it. A
-//! packet is looked up as-is (same direction) and reversed (a reply).
-//! When the table is full the kernel evicts the least recently used entry;
-//! an evicted flow is judged again by the rules on its next packet.
+//! - `HW_CONNTRACK`: flows a local endpoint opened, made at its own
+//!   interface and counted against its `max_per_endpoint`;
+//! - `HW_CT_INBOUND`: flows others (the host, remote peers) opened towards
+//!   a local endpoint, counted against its `max_inbound_per_endpoint`.
+//!
+//! An inbound flood therefore evicts only inbound flows and never one a
+//! local endpoint opened. A flow is stored once, under the tuple of the
+//! packet that made the entry. A packet is looked up as-is (same direction)
+//! and reversed. When a table is full the kernel evicts its least recently
+//! used entry; an evicted flow is judged again by the rules on its next
+//! packet.
 
 use core::mem::size_of;
 
@@ -23,6 +30,24 @@ pub struct CtKey {
 }
 const _: () = assert!(size_of::<CtKey>() == 40);
 
+impl CtKey {
+    /// The same flow's tuple in the other direction. An ICMP echo key keeps
+    /// its identifier and request type, so a reply finds its request.
+    #[inline(always)]
+    pub fn reversed(&self) -> CtKey {
+        let is_icmp = self.proto == 1 || self.proto == 58;
+        CtKey {
+            src: self.dst,
+            dst: self.src,
+            sport: if is_icmp { self.sport } else { self.dport },
+            dport: if is_icmp { self.dport } else { self.sport },
+            proto: self.proto,
+            family: self.family,
+            _pad: [0; 2],
+        }
+    }
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtEntry {
@@ -35,9 +60,10 @@ pub struct CtEntry {
     pub rule_egress: u32,
     /// The ingress rule of the receiving endpoint (0: none).
     pub rule_ingress: u32,
-    /// The local endpoint the flow counts against for
-    /// `settings.conntrack.max_per_endpoint`: the sender when it is local,
-    /// else the receiver.
+    /// The local endpoint the flow counts against: in `HW_CONNTRACK` the
+    /// endpoint that sent the packet that made the entry
+    /// (`max_per_endpoint`), in `HW_CT_INBOUND` the endpoint it was sent to
+    /// (`max_inbound_per_endpoint`).
     pub owner: u32,
 }
 const _: () = assert!(size_of::<CtEntry>() == 24);
@@ -52,6 +78,20 @@ pub const CT_ORIG_LOCAL: u32 = 4;
 /// The flow's responder is a local endpoint: its replies were counted at
 /// that endpoint's interface.
 pub const CT_REPLY_LOCAL: u32 = 8;
+/// Made by a mid-stream TCP packet (no SYN) that the rules deny in its own
+/// direction but allow reversed. The key is that packet's direction; the
+/// flow the rules allow runs the other way, so packets in the key's
+/// direction are its replies. `CT_ORIG_LOCAL`/`CT_REPLY_LOCAL` describe the
+/// key's direction as for any entry.
+pub const CT_MIDSTREAM: u32 = 16;
+
+/// Whether a packet found under an entry travels as the allowed flow's
+/// replies: found reversed for an ordinary entry, found as-is for a
+/// mid-stream one.
+#[inline(always)]
+pub fn ct_is_reply(flags: u32, found_reversed: bool) -> bool {
+    found_reversed != (flags & CT_MIDSTREAM != 0)
+}
 
 /// How long an entry lives after its last packet. The one definition of
 /// the conntrack timeouts, used by the programs and by the agent's

@@ -110,12 +110,21 @@ pub struct Settings {
     pub icmp_ns: u64,
     pub other_ns: u64,
     pub fragment_ns: u64,
-    /// Tracked flows one endpoint may hold; new flows beyond it are
-    /// dropped.
+    /// Tracked flows one endpoint may open (`HW_CONNTRACK`); new flows
+    /// beyond it are dropped.
     pub max_flows_per_endpoint: u32,
-    pub _pad: u32,
+    /// Tracked flows others may open towards one endpoint
+    /// (`HW_CT_INBOUND`); new flows beyond it are dropped.
+    pub max_inbound_per_endpoint: u32,
 }
 const _: () = assert!(size_of::<Settings>() == 64);
+
+/// `HW_MIDSTREAM[slot]`: mid-stream TCP packets may create entries while
+/// `bpf_ktime_get_ns()` is below this value. `MIDSTREAM_NEVER` is
+/// `settings.conntrack.midstream: deny`, `MIDSTREAM_ALWAYS` is `allow`, and
+/// `startup` is the agent's start plus `midstream_window`.
+pub const MIDSTREAM_NEVER: u64 = 0;
+pub const MIDSTREAM_ALWAYS: u64 = u64::MAX;
 
 /// Packet and byte counter of one rule (`HW_RULE_STATS`, per CPU).
 #[repr(C)]
@@ -133,6 +142,7 @@ pub const MAX_SRC_ENTRIES: u32 = 16_384;
 pub const MAX_ENDPOINT_INTERFACES: u32 = 4_096;
 pub const MAX_RULES: u32 = 65_536;
 pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
+pub const MAX_CONNTRACK_INBOUND_ENTRIES: u32 = 262_144;
 pub const MAX_FRAGMENT_ENTRIES: u32 = 8_192;
 
 #[cfg(feature = "user")]

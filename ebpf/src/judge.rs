@@ -1,6 +1,7 @@
 //! Where a packet is judged. The three hooks (from an endpoint, to an
 //! endpoint, arriving on the uplink) share the order below; each step is
-//! tagged with its number in the code.
+//! tagged with its number in the code. SECURITY.md states what each step
+//! guarantees.
 //!
 //! 1. Frame type: ARP and neighbour discovery are checked for address
 //!    claims and pass; IPv4/IPv6 continue; everything else from or to an
@@ -11,24 +12,37 @@
 //!    endpoint's or the host's address is dropped.
 //! 3. Fragments: a non-first fragment passes only if its first fragment
 //!    passed.
-//! 4. ICMP errors pass only when they quote a tracked flow and go back to
-//!    its sender.
+//! 4. ICMP errors are related to a tracked flow only when their source is
+//!    a party of it: an endpoint reporting on a packet addressed to it, or
+//!    the host's stack or the uplink reporting on a packet a local endpoint
+//!    sent towards them; and they go to the quoted packet's sender. Any
+//!    other error is judged by the rules (step 6).
 //! 5. Conntrack: a packet of a tracked, unexpired flow passes, in either
-//!    direction.
+//!    direction, except that a packet which can only open a flow (TCP SYN
+//!    without ACK, SCTP INIT) is never a reply: it goes on to the rules.
 //! 6. Rules: the sender's egress rules (when the sender is a local
 //!    endpoint) and the receiver's ingress rules (when the receiver is a
 //!    local endpoint), both from the same policy slot. A new flow that both
-//!    allow is tracked. A TCP packet without SYN that the rules deny may be
-//!    the far side of a flow the rules allow (one that predates the agent):
-//!    then it is tracked as that flow.
-//! 7. Conntrack share: a new flow is dropped when its local endpoint
-//!    already holds `max_per_endpoint` tracked flows.
+//!    allow is tracked. While mid-stream admission is open
+//!    (`settings.conntrack.midstream`), a TCP packet without SYN that the
+//!    rules deny may be the far side of a flow the rules allow (one that
+//!    predates the agent): it is tracked as a mid-stream entry, which
+//!    passes that flow and only replies to it.
+//! 7. Conntrack shares: a flow a local endpoint opens goes into
+//!    `HW_CONNTRACK` and counts against its `max_per_endpoint`; a flow
+//!    others open towards it goes into `HW_CT_INBOUND` and counts against
+//!    its `max_inbound_per_endpoint`. A new flow beyond its share is
+//!    dropped.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, maps::lpm_trie::Key};
+use aya_ebpf::{
+    helpers::bpf_ktime_get_ns,
+    maps::{LruHashMap, lpm_trie::Key},
+};
 use hostwall_common::*;
 
 use crate::{
     maps::*,
+    mutants::*,
     parse::{self, Fragment, Packet},
 };
 
@@ -152,49 +166,40 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
     // Steps 4 to 6 decide whether the packet passes; a first fragment that
     // passes, by whichever step, lets the rest of its datagram through.
     let pass = 'flow: {
-        // 4. ICMP errors.
-        if parse::is_icmp_error(pkt.proto, pkt.icmp_type) {
-            let quoted = parse::quoted_flow(data, data_end, &pkt).ok_or(DropReason::IcmpErrorUntracked)?;
-            // The error must go back to the sender of the quoted packet.
-            if quoted.src != pkt.dst {
-                return Err(DropReason::IcmpErrorUntracked);
-            }
-            if ct_find(&quoted, &settings, now).is_some() || ct_find(&reversed(&quoted), &settings, now).is_some() {
+        let icmp_error = parse::is_icmp_error(pkt.proto, pkt.icmp_type);
+        if icmp_error {
+            // 4. ICMP errors.
+            if related(hook, &endpoint, &mut peers, data, data_end, &pkt, &settings, now) {
                 break 'flow PassReason::Related;
             }
-            return Err(DropReason::IcmpErrorUntracked);
-        }
-
-        // 5. Conntrack.
-        // ICMP is directional: an echo request is only ever the original
-        // direction, an echo reply only ever a reply.
-        let is_icmp = pkt.proto == parse::IPPROTO_ICMP || pkt.proto == parse::IPPROTO_ICMPV6;
-        let is_echo_reply = parse::is_echo_reply(pkt.proto, pkt.icmp_type);
-        let key = flow_key(&pkt);
-        if !is_echo_reply {
-            if let Some(entry) = ct_find(&key, &settings, now) {
-                ct_touch(hook, entry, &pkt, now, false, data_end - data);
-                break 'flow PassReason::Established;
-            }
-        }
-        if !is_icmp || is_echo_reply {
-            if let Some(entry) = ct_find(&reversed(&key), &settings, now) {
-                ct_touch(hook, entry, &pkt, now, true, data_end - data);
-                break 'flow PassReason::Reply;
-            }
+        } else if let Some(found) = ct_lookup(hook, &pkt, &settings, now) {
+            // 5. Conntrack.
+            ct_touch(hook, found, &pkt, now, data_end - data);
+            break 'flow if found.reply {
+                PassReason::Reply
+            } else {
+                PassReason::Established
+            };
         }
 
         // 6. Rules.
+        let key = flow_key(&pkt);
         let decided = decide(hook, slot, &endpoint, &mut peers, &pkt);
-        let (rule_egress, rule_ingress, mut flags, key) = match decided {
-            Ok((e, i, f)) => (e, i, f, key),
+        let (rule_egress, rule_ingress, mut flags) = match decided {
+            Ok(d) => d,
+            Err(_) if icmp_error => return Err(DropReason::IcmpErrorUntracked),
             Err(reason) => {
-                // 6d. A TCP packet without SYN that the rules deny in its own
-                // direction may be the reply side of a flow that predates the
-                // agent (or whose entry was evicted). If the rules allow the
-                // reverse flow, it is tracked as that flow, reply seen.
+                // 6d. Mid-stream: a TCP packet without SYN that the rules
+                // deny in its own direction may be the far side of a flow
+                // that predates the agent (or whose entry was evicted). If
+                // the rules allow the reverse flow, and mid-stream admission
+                // is open, it is tracked under this packet's own tuple,
+                // marked mid-stream: a reply of that reverse flow.
                 let by_rules = matches!(reason, DropReason::EgressDenied | DropReason::IngressDenied);
                 if !by_rules || pkt.proto != parse::IPPROTO_TCP || pkt.tcp_flags & parse::TCP_SYN != 0 {
+                    return Err(reason);
+                }
+                if !midstream_open(slot, now) {
                     return Err(reason);
                 }
                 // The reverse flow's ends are this packet's, swapped: lookups
@@ -205,7 +210,9 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
                     dst: peers.src,
                 };
                 match decide_reverse(slot, &mut rev_peers, &reversed_packet(&pkt)) {
-                    Some((e, i, f)) => (e, i, f | CT_SEEN_REPLY, reversed(&key)),
+                    // The flags describe the reverse flow; the entry's key
+                    // is this packet's direction.
+                    Some((e, i, f)) => (e, i, swap_local_flags(f) | CT_MIDSTREAM),
                     None => return Err(reason),
                 }
             }
@@ -215,14 +222,15 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
             if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
                 flags |= CT_CLOSING;
             }
-            // 7. The flow counts against one local endpoint's share of the
-            // table, so that one endpoint's flood cannot evict the others'.
+            // 7. Conntrack shares: the sender's table when it is the
+            // endpoint of this interface, else the receiver's inbound one.
+            let inbound = hook != Hook::FromEndpoint && !mutant(MUTANT_INBOUND_CHARGED_AS_OPENED);
             let owner = if hook == Hook::Uplink {
                 peers.dst(&pkt).local_endpoint
             } else {
                 endpoint.endpoint
             };
-            if !reserve_flow(owner, &settings) {
+            if !reserve_flow(owner, inbound, &settings) {
                 return Err(DropReason::ConntrackEndpointFull);
             }
             let entry = CtEntry {
@@ -232,8 +240,9 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
                 rule_ingress,
                 owner,
             };
-            if CONNTRACK.insert(&key, &entry, 0).is_ok()
-                && let Some(n) = CT_EVENTS.get_ptr_mut(0)
+            let table = if inbound { &CT_INBOUND } else { &CONNTRACK };
+            if table.insert(&key, &entry, 0).is_ok()
+                && let Some(n) = CT_EVENTS.get_ptr_mut(if inbound { 1 } else { 0 })
             {
                 unsafe { *n += 1 };
             }
@@ -247,6 +256,139 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
     };
     remember_first_fragment(&pkt, now);
     Ok(pass)
+}
+
+/// Step 4: whether an ICMP error is related to a tracked flow of its own
+/// parties. The quoted packet `q` must have been sent by the error's
+/// destination. From an endpoint, `q` must have been addressed to that
+/// endpoint (it reports on a packet it received). From the host's stack or
+/// the uplink, `q` must have been sent by a local endpoint (the one this
+/// interface serves) to a party reached that way: not a local endpoint, and
+/// on the uplink not the host either.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn related(
+    hook: Hook,
+    endpoint: &EndpointInfo,
+    peers: &mut Peers,
+    data: usize,
+    data_end: usize,
+    pkt: &Packet,
+    settings: &Settings,
+    now: u64,
+) -> bool {
+    let Some(q) = parse::quoted_flow(data, data_end, pkt) else {
+        return false;
+    };
+    if q.src != pkt.dst {
+        return false;
+    }
+    let slot = peers.slot;
+    let reporter = match hook {
+        Hook::FromEndpoint => endpoint.endpoint,
+        Hook::ToEndpoint => peers.src(pkt).local_endpoint,
+        Hook::Uplink => 0,
+    };
+    let q_dst = peer(slot, q.family, &q.dst);
+    if reporter != 0 {
+        if q_dst.local_endpoint != reporter && !mutant(MUTANT_ICMP_ERROR_FROM_ANYONE) {
+            return false;
+        }
+    } else {
+        // `q.src` is the error's destination, already looked up.
+        let q_src = peers.dst(pkt);
+        if q_src.local_endpoint == 0 || q_dst.local_endpoint != 0 {
+            return false;
+        }
+        if hook == Hook::ToEndpoint && q_src.local_endpoint != endpoint.endpoint {
+            return false;
+        }
+        if hook == Hook::Uplink && q_dst.flags & PEER_HOST != 0 {
+            return false;
+        }
+    }
+    let rev = reversed(&q);
+    [&CONNTRACK, &CT_INBOUND]
+        .iter()
+        .any(|t| live(t, &q, settings, now).is_some() || live(t, &rev, settings, now).is_some())
+}
+
+/// Where step 5 found a packet's flow.
+#[derive(Clone, Copy)]
+struct Found {
+    entry: *mut CtEntry,
+    /// The packet travels as the flow's replies.
+    reply: bool,
+    /// Found under the packet's tuple reversed.
+    reversed: bool,
+}
+
+/// Step 5: the tracked flow of a packet. Each hook looks where its flows
+/// can be, most likely first: an endpoint's own flows are in
+/// `HW_CONNTRACK` under its tuple, flows opened towards an endpoint in
+/// `HW_CT_INBOUND` under the opener's.
+#[inline(always)]
+fn ct_lookup(hook: Hook, pkt: &Packet, settings: &Settings, now: u64) -> Option<Found> {
+    let key = flow_key(pkt);
+    let rev = reversed(&key);
+    // ICMP is directional: an echo request is only ever found as-is, an
+    // echo reply only reversed.
+    let is_icmp = pkt.proto == parse::IPPROTO_ICMP || pkt.proto == parse::IPPROTO_ICMPV6;
+    let is_echo_reply = parse::is_echo_reply(pkt.proto, pkt.icmp_type);
+    let as_is = !is_echo_reply;
+    let as_reversed = !is_icmp || is_echo_reply;
+    let candidates: [(bool, bool, bool); 3] = match hook {
+        // (inbound table, reversed, looked at)
+        Hook::FromEndpoint => [
+            (false, false, as_is),
+            (true, true, as_reversed),
+            (false, true, as_reversed),
+        ],
+        Hook::ToEndpoint => [(false, true, as_reversed), (true, false, as_is), (false, false, as_is)],
+        Hook::Uplink => [(true, false, as_is), (false, true, as_reversed), (false, false, false)],
+    };
+    for (inbound, reversed, look) in candidates {
+        if !look {
+            continue;
+        }
+        let table = if inbound { &CT_INBOUND } else { &CONNTRACK };
+        let Some(entry) = live(table, if reversed { &rev } else { &key }, settings, now) else {
+            continue;
+        };
+        let reply = ct_is_reply(unsafe { (*entry).flags }, reversed);
+        // A packet that can only open a flow never answers one: it is
+        // judged by the rules as a new flow.
+        if reply && pkt.opens && !mutant(MUTANT_SYN_AS_REPLY) {
+            return None;
+        }
+        return Some(Found { entry, reply, reversed });
+    }
+    None
+}
+
+/// Whether mid-stream packets may create entries now (step 6d).
+#[inline(always)]
+fn midstream_open(slot: u32, now: u64) -> bool {
+    if mutant(MUTANT_MIDSTREAM_ALWAYS) {
+        return true;
+    }
+    match MIDSTREAM.get(slot) {
+        Some(until) => now < *until,
+        None => false,
+    }
+}
+
+/// Conntrack flags of a flow seen from its other end.
+#[inline(always)]
+fn swap_local_flags(flags: u32) -> u32 {
+    let mut out = flags & !(CT_ORIG_LOCAL | CT_REPLY_LOCAL);
+    if flags & CT_ORIG_LOCAL != 0 {
+        out |= CT_REPLY_LOCAL;
+    }
+    if flags & CT_REPLY_LOCAL != 0 {
+        out |= CT_ORIG_LOCAL;
+    }
+    out
 }
 
 /// Step 6: the rules that allow a new flow, as (egress rule, ingress rule,
@@ -540,16 +682,7 @@ fn flow_key(pkt: &Packet) -> CtKey {
 
 #[inline(always)]
 fn reversed(key: &CtKey) -> CtKey {
-    let is_icmp = key.proto == parse::IPPROTO_ICMP || key.proto == parse::IPPROTO_ICMPV6;
-    CtKey {
-        src: key.dst,
-        dst: key.src,
-        sport: if is_icmp { key.sport } else { key.dport },
-        dport: if is_icmp { key.dport } else { key.sport },
-        proto: key.proto,
-        family: key.family,
-        _pad: [0; 2],
-    }
+    key.reversed()
 }
 
 /// Flows that get a conntrack entry: everything but ICMP other than echo
@@ -563,33 +696,40 @@ fn tracked_kind(pkt: &Packet) -> bool {
     }
 }
 
-/// Takes one of `owner`'s tracked-flow slots; `false` when it has none
-/// left. The count is not atomic across CPUs: the agent recounts every
-/// second, so a race costs at most a few flows over the cap, briefly.
+/// Takes one of `owner`'s slots in the table it is charged to (`inbound`:
+/// `HW_CT_INBOUND`); `false` when it has none left. The count is not atomic
+/// across CPUs: the agent recounts every two seconds, so a race costs at
+/// most a few flows over the cap, briefly.
 #[inline(always)]
-fn reserve_flow(owner: u32, settings: &Settings) -> bool {
+fn reserve_flow(owner: u32, inbound: bool, settings: &Settings) -> bool {
     if owner == 0 {
         return true;
     }
-    match CT_COUNT.get_ptr_mut(&owner) {
+    let (counts, cap) = if inbound {
+        (&CT_COUNT_IN, settings.max_inbound_per_endpoint)
+    } else {
+        (&CT_COUNT, settings.max_flows_per_endpoint)
+    };
+    match counts.get_ptr_mut(&owner) {
         Some(count) => unsafe {
-            if *count >= settings.max_flows_per_endpoint {
+            if *count >= cap {
                 return false;
             }
             *count += 1;
             true
         },
         None => {
-            let _ = CT_COUNT.insert(&owner, &1, 0);
+            let _ = counts.insert(&owner, &1, 0);
             true
         }
     }
 }
 
-/// A live entry for `key`, or `None` if there is none or it has expired.
+/// A live entry for `key` in `table`, or `None` if there is none or it has
+/// expired.
 #[inline(always)]
-fn ct_find(key: &CtKey, settings: &Settings, now: u64) -> Option<*mut CtEntry> {
-    let entry = CONNTRACK.get_ptr_mut(key)?;
+fn live(table: &LruHashMap<CtKey, CtEntry>, key: &CtKey, settings: &Settings, now: u64) -> Option<*mut CtEntry> {
+    let entry = table.get_ptr_mut(key)?;
     let e = unsafe { &*entry };
     if now.saturating_sub(e.last_seen_ns) > ct_timeout(settings, key.proto, e.flags) {
         return None;
@@ -598,11 +738,12 @@ fn ct_find(key: &CtKey, settings: &Settings, now: u64) -> Option<*mut CtEntry> {
 }
 
 #[inline(always)]
-fn ct_touch(hook: Hook, entry: *mut CtEntry, pkt: &Packet, now: u64, reply: bool, len: usize) {
-    let e = unsafe { &mut *entry };
+fn ct_touch(hook: Hook, found: Found, pkt: &Packet, now: u64, len: usize) {
+    let e = unsafe { &mut *found.entry };
     e.last_seen_ns = now;
     let mut flags = e.flags;
-    if reply {
+    // Both directions seen: the established timeouts apply.
+    if found.reversed {
         flags |= CT_SEEN_REPLY;
     }
     if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
@@ -616,7 +757,7 @@ fn ct_touch(hook: Hook, entry: *mut CtEntry, pkt: &Packet, now: u64, reply: bool
     let count = match hook {
         Hook::FromEndpoint => true,
         Hook::ToEndpoint => {
-            let sender_local = if reply { CT_REPLY_LOCAL } else { CT_ORIG_LOCAL };
+            let sender_local = if found.reversed { CT_REPLY_LOCAL } else { CT_ORIG_LOCAL };
             flags & sender_local == 0
         }
         Hook::Uplink => false,

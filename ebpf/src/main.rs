@@ -7,6 +7,7 @@
 
 mod judge;
 mod maps;
+mod mutants;
 mod parse;
 
 use aya_ebpf::{

@@ -51,9 +51,21 @@ pub static POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries
 #[map(name = "HW_POLICY_1")]
 pub static POLICY_1: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
 
-/// Tracked flows. Written by the programs; read and flushed by the agent.
+/// Tracked flows local endpoints opened (made at the sender's interface).
+/// Written by the programs; read and flushed by the agent.
 #[map(name = "HW_CONNTRACK")]
 pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CONNTRACK_ENTRIES, 0);
+
+/// Tracked flows others opened towards a local endpoint (made at its
+/// interface or on the uplink): a table of their own, so that an inbound
+/// flood evicts only inbound flows.
+#[map(name = "HW_CT_INBOUND")]
+pub static CT_INBOUND: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CONNTRACK_INBOUND_ENTRIES, 0);
+
+/// Per slot: until when mid-stream TCP packets may create entries
+/// (`MIDSTREAM_*`). Written by the agent.
+#[map(name = "HW_MIDSTREAM")]
+pub static MIDSTREAM: Array<u64> = Array::with_max_entries(2, 0);
 
 /// IP datagrams whose first fragment passed. Written by the programs.
 #[map(name = "HW_FRAGS")]
@@ -82,8 +94,13 @@ pub static CT_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 #[map(name = "HW_RULE_KEYS")]
 pub static RULE_KEYS: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
 
-/// Per local endpoint id: the tracked flows it holds. The programs count
-/// up as they insert; the agent recounts (and removes expired flows) every
-/// second, which also accounts for LRU evictions.
+/// Per local endpoint id: the flows it holds in `HW_CONNTRACK`. The
+/// programs count up as they insert; the agent recounts (and removes
+/// expired flows) every two seconds, which also accounts for LRU evictions.
 #[map(name = "HW_CT_COUNT")]
 pub static CT_COUNT: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ENDPOINT_INTERFACES, 0);
+
+/// Per local endpoint id: the flows others opened towards it
+/// (`HW_CT_INBOUND`), counted as `HW_CT_COUNT` is.
+#[map(name = "HW_CT_COUNT_IN")]
+pub static CT_COUNT_IN: HashMap<u32, u32> = HashMap::with_max_entries(MAX_ENDPOINT_INTERFACES, 0);

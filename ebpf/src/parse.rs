@@ -20,6 +20,9 @@ pub const IPPROTO_SCTP: u8 = 132;
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const SCTP_INIT: u8 = 1;
 
 /// Longest IPv6 extension header chain parsed; longer chains are dropped.
 const MAX_IPV6_EXT: usize = 8;
@@ -70,6 +73,10 @@ pub struct Packet {
     pub icmp_type: u8,
     pub icmp_code: u8,
     pub tcp_flags: u8,
+    /// The packet can only open a flow, never answer one: a TCP segment
+    /// with SYN set and ACK clear (whatever else it carries), an SCTP
+    /// packet whose first chunk is INIT.
+    pub opens: bool,
     pub fragment: Fragment,
     pub frag_id: u32,
     /// Offset of the L4 header from the start of the frame.
@@ -134,6 +141,7 @@ pub fn parse_ipv4(data: usize, data_end: usize) -> Result<Packet, DropReason> {
         icmp_type: 0,
         icmp_code: 0,
         tcp_flags: 0,
+        opens: false,
         fragment: Fragment::None,
         frag_id: id,
         l4_off: off + ihl,
@@ -178,6 +186,7 @@ pub fn parse_ipv6(data: usize, data_end: usize) -> Result<Packet, DropReason> {
         icmp_type: 0,
         icmp_code: 0,
         tcp_flags: 0,
+        opens: false,
         fragment: Fragment::None,
         frag_id: 0,
         l4_off: off + 40,
@@ -237,6 +246,7 @@ fn parse_l4(data: usize, data_end: usize, pkt: &mut Packet) -> Result<(), DropRe
             pkt.sport = u16::from_be_bytes([hdr[0], hdr[1]]);
             pkt.dport = u16::from_be_bytes([hdr[2], hdr[3]]);
             pkt.tcp_flags = hdr[13];
+            pkt.opens = hdr[13] & (TCP_SYN | TCP_ACK) == TCP_SYN;
         }
         IPPROTO_UDP => {
             let hdr = read::<[u8; 8]>(data, data_end, off)?;
@@ -247,6 +257,10 @@ fn parse_l4(data: usize, data_end: usize, pkt: &mut Packet) -> Result<(), DropRe
             let hdr = read::<[u8; 12]>(data, data_end, off)?;
             pkt.sport = u16::from_be_bytes([hdr[0], hdr[1]]);
             pkt.dport = u16::from_be_bytes([hdr[2], hdr[3]]);
+            // The first chunk's type; a packet without chunks opens nothing.
+            if let Ok(chunk) = read::<u8>(data, data_end, off + 12) {
+                pkt.opens = chunk == SCTP_INIT;
+            }
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
             let hdr = read::<[u8; 8]>(data, data_end, off)?;

@@ -14,6 +14,13 @@ pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
 pub const FIN: u8 = 0x01;
 pub const RST: u8 = 0x04;
+pub const PSH: u8 = 0x08;
+pub const URG: u8 = 0x20;
+
+/// SCTP chunk types.
+pub const SCTP_INIT: u8 = 1;
+pub const SCTP_INIT_ACK: u8 = 2;
+pub const SCTP_DATA: u8 = 0;
 
 #[derive(Clone, Debug)]
 pub struct Frame(pub Vec<u8>);
@@ -105,6 +112,17 @@ pub fn udp(sport: u16, dport: u16) -> L4 {
 
 pub fn sctp(sport: u16, dport: u16) -> L4 {
     L4::Sctp { sport, dport }
+}
+
+/// An SCTP packet whose first (and only) chunk is of type `chunk`, with
+/// no chunk value.
+pub fn sctp_chunk(sport: u16, dport: u16, chunk: u8) -> L4 {
+    let mut h = Vec::with_capacity(16);
+    h.extend_from_slice(&sport.to_be_bytes());
+    h.extend_from_slice(&dport.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0]);
+    h.extend_from_slice(&[chunk, 0, 0, 4]);
+    L4::Proto(SCTP, h)
 }
 
 /// The 8 bytes of an ICMP or ICMPv6 header without a payload, to put in a

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use hostwall::compile::{self, Compiled, HostView};
+use hostwall::datapath::conntrack::{self, Table};
 use hostwall::datapath::{Datapath, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK};
 use hostwall::policy::{Policy, parse_str};
 use hostwall_common::{Counter, CtEntry, CtKey, DropReason, FragKey, PassReason};
@@ -142,7 +143,17 @@ impl Fixture {
         self.apply_compiled(&compiled);
     }
 
+    /// Applies `compiled`. Each apply opens the mid-stream window of
+    /// `settings.conntrack.midstream: startup` anew, as an agent's start
+    /// does.
     pub fn apply_compiled(&mut self, compiled: &Compiled) {
+        self.apply_started(compiled, hostwall::datapath::stats::monotonic_ns());
+    }
+
+    /// Applies `compiled` as if the agent had started at `started_ns`
+    /// (`CLOCK_MONOTONIC`), the start of the mid-stream window.
+    pub fn apply_started(&mut self, compiled: &Compiled, started_ns: u64) {
+        self.dp.slots.set_started(started_ns);
         self.dp.slots.apply(compiled).expect("apply");
     }
 
@@ -169,22 +180,29 @@ impl Fixture {
         )
     }
 
-    /// The conntrack table's entries.
+    /// The entries of both conntrack tables (flows endpoints opened, then
+    /// flows opened towards them).
     pub fn conntrack(&self) -> Vec<(CtKey, CtEntry)> {
-        let m: HashMap<&MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.dp.ebpf.map("HW_CONNTRACK").unwrap()).unwrap();
-        m.iter().filter_map(Result::ok).collect()
+        conntrack::flows(&self.dp.ebpf)
+            .into_iter()
+            .map(|f| (f.key, f.entry))
+            .collect()
     }
 
-    /// The conntrack table's entries, removed from it.
+    /// The entries of one conntrack table.
+    pub fn conntrack_table(&self, table: Table) -> Vec<(CtKey, CtEntry)> {
+        conntrack::flows(&self.dp.ebpf)
+            .into_iter()
+            .filter(|f| f.table == table)
+            .map(|f| (f.key, f.entry))
+            .collect()
+    }
+
+    /// The entries of both conntrack tables, removed from them.
     pub fn take_conntrack(&mut self) -> Vec<(CtKey, CtEntry)> {
-        let mut m: HashMap<&mut MapData, CtKey, CtEntry> =
-            HashMap::try_from(self.dp.ebpf.map_mut("HW_CONNTRACK").unwrap()).unwrap();
-        let entries: Vec<(CtKey, CtEntry)> = m.iter().filter_map(Result::ok).collect();
-        for (k, _) in &entries {
-            let _ = m.remove(k);
-        }
-        entries
+        let flows = conntrack::flows(&self.dp.ebpf);
+        conntrack::remove(&mut self.dp.ebpf, &flows);
+        flows.into_iter().map(|f| (f.key, f.entry)).collect()
     }
 
     /// Forgets every tracked flow, fragment and per-endpoint flow count, so
@@ -198,8 +216,10 @@ impl Fixture {
             }
         }
         clear::<CtKey, CtEntry>(self, "HW_CONNTRACK");
+        clear::<CtKey, CtEntry>(self, "HW_CT_INBOUND");
         clear::<FragKey, u64>(self, "HW_FRAGS");
         clear::<u32, u32>(self, "HW_CT_COUNT");
+        clear::<u32, u32>(self, "HW_CT_COUNT_IN");
     }
 
     /// Runs `frame` through the program of `hook`; returns the verdict as

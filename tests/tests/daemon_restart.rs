@@ -10,6 +10,7 @@ use std::path::Path;
 
 use common::bins;
 use common::daemon::{DEADLINE, flows, rule_id};
+use hostwall::datapath::layout::{LAYOUT_VERSION, LAYOUT_VERSION_ENV};
 use hostwall_tests::{
     Agent, AgentOptions, Check, Container, DropReason, Expect, Host, Node, Probe, Server, TcpStreamer, UdpSeqSender,
     assert_checks, seq_gaps,
@@ -224,33 +225,39 @@ fn entries(dir: &Path) -> Vec<String> {
 fn layout_upgrade_takes_over_without_a_gap() {
     let s = setup();
     s.control();
-    let mut agent = Agent::start(&s.host, POLICY).expect("starting the agent (layout 1)");
-    let v1 = agent.bpffs().join("v1");
-    let v2 = agent.bpffs().join("v2");
+    // This build's layout, and a newer one played by the same build.
+    let (old, new) = (LAYOUT_VERSION, LAYOUT_VERSION + 1);
+    let mut agent = Agent::start(&s.host, POLICY).expect("starting the agent (this build's layout)");
+    let v1 = agent.bpffs().join(format!("v{old}"));
+    let v2 = agent.bpffs().join(format!("v{new}"));
     assert!(
         v1.join("maps").is_dir(),
-        "no layout 1 under {}",
+        "no layout {old} under {}",
         agent.bpffs().display()
     );
     let mut streams = Streams::start(&s);
     let before = agent.stats().expect("reading counters");
 
-    let status = agent.stop().expect("stopping the layout 1 agent");
+    let status = agent.stop().expect("stopping the older layout's agent");
     assert!(status.success(), "the agent exited with {status}");
     streams.tcp.assert_flowing(8 * 1024, "between the two agents");
     let newer = AgentOptions {
-        env: vec![("HOSTWALL_LAYOUT_VERSION".into(), "2".into())],
+        env: vec![(LAYOUT_VERSION_ENV.into(), new.to_string())],
         ..Default::default()
     };
-    agent.restart_with(&newer).expect("starting the layout 2 agent");
+    agent.restart_with(&newer).expect("starting the newer layout's agent");
 
     let status = agent.status().expect("status");
-    assert_eq!(status["layout"].as_u64(), Some(2), "the new agent's layout: {status}");
-    assert!(!v1.exists(), "layout 1 is still pinned: {:?}", entries(&v1));
+    assert_eq!(
+        status["layout"].as_u64(),
+        Some(new as u64),
+        "the new agent's layout: {status}"
+    );
+    assert!(!v1.exists(), "layout {old} is still pinned: {:?}", entries(&v1));
     for sub in ["maps", "progs", "links"] {
         assert!(
             !entries(&v2.join(sub)).is_empty(),
-            "layout 2 has nothing under {sub}: {:?}",
+            "layout {new} has nothing under {sub}: {:?}",
             entries(&v2)
         );
     }
@@ -300,7 +307,7 @@ fn uninstall_after_stop_removes_pins_and_enforcement() {
     assert_checks("after the agent stopped (fail-static)", &checks);
     // Three endpoints, two hooks each, pinned so that they outlive the
     // agent.
-    let links = entries(&agent.bpffs().join("v1").join("links"));
+    let links = entries(&agent.bpffs().join(format!("v{LAYOUT_VERSION}")).join("links"));
     assert_eq!(links.len(), 6, "pinned links after the stop: {links:?}");
 
     agent.uninstall().expect("hostwall uninstall");
@@ -346,6 +353,6 @@ fn restart_releases_interfaces_that_are_no_longer_endpoints() {
         "c is no endpoint after the restart",
         &[c_to_host(), s.allowed(), s.denied().expecting(Expect::Denied)],
     );
-    let links = entries(&agent.bpffs().join("v1").join("links"));
+    let links = entries(&agent.bpffs().join(format!("v{LAYOUT_VERSION}")).join("links"));
     assert_eq!(links.len(), 4, "only a's and b's hooks stay pinned: {links:?}");
 }

@@ -27,7 +27,7 @@ use hostwall_common::{
     SrcKey,
 };
 
-use crate::policy::{Direction, Peer, Policy, Proto, Rule};
+use crate::policy::{Direction, Midstream, Peer, Policy, Proto, Rule};
 pub use classes::Label;
 use classes::PeerClasses;
 pub use lookup::Lookup;
@@ -65,6 +65,9 @@ pub struct Compiled {
     /// Every rule with its id, in policy order.
     pub rules: Vec<(u32, RuleRef)>,
     pub settings: Settings,
+    /// `settings.conntrack.midstream`; `HW_MIDSTREAM` is written from it
+    /// and the agent's start.
+    pub midstream: Midstream,
 }
 
 impl Compiled {
@@ -196,6 +199,7 @@ fn compile_inner(
 ) -> Result<Compiled, CompileError> {
     let mut out = Compiled {
         settings: settings(policy),
+        midstream: policy.settings.conntrack.midstream,
         ..Default::default()
     };
     for (name, group) in &policy.groups {
@@ -443,7 +447,7 @@ fn settings(policy: &Policy) -> Settings {
         other_ns: ns(ct.other),
         fragment_ns: 30_000_000_000,
         max_flows_per_endpoint: ct.max_per_endpoint,
-        _pad: 0,
+        max_inbound_per_endpoint: ct.max_inbound_per_endpoint,
     }
 }
 

@@ -7,15 +7,15 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
-use hostwall_common::{Counter, CtEntry, CtKey, QUARANTINED};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
+use hostwall_common::{Counter, QUARANTINED};
 use tracing::{error, info, warn};
 
 use super::Agent;
 use super::rules::Assignment;
 use crate::api::Caller;
 use crate::compile::{self, CompileError, Compiled, HostView, Lookup};
-use crate::datapath::SlotError;
+use crate::datapath::{SlotError, conntrack};
 use crate::host;
 use crate::policy::{OnPolicyChange, Policy, PolicyDiff};
 
@@ -248,14 +248,11 @@ impl Agent {
     /// many.
     pub fn revalidate_flows(&mut self) -> usize {
         let lookup = Lookup::new(&self.compiled);
-        let Some(map) = self.datapath.ebpf.map_mut("HW_CONNTRACK") else {
-            return 0;
-        };
-        let Ok(mut ct) = HashMap::<&mut MapData, CtKey, CtEntry>::try_from(map) else {
-            return 0;
-        };
-        let doomed: Vec<CtKey> = ct.keys().filter_map(Result::ok).filter(|k| !lookup.allows(k)).collect();
-        doomed.iter().filter(|k| ct.remove(k).is_ok()).count()
+        let doomed: Vec<_> = conntrack::flows(&self.datapath.ebpf)
+            .into_iter()
+            .filter(|f| !lookup.allows(&f.allowed()))
+            .collect();
+        conntrack::remove(&mut self.datapath.ebpf, &doomed)
     }
 }
 

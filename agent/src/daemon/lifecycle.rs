@@ -7,13 +7,14 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
-use hostwall_common::{Counter, CtEntry, CtKey, MAX_RULES};
+use hostwall_common::{CT_ORIG_LOCAL, Counter, CtEntry, CtKey, MAX_RULES};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use super::rules::RuleRegistry;
 use super::{Agent, Options};
 use crate::compile::Compiled;
+use crate::datapath::conntrack::{self, Table};
 use crate::datapath::{Attachments, Datapath, HookKind, Layout, pinned_links, remove_all};
 use crate::host;
 use crate::policy::{self, Policy};
@@ -140,19 +141,9 @@ fn open_pinned(dir: &Path, name: &str) -> Option<Map> {
 fn migrate(old: &Layout, datapath: &mut Datapath) {
     let dir = old.maps();
     let mut flows = 0usize;
-    if let (Some(from), Some(to)) = (open_pinned(&dir, "HW_CONNTRACK"), datapath.ebpf.map_mut("HW_CONNTRACK")) {
-        match (
-            HashMap::<MapData, CtKey, CtEntry>::try_from(from),
-            HashMap::<&mut MapData, CtKey, CtEntry>::try_from(to),
-        ) {
-            (Ok(from), Ok(mut to)) => {
-                for (k, v) in from.iter().filter_map(Result::ok) {
-                    if to.insert(&k, &v, 0).is_ok() {
-                        flows += 1;
-                    }
-                }
-            }
-            _ => warn!("tracked flows of the older layout have another format; flows are judged again"),
+    for old_flow in old_flows(&dir) {
+        if conntrack::insert(&mut datapath.ebpf, &old_flow) {
+            flows += 1;
         }
     }
     if let (Some(from), Some(to)) = (open_pinned(&dir, "HW_RULE_KEYS"), datapath.ebpf.map_mut("HW_RULE_KEYS"))
@@ -202,18 +193,43 @@ fn carry_over_after_takeover(old: &Layout, datapath: &mut Datapath) {
             }
         }
     }
-    if let (Some(from), Some(to)) = (open_pinned(&dir, "HW_CONNTRACK"), datapath.ebpf.map_mut("HW_CONNTRACK"))
-        && let (Ok(from), Ok(mut to)) = (
-            HashMap::<MapData, CtKey, CtEntry>::try_from(from),
-            HashMap::<&mut MapData, CtKey, CtEntry>::try_from(to),
-        )
-    {
-        for (k, v) in from.iter().filter_map(Result::ok) {
-            if to.get(&k, 0).is_err() {
-                let _ = to.insert(&k, &v, 0);
-            }
+    for old_flow in old_flows(&dir) {
+        if !conntrack::contains(&datapath.ebpf, old_flow.table, &old_flow.key) {
+            conntrack::insert(&mut datapath.ebpf, &old_flow);
         }
     }
+}
+
+/// The tracked flows of an older layout's maps, each placed in the table it
+/// belongs to now. Layout 1 kept every flow in `HW_CONNTRACK`: a flow its
+/// sender opened at a local endpoint's interface goes on counting against
+/// that endpoint, any other against the inbound share of its receiver.
+/// The checks the entries are used with (a SYN is never a reply, ICMP
+/// errors only from a flow's parties) are made at lookup time, so entries
+/// made under older rules get them too.
+fn old_flows(dir: &Path) -> Vec<conntrack::Flow> {
+    let mut out = Vec::new();
+    for t in Table::ALL {
+        let Some(from) = open_pinned(dir, t.map()) else {
+            continue;
+        };
+        let Ok(from) = HashMap::<MapData, CtKey, CtEntry>::try_from(from) else {
+            warn!(
+                map = t.map(),
+                "tracked flows of the older layout have another format; flows are judged again"
+            );
+            continue;
+        };
+        for (key, entry) in from.iter().filter_map(Result::ok) {
+            let table = match t {
+                Table::Inbound => Table::Inbound,
+                Table::Opened if entry.flags & CT_ORIG_LOCAL != 0 => Table::Opened,
+                Table::Opened => Table::Inbound,
+            };
+            out.push(conntrack::Flow { table, key, entry });
+        }
+    }
+    out
 }
 
 /// What [`uninstall`] removed.

@@ -2,6 +2,7 @@
 //! bpffs, attaching them, and writing compiled policy into their maps.
 
 mod attach;
+pub mod conntrack;
 pub mod layout;
 mod slots;
 pub mod stats;
@@ -21,7 +22,7 @@ pub const PROG_UPLINK: &str = "hostwall_uplink";
 pub const PROGRAMS: [&str; 3] = [PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK];
 
 /// Every map of the eBPF object; all are pinned.
-pub const MAPS: [&str; 20] = [
+pub const MAPS: [&str; 23] = [
     "HW_ACTIVE",
     "HW_SETTINGS",
     "HW_IFACE_0",
@@ -35,6 +36,8 @@ pub const MAPS: [&str; 20] = [
     "HW_POLICY_0",
     "HW_POLICY_1",
     "HW_CONNTRACK",
+    "HW_CT_INBOUND",
+    "HW_MIDSTREAM",
     "HW_FRAGS",
     "HW_RULE_STATS",
     "HW_DROPS",
@@ -42,6 +45,7 @@ pub const MAPS: [&str; 20] = [
     "HW_CT_EVENTS",
     "HW_RULE_KEYS",
     "HW_CT_COUNT",
+    "HW_CT_COUNT_IN",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -147,12 +151,17 @@ impl Datapath {
     /// Loads programs and maps with nothing pinned: for packet tests and
     /// benchmarks, whose maps die with the process.
     pub fn load_unpinned() -> Result<Datapath, LoadError> {
-        let ebpf = EbpfLoader::new()
-            .load(crate::EBPF_OBJECT)
-            .map_err(|source| LoadError::Object {
-                dir: PathBuf::new(),
-                source: Box::new(source),
-            })?;
+        Datapath::load_object_unpinned(crate::EBPF_OBJECT)
+    }
+
+    /// As `load_unpinned`, from another eBPF object (8-byte aligned): the
+    /// benchmark loads an earlier build's object beside this one and writes
+    /// the same compiled policy into both.
+    pub fn load_object_unpinned(object: &[u8]) -> Result<Datapath, LoadError> {
+        let ebpf = EbpfLoader::new().load(object).map_err(|source| LoadError::Object {
+            dir: PathBuf::new(),
+            source: Box::new(source),
+        })?;
         Datapath::with_programs(ebpf)
     }
 

@@ -19,10 +19,13 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
 };
-use hostwall_common::{EndpointInfo, PeerInfo, PolicyKey, PolicyValue, Settings, SrcKey};
+use hostwall_common::{
+    EndpointInfo, MIDSTREAM_ALWAYS, MIDSTREAM_NEVER, PeerInfo, PolicyKey, PolicyValue, Settings, SrcKey,
+};
 
 use super::LoadError;
 use crate::compile::Compiled;
+use crate::policy::Midstream;
 
 /// How long a slot must have been inactive before it may be rewritten:
 /// programs hold a slot for the few microseconds a packet takes, inside an
@@ -91,6 +94,12 @@ struct Slot {
 pub struct Slots {
     active: Array<MapData, u32>,
     settings: Array<MapData, Settings>,
+    /// `HW_MIDSTREAM`; absent only in objects of earlier builds, which the
+    /// benchmark loads as its baseline.
+    midstream: Option<Array<MapData, u64>>,
+    /// `CLOCK_MONOTONIC` (the programs' clock) when the agent started: the
+    /// start of `settings.conntrack.midstream: startup`'s window.
+    started_ns: u64,
     slots: [Slot; 2],
     /// The slot programs read.
     current: u32,
@@ -223,6 +232,8 @@ impl Slots {
         Ok(Slots {
             active: take(ebpf, "HW_ACTIVE")?,
             settings: take(ebpf, "HW_SETTINGS")?,
+            midstream: take(ebpf, "HW_MIDSTREAM").ok(),
+            started_ns: super::stats::monotonic_ns(),
             slots: [Slot::take(ebpf, 0)?, Slot::take(ebpf, 1)?],
             current: 0,
             held: [None, None],
@@ -232,6 +243,23 @@ impl Slots {
             sizes: super::MapSizes::default(),
         }
         .with_current())
+    }
+
+    /// Moves the start of the mid-stream window (`CLOCK_MONOTONIC` ns);
+    /// it opens when the maps are loaded. Takes effect at the next apply.
+    pub fn set_started(&mut self, ns: u64) {
+        self.started_ns = ns;
+    }
+
+    /// Until when mid-stream packets may create entries under `compiled`.
+    fn midstream_until(&self, compiled: &Compiled) -> u64 {
+        match compiled.midstream {
+            Midstream::Allow => MIDSTREAM_ALWAYS,
+            Midstream::Deny => MIDSTREAM_NEVER,
+            Midstream::Startup(window) => self
+                .started_ns
+                .saturating_add(window.as_nanos().min(u64::MAX as u128) as u64),
+        }
     }
 
     /// Reads which slot is active (maps reused from an earlier agent).
@@ -268,6 +296,13 @@ impl Slots {
                 map: "HW_SETTINGS",
                 source,
             })?;
+        let until = self.midstream_until(compiled);
+        if let Some(m) = &mut self.midstream {
+            m.set(next, &until, 0).map_err(|source| SlotError::Write {
+                map: "HW_MIDSTREAM",
+                source,
+            })?;
+        }
         self.held[next as usize] = Some(new);
         self.active.set(0, &next, 0).map_err(|source| SlotError::Write {
             map: "HW_ACTIVE",

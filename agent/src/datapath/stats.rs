@@ -3,13 +3,14 @@
 use std::collections::HashMap;
 
 use aya::Ebpf;
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
-use hostwall_common::{Counter, CtEntry, CtKey, DropReason, MAX_CONNTRACK_ENTRIES, PassReason};
+use aya::maps::{MapData, PerCpuArray};
+use hostwall_common::{Counter, DropReason, PassReason};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::compile::Compiled;
 use crate::daemon::Agent;
+use crate::datapath::conntrack::{self, Table};
 
 #[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
 pub struct ReasonCount {
@@ -34,7 +35,10 @@ pub struct Stats {
     /// rule id -> (packets, bytes)
     #[serde(skip)]
     pub rules: HashMap<u32, (u64, u64)>,
+    /// `HW_CONNTRACK`: flows local endpoints opened.
     pub conntrack: ConntrackTotals,
+    /// `HW_CT_INBOUND`: flows opened towards local endpoints.
+    pub inbound: ConntrackTotals,
 }
 
 fn sum(map: &PerCpuArray<&MapData, Counter>, index: u32) -> (u64, u64) {
@@ -77,18 +81,16 @@ pub fn read(ebpf: &Ebpf, compiled: &Compiled) -> Stats {
             stats.rules.insert(*id, sum(&rules, *id));
         }
     }
-    stats.conntrack.capacity = MAX_CONNTRACK_ENTRIES;
-    if let Some(ct) = ebpf
-        .map("HW_CONNTRACK")
-        .and_then(|m| BpfHashMap::<&MapData, CtKey, CtEntry>::try_from(m).ok())
-    {
-        stats.conntrack.entries = ct.keys().count();
-    }
+    stats.conntrack.capacity = Table::Opened.capacity();
+    stats.conntrack.entries = conntrack::len(ebpf, Table::Opened);
+    stats.inbound.capacity = Table::Inbound.capacity();
+    stats.inbound.entries = conntrack::len(ebpf, Table::Inbound);
     if let Some(ev) = ebpf
         .map("HW_CT_EVENTS")
         .and_then(|m| PerCpuArray::<&MapData, u64>::try_from(m).ok())
     {
         stats.conntrack.inserted = ev.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        stats.inbound.inserted = ev.get(&1, 0).map(|v| v.iter().sum()).unwrap_or(0);
     }
     stats
 }
@@ -105,6 +107,7 @@ pub fn fill_levels(agent: &Agent) -> Vec<Value> {
         .collect();
     let s = read(&agent.datapath.ebpf, &agent.compiled);
     out.push(json!({"map": "HW_CONNTRACK", "entries": s.conntrack.entries, "capacity": s.conntrack.capacity}));
+    out.push(json!({"map": "HW_CT_INBOUND", "entries": s.inbound.entries, "capacity": s.inbound.capacity}));
     out.push(json!({"map": "HW_RULE_STATS", "entries": agent.compiled.rules.len(), "capacity": hostwall_common::MAX_RULES - 1}));
     out
 }

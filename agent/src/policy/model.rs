@@ -186,8 +186,36 @@ pub struct ConntrackTimeouts {
     pub udp_stream: Duration,
     pub icmp: Duration,
     pub other: Duration,
-    /// Tracked flows one local endpoint may hold at once.
+    /// Tracked flows one local endpoint may have opened at once.
     pub max_per_endpoint: u32,
+    /// Tracked flows others (the host, remote peers) may have opened
+    /// towards one local endpoint at once.
+    pub max_inbound_per_endpoint: u32,
+    /// When a TCP packet without SYN that the rules deny, but whose reverse
+    /// flow they allow, is tracked as a reply of that flow.
+    pub midstream: Midstream,
+}
+
+/// `settings.conntrack.midstream`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Midstream {
+    /// Always.
+    Allow,
+    /// During this long after the agent starts (`startup`, with
+    /// `midstream_window`), so that connections that predate it survive.
+    Startup(Duration),
+    /// Never.
+    Deny,
+}
+
+impl Midstream {
+    pub const DEFAULT_WINDOW: Duration = Duration::from_secs(60);
+}
+
+impl Default for Midstream {
+    fn default() -> Self {
+        Midstream::Startup(Midstream::DEFAULT_WINDOW)
+    }
 }
 
 impl Default for ConntrackTimeouts {
@@ -200,6 +228,8 @@ impl Default for ConntrackTimeouts {
             icmp: Duration::from_secs(30),
             other: Duration::from_secs(600),
             max_per_endpoint: 32_768,
+            max_inbound_per_endpoint: 32_768,
+            midstream: Midstream::default(),
         }
     }
 }

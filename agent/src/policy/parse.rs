@@ -18,8 +18,8 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_yaml_ng::Value;
 
 use super::model::{
-    ConntrackTimeouts, Direction, Endpoint, Group, IcmpMatch, OnPolicyChange, Peer, Policy, PortRange, Proto,
-    Quarantine, Rule, Settings,
+    ConntrackTimeouts, Direction, Endpoint, Group, IcmpMatch, Midstream, OnPolicyChange, Peer, Policy, PortRange,
+    Proto, Quarantine, Rule, Settings,
 };
 
 /// Why a control file was rejected.
@@ -306,7 +306,7 @@ struct RawQuarantine {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "conntrack settings: a map with tcp_established, tcp_other, udp, udp_stream, icmp, other and max_per_endpoint"
+    expecting = "conntrack settings: a map with tcp_established, tcp_other, udp, udp_stream, icmp, other, max_per_endpoint, max_inbound_per_endpoint, midstream and midstream_window"
 )]
 struct RawConntrack {
     tcp_established: Option<Scalar>,
@@ -316,6 +316,9 @@ struct RawConntrack {
     icmp: Option<Scalar>,
     other: Option<Scalar>,
     max_per_endpoint: Option<Scalar>,
+    max_inbound_per_endpoint: Option<Scalar>,
+    midstream: Option<String>,
+    midstream_window: Option<Scalar>,
 }
 
 /// A value that may be written as an integer or as a string (`ports: 443`
@@ -780,8 +783,39 @@ fn validate_settings(raw: Option<RawSettings>) -> Result<Settings, Fault> {
     };
     if let Some(mut raw) = raw {
         if let Some(v) = raw.max_per_endpoint.take() {
-            conntrack.max_per_endpoint = parse_flow_cap(&v).map_err(at("settings.conntrack.max_per_endpoint"))?;
+            conntrack.max_per_endpoint = parse_flow_cap(&v, hostwall_common::MAX_CONNTRACK_ENTRIES)
+                .map_err(at("settings.conntrack.max_per_endpoint"))?;
         }
+        if let Some(v) = raw.max_inbound_per_endpoint.take() {
+            conntrack.max_inbound_per_endpoint = parse_flow_cap(&v, hostwall_common::MAX_CONNTRACK_INBOUND_ENTRIES)
+                .map_err(at("settings.conntrack.max_inbound_per_endpoint"))?;
+        }
+        let window = match raw.midstream_window.take() {
+            Some(v) => Some(parse_duration(&v).map_err(at("settings.conntrack.midstream_window"))?),
+            None => None,
+        };
+        conntrack.midstream = match raw.midstream.take().as_deref() {
+            None | Some("startup") => Midstream::Startup(window.unwrap_or(Midstream::DEFAULT_WINDOW)),
+            Some(choice @ ("allow" | "deny")) => {
+                if window.is_some() {
+                    return Err(fault(
+                        "settings.conntrack.midstream_window",
+                        format!("applies only to midstream: startup, not {choice}"),
+                    ));
+                }
+                if choice == "allow" {
+                    Midstream::Allow
+                } else {
+                    Midstream::Deny
+                }
+            }
+            Some(other) => {
+                return Err(fault(
+                    "settings.conntrack.midstream",
+                    format!("\"{other}\" is not a choice; write allow, startup or deny"),
+                ));
+            }
+        };
         let fields = [
             ("tcp_established", raw.tcp_established, &mut conntrack.tcp_established),
             ("tcp_other", raw.tcp_other, &mut conntrack.tcp_other),
@@ -803,8 +837,7 @@ fn validate_settings(raw: Option<RawSettings>) -> Result<Settings, Fault> {
     })
 }
 
-fn parse_flow_cap(value: &Scalar) -> Result<u32, String> {
-    let cap = hostwall_common::MAX_CONNTRACK_ENTRIES;
+fn parse_flow_cap(value: &Scalar, cap: u32) -> Result<u32, String> {
     let n = match value {
         Scalar::Int(n) => *n,
         Scalar::Str(s) => s
@@ -2033,7 +2066,7 @@ settings:
         );
         assert_eq!(
             timeouts(
-                "{tcp_established: 1d, tcp_other: 2m, udp: 3s, udp_stream: 4m, icmp: 5s, other: 6h, max_per_endpoint: 7}"
+                "{tcp_established: 1d, tcp_other: 2m, udp: 3s, udp_stream: 4m, icmp: 5s, other: 6h, max_per_endpoint: 7, max_inbound_per_endpoint: 8, midstream_window: 10m}"
             ),
             Ok(ConntrackTimeouts {
                 tcp_established: Duration::from_secs(86_400),
@@ -2043,8 +2076,32 @@ settings:
                 icmp: Duration::from_secs(5),
                 other: Duration::from_secs(21_600),
                 max_per_endpoint: 7,
+                max_inbound_per_endpoint: 8,
+                midstream: Midstream::Startup(Duration::from_secs(600)),
             })
         );
+        for (choice, want) in [
+            ("allow", Midstream::Allow),
+            ("deny", Midstream::Deny),
+            ("startup", Midstream::default()),
+        ] {
+            assert_eq!(
+                timeouts(&format!("{{midstream: {choice}}}")).map(|c| c.midstream),
+                Ok(want)
+            );
+        }
+        assert_eq!(
+            timeouts("{midstream: sometimes}"),
+            Err(
+                "test.yaml: settings.conntrack.midstream: \"sometimes\" is not a choice; write allow, startup or deny"
+                    .into()
+            )
+        );
+        assert_eq!(
+            timeouts("{midstream: deny, midstream_window: 5m}"),
+            Err("test.yaml: settings.conntrack.midstream_window: applies only to midstream: startup, not deny".into())
+        );
+        assert!(timeouts("{max_inbound_per_endpoint: 0}").is_err());
         assert_eq!(parse("version: 1\nsettings: {}\n").settings, Settings::default());
     }
 

@@ -59,16 +59,22 @@ pub fn to_yaml(policy: &Policy) -> String {
         if let Some(q) = &policy.settings.quarantine {
             let _ = writeln!(out, "  quarantine: {{interfaces: {}}}", quote(&q.interfaces));
         }
+        let midstream = match ct.midstream {
+            Midstream::Allow => "midstream: allow".to_string(),
+            Midstream::Deny => "midstream: deny".to_string(),
+            Midstream::Startup(w) => format!("midstream: startup, midstream_window: {}", duration(w)),
+        };
         let _ = writeln!(
             out,
-            "  conntrack: {{tcp_established: {}, tcp_other: {}, udp: {}, udp_stream: {}, icmp: {}, other: {}, max_per_endpoint: {}}}",
+            "  conntrack: {{tcp_established: {}, tcp_other: {}, udp: {}, udp_stream: {}, icmp: {}, other: {}, max_per_endpoint: {}, max_inbound_per_endpoint: {}, {midstream}}}",
             duration(ct.tcp_established),
             duration(ct.tcp_other),
             duration(ct.udp),
             duration(ct.udp_stream),
             duration(ct.icmp),
             duration(ct.other),
-            ct.max_per_endpoint
+            ct.max_per_endpoint,
+            ct.max_inbound_per_endpoint,
         );
     }
     out

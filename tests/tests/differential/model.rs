@@ -15,12 +15,12 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use hostwall::policy::{ConntrackTimeouts, Endpoint, Policy};
+use hostwall::policy::{ConntrackTimeouts, Endpoint, Midstream, Policy};
 use hostwall::reference::{Denial, Flow, Origin, Reference, Verdict};
 use hostwall_common::{DropReason, PassReason};
 use hostwall_tests::testrun::{Expect, NODE};
 
-use crate::generate::{At, FIN, Packet, RST, SYN, Transport};
+use crate::generate::{ACK, At, FIN, Packet, RST, SYN, Transport};
 
 /// When a run happened: the kernel's clock read falls inside.
 #[derive(Clone, Copy, Debug)]
@@ -53,10 +53,16 @@ enum FlowId {
     },
 }
 
+/// A tracked flow, under the tuple of the flow the rules allowed.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
+    /// Both directions seen: the established timeouts apply. A mid-stream
+    /// entry starts with its replies seen and gets this once a packet of
+    /// the allowed direction passes.
     seen_reply: bool,
     closing: bool,
+    /// Made by a mid-stream packet (a reply of this flow).
+    midstream: bool,
     last: Window,
 }
 
@@ -84,16 +90,8 @@ pub struct Judgement {
 #[derive(Clone, Copy, Debug)]
 enum Update {
     None,
-    Touch {
-        id: FlowId,
-        reply: bool,
-        closing: bool,
-    },
-    Insert {
-        id: FlowId,
-        seen_reply: bool,
-        closing: bool,
-    },
+    Touch { id: FlowId, reply: bool, closing: bool },
+    Insert { id: FlowId, closing: bool, midstream: bool },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -108,6 +106,9 @@ pub struct Model<'a> {
     reference: Reference<'a>,
     host: &'a [IpAddr],
     timeouts: ConntrackTimeouts,
+    /// Whether mid-stream admission is open (the harness opens the
+    /// startup window anew at every apply).
+    midstream_open: bool,
     flows: HashMap<FlowId, Entry>,
 }
 
@@ -146,6 +147,7 @@ impl<'a> Model<'a> {
             },
             host,
             timeouts: policy.settings.conntrack.clone(),
+            midstream_open: policy.settings.conntrack.midstream != Midstream::Deny,
             flows: HashMap::new(),
         }
     }
@@ -263,8 +265,14 @@ impl<'a> Model<'a> {
         matches!(pkt.l4, Transport::Tcp { flags, .. } if flags & (FIN | RST) != 0)
     }
 
+    /// A packet that can only open a flow and is never a reply: a TCP SYN
+    /// without ACK (SCTP packets here carry no INIT chunk).
+    fn opens(pkt: &Packet) -> bool {
+        matches!(pkt.l4, Transport::Tcp { flags, .. } if flags & (SYN | ACK) == SYN)
+    }
+
     /// The answer for `pkt`, given which flows are alive.
-    fn predict(&self, pkt: &Packet, alive: &dyn Fn(&FlowId) -> bool) -> (Judgement, Update) {
+    fn predict(&self, pkt: &Packet, alive: &dyn Fn(&FlowId) -> bool, prefer_reply: bool) -> (Judgement, Update) {
         let identity = |expect| {
             (
                 Judgement {
@@ -306,40 +314,36 @@ impl<'a> Model<'a> {
         // An echo reply is only ever a reply, an echo request never one.
         let echo_reply = matches!(pkt.l4, Transport::Icmp { proto, ty, .. } if is_echo_reply(proto, ty));
         let echo_request = matches!(pkt.l4, Transport::Icmp { proto, ty, .. } if is_echo_request(proto, ty));
-        if !echo_reply
-            && let Some(id) = Model::own_id(pkt)
-            && alive(&id)
-        {
+        // Both may be tracked (two flows, one each way); the datapath may
+        // find either first, and the model accepts both orders.
+        let own = (!echo_reply)
+            .then(|| Model::own_id(pkt))
+            .flatten()
+            .filter(|id| alive(id))
+            .map(|id| (id, false));
+        let answered = (!echo_request && !Model::opens(pkt))
+            .then(|| Model::reply_of(pkt))
+            .flatten()
+            .filter(|id| alive(id))
+            .map(|id| (id, true));
+        let found = if prefer_reply {
+            answered.or(own)
+        } else {
+            own.or(answered)
+        };
+        if let Some((id, reply)) = found {
             return (
                 Judgement {
-                    expect: Expect::Pass(PassReason::Established),
+                    expect: Expect::Pass(if reply {
+                        PassReason::Reply
+                    } else {
+                        PassReason::Established
+                    }),
                     step: Step::Conntrack,
                     verdict: None,
                     stale: false,
                 },
-                Update::Touch {
-                    id,
-                    reply: false,
-                    closing,
-                },
-            );
-        }
-        if !echo_request
-            && let Some(id) = Model::reply_of(pkt)
-            && alive(&id)
-        {
-            return (
-                Judgement {
-                    expect: Expect::Pass(PassReason::Reply),
-                    step: Step::Conntrack,
-                    verdict: None,
-                    stale: false,
-                },
-                Update::Touch {
-                    id,
-                    reply: true,
-                    closing,
-                },
+                Update::Touch { id, reply, closing },
             );
         }
 
@@ -356,8 +360,8 @@ impl<'a> Model<'a> {
             let update = match Model::own_id(pkt) {
                 Some(id) => Update::Insert {
                     id,
-                    seen_reply: false,
                     closing,
+                    midstream: false,
                 },
                 None => Update::None,
             };
@@ -373,6 +377,7 @@ impl<'a> Model<'a> {
         };
         if let Transport::Tcp { sport, flags, .. } = pkt.l4
             && flags & SYN == 0
+            && self.midstream_open
             && matches!(denial, Denial::Egress | Denial::Ingress)
             && let Some(rev) = self.reverse_verdict(pkt, sport)
             && rev.allowed()
@@ -387,8 +392,8 @@ impl<'a> Model<'a> {
                 },
                 Update::Insert {
                     id,
-                    seen_reply: true,
                     closing,
+                    midstream: true,
                 },
             );
         }
@@ -426,19 +431,18 @@ impl<'a> Model<'a> {
             Update::Touch { id, reply, closing } => {
                 let e = self.flows.get_mut(&id).expect("touched flow is tracked");
                 e.last = at;
-                e.seen_reply |= reply;
+                // Both directions: a reply of an ordinary entry, a packet of
+                // the allowed direction for a mid-stream one.
+                e.seen_reply |= reply != e.midstream;
                 e.closing |= closing;
             }
-            Update::Insert {
-                id,
-                seen_reply,
-                closing,
-            } => {
+            Update::Insert { id, closing, midstream } => {
                 self.flows.insert(
                     id,
                     Entry {
-                        seen_reply,
+                        seen_reply: false,
                         closing,
+                        midstream,
                         last: at,
                     },
                 );
@@ -466,12 +470,14 @@ impl<'a> Model<'a> {
                 Some(i) => mask & (1 << i) != 0,
                 None => self.liveness(id, at) == Liveness::Alive,
             };
-            let (judgement, update) = self.predict(pkt, &alive);
-            if judgement.expect == observed {
-                self.apply(update, at);
-                return Ok(judgement);
+            for prefer_reply in [false, true] {
+                let (judgement, update) = self.predict(pkt, &alive, prefer_reply);
+                if judgement.expect == observed {
+                    self.apply(update, at);
+                    return Ok(judgement);
+                }
+                first.get_or_insert(judgement);
             }
-            first.get_or_insert(judgement);
         }
         Err(first.expect("at least one reading"))
     }

@@ -7,6 +7,7 @@ use Expect::{Drop, Pass};
 use Hook::{From, To, Uplink};
 
 mod hostile;
+mod stateful;
 use hostwall::compile::{self, HostView};
 use hostwall::policy::parse_str;
 use hostwall_common::{DropReason, PassReason};
@@ -872,10 +873,10 @@ fn one_endpoint_cannot_take_the_whole_conntrack_table() {
             Pass(PassReason::Established),
         ),
         (
-            "inbound flows count against web too",
+            "flows opened towards web count against its inbound share, not this one",
             To("hw-web"),
             frame(OUTSIDE, WEB, tcp(1, 80, SYN)),
-            Drop(DropReason::ConntrackEndpointFull),
+            Pass(PassReason::NewAllowed),
         ),
         (
             "api has its own share",

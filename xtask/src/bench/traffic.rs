@@ -319,7 +319,13 @@ fn dropped(bed: &Testbed, filter: &Filter) -> anyhow::Result<Option<u64>> {
 /// Kernel memory of the agent's maps and the agent's resident memory.
 fn memory(agent: &Agent) -> anyhow::Result<Memory> {
     let mut m = Memory::default();
-    let maps_dir = agent.bpffs().join("v1").join("maps");
+    let maps_dir = agent
+        .bpffs()
+        .join(format!(
+            "v{}",
+            hostwall_tests::hostwall::datapath::layout::LAYOUT_VERSION
+        ))
+        .join("maps");
     for e in std::fs::read_dir(&maps_dir).with_context(|| format!("reading {}", maps_dir.display()))? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();

@@ -5,8 +5,7 @@
 
 use std::net::IpAddr;
 
-use aya::maps::{HashMap, MapData};
-use hostwall_common::{CT_CLOSING, CT_SEEN_REPLY, CtEntry, CtKey, FAMILY_V4};
+use hostwall_common::{CT_CLOSING, CT_MIDSTREAM, CT_SEEN_REPLY, CtKey, FAMILY_V4};
 use ipnet::IpNet;
 use serde_json::{Value, json};
 use tracing::info;
@@ -14,6 +13,7 @@ use tracing::info;
 use crate::api::http::Request;
 use crate::api::{Caller, Reply, error};
 use crate::daemon::Agent;
+use crate::datapath::conntrack;
 
 struct Filter {
     nets: Vec<IpNet>,
@@ -81,28 +81,25 @@ impl Filter {
     }
 }
 
-fn table(agent: &mut Agent) -> Option<HashMap<&mut MapData, CtKey, CtEntry>> {
-    HashMap::try_from(agent.datapath.ebpf.map_mut("HW_CONNTRACK")?).ok()
-}
-
 pub fn list(agent: &mut Agent, req: &Request) -> Reply {
     let f = match filter(agent, req) {
         Ok(f) => f,
         Err(r) => return r,
     };
     let now = crate::datapath::stats::monotonic_ns();
-    let Some(ct) = table(agent) else {
-        return error(500, "the conntrack map is missing");
-    };
-    let flows: Vec<Value> = ct
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, _)| f.matches(k))
-        .map(|(k, v)| {
+    let flows: Vec<Value> = conntrack::flows(&agent.datapath.ebpf)
+        .into_iter()
+        .filter(|flow| f.matches(&flow.key))
+        .map(|flow| {
+            // Shown in the direction the rules allowed.
+            let k = flow.allowed();
+            let v = flow.entry;
             json!({
                 "proto": k.proto,
                 "src": addr(&k, &k.src), "sport": k.sport,
                 "dst": addr(&k, &k.dst), "dport": k.dport,
+                "table": flow.table.name(),
+                "midstream": v.flags & CT_MIDSTREAM != 0,
                 "seen_reply": v.flags & CT_SEEN_REPLY != 0,
                 "closing": v.flags & CT_CLOSING != 0,
                 "idle_seconds": now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
@@ -118,11 +115,11 @@ pub fn flush(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
         Ok(f) => f,
         Err(r) => return r,
     };
-    let Some(mut ct) = table(agent) else {
-        return error(500, "the conntrack map is missing");
-    };
-    let doomed: Vec<CtKey> = ct.keys().filter_map(Result::ok).filter(|k| f.matches(k)).collect();
-    let flushed = doomed.iter().filter(|k| ct.remove(k).is_ok()).count();
+    let doomed: Vec<_> = conntrack::flows(&agent.datapath.ebpf)
+        .into_iter()
+        .filter(|flow| f.matches(&flow.key))
+        .collect();
+    let flushed = conntrack::remove(&mut agent.datapath.ebpf, &doomed);
     info!(uid = caller.uid, flushed, "conntrack flushed");
     (200, json!({ "flushed": flushed }))
 }

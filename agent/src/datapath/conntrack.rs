@@ -1,0 +1,146 @@
+//! The two conntrack tables as the agent sees them: `HW_CONNTRACK` (flows
+//! local endpoints opened) and `HW_CT_INBOUND` (flows others opened
+//! towards them), each with its per-endpoint count. Listing, flushing,
+//! revalidation, garbage collection and upgrades all read them through
+//! here.
+
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData},
+};
+use hostwall_common::{CT_MIDSTREAM, CtEntry, CtKey};
+
+/// One of the two tables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// `HW_CONNTRACK`: counted against `max_per_endpoint`.
+    Opened,
+    /// `HW_CT_INBOUND`: counted against `max_inbound_per_endpoint`.
+    Inbound,
+}
+
+impl Table {
+    pub const ALL: [Table; 2] = [Table::Opened, Table::Inbound];
+
+    pub const fn map(self) -> &'static str {
+        match self {
+            Table::Opened => "HW_CONNTRACK",
+            Table::Inbound => "HW_CT_INBOUND",
+        }
+    }
+
+    /// The map holding each owner's entry count.
+    pub const fn count_map(self) -> &'static str {
+        match self {
+            Table::Opened => "HW_CT_COUNT",
+            Table::Inbound => "HW_CT_COUNT_IN",
+        }
+    }
+
+    pub const fn capacity(self) -> u32 {
+        match self {
+            Table::Opened => hostwall_common::MAX_CONNTRACK_ENTRIES,
+            Table::Inbound => hostwall_common::MAX_CONNTRACK_INBOUND_ENTRIES,
+        }
+    }
+
+    /// How `hostwall conntrack list` names the table.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Table::Opened => "opened",
+            Table::Inbound => "inbound",
+        }
+    }
+}
+
+/// A tracked flow as stored.
+#[derive(Clone, Copy, Debug)]
+pub struct Flow {
+    pub table: Table,
+    pub key: CtKey,
+    pub entry: CtEntry,
+}
+
+impl Flow {
+    /// The tuple of the flow the rules allowed, in its opening direction:
+    /// the key, or for a mid-stream entry the key reversed.
+    pub fn allowed(&self) -> CtKey {
+        if self.entry.flags & CT_MIDSTREAM != 0 {
+            self.key.reversed()
+        } else {
+            self.key
+        }
+    }
+}
+
+fn table(ebpf: &Ebpf, t: Table) -> Option<HashMap<&MapData, CtKey, CtEntry>> {
+    HashMap::try_from(ebpf.map(t.map())?).ok()
+}
+
+fn table_mut(ebpf: &mut Ebpf, t: Table) -> Option<HashMap<&mut MapData, CtKey, CtEntry>> {
+    HashMap::try_from(ebpf.map_mut(t.map())?).ok()
+}
+
+/// Every tracked flow of both tables (expired ones included).
+pub fn flows(ebpf: &Ebpf) -> Vec<Flow> {
+    let mut out = Vec::new();
+    for t in Table::ALL {
+        if let Some(m) = table(ebpf, t) {
+            out.extend(
+                m.iter()
+                    .filter_map(Result::ok)
+                    .map(|(key, entry)| Flow { table: t, key, entry }),
+            );
+        }
+    }
+    out
+}
+
+/// Entries in one table.
+pub fn len(ebpf: &Ebpf, t: Table) -> usize {
+    table(ebpf, t).map(|m| m.keys().count()).unwrap_or(0)
+}
+
+/// Removes `doomed`; returns how many were there.
+pub fn remove(ebpf: &mut Ebpf, doomed: &[Flow]) -> usize {
+    let mut removed = 0;
+    for t in Table::ALL {
+        if let Some(mut m) = table_mut(ebpf, t) {
+            removed += doomed
+                .iter()
+                .filter(|f| f.table == t && m.remove(&f.key).is_ok())
+                .count();
+        }
+    }
+    removed
+}
+
+/// Writes `flow` into its table; `false` if the kernel refused.
+pub fn insert(ebpf: &mut Ebpf, flow: &Flow) -> bool {
+    table_mut(ebpf, flow.table).is_some_and(|mut m| m.insert(&flow.key, &flow.entry, 0).is_ok())
+}
+
+/// Whether `key` is in `t`.
+pub fn contains(ebpf: &Ebpf, t: Table, key: &CtKey) -> bool {
+    table(ebpf, t).is_some_and(|m| m.get(key, 0).is_ok())
+}
+
+/// Sets the per-owner counts of `t` to `counts` (owners not in it are
+/// removed).
+pub fn set_counts(ebpf: &mut Ebpf, t: Table, counts: &std::collections::HashMap<u32, u32>) {
+    let Some(map) = ebpf.map_mut(t.count_map()) else {
+        return;
+    };
+    let Ok(mut m) = HashMap::<&mut MapData, u32, u32>::try_from(map) else {
+        return;
+    };
+    let known: Vec<u32> = m.keys().filter_map(Result::ok).collect();
+    for owner in known {
+        if !counts.contains_key(&owner) {
+            let _ = m.remove(&owner);
+        }
+    }
+    for (owner, n) in counts {
+        let _ = m.insert(owner, n, 0);
+    }
+}
