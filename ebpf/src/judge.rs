@@ -356,10 +356,11 @@ fn ct_lookup(hook: Hook, pkt: &Packet, settings: &Settings, now: u64) -> Option<
             continue;
         };
         let reply = ct_is_reply(unsafe { (*entry).flags }, reversed);
-        // A packet that can only open a flow never answers one: it is
-        // judged by the rules as a new flow.
+        // A packet that can only open a flow never answers one: unless
+        // it belongs to another entry, it is judged by the rules as a new
+        // flow.
         if reply && pkt.opens && !mutant(MUTANT_SYN_AS_REPLY) {
-            return None;
+            continue;
         }
         return Some(Found { entry, reply, reversed });
     }

@@ -88,6 +88,12 @@ impl Fixture {
     /// namespace of this thread that holds a veth interface standing for
     /// each of `interfaces`.
     pub fn with_interfaces(interfaces: &[&str]) -> Fixture {
+        Fixture::with_interfaces_loading(interfaces, || Datapath::load_unpinned().expect("load programs"))
+    }
+
+    /// [`Fixture::with_interfaces`], with the programs and maps `load`
+    /// returns (another object, such as one with a planted bug).
+    pub fn with_interfaces_loading(interfaces: &[&str], load: impl FnOnce() -> Datapath) -> Fixture {
         let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
         assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
@@ -109,7 +115,7 @@ impl Fixture {
             let ifindex = hostwall::host::ifindex(&real).expect("the interface just created exists");
             names.push((iface.to_string(), real, ifindex));
         }
-        let dp = Datapath::load_unpinned().expect("load programs");
+        let dp = load();
         Fixture {
             dp,
             names,

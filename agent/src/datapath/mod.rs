@@ -165,6 +165,20 @@ impl Datapath {
         Datapath::with_programs(ebpf)
     }
 
+    /// As `load_object_unpinned`, with the object's global `u32` `global`
+    /// set to `value` (the tests' object with planted bugs selects one this
+    /// way).
+    pub fn load_object_unpinned_with(object: &[u8], global: &str, value: u32) -> Result<Datapath, LoadError> {
+        let ebpf = EbpfLoader::new()
+            .override_global(global, &value, true)
+            .load(object)
+            .map_err(|source| LoadError::Object {
+                dir: PathBuf::new(),
+                source: Box::new(source),
+            })?;
+        Datapath::with_programs(ebpf)
+    }
+
     fn with_programs(mut ebpf: Ebpf) -> Result<Datapath, LoadError> {
         for name in [PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT] {
             let prog: &mut SchedClassifier = ebpf

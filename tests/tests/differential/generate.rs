@@ -70,9 +70,11 @@ pub enum Transport {
         sport: u16,
         dport: u16,
     },
+    /// SCTP: the common header, and a first chunk of that type if any.
     Sctp {
         sport: u16,
         dport: u16,
+        chunk: Option<u8>,
     },
     /// ICMP or ICMPv6 (by `proto`, whatever the IP family).
     Icmp {
@@ -106,26 +108,88 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// The frame builder's form.
+    pub fn l4(&self) -> L4 {
+        match *self {
+            Transport::Tcp { sport, dport, flags } => frames::tcp(sport, dport, flags),
+            Transport::Udp { sport, dport } => frames::udp(sport, dport),
+            Transport::Sctp {
+                sport,
+                dport,
+                chunk: None,
+            } => frames::sctp(sport, dport),
+            Transport::Sctp {
+                sport,
+                dport,
+                chunk: Some(c),
+            } => frames::sctp_chunk(sport, dport, c),
+            Transport::Icmp { proto, ty, code, id } => L4::Proto(proto, frames::icmp_header(ty, code, id)),
+            Transport::Other { proto } => L4::Proto(proto, vec![0; 8]),
+        }
+    }
+}
+
+/// Where a packet sits in a fragmented datagram (with its IP id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Frag {
+    #[default]
+    Whole,
+    /// Offset 0, more fragments follow: carries the L4 header.
+    First(u16),
+    /// Offset 8, the last: no L4 header.
+    Later(u16),
+}
+
+/// The packet an ICMP error quotes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quote {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub l4: Transport,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
     pub at: At,
     pub src: IpAddr,
     pub dst: IpAddr,
+    /// For an ICMP error, its type and code (the quote follows).
     pub l4: Transport,
     /// Generated to match a rule (for the coverage report).
     pub aimed: bool,
+    pub frag: Frag,
+    /// What an ICMP error quotes.
+    pub quote: Option<Quote>,
 }
 
 impl Packet {
     pub fn frame(&self) -> Frame {
-        let l4 = match self.l4 {
-            Transport::Tcp { sport, dport, flags } => frames::tcp(sport, dport, flags),
-            Transport::Udp { sport, dport } => frames::udp(sport, dport),
-            Transport::Sctp { sport, dport } => frames::sctp(sport, dport),
-            Transport::Icmp { proto, ty, code, id } => L4::Proto(proto, frames::icmp_header(ty, code, id)),
-            Transport::Other { proto } => L4::Proto(proto, vec![0; 8]),
+        let l4 = match (self.l4, self.quote) {
+            (Transport::Icmp { proto, ty, code, .. }, Some(q)) => {
+                let quoted = frames::ip_packet_of(q.src, q.dst, &q.l4.l4());
+                let mut h = vec![ty, code, 0, 0, 0, 0, 0, 0];
+                h.extend_from_slice(&quoted);
+                L4::Proto(proto, h)
+            }
+            (l4, _) => l4.l4(),
         };
-        frames::frame_of(self.src, self.dst, &l4)
+        match self.frag {
+            Frag::Whole => frames::frame_of(self.src, self.dst, &l4),
+            Frag::First(id) | Frag::Later(id) => {
+                let (body, offset8, more) = match self.frag {
+                    Frag::First(_) => (l4.bytes(), 0, true),
+                    _ => (vec![0; 8], 1, false),
+                };
+                let proto = self.l4.proto();
+                let (src, dst) = (self.src.to_string(), self.dst.to_string());
+                if self.src.is_ipv6() {
+                    frames::frame_v6_fragment(&src, &dst, id as u32, offset8, more, proto, body)
+                } else {
+                    frames::frame_v4_fragment(&src, &dst, id, offset8, more, body, proto)
+                }
+            }
+        }
     }
 
     /// The packet as Rust source, for a regression test
@@ -141,7 +205,9 @@ impl Packet {
                 format!("Transport::Tcp {{ sport: {sport}, dport: {dport}, flags: {flags:#04x} }}")
             }
             Transport::Udp { sport, dport } => format!("Transport::Udp {{ sport: {sport}, dport: {dport} }}"),
-            Transport::Sctp { sport, dport } => format!("Transport::Sctp {{ sport: {sport}, dport: {dport} }}"),
+            Transport::Sctp { sport, dport, chunk } => {
+                format!("Transport::Sctp {{ sport: {sport}, dport: {dport}, chunk: {chunk:?} }}")
+            }
             Transport::Icmp { proto, ty, code, id } => {
                 format!("Transport::Icmp {{ proto: {proto}, ty: {ty}, code: {code}, id: {id} }}")
             }
@@ -990,6 +1056,8 @@ impl Ctx {
             dst,
             l4,
             aimed: true,
+            frag: Frag::Whole,
+            quote: None,
         })
     }
 
@@ -1029,6 +1097,8 @@ impl Ctx {
             dst,
             l4,
             aimed: false,
+            frag: Frag::Whole,
+            quote: None,
         }
     }
 
@@ -1102,7 +1172,11 @@ impl Ctx {
                 flags: spec.flags,
             },
             17 => Transport::Udp { sport, dport },
-            132 => Transport::Sctp { sport, dport },
+            132 => Transport::Sctp {
+                sport,
+                dport,
+                chunk: None,
+            },
             1 | 58 => {
                 let (mut ty, code) = match spec.icmp {
                     IcmpPick::Rule(k, dt, dc) => match aimed.or_else(|| self.rule(k)).and_then(|r| r.icmp) {

@@ -1,9 +1,17 @@
 //! What the datapath should answer, from the documented semantics: the
 //! reference evaluator for the rules (`hostwall::reference`), plus what the
-//! README says about the steps around them: identity at the attachment
-//! point, the uplink's early checks, and connection tracking (which flows
-//! are tracked, how replies match, the timeouts, a TCP packet without SYN
-//! admitted as the far side of a flow the rules allow).
+//! README and SECURITY.md say about the steps around them: identity at the
+//! attachment point, the uplink's early checks, fragments, ICMP errors
+//! bound to a party of their flow, and connection tracking (which flows are
+//! tracked, how replies match and that a packet which can only open a flow
+//! is never one, the timeouts, a TCP packet without SYN admitted as the far
+//! side of a flow the rules allow while mid-stream admission is open, and
+//! the two per-endpoint shares: flows an endpoint opens, flows opened
+//! towards it).
+//!
+//! The model keeps every flow under the tuple of the flow the rules
+//! allowed, whichever packet made it; it knows nothing of the datapath's
+//! keys, tables or lookup order.
 //!
 //! Conntrack timing: the kernel stamps a flow with `bpf_ktime_get_ns`
 //! (CLOCK_MONOTONIC, as `Instant`) somewhere inside the window of the run
@@ -20,7 +28,7 @@ use hostwall::reference::{Denial, Flow, Origin, Reference, Verdict};
 use hostwall_common::{DropReason, PassReason};
 use hostwall_tests::testrun::{Expect, NODE};
 
-use crate::generate::{ACK, At, FIN, Packet, RST, SYN, Transport};
+use crate::generate::{ACK, At, FIN, Frag, Packet, Quote, RST, SYN, Transport};
 
 /// When a run happened: the kernel's clock read falls inside.
 #[derive(Clone, Copy, Debug)]
@@ -70,10 +78,30 @@ struct Entry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
     Identity,
+    /// A non-first fragment, by its first fragment.
+    Fragment,
+    /// An ICMP error related to a tracked flow of its parties.
+    Related,
     Conntrack,
     Rules,
     /// A TCP packet without SYN, admitted as the reverse of an allowed flow.
     Reverse,
+    /// Allowed, but the endpoint's share of the table is full.
+    Share,
+}
+
+/// Situations the adversarial test counts, as the model saw them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Notes {
+    /// A packet that can only open a flow met a live flow it would be a
+    /// reply of.
+    pub opens_on_reply: bool,
+    /// An ICMP error quoting a live flow, from someone no party of it.
+    pub error_from_non_party: bool,
+    /// A mid-stream packet (its reverse allowed) while admission is closed.
+    pub midstream_closed: bool,
+    /// A local endpoint opened a flow while its inbound share was full.
+    pub opened_with_inbound_full: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -85,13 +113,27 @@ pub struct Judgement {
     /// The rules decided although the flow had been tracked: its entry
     /// had expired.
     pub stale: bool,
+    pub notes: Notes,
 }
 
-#[derive(Clone, Copy, Debug)]
-enum Update {
-    None,
-    Touch { id: FlowId, reply: bool, closing: bool },
-    Insert { id: FlowId, closing: bool, midstream: bool },
+/// Which share a new flow is charged to: (flows opened towards the owner,
+/// the owner's name).
+type Share = (bool, String);
+
+#[derive(Clone, Debug, Default)]
+struct Update {
+    touch: Option<(FlowId, bool, bool)>,
+    insert: Option<(FlowId, bool, bool, Share)>,
+    /// A first fragment that passed.
+    fragment: Option<FragId>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FragId {
+    src: IpAddr,
+    dst: IpAddr,
+    id: u16,
+    proto: u8,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -110,6 +152,10 @@ pub struct Model<'a> {
     /// startup window anew at every apply).
     midstream_open: bool,
     flows: HashMap<FlowId, Entry>,
+    fragments: HashMap<FragId, Window>,
+    /// Flows charged to each share; the agent's recount does not run under
+    /// the tests, so they only grow.
+    charged: HashMap<Share, u32>,
 }
 
 fn is_echo_request(proto: u8, ty: u8) -> bool {
@@ -118,6 +164,14 @@ fn is_echo_request(proto: u8, ty: u8) -> bool {
 
 fn is_echo_reply(proto: u8, ty: u8) -> bool {
     (proto == 1 && ty == 0) || (proto == 58 && ty == 129)
+}
+
+pub fn is_icmp_error(l4: &Transport) -> bool {
+    match *l4 {
+        Transport::Icmp { proto: 1, ty, .. } => matches!(ty, 3 | 11 | 12),
+        Transport::Icmp { proto: 58, ty, .. } => matches!(ty, 1..=4),
+        _ => false,
+    }
 }
 
 fn link_local_or_unspecified(a: IpAddr) -> bool {
@@ -149,12 +203,23 @@ impl<'a> Model<'a> {
             timeouts: policy.settings.conntrack.clone(),
             midstream_open: policy.settings.conntrack.midstream != Midstream::Deny,
             flows: HashMap::new(),
+            fragments: HashMap::new(),
+            charged: HashMap::new(),
         }
     }
 
-    /// Forgets every flow (the fixture's conntrack was flushed).
+    /// Mid-stream admission as the case set it up (a `startup` window that
+    /// has passed is closed).
+    pub fn set_midstream_open(&mut self, open: bool) {
+        self.midstream_open = open;
+    }
+
+    /// Forgets every flow, fragment and share (the fixture's conntrack was
+    /// flushed).
     pub fn forget(&mut self) {
         self.flows.clear();
+        self.fragments.clear();
+        self.charged.clear();
     }
 
     fn local_owner(&self, addr: IpAddr) -> Option<&'a Endpoint> {
@@ -219,14 +284,14 @@ impl<'a> Model<'a> {
         }
     }
 
-    /// The flow a packet would be tracked as, in its own direction.
-    fn own_id(pkt: &Packet) -> Option<FlowId> {
-        let (src, dst) = (pkt.src, pkt.dst);
-        match pkt.l4 {
+    /// The flow a packet `src -> dst` carrying `l4` would be tracked as, in
+    /// its own direction.
+    fn id_of(src: IpAddr, dst: IpAddr, l4: &Transport) -> Option<FlowId> {
+        match *l4 {
             Transport::Tcp { sport, dport, .. }
             | Transport::Udp { sport, dport }
-            | Transport::Sctp { sport, dport } => Some(FlowId::Ports {
-                proto: pkt.l4.proto(),
+            | Transport::Sctp { sport, dport, .. } => Some(FlowId::Ports {
+                proto: l4.proto(),
                 src,
                 dst,
                 sport,
@@ -240,13 +305,17 @@ impl<'a> Model<'a> {
         }
     }
 
+    fn own_id(pkt: &Packet) -> Option<FlowId> {
+        Model::id_of(pkt.src, pkt.dst, &pkt.l4)
+    }
+
     /// The flow a packet would be a reply of.
     fn reply_of(pkt: &Packet) -> Option<FlowId> {
         let (src, dst) = (pkt.dst, pkt.src);
         match pkt.l4 {
             Transport::Tcp { sport, dport, .. }
             | Transport::Udp { sport, dport }
-            | Transport::Sctp { sport, dport } => Some(FlowId::Ports {
+            | Transport::Sctp { sport, dport, .. } => Some(FlowId::Ports {
                 proto: pkt.l4.proto(),
                 src,
                 dst,
@@ -261,27 +330,116 @@ impl<'a> Model<'a> {
         }
     }
 
+    /// The flows an ICMP error's quoted packet may belong to: its own, or
+    /// one running the other way. None for a quote of anything but a
+    /// tracked kind (ICMP other than an echo request).
+    fn quoted_ids(q: &Quote) -> Vec<FlowId> {
+        let Some(own) = Model::id_of(q.src, q.dst, &q.l4) else {
+            return Vec::new();
+        };
+        let back = match own {
+            FlowId::Ports {
+                proto,
+                src,
+                dst,
+                sport,
+                dport,
+            } => FlowId::Ports {
+                proto,
+                src: dst,
+                dst: src,
+                sport: dport,
+                dport: sport,
+            },
+            FlowId::Echo { proto, src, dst, id } => FlowId::Echo {
+                proto,
+                src: dst,
+                dst: src,
+                id,
+            },
+            FlowId::Pair { proto, src, dst } => FlowId::Pair {
+                proto,
+                src: dst,
+                dst: src,
+            },
+        };
+        vec![own, back]
+    }
+
     fn closing(pkt: &Packet) -> bool {
         matches!(pkt.l4, Transport::Tcp { flags, .. } if flags & (FIN | RST) != 0)
     }
 
     /// A packet that can only open a flow and is never a reply: a TCP SYN
-    /// without ACK (SCTP packets here carry no INIT chunk).
+    /// without ACK, whatever else it carries, or an SCTP INIT.
     fn opens(pkt: &Packet) -> bool {
-        matches!(pkt.l4, Transport::Tcp { flags, .. } if flags & (SYN | ACK) == SYN)
+        match pkt.l4 {
+            Transport::Tcp { flags, .. } => flags & (SYN | ACK) == SYN,
+            Transport::Sctp { chunk, .. } => chunk == Some(1),
+            _ => false,
+        }
+    }
+
+    /// Whether an ICMP error at its hook comes from a party of the quoted
+    /// packet's flow and goes to that packet's sender (SECURITY.md, 3).
+    fn sent_by_a_party(&self, pkt: &Packet, q: &Quote) -> bool {
+        if q.src != pkt.dst {
+            return false;
+        }
+        let name = |a: IpAddr| self.local_owner(a).map(|e| e.name.as_str());
+        let reporter = match &pkt.at {
+            At::From(iface) => Some(self.endpoint_at(iface).name.as_str()),
+            At::To(_) => name(pkt.src),
+            At::Uplink => None,
+        };
+        match reporter {
+            Some(r) => name(q.dst) == Some(r),
+            None => {
+                let sender_ok = match &pkt.at {
+                    At::To(iface) => name(q.src) == Some(self.endpoint_at(iface).name.as_str()),
+                    _ => name(q.src).is_some(),
+                };
+                let far_ok = name(q.dst).is_none() && (pkt.at != At::Uplink || !self.host.contains(&q.dst));
+                sender_ok && far_ok
+            }
+        }
+    }
+
+    /// The share a new flow made at `pkt`'s hook is charged to.
+    fn share_of(&self, pkt: &Packet) -> Option<Share> {
+        match &pkt.at {
+            At::From(iface) => Some((false, self.endpoint_at(iface).name.clone())),
+            At::To(iface) => Some((true, self.endpoint_at(iface).name.clone())),
+            At::Uplink => self.local_owner(pkt.dst).map(|e| (true, e.name.clone())),
+        }
+    }
+
+    fn cap(&self, share: &Share) -> u32 {
+        if share.0 {
+            self.timeouts.max_inbound_per_endpoint
+        } else {
+            self.timeouts.max_per_endpoint
+        }
+    }
+
+    fn full(&self, share: &Share) -> bool {
+        self.charged.get(share).copied().unwrap_or(0) >= self.cap(share)
     }
 
     /// The answer for `pkt`, given which flows are alive.
     fn predict(&self, pkt: &Packet, alive: &dyn Fn(&FlowId) -> bool, prefer_reply: bool) -> (Judgement, Update) {
+        let mut notes = Notes::default();
+        let judged = |expect, step, verdict: Option<Verdict>, stale, notes| Judgement {
+            expect,
+            step,
+            verdict,
+            stale,
+            notes,
+        };
         let identity = |expect| {
             (
-                Judgement {
-                    expect,
-                    step: Step::Identity,
-                    verdict: None,
-                    stale: false,
-                },
-                Update::None,
+                judged(expect, Step::Identity, None, false, Notes::default()),
+                Update::default(),
             )
         };
         // Identity at the attachment point.
@@ -309,102 +467,162 @@ impl<'a> Model<'a> {
             }
         }
 
-        let closing = Model::closing(pkt);
-        // Conntrack: the packet's own flow, then the flow it replies to.
-        // An echo reply is only ever a reply, an echo request never one.
-        let echo_reply = matches!(pkt.l4, Transport::Icmp { proto, ty, .. } if is_echo_reply(proto, ty));
-        let echo_request = matches!(pkt.l4, Transport::Icmp { proto, ty, .. } if is_echo_request(proto, ty));
-        // Both may be tracked (two flows, one each way); the datapath may
-        // find either first, and the model accepts both orders.
-        let own = (!echo_reply)
-            .then(|| Model::own_id(pkt))
-            .flatten()
-            .filter(|id| alive(id))
-            .map(|id| (id, false));
-        let answered = (!echo_request && !Model::opens(pkt))
-            .then(|| Model::reply_of(pkt))
-            .flatten()
-            .filter(|id| alive(id))
-            .map(|id| (id, true));
-        let found = if prefer_reply {
-            answered.or(own)
-        } else {
-            own.or(answered)
+        // Fragments: a later one follows its first.
+        let frag_id = |id| FragId {
+            src: pkt.src,
+            dst: pkt.dst,
+            id,
+            proto: pkt.l4.proto(),
         };
-        if let Some((id, reply)) = found {
-            return (
-                Judgement {
-                    expect: Expect::Pass(if reply {
-                        PassReason::Reply
-                    } else {
-                        PassReason::Established
-                    }),
-                    step: Step::Conntrack,
-                    verdict: None,
-                    stale: false,
-                },
-                Update::Touch { id, reply, closing },
-            );
+        if let Frag::Later(id) = pkt.frag {
+            // Cases last far less than a first fragment's lifetime (30 s).
+            let fresh = self.fragments.contains_key(&frag_id(id));
+            let expect = if fresh {
+                Expect::Pass(PassReason::Fragment)
+            } else {
+                Expect::Drop(DropReason::FragmentUntracked)
+            };
+            return (judged(expect, Step::Fragment, None, false, notes), Update::default());
+        }
+        let fragment = match pkt.frag {
+            Frag::First(id) => Some(frag_id(id)),
+            _ => None,
+        };
+        let passed = |j: Judgement, mut u: Update| {
+            if matches!(j.expect, Expect::Pass(_)) {
+                u.fragment = fragment;
+            }
+            (j, u)
+        };
+
+        let closing = Model::closing(pkt);
+        let icmp_error = is_icmp_error(&pkt.l4);
+        if icmp_error {
+            // ICMP errors: related only from a party of a tracked flow.
+            if let Some(q) = &pkt.quote {
+                let tracked = Model::quoted_ids(q).iter().any(alive);
+                if tracked && self.sent_by_a_party(pkt, q) {
+                    return passed(
+                        judged(Expect::Pass(PassReason::Related), Step::Related, None, false, notes),
+                        Update::default(),
+                    );
+                }
+                notes.error_from_non_party = tracked && q.src == pkt.dst;
+            }
+        } else {
+            // Conntrack: the packet's own flow, or the flow it replies to.
+            // An echo reply is only ever a reply, an echo request never one,
+            // and a packet that can only open a flow is never a reply. Both
+            // may be tracked (two flows, one each way); the datapath may
+            // find either first, and the model accepts both orders.
+            let echo_reply = matches!(pkt.l4, Transport::Icmp { proto, ty, .. } if is_echo_reply(proto, ty));
+            let echo_request = matches!(pkt.l4, Transport::Icmp { proto, ty, .. } if is_echo_request(proto, ty));
+            let own = (!echo_reply)
+                .then(|| Model::own_id(pkt))
+                .flatten()
+                .filter(|id| alive(id))
+                .map(|id| (id, false));
+            let reply_id = (!echo_request).then(|| Model::reply_of(pkt)).flatten();
+            notes.opens_on_reply = Model::opens(pkt) && reply_id.is_some_and(|id| alive(&id));
+            let answered = reply_id
+                .filter(|id| !Model::opens(pkt) && alive(id))
+                .map(|id| (id, true));
+            let found = if prefer_reply {
+                answered.or(own)
+            } else {
+                own.or(answered)
+            };
+            if let Some((id, reply)) = found {
+                let reason = if reply {
+                    PassReason::Reply
+                } else {
+                    PassReason::Established
+                };
+                return passed(
+                    judged(Expect::Pass(reason), Step::Conntrack, None, false, notes),
+                    Update {
+                        touch: Some((id, reply, closing)),
+                        ..Update::default()
+                    },
+                );
+            }
         }
 
         // The rules.
-        let stale = (!echo_reply && Model::own_id(pkt).is_some_and(|id| self.flows.contains_key(&id)))
-            || (!echo_request && Model::reply_of(pkt).is_some_and(|id| self.flows.contains_key(&id)));
+        let stale = !icmp_error
+            && [Model::own_id(pkt), Model::reply_of(pkt)]
+                .into_iter()
+                .flatten()
+                .any(|id| self.flows.contains_key(&id));
         let origin = match &pkt.at {
             At::From(iface) => Origin::Endpoint(self.endpoint_at(iface).name.clone()),
             _ => Origin::Elsewhere,
         };
         let flow = Model::flow(pkt);
         let verdict = self.reference.judge(&origin, &flow);
-        let Some(denial) = verdict.denied.clone() else {
-            let update = match Model::own_id(pkt) {
-                Some(id) => Update::Insert {
-                    id,
-                    closing,
-                    midstream: false,
-                },
-                None => Update::None,
-            };
-            return (
-                Judgement {
-                    expect: Expect::Pass(PassReason::NewAllowed),
-                    step: Step::Rules,
-                    verdict: Some(verdict),
-                    stale,
-                },
-                update,
-            );
+        let (id, step, verdict, midstream) = match verdict.denied.clone() {
+            None => (Model::own_id(pkt), Step::Rules, verdict, false),
+            Some(_) if icmp_error => {
+                return (
+                    judged(
+                        Expect::Drop(DropReason::IcmpErrorUntracked),
+                        Step::Rules,
+                        Some(verdict),
+                        stale,
+                        notes,
+                    ),
+                    Update::default(),
+                );
+            }
+            Some(denial) => {
+                let midstream = match pkt.l4 {
+                    Transport::Tcp { sport, flags, .. }
+                        if flags & SYN == 0 && matches!(denial, Denial::Egress | Denial::Ingress) =>
+                    {
+                        self.reverse_verdict(pkt, sport).filter(|rev| rev.allowed())
+                    }
+                    _ => None,
+                };
+                notes.midstream_closed = midstream.is_some() && !self.midstream_open;
+                match midstream {
+                    Some(rev) if self.midstream_open => (Model::reply_of(pkt), Step::Reverse, rev, true),
+                    _ => {
+                        return (
+                            judged(
+                                Expect::Drop(drop_reason(&denial)),
+                                Step::Rules,
+                                Some(verdict),
+                                stale,
+                                notes,
+                            ),
+                            Update::default(),
+                        );
+                    }
+                }
+            }
         };
-        if let Transport::Tcp { sport, flags, .. } = pkt.l4
-            && flags & SYN == 0
-            && self.midstream_open
-            && matches!(denial, Denial::Egress | Denial::Ingress)
-            && let Some(rev) = self.reverse_verdict(pkt, sport)
-            && rev.allowed()
-        {
-            let id = Model::reply_of(pkt).expect("TCP is tracked");
-            return (
-                Judgement {
-                    expect: Expect::Pass(PassReason::NewAllowed),
-                    step: Step::Reverse,
-                    verdict: Some(rev),
-                    stale,
-                },
-                Update::Insert {
-                    id,
-                    closing,
-                    midstream: true,
-                },
-            );
+        let mut update = Update::default();
+        if let Some(id) = id {
+            // A tracked kind: charged to a share, which may be full.
+            let share = self.share_of(pkt).expect("a hook that judges has a local endpoint");
+            if self.full(&share) {
+                return (
+                    judged(
+                        Expect::Drop(DropReason::ConntrackEndpointFull),
+                        Step::Share,
+                        Some(verdict),
+                        stale,
+                        notes,
+                    ),
+                    Update::default(),
+                );
+            }
+            notes.opened_with_inbound_full = !share.0 && self.full(&(true, share.1.clone()));
+            update.insert = Some((id, closing, midstream, share));
         }
-        (
-            Judgement {
-                expect: Expect::Drop(drop_reason(&denial)),
-                step: Step::Rules,
-                verdict: Some(verdict),
-                stale,
-            },
-            Update::None,
+        passed(
+            judged(Expect::Pass(PassReason::NewAllowed), step, Some(verdict), stale, notes),
+            update,
         )
     }
 
@@ -426,27 +644,28 @@ impl<'a> Model<'a> {
     }
 
     fn apply(&mut self, update: Update, at: Window) {
-        match update {
-            Update::None => {}
-            Update::Touch { id, reply, closing } => {
-                let e = self.flows.get_mut(&id).expect("touched flow is tracked");
-                e.last = at;
-                // Both directions: a reply of an ordinary entry, a packet of
-                // the allowed direction for a mid-stream one.
-                e.seen_reply |= reply != e.midstream;
-                e.closing |= closing;
-            }
-            Update::Insert { id, closing, midstream } => {
-                self.flows.insert(
-                    id,
-                    Entry {
-                        seen_reply: false,
-                        closing,
-                        midstream,
-                        last: at,
-                    },
-                );
-            }
+        if let Some((id, reply, closing)) = update.touch {
+            let e = self.flows.get_mut(&id).expect("touched flow is tracked");
+            e.last = at;
+            // Both directions: a reply of an ordinary entry, a packet of the
+            // allowed direction for a mid-stream one.
+            e.seen_reply |= reply != e.midstream;
+            e.closing |= closing;
+        }
+        if let Some((id, closing, midstream, share)) = update.insert {
+            *self.charged.entry(share).or_default() += 1;
+            self.flows.insert(
+                id,
+                Entry {
+                    seen_reply: false,
+                    closing,
+                    midstream,
+                    last: at,
+                },
+            );
+        }
+        if let Some(f) = update.fragment {
+            self.fragments.insert(f, at);
         }
     }
 
@@ -454,15 +673,19 @@ impl<'a> Model<'a> {
     /// follows the datapath's conntrack. `Err`: no reading of the
     /// semantics gives the datapath's answer.
     pub fn step(&mut self, pkt: &Packet, observed: Expect, at: Window) -> Result<Judgement, Judgement> {
-        let consulted: Vec<FlowId> = [Model::own_id(pkt), Model::reply_of(pkt)]
+        let mut consulted: Vec<FlowId> = [Model::own_id(pkt), Model::reply_of(pkt)]
             .into_iter()
             .flatten()
             .collect();
-        let unsure: Vec<FlowId> = consulted
+        if let Some(q) = &pkt.quote {
+            consulted.extend(Model::quoted_ids(q));
+        }
+        let mut unsure: Vec<FlowId> = consulted
             .iter()
             .copied()
             .filter(|id| self.liveness(id, at) == Liveness::Unsure)
             .collect();
+        unsure.dedup();
         let mut first = None;
         // Every reading of the unsure flows, alive or expired.
         for mask in 0..(1u32 << unsure.len()) {
@@ -496,9 +719,10 @@ pub fn reply(pkt: &Packet, at: At, flags: u8) -> Packet {
             sport: dport,
             dport: sport,
         },
-        Transport::Sctp { sport, dport } => Transport::Sctp {
+        Transport::Sctp { sport, dport, chunk } => Transport::Sctp {
             sport: dport,
             dport: sport,
+            chunk,
         },
         Transport::Icmp { proto, ty, code, id } => Transport::Icmp {
             proto,
@@ -518,5 +742,7 @@ pub fn reply(pkt: &Packet, at: At, flags: u8) -> Packet {
         dst: pkt.src,
         l4,
         aimed: false,
+        frag: Frag::Whole,
+        quote: None,
     }
 }

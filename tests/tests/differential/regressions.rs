@@ -41,6 +41,8 @@ pub fn pkt(at: At, src: &str, dst: &str, l4: Transport) -> Packet {
         dst: dst.parse().unwrap(),
         l4,
         aimed: false,
+        frag: crate::generate::Frag::Whole,
+        quote: None,
     }
 }
 
