@@ -3,7 +3,8 @@
 //! when the object is loaded. Only the stateful differential test uses it,
 //! to show that it finds every one; the agent never loads it.
 
-/// The object with every planted bug, all off unless `HW_MUTANT` is set.
+/// The object with every planted bug, all off unless `HW_MUTANT` is set
+/// (empty in cross builds, which do not run the differential tests).
 pub static MUTANT_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hostwall"));
 
 /// The name of the global that selects the planted bug.

@@ -196,6 +196,54 @@ fn a_syn_or_sctp_init_is_never_a_reply_of_an_ordinary_entry() {
                     Drop(DropReason::IngressDenied),
                 ),
                 (
+                    name(&n, "b opens b:5002->outside:80"),
+                    From("hw-b"),
+                    frame(n.b, n.outside, tcp(5002, 80, SYN)),
+                    Pass(PassReason::NewAllowed),
+                ),
+                (
+                    name(
+                        &n,
+                        "the stranger's SYN back through the uplink is judged by b's ingress",
+                    ),
+                    Uplink,
+                    frame(n.outside, n.b, tcp(80, 5002, SYN)),
+                    Drop(DropReason::IngressDenied),
+                ),
+                (
+                    name(&n, "  its SYN+ACK is the reply"),
+                    Uplink,
+                    frame(n.outside, n.b, tcp(80, 5002, SYN | ACK)),
+                    Pass(PassReason::Reply),
+                ),
+                (
+                    name(
+                        &n,
+                        "a stranger's bare ACK outside:9->b:22 through the uplink: mid-stream, b may send anywhere",
+                    ),
+                    Uplink,
+                    frame(n.outside, n.b, tcp(9, 22, ACK)),
+                    Pass(PassReason::NewAllowed),
+                ),
+                (
+                    name(&n, "  then its SYN on that tuple opens nothing, on the uplink"),
+                    Uplink,
+                    frame(n.outside, n.b, tcp(9, 22, SYN)),
+                    Drop(DropReason::IngressDenied),
+                ),
+                (
+                    name(&n, "  nor at b's interface"),
+                    To("hw-b"),
+                    frame(n.outside, n.b, tcp(9, 22, SYN)),
+                    Drop(DropReason::IngressDenied),
+                ),
+                (
+                    name(&n, "  nor from the host"),
+                    To("hw-b"),
+                    frame(n.host, n.b, tcp(9, 22, SYN)),
+                    Drop(DropReason::IngressDenied),
+                ),
+                (
                     name(&n, "b opens an SCTP association b:5000->a:80 (INIT)"),
                     From("hw-b"),
                     frame(n.b, n.a, sctp_chunk(5000, 80, SCTP_INIT)),

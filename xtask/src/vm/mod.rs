@@ -151,7 +151,8 @@ fn build_programs(tests: &[String]) -> anyhow::Result<GuestPrograms> {
         "xtask",
         "--bins",
     ])?;
-    let json = cargo_output(&[
+    // Only the integration tests the VMs run.
+    let mut args = vec![
         "test",
         "--no-run",
         "--target",
@@ -159,7 +160,15 @@ fn build_programs(tests: &[String]) -> anyhow::Result<GuestPrograms> {
         "-p",
         "hostwall-tests",
         "--message-format=json",
-    ])?;
+    ];
+    let names: Vec<&str> = tests
+        .iter()
+        .map(|spec| spec.split(':').next().unwrap_or_default())
+        .collect();
+    for name in &names {
+        args.extend(["--test", name]);
+    }
+    let json = cargo_output(&args)?;
     let mut found = BTreeMap::new();
     for line in json.lines() {
         let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
