@@ -7,11 +7,12 @@
 //!   a local endpoint, counted against its `max_inbound_per_endpoint`.
 //!
 //! An inbound flood therefore evicts only inbound flows and never one a
-//! local endpoint opened. A flow is stored once, under the tuple of the
-//! packet that made the entry. A packet is looked up as-is (same direction)
-//! and reversed. When a table is full the kernel evicts its least recently
-//! used entry; an evicted flow is judged again by the rules on its next
-//! packet.
+//! local endpoint opened. A flow is stored once, under its tuple in a
+//! canonical order ([`CtKey::canonical`]), so that one lookup per table
+//! finds it from either direction; `CT_FLIPPED` says which way the flow the
+//! rules allowed runs. When a table is full the kernel evicts its least
+//! recently used entry; an evicted flow is judged again by the rules on its
+//! next packet.
 
 use core::mem::size_of;
 
@@ -20,8 +21,8 @@ use core::mem::size_of;
 pub struct CtKey {
     pub src: [u8; 16],
     pub dst: [u8; 16],
-    /// TCP/UDP ports. ICMP echo: `sport` = identifier, `dport` = the
-    /// request's type, so only a reply can match a request reversed.
+    /// TCP/UDP/SCTP ports. ICMP echo: `sport` = identifier, `dport` = the
+    /// request's type (a reply is keyed as its request).
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -30,7 +31,71 @@ pub struct CtKey {
 }
 const _: () = assert!(size_of::<CtKey>() == 40);
 
+/// A total order of addresses (not the numeric one: it only has to be the
+/// same everywhere).
+#[inline(always)]
+fn addr_cmp(a: &[u8; 16], b: &[u8; 16]) -> core::cmp::Ordering {
+    let word = |x: &[u8; 16], i: usize| {
+        u64::from_ne_bytes([
+            x[i],
+            x[i + 1],
+            x[i + 2],
+            x[i + 3],
+            x[i + 4],
+            x[i + 5],
+            x[i + 6],
+            x[i + 7],
+        ])
+    };
+    match word(a, 0).cmp(&word(b, 0)) {
+        core::cmp::Ordering::Equal => word(a, 8).cmp(&word(b, 8)),
+        other => other,
+    }
+}
+
 impl CtKey {
+    /// Puts the tuple in canonical order: for TCP, UDP, SCTP and other
+    /// protocols, the (address, port) end that compares lower first; for
+    /// ICMP echo, the lower address first (the identifier and request type
+    /// stay). Returns whether it swapped the ends, i.e. whether the tuple
+    /// as it was runs from the canonical key's `dst` to its `src`. In place,
+    /// for the programs' small stack.
+    #[inline(always)]
+    pub fn canonicalize(&mut self) -> bool {
+        let is_icmp = self.proto == 1 || self.proto == 58;
+        let swap = match addr_cmp(&self.src, &self.dst) {
+            core::cmp::Ordering::Greater => true,
+            core::cmp::Ordering::Less => false,
+            core::cmp::Ordering::Equal => !is_icmp && self.sport > self.dport,
+        };
+        if swap {
+            core::mem::swap(&mut self.src, &mut self.dst);
+            if !is_icmp {
+                core::mem::swap(&mut self.sport, &mut self.dport);
+            }
+        }
+        swap
+    }
+
+    /// [`CtKey::canonicalize`] on a copy.
+    #[inline(always)]
+    pub fn canonical(&self) -> (CtKey, bool) {
+        let mut k = *self;
+        let swapped = k.canonicalize();
+        (k, swapped)
+    }
+
+    /// The tuple of the flow an entry stores, in the direction the rules
+    /// allowed, from its canonical key and flags.
+    #[inline(always)]
+    pub fn oriented(&self, flags: u32) -> CtKey {
+        if flags & CT_FLIPPED != 0 {
+            self.reversed()
+        } else {
+            *self
+        }
+    }
+
     /// The same flow's tuple in the other direction. An ICMP echo key keeps
     /// its identifier and request type, so a reply finds its request.
     #[inline(always)]
@@ -68,30 +133,25 @@ pub struct CtEntry {
 }
 const _: () = assert!(size_of::<CtEntry>() == 24);
 
-/// A reply has been seen.
+/// Both directions have been seen: a reply (for a mid-stream entry, a
+/// packet of the allowed direction).
 pub const CT_SEEN_REPLY: u32 = 1;
 /// TCP FIN or RST seen: the short `tcp_other` timeout applies.
 pub const CT_CLOSING: u32 = 2;
-/// The flow was opened by a local endpoint: its packets in the original
-/// direction were counted at that endpoint's interface.
+/// The allowed flow's sender is a local endpoint: its packets in the
+/// allowed direction are counted at that endpoint's interface.
 pub const CT_ORIG_LOCAL: u32 = 4;
-/// The flow's responder is a local endpoint: its replies were counted at
-/// that endpoint's interface.
+/// The allowed flow's receiver is a local endpoint: its replies are
+/// counted at that endpoint's interface.
 pub const CT_REPLY_LOCAL: u32 = 8;
 /// Made by a mid-stream TCP packet (no SYN) that the rules deny in its own
-/// direction but allow reversed. The key is that packet's direction; the
-/// flow the rules allow runs the other way, so packets in the key's
-/// direction are its replies. `CT_ORIG_LOCAL`/`CT_REPLY_LOCAL` describe the
-/// key's direction as for any entry.
+/// direction but allow reversed: a reply of the flow the entry stores.
+/// Both directions are seen (`CT_SEEN_REPLY`) once a packet of the allowed
+/// direction passes.
 pub const CT_MIDSTREAM: u32 = 16;
-
-/// Whether a packet found under an entry travels as the allowed flow's
-/// replies: found reversed for an ordinary entry, found as-is for a
-/// mid-stream one.
-#[inline(always)]
-pub fn ct_is_reply(flags: u32, found_reversed: bool) -> bool {
-    found_reversed != (flags & CT_MIDSTREAM != 0)
-}
+/// The flow the rules allowed runs from the key's `dst` to its `src` (the
+/// canonical order swapped it).
+pub const CT_FLIPPED: u32 = 32;
 
 /// How long an entry lives after its last packet. The one definition of
 /// the conntrack timeouts, used by the programs and by the agent's

@@ -62,10 +62,12 @@ pub enum Verdict {
 }
 
 /// Judge one frame in `[data, data_end)`. `ifindex` is the interface the
-/// hook runs on.
+/// hook runs on; `arrived_on` the interface the packet entered the host by
+/// (the skb's `ingress_ifindex`: 0 from the host's own stack), a hint for
+/// where conntrack looks first, never trusted for a verdict.
 #[inline(always)]
-pub fn judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Verdict {
-    match try_judge(hook, data, data_end, ifindex) {
+pub fn judge(hook: Hook, data: usize, data_end: usize, ifindex: u32, arrived_on: u32) -> Verdict {
+    match try_judge(hook, data, data_end, ifindex, arrived_on) {
         Ok(pass) => Verdict::Pass(pass),
         // The uplink filter only drops what it is sure of; the TC hook of
         // the receiving endpoint judges malformed packets again.
@@ -75,7 +77,13 @@ pub fn judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Verdict 
 }
 
 #[inline(always)]
-fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<PassReason, DropReason> {
+fn try_judge(
+    hook: Hook,
+    data: usize,
+    data_end: usize,
+    ifindex: u32,
+    arrived_on: u32,
+) -> Result<PassReason, DropReason> {
     let slot = active_slot();
     let endpoint = if hook == Hook::Uplink {
         EndpointInfo { policy: 0, endpoint: 0 }
@@ -166,13 +174,17 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
     // Steps 4 to 6 decide whether the packet passes; a first fragment that
     // passes, by whichever step, lets the rest of its datagram through.
     let pass = 'flow: {
+        // The packet's flow under its canonical key, and whether the packet
+        // runs against that key's order.
+        let mut key = flow_key(&pkt);
+        let flipped = key.canonicalize();
         let icmp_error = parse::is_icmp_error(pkt.proto, pkt.icmp_type);
         if icmp_error {
             // 4. ICMP errors.
             if related(hook, &endpoint, &mut peers, data, data_end, &pkt, &settings, now) {
                 break 'flow PassReason::Related;
             }
-        } else if let Some(found) = ct_lookup(hook, &pkt, &settings, now) {
+        } else if let Some(found) = ct_lookup(hook, &pkt, &key, flipped, arrived_on, &settings, now) {
             // 5. Conntrack.
             ct_touch(hook, found, &pkt, now, data_end - data);
             break 'flow if found.reply {
@@ -183,18 +195,18 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
         }
 
         // 6. Rules.
-        let key = flow_key(&pkt);
         let decided = decide(hook, slot, &endpoint, &mut peers, &pkt);
         let (rule_egress, rule_ingress, mut flags) = match decided {
-            Ok(d) => d,
+            // The flow runs the packet's way.
+            Ok((e, i, f)) => (e, i, f | if flipped { CT_FLIPPED } else { 0 }),
             Err(_) if icmp_error => return Err(DropReason::IcmpErrorUntracked),
             Err(reason) => {
                 // 6d. Mid-stream: a TCP packet without SYN that the rules
                 // deny in its own direction may be the far side of a flow
                 // that predates the agent (or whose entry was evicted). If
                 // the rules allow the reverse flow, and mid-stream admission
-                // is open, it is tracked under this packet's own tuple,
-                // marked mid-stream: a reply of that reverse flow.
+                // is open, that flow is tracked, marked mid-stream: this
+                // packet is one of its replies.
                 let by_rules = matches!(reason, DropReason::EgressDenied | DropReason::IngressDenied);
                 if !by_rules || pkt.proto != parse::IPPROTO_TCP || pkt.tcp_flags & parse::TCP_SYN != 0 {
                     return Err(reason);
@@ -210,9 +222,8 @@ fn try_judge(hook: Hook, data: usize, data_end: usize, ifindex: u32) -> Result<P
                     dst: peers.src,
                 };
                 match decide_reverse(slot, &mut rev_peers, &reversed_packet(&pkt)) {
-                    // The flags describe the reverse flow; the entry's key
-                    // is this packet's direction.
-                    Some((e, i, f)) => (e, i, swap_local_flags(f) | CT_MIDSTREAM),
+                    // The flow runs against the packet.
+                    Some((e, i, f)) => (e, i, f | CT_MIDSTREAM | if flipped { 0 } else { CT_FLIPPED }),
                     None => return Err(reason),
                 }
             }
@@ -277,7 +288,7 @@ fn related(
     settings: &Settings,
     now: u64,
 ) -> bool {
-    let Some(q) = parse::quoted_flow(data, data_end, pkt) else {
+    let Some(mut q) = parse::quoted_flow(data, data_end, pkt) else {
         return false;
     };
     if q.src != pkt.dst {
@@ -307,10 +318,8 @@ fn related(
             return false;
         }
     }
-    let rev = reversed(&q);
-    [&CONNTRACK, &CT_INBOUND]
-        .iter()
-        .any(|t| live(t, &q, settings, now).is_some() || live(t, &rev, settings, now).is_some())
+    q.canonicalize();
+    live(&CONNTRACK, &q, settings, now).is_some() || live(&CT_INBOUND, &q, settings, now).is_some()
 }
 
 /// Where step 5 found a packet's flow.
@@ -319,50 +328,50 @@ struct Found {
     entry: *mut CtEntry,
     /// The packet travels as the flow's replies.
     reply: bool,
-    /// Found under the packet's tuple reversed.
-    reversed: bool,
 }
 
-/// Step 5: the tracked flow of a packet. Each hook looks where its flows
-/// can be, most likely first: an endpoint's own flows are in
-/// `HW_CONNTRACK` under its tuple, flows opened towards an endpoint in
-/// `HW_CT_INBOUND` under the opener's.
+/// Step 5: the tracked flow of a packet, `key` being its canonical key and
+/// `flipped` whether the packet runs against that key's order. One lookup
+/// per table, the likelier table first: an endpoint's own flows are in
+/// `HW_CONNTRACK`, flows opened towards it in `HW_CT_INBOUND`. At an
+/// endpoint's interface a packet that entered the host elsewhere than the
+/// uplink or the host's own stack most likely comes from another local
+/// endpoint (`arrived_on` is a hint: both tables are looked in).
 #[inline(always)]
-fn ct_lookup(hook: Hook, pkt: &Packet, settings: &Settings, now: u64) -> Option<Found> {
-    let key = flow_key(pkt);
-    let rev = reversed(&key);
-    // ICMP is directional: an echo request is only ever found as-is, an
-    // echo reply only reversed.
-    let is_icmp = pkt.proto == parse::IPPROTO_ICMP || pkt.proto == parse::IPPROTO_ICMPV6;
-    let is_echo_reply = parse::is_echo_reply(pkt.proto, pkt.icmp_type);
-    let as_is = !is_echo_reply;
-    let as_reversed = !is_icmp || is_echo_reply;
-    let candidates: [(bool, bool, bool); 3] = match hook {
-        // (inbound table, reversed, looked at)
-        Hook::FromEndpoint => [
-            (false, false, as_is),
-            (true, true, as_reversed),
-            (false, true, as_reversed),
-        ],
-        Hook::ToEndpoint => [(false, true, as_reversed), (true, false, as_is), (false, false, as_is)],
-        Hook::Uplink => [(true, false, as_is), (false, true, as_reversed), (false, false, false)],
+fn ct_lookup(
+    hook: Hook,
+    pkt: &Packet,
+    key: &CtKey,
+    flipped: bool,
+    arrived_on: u32,
+    settings: &Settings,
+    now: u64,
+) -> Option<Found> {
+    let inbound_first = match hook {
+        Hook::FromEndpoint => false,
+        Hook::ToEndpoint => arrived_on == 0 || Some(arrived_on) == UPLINK.get(0).copied(),
+        Hook::Uplink => true,
     };
-    for (inbound, reversed, look) in candidates {
-        if !look {
-            continue;
-        }
+    // ICMP is directional: an echo request is never a reply, an echo
+    // reply never anything else.
+    let echo_request = parse::is_echo_request(pkt.proto, pkt.icmp_type);
+    let echo_reply = parse::is_echo_reply(pkt.proto, pkt.icmp_type);
+    for inbound in [inbound_first, !inbound_first] {
         let table = if inbound { &CT_INBOUND } else { &CONNTRACK };
-        let Some(entry) = live(table, if reversed { &rev } else { &key }, settings, now) else {
+        let Some(entry) = live(table, key, settings, now) else {
             continue;
         };
-        let reply = ct_is_reply(unsafe { (*entry).flags }, reversed);
+        let reply = flipped != (unsafe { (*entry).flags } & CT_FLIPPED != 0);
+        if (echo_request && reply) || (echo_reply && !reply) {
+            continue;
+        }
         // A packet that can only open a flow never answers one: unless
-        // it belongs to another entry, it is judged by the rules as a new
-        // flow.
+        // the other table holds its flow, it is judged by the rules as a
+        // new flow.
         if reply && pkt.opens && !mutant(MUTANT_SYN_AS_REPLY) {
             continue;
         }
-        return Some(Found { entry, reply, reversed });
+        return Some(Found { entry, reply });
     }
     None
 }
@@ -377,19 +386,6 @@ fn midstream_open(slot: u32, now: u64) -> bool {
         Some(until) => now < *until,
         None => false,
     }
-}
-
-/// Conntrack flags of a flow seen from its other end.
-#[inline(always)]
-fn swap_local_flags(flags: u32) -> u32 {
-    let mut out = flags & !(CT_ORIG_LOCAL | CT_REPLY_LOCAL);
-    if flags & CT_ORIG_LOCAL != 0 {
-        out |= CT_REPLY_LOCAL;
-    }
-    if flags & CT_REPLY_LOCAL != 0 {
-        out |= CT_ORIG_LOCAL;
-    }
-    out
 }
 
 /// Step 6: the rules that allow a new flow, as (egress rule, ingress rule,
@@ -681,11 +677,6 @@ fn flow_key(pkt: &Packet) -> CtKey {
     key
 }
 
-#[inline(always)]
-fn reversed(key: &CtKey) -> CtKey {
-    key.reversed()
-}
-
 /// Flows that get a conntrack entry: everything but ICMP other than echo
 /// requests.
 #[inline(always)]
@@ -743,8 +734,10 @@ fn ct_touch(hook: Hook, found: Found, pkt: &Packet, now: u64, len: usize) {
     let e = unsafe { &mut *found.entry };
     e.last_seen_ns = now;
     let mut flags = e.flags;
-    // Both directions seen: the established timeouts apply.
-    if found.reversed {
+    // Both directions seen: a reply, or for a mid-stream entry (made by a
+    // reply) a packet of the allowed direction. The established timeouts
+    // apply from then on.
+    if found.reply != (flags & CT_MIDSTREAM != 0) {
         flags |= CT_SEEN_REPLY;
     }
     if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
@@ -758,7 +751,7 @@ fn ct_touch(hook: Hook, found: Found, pkt: &Packet, now: u64, len: usize) {
     let count = match hook {
         Hook::FromEndpoint => true,
         Hook::ToEndpoint => {
-            let sender_local = if found.reversed { CT_REPLY_LOCAL } else { CT_ORIG_LOCAL };
+            let sender_local = if found.reply { CT_REPLY_LOCAL } else { CT_ORIG_LOCAL };
             flags & sender_local == 0
         }
         Hook::Uplink => false,

@@ -38,7 +38,7 @@ pub fn hostwall_to_endpoint(ctx: TcContext) -> i32 {
 /// Traffic arriving from other hosts (XDP on `--uplink`).
 #[xdp]
 pub fn hostwall_uplink(ctx: XdpContext) -> u32 {
-    let verdict = judge::judge(Hook::Uplink, ctx.data(), ctx.data_end(), 0);
+    let verdict = judge::judge(Hook::Uplink, ctx.data(), ctx.data_end(), 0, 0);
     match count(verdict, (ctx.data_end() - ctx.data()) as u64) {
         true => xdp_action::XDP_PASS,
         false => xdp_action::XDP_DROP,
@@ -53,8 +53,9 @@ fn tc_judge(ctx: &TcContext, hook: Hook) -> i32 {
         // parser sees a truncated packet and drops it (fail closed).
         let _ = ctx.pull_data(if len < PULL_LEN { len } else { PULL_LEN });
     }
-    let ifindex = unsafe { (*(ctx.as_ptr() as *const __sk_buff)).ifindex };
-    let verdict = judge::judge(hook, ctx.data(), ctx.data_end(), ifindex);
+    let skb = ctx.as_ptr() as *const __sk_buff;
+    let (ifindex, arrived_on) = unsafe { ((*skb).ifindex, (*skb).ingress_ifindex) };
+    let verdict = judge::judge(hook, ctx.data(), ctx.data_end(), ifindex, arrived_on);
     match count(verdict, len as u64) {
         // TC_ACT_UNSPEC hands the packet to the next program (tcx's
         // TCX_NEXT); with none left the kernel lets it through.

@@ -62,6 +62,11 @@ pub static CONNTRACK: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(
 #[map(name = "HW_CT_INBOUND")]
 pub static CT_INBOUND: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_CONNTRACK_INBOUND_ENTRIES, 0);
 
+/// [0] = the uplink's ifindex (0: none). A hint for the order of conntrack
+/// lookups at an endpoint's interface. Written by the agent.
+#[map(name = "HW_UPLINK")]
+pub static UPLINK: Array<u32> = Array::with_max_entries(1, 0);
+
 /// Per slot: until when mid-stream TCP packets may create entries
 /// (`MIDSTREAM_*`). Written by the agent.
 #[map(name = "HW_MIDSTREAM")]

@@ -53,6 +53,27 @@ impl Binaries {
     }
 }
 
+/// `hostwall-send`, the raw-frame sender: `HOSTWALL_SEND_BIN` if set, else
+/// `default` (integration tests pass `env!("CARGO_BIN_EXE_hostwall-send")`),
+/// else from the target directory the running executable was built into.
+pub fn locate_sender(default: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os("HOSTWALL_SEND_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => match default {
+            Some(p) => p.to_path_buf(),
+            None => profile_dir()?.join("hostwall-send"),
+        },
+    };
+    if !path.is_file() {
+        bail!(
+            "the hostwall-send binary is not at {}: run `cargo build -p hostwall-tests --bins` first \
+             (or set HOSTWALL_SEND_BIN)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
 /// `target/<profile>` of the running executable.
 fn profile_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;

@@ -186,29 +186,31 @@ impl Fixture {
         )
     }
 
-    /// The entries of both conntrack tables (flows endpoints opened, then
-    /// flows opened towards them).
+    /// The flows of both conntrack tables (flows endpoints opened, then
+    /// flows opened towards them), each under its tuple in the direction
+    /// the rules allowed.
     pub fn conntrack(&self) -> Vec<(CtKey, CtEntry)> {
         conntrack::flows(&self.dp.ebpf)
             .into_iter()
-            .map(|f| (f.key, f.entry))
+            .map(|f| (f.allowed(), f.entry))
             .collect()
     }
 
-    /// The entries of one conntrack table.
+    /// The flows of one conntrack table, as [`Fixture::conntrack`].
     pub fn conntrack_table(&self, table: Table) -> Vec<(CtKey, CtEntry)> {
         conntrack::flows(&self.dp.ebpf)
             .into_iter()
             .filter(|f| f.table == table)
-            .map(|f| (f.key, f.entry))
+            .map(|f| (f.allowed(), f.entry))
             .collect()
     }
 
-    /// The entries of both conntrack tables, removed from them.
+    /// The flows of both conntrack tables, as [`Fixture::conntrack`],
+    /// removed from them.
     pub fn take_conntrack(&mut self) -> Vec<(CtKey, CtEntry)> {
         let flows = conntrack::flows(&self.dp.ebpf);
         conntrack::remove(&mut self.dp.ebpf, &flows);
-        flows.into_iter().map(|f| (f.key, f.entry)).collect()
+        flows.into_iter().map(|f| (f.allowed(), f.entry)).collect()
     }
 
     /// Forgets every tracked flow, fragment and per-endpoint flow count, so

@@ -38,6 +38,13 @@ enum Cmd {
         /// benchmark works.
         #[arg(long)]
         quick: bool,
+        /// Only these sections (comma-separated); the report goes to
+        /// bench/out/only/ (bench/out/quick/ with --quick).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench::Section>,
+        /// The revision whose eBPF object this build's is compared with.
+        #[arg(long, value_name = "REV", default_value = bench::baseline::DEFAULT_REVISION)]
+        baseline: String,
     },
     /// The integration scenarios in QEMU VMs on Debian's 6.1 and 6.12
     /// kernels, and two VMs linked as two hosts (HOSTWALL_VM_ACCEL=kvm for
@@ -128,7 +135,14 @@ fn main() -> anyhow::Result<()> {
             cargo(&test)?;
             fuzz::after_tests(&repo_root())?;
             if args.is_empty() {
-                bench::run(&repo_root(), true)?;
+                bench::run(
+                    &repo_root(),
+                    &bench::Options {
+                        quick: true,
+                        only: Vec::new(),
+                        baseline: bench::baseline::DEFAULT_REVISION.into(),
+                    },
+                )?;
             }
             println!("all tests passed");
             Ok(())
@@ -152,7 +166,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Cmd::Bench { quick } => bench::run(&repo_root(), quick),
+        Cmd::Bench { quick, only, baseline } => bench::run(&repo_root(), &bench::Options { quick, only, baseline }),
         Cmd::Fuzz { seconds, targets } => {
             let targets: Vec<&str> = if targets.is_empty() {
                 fuzz::TARGETS.to_vec()

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
-use hostwall_common::{CT_ORIG_LOCAL, Counter, CtEntry, CtKey, MAX_RULES};
+use hostwall_common::{CT_FLIPPED, CT_ORIG_LOCAL, Counter, CtEntry, CtKey, MAX_RULES};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -77,8 +77,16 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
         adopt_from: older.first().map(|l| l.links()),
     };
 
+    let uplink_ifindex = match &agent.opts.uplink {
+        Some(uplink) => host::ifindex(uplink).with_context(|| format!("uplink interface {uplink} does not exist"))?,
+        None => 0,
+    };
+    agent
+        .datapath
+        .set_uplink(uplink_ifindex)
+        .context("writing the uplink's ifindex into HW_UPLINK")?;
     if let Some(uplink) = agent.opts.uplink.clone() {
-        let ifindex = host::ifindex(&uplink).with_context(|| format!("uplink interface {uplink} does not exist"))?;
+        let ifindex = uplink_ifindex;
         let old = agent.adopt_from.clone();
         agent
             .attachments
@@ -141,7 +149,7 @@ fn open_pinned(dir: &Path, name: &str) -> Option<Map> {
 fn migrate(old: &Layout, datapath: &mut Datapath) {
     let dir = old.maps();
     let mut flows = 0usize;
-    for old_flow in old_flows(&dir) {
+    for old_flow in old_flows(old) {
         if conntrack::insert(&mut datapath.ebpf, &old_flow) {
             flows += 1;
         }
@@ -193,24 +201,27 @@ fn carry_over_after_takeover(old: &Layout, datapath: &mut Datapath) {
             }
         }
     }
-    for old_flow in old_flows(&dir) {
+    for old_flow in old_flows(old) {
         if !conntrack::contains(&datapath.ebpf, old_flow.table, &old_flow.key) {
             conntrack::insert(&mut datapath.ebpf, &old_flow);
         }
     }
 }
 
-/// The tracked flows of an older layout's maps, each placed in the table it
-/// belongs to now. Layout 1 kept every flow in `HW_CONNTRACK`: a flow its
-/// sender opened at a local endpoint's interface goes on counting against
-/// that endpoint, any other against the inbound share of its receiver.
-/// The checks the entries are used with (a SYN is never a reply, ICMP
-/// errors only from a flow's parties) are made at lookup time, so entries
-/// made under older rules get them too.
-fn old_flows(dir: &Path) -> Vec<conntrack::Flow> {
+/// The tracked flows of an older layout's maps, in this layout's form.
+/// Layout 1 kept every flow in `HW_CONNTRACK` under the tuple of the packet
+/// that made it: each is stored under its canonical key, in the table it
+/// belongs to now (a flow its sender opened at a local endpoint's
+/// interface goes on counting against that endpoint, any other against the
+/// inbound share of its receiver). Later layouts keep their tables. The
+/// checks the entries are used with (a SYN is never a reply, ICMP errors
+/// only from a flow's parties) are made at lookup time, so entries made
+/// under older rules get them too.
+fn old_flows(old: &Layout) -> Vec<conntrack::Flow> {
+    let dir = old.maps();
     let mut out = Vec::new();
     for t in Table::ALL {
-        let Some(from) = open_pinned(dir, t.map()) else {
+        let Some(from) = open_pinned(&dir, t.map()) else {
             continue;
         };
         let Ok(from) = HashMap::<MapData, CtKey, CtEntry>::try_from(from) else {
@@ -220,11 +231,19 @@ fn old_flows(dir: &Path) -> Vec<conntrack::Flow> {
             );
             continue;
         };
-        for (key, entry) in from.iter().filter_map(Result::ok) {
-            let table = match t {
-                Table::Inbound => Table::Inbound,
-                Table::Opened if entry.flags & CT_ORIG_LOCAL != 0 => Table::Opened,
-                Table::Opened => Table::Inbound,
+        for (key, mut entry) in from.iter().filter_map(Result::ok) {
+            if old.version() >= 2 {
+                out.push(conntrack::Flow { table: t, key, entry });
+                continue;
+            }
+            let (key, flipped) = key.canonical();
+            if flipped {
+                entry.flags |= CT_FLIPPED;
+            }
+            let table = if entry.flags & CT_ORIG_LOCAL != 0 {
+                Table::Opened
+            } else {
+                Table::Inbound
             };
             out.push(conntrack::Flow { table, key, entry });
         }

@@ -8,7 +8,7 @@ use aya::{
     Ebpf,
     maps::{HashMap, MapData},
 };
-use hostwall_common::{CT_MIDSTREAM, CtEntry, CtKey};
+use hostwall_common::{CtEntry, CtKey};
 
 /// One of the two tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,14 +62,9 @@ pub struct Flow {
 }
 
 impl Flow {
-    /// The tuple of the flow the rules allowed, in its opening direction:
-    /// the key, or for a mid-stream entry the key reversed.
+    /// The tuple of the flow the rules allowed, in its allowed direction.
     pub fn allowed(&self) -> CtKey {
-        if self.entry.flags & CT_MIDSTREAM != 0 {
-            self.key.reversed()
-        } else {
-            self.key
-        }
+        self.key.oriented(self.entry.flags)
     }
 }
 

@@ -22,7 +22,7 @@ pub const PROG_UPLINK: &str = "hostwall_uplink";
 pub const PROGRAMS: [&str; 3] = [PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK];
 
 /// Every map of the eBPF object; all are pinned.
-pub const MAPS: [&str; 23] = [
+pub const MAPS: [&str; 24] = [
     "HW_ACTIVE",
     "HW_SETTINGS",
     "HW_IFACE_0",
@@ -38,6 +38,7 @@ pub const MAPS: [&str; 23] = [
     "HW_CONNTRACK",
     "HW_CT_INBOUND",
     "HW_MIDSTREAM",
+    "HW_UPLINK",
     "HW_FRAGS",
     "HW_RULE_STATS",
     "HW_DROPS",
@@ -202,6 +203,17 @@ impl Datapath {
         })?;
         let slots = Slots::take(&mut ebpf)?;
         Ok(Datapath { ebpf, slots })
+    }
+
+    /// Tells the programs which interface is the uplink (0: none), so that
+    /// at an endpoint's interface they look for the flows of packets from
+    /// there, or from the host's stack, among the flows opened towards the
+    /// endpoint first.
+    pub fn set_uplink(&mut self, ifindex: u32) -> Result<(), aya::maps::MapError> {
+        let map = self.ebpf.map_mut("HW_UPLINK").ok_or(aya::maps::MapError::InvalidName {
+            name: "HW_UPLINK".into(),
+        })?;
+        aya::maps::Array::<&mut aya::maps::MapData, u32>::try_from(map)?.set(0, &ifindex, 0)
     }
 
     /// Pins the programs (for inspection with bpftool; links keep them

@@ -9,9 +9,11 @@
 //! the two per-endpoint shares: flows an endpoint opens, flows opened
 //! towards it).
 //!
-//! The model keeps every flow under the tuple of the flow the rules
-//! allowed, whichever packet made it; it knows nothing of the datapath's
-//! keys, tables or lookup order.
+//! A flow is its tuple, whichever way it runs (as one TCP connection is
+//! both its directions): the model keeps each under its tuple with the
+//! direction the rules allowed, apart for flows endpoints open and flows
+//! opened towards them (SECURITY.md, 4). It knows nothing of the
+//! datapath's keys or lookup order.
 //!
 //! Conntrack timing: the kernel stamps a flow with `bpf_ktime_get_ns`
 //! (CLOCK_MONOTONIC, as `Instant`) somewhere inside the window of the run
@@ -38,7 +40,8 @@ pub struct Window {
 }
 
 /// A tracked flow as the README describes it: by ports for TCP, UDP and
-/// SCTP, by identifier for ICMP echo, by address pair for the rest.
+/// SCTP, by identifier for ICMP echo, by address pair for the rest; with
+/// `src` the end that sorts first (`canonical`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum FlowId {
     Ports {
@@ -61,9 +64,14 @@ enum FlowId {
     },
 }
 
-/// A tracked flow, under the tuple of the flow the rules allowed.
+/// Where a flow is kept: (opened towards a local endpoint, its tuple).
+type Slot = (bool, FlowId);
+
+/// A tracked flow.
 #[derive(Clone, Copy, Debug)]
 struct Entry {
+    /// The flow the rules allowed runs from the tuple's `dst` to its `src`.
+    flipped: bool,
     /// Both directions seen: the established timeouts apply. A mid-stream
     /// entry starts with its replies seen and gets this once a packet of
     /// the allowed direction passes.
@@ -122,8 +130,10 @@ type Share = (bool, String);
 
 #[derive(Clone, Debug, Default)]
 struct Update {
-    touch: Option<(FlowId, bool, bool)>,
-    insert: Option<(FlowId, bool, bool, Share)>,
+    /// (flow, is a reply, closing)
+    touch: Option<(Slot, bool, bool)>,
+    /// (flow, runs flipped, closing, mid-stream, share)
+    insert: Option<(FlowId, bool, bool, bool, Share)>,
     /// A first fragment that passed.
     fragment: Option<FragId>,
 }
@@ -151,7 +161,7 @@ pub struct Model<'a> {
     /// Whether mid-stream admission is open (the harness opens the
     /// startup window anew at every apply).
     midstream_open: bool,
-    flows: HashMap<FlowId, Entry>,
+    flows: HashMap<Slot, Entry>,
     fragments: HashMap<FragId, Window>,
     /// Flows charged to each share; the agent's recount does not run under
     /// the tests, so they only grow.
@@ -268,11 +278,11 @@ impl<'a> Model<'a> {
         }
     }
 
-    fn liveness(&self, id: &FlowId, now: Window) -> Liveness {
-        let Some(e) = self.flows.get(id) else {
+    fn liveness(&self, slot: &Slot, now: Window) -> Liveness {
+        let Some(e) = self.flows.get(slot) else {
             return Liveness::Expired;
         };
-        let timeout = self.timeout(id, e);
+        let timeout = self.timeout(&slot.1, e);
         let least = now.start.saturating_duration_since(e.last.end);
         let most = now.end.saturating_duration_since(e.last.start);
         if most <= timeout {
@@ -284,86 +294,63 @@ impl<'a> Model<'a> {
         }
     }
 
-    /// The flow a packet `src -> dst` carrying `l4` would be tracked as, in
-    /// its own direction.
-    fn id_of(src: IpAddr, dst: IpAddr, l4: &Transport) -> Option<FlowId> {
-        match *l4 {
+    /// The tuple of `src -> dst` carrying `l4`, in canonical order, and
+    /// whether that order runs against the packet. ICMP echo requests and
+    /// replies have the tuple of their echo flow; other ICMP has none.
+    fn tuple(src: IpAddr, dst: IpAddr, l4: &Transport) -> Option<(FlowId, bool)> {
+        let proto = l4.proto();
+        let (ends, ports) = match *l4 {
             Transport::Tcp { sport, dport, .. }
             | Transport::Udp { sport, dport }
-            | Transport::Sctp { sport, dport, .. } => Some(FlowId::Ports {
-                proto: l4.proto(),
-                src,
-                dst,
-                sport,
-                dport,
-            }),
-            Transport::Icmp { proto, ty, id, .. } if is_echo_request(proto, ty) => {
-                Some(FlowId::Echo { proto, src, dst, id })
+            | Transport::Sctp { sport, dport, .. } => ((src, dst), Some((sport, dport))),
+            Transport::Icmp { proto, ty, .. } if !is_echo_request(proto, ty) && !is_echo_reply(proto, ty) => {
+                return None;
             }
-            Transport::Icmp { .. } => None,
-            Transport::Other { proto } => Some(FlowId::Pair { proto, src, dst }),
-        }
-    }
-
-    fn own_id(pkt: &Packet) -> Option<FlowId> {
-        Model::id_of(pkt.src, pkt.dst, &pkt.l4)
-    }
-
-    /// The flow a packet would be a reply of.
-    fn reply_of(pkt: &Packet) -> Option<FlowId> {
-        let (src, dst) = (pkt.dst, pkt.src);
-        match pkt.l4 {
-            Transport::Tcp { sport, dport, .. }
-            | Transport::Udp { sport, dport }
-            | Transport::Sctp { sport, dport, .. } => Some(FlowId::Ports {
-                proto: pkt.l4.proto(),
-                src,
-                dst,
-                sport: dport,
-                dport: sport,
-            }),
-            Transport::Icmp { proto, ty, id, .. } if is_echo_reply(proto, ty) => {
-                Some(FlowId::Echo { proto, src, dst, id })
-            }
-            Transport::Icmp { .. } => None,
-            Transport::Other { proto } => Some(FlowId::Pair { proto, src, dst }),
-        }
-    }
-
-    /// The flows an ICMP error's quoted packet may belong to: its own, or
-    /// one running the other way. None for a quote of anything but a
-    /// tracked kind (ICMP other than an echo request).
-    fn quoted_ids(q: &Quote) -> Vec<FlowId> {
-        let Some(own) = Model::id_of(q.src, q.dst, &q.l4) else {
-            return Vec::new();
+            _ => ((src, dst), None),
         };
-        let back = match own {
-            FlowId::Ports {
+        let flipped = match ports {
+            Some((sport, dport)) => (ends.0, sport) > (ends.1, dport),
+            None => ends.0 > ends.1,
+        };
+        let (a, b) = if flipped { (ends.1, ends.0) } else { ends };
+        let id = match (*l4, ports) {
+            (_, Some((sport, dport))) => {
+                let (sport, dport) = if flipped { (dport, sport) } else { (sport, dport) };
+                FlowId::Ports {
+                    proto,
+                    src: a,
+                    dst: b,
+                    sport,
+                    dport,
+                }
+            }
+            (Transport::Icmp { proto, id, .. }, None) => FlowId::Echo {
                 proto,
-                src,
-                dst,
-                sport,
-                dport,
-            } => FlowId::Ports {
-                proto,
-                src: dst,
-                dst: src,
-                sport: dport,
-                dport: sport,
-            },
-            FlowId::Echo { proto, src, dst, id } => FlowId::Echo {
-                proto,
-                src: dst,
-                dst: src,
+                src: a,
+                dst: b,
                 id,
             },
-            FlowId::Pair { proto, src, dst } => FlowId::Pair {
-                proto,
-                src: dst,
-                dst: src,
-            },
+            _ => FlowId::Pair { proto, src: a, dst: b },
         };
-        vec![own, back]
+        Some((id, flipped))
+    }
+
+    fn tuple_of(pkt: &Packet) -> Option<(FlowId, bool)> {
+        Model::tuple(pkt.src, pkt.dst, &pkt.l4)
+    }
+
+    /// Where the flow of an ICMP error's quoted packet may be kept. Only a
+    /// quote of a tracked kind names one (an echo request, not a reply).
+    fn quoted_slots(q: &Quote) -> Vec<Slot> {
+        if let Transport::Icmp { proto, ty, .. } = q.l4
+            && !is_echo_request(proto, ty)
+        {
+            return Vec::new();
+        }
+        match Model::tuple(q.src, q.dst, &q.l4) {
+            Some((id, _)) => vec![(false, id), (true, id)],
+            None => Vec::new(),
+        }
     }
 
     fn closing(pkt: &Packet) -> bool {
@@ -427,7 +414,7 @@ impl<'a> Model<'a> {
     }
 
     /// The answer for `pkt`, given which flows are alive.
-    fn predict(&self, pkt: &Packet, alive: &dyn Fn(&FlowId) -> bool, prefer_reply: bool) -> (Judgement, Update) {
+    fn predict(&self, pkt: &Packet, alive: &dyn Fn(&Slot) -> bool, prefer_reply: bool) -> (Judgement, Update) {
         let mut notes = Notes::default();
         let judged = |expect, step, verdict: Option<Verdict>, stale, notes| Judgement {
             expect,
@@ -500,7 +487,7 @@ impl<'a> Model<'a> {
         if icmp_error {
             // ICMP errors: related only from a party of a tracked flow.
             if let Some(q) = &pkt.quote {
-                let tracked = Model::quoted_ids(q).iter().any(alive);
+                let tracked = Model::quoted_slots(q).iter().any(alive);
                 if tracked && self.sent_by_a_party(pkt, q) {
                     return passed(
                         judged(Expect::Pass(PassReason::Related), Step::Related, None, false, notes),
@@ -510,29 +497,36 @@ impl<'a> Model<'a> {
                 notes.error_from_non_party = tracked && q.src == pkt.dst;
             }
         } else {
-            // Conntrack: the packet's own flow, or the flow it replies to.
-            // An echo reply is only ever a reply, an echo request never one,
-            // and a packet that can only open a flow is never a reply. Both
-            // may be tracked (two flows, one each way); the datapath may
-            // find either first, and the model accepts both orders.
+            // Conntrack: the packet's flow, as flows endpoints opened or as
+            // flows opened towards them. An echo request is never a reply, an
+            // echo reply never anything else, and a packet that can only open
+            // a flow is never a reply. Where both hold the tuple (a flow
+            // each way), the datapath may find either first, and the model
+            // accepts both orders.
             let echo_reply = matches!(pkt.l4, Transport::Icmp { proto, ty, .. } if is_echo_reply(proto, ty));
             let echo_request = matches!(pkt.l4, Transport::Icmp { proto, ty, .. } if is_echo_request(proto, ty));
-            let own = (!echo_reply)
-                .then(|| Model::own_id(pkt))
-                .flatten()
-                .filter(|id| alive(id))
-                .map(|id| (id, false));
-            let reply_id = (!echo_request).then(|| Model::reply_of(pkt)).flatten();
-            notes.opens_on_reply = Model::opens(pkt) && reply_id.is_some_and(|id| alive(&id));
-            let answered = reply_id
-                .filter(|id| !Model::opens(pkt) && alive(id))
-                .map(|id| (id, true));
-            let found = if prefer_reply {
-                answered.or(own)
-            } else {
-                own.or(answered)
-            };
-            if let Some((id, reply)) = found {
+            let mut matches = Vec::new();
+            if let Some((id, flipped)) = Model::tuple_of(pkt) {
+                for inbound in [false, true] {
+                    let slot = (inbound, id);
+                    let Some(e) = self.flows.get(&slot).filter(|_| alive(&slot)) else {
+                        continue;
+                    };
+                    let reply = flipped != e.flipped;
+                    if (echo_request && reply) || (echo_reply && !reply) {
+                        continue;
+                    }
+                    if reply && Model::opens(pkt) {
+                        notes.opens_on_reply = true;
+                        continue;
+                    }
+                    matches.push((slot, reply));
+                }
+            }
+            if prefer_reply {
+                matches.reverse();
+            }
+            if let Some(&(slot, reply)) = matches.first() {
                 let reason = if reply {
                     PassReason::Reply
                 } else {
@@ -541,7 +535,7 @@ impl<'a> Model<'a> {
                 return passed(
                     judged(Expect::Pass(reason), Step::Conntrack, None, false, notes),
                     Update {
-                        touch: Some((id, reply, closing)),
+                        touch: Some((slot, reply, closing)),
                         ..Update::default()
                     },
                 );
@@ -549,19 +543,23 @@ impl<'a> Model<'a> {
         }
 
         // The rules.
+        let tuple = Model::tuple_of(pkt);
         let stale = !icmp_error
-            && [Model::own_id(pkt), Model::reply_of(pkt)]
-                .into_iter()
-                .flatten()
-                .any(|id| self.flows.contains_key(&id));
+            && tuple
+                .is_some_and(|(id, _)| self.flows.contains_key(&(false, id)) || self.flows.contains_key(&(true, id)));
         let origin = match &pkt.at {
             At::From(iface) => Origin::Endpoint(self.endpoint_at(iface).name.clone()),
             _ => Origin::Elsewhere,
         };
         let flow = Model::flow(pkt);
         let verdict = self.reference.judge(&origin, &flow);
+        // Tracked kinds: everything but ICMP other than echo requests.
+        let tracked = match pkt.l4 {
+            Transport::Icmp { proto, ty, .. } => is_echo_request(proto, ty),
+            _ => true,
+        };
         let (id, step, verdict, midstream) = match verdict.denied.clone() {
-            None => (Model::own_id(pkt), Step::Rules, verdict, false),
+            None => (tuple.filter(|_| tracked), Step::Rules, verdict, false),
             Some(_) if icmp_error => {
                 return (
                     judged(
@@ -585,7 +583,7 @@ impl<'a> Model<'a> {
                 };
                 notes.midstream_closed = midstream.is_some() && !self.midstream_open;
                 match midstream {
-                    Some(rev) if self.midstream_open => (Model::reply_of(pkt), Step::Reverse, rev, true),
+                    Some(rev) if self.midstream_open => (tuple, Step::Reverse, rev, true),
                     _ => {
                         return (
                             judged(
@@ -602,7 +600,7 @@ impl<'a> Model<'a> {
             }
         };
         let mut update = Update::default();
-        if let Some(id) = id {
+        if let Some((id, flipped)) = id {
             // A tracked kind: charged to a share, which may be full.
             let share = self.share_of(pkt).expect("a hook that judges has a local endpoint");
             if self.full(&share) {
@@ -618,7 +616,8 @@ impl<'a> Model<'a> {
                 );
             }
             notes.opened_with_inbound_full = !share.0 && self.full(&(true, share.1.clone()));
-            update.insert = Some((id, closing, midstream, share));
+            // A mid-stream packet is a reply: its flow runs the other way.
+            update.insert = Some((id, flipped != midstream, closing, midstream, share));
         }
         passed(
             judged(Expect::Pass(PassReason::NewAllowed), step, Some(verdict), stale, notes),
@@ -644,19 +643,21 @@ impl<'a> Model<'a> {
     }
 
     fn apply(&mut self, update: Update, at: Window) {
-        if let Some((id, reply, closing)) = update.touch {
-            let e = self.flows.get_mut(&id).expect("touched flow is tracked");
+        if let Some((slot, reply, closing)) = update.touch {
+            let e = self.flows.get_mut(&slot).expect("touched flow is tracked");
             e.last = at;
             // Both directions: a reply of an ordinary entry, a packet of the
             // allowed direction for a mid-stream one.
             e.seen_reply |= reply != e.midstream;
             e.closing |= closing;
         }
-        if let Some((id, closing, midstream, share)) = update.insert {
+        if let Some((id, flipped, closing, midstream, share)) = update.insert {
+            let slot = (share.0, id);
             *self.charged.entry(share).or_default() += 1;
             self.flows.insert(
-                id,
+                slot,
                 Entry {
+                    flipped,
                     seen_reply: false,
                     closing,
                     midstream,
@@ -673,14 +674,14 @@ impl<'a> Model<'a> {
     /// follows the datapath's conntrack. `Err`: no reading of the
     /// semantics gives the datapath's answer.
     pub fn step(&mut self, pkt: &Packet, observed: Expect, at: Window) -> Result<Judgement, Judgement> {
-        let mut consulted: Vec<FlowId> = [Model::own_id(pkt), Model::reply_of(pkt)]
-            .into_iter()
-            .flatten()
-            .collect();
+        let mut consulted: Vec<Slot> = match Model::tuple_of(pkt) {
+            Some((id, _)) => vec![(false, id), (true, id)],
+            None => Vec::new(),
+        };
         if let Some(q) = &pkt.quote {
-            consulted.extend(Model::quoted_ids(q));
+            consulted.extend(Model::quoted_slots(q));
         }
-        let mut unsure: Vec<FlowId> = consulted
+        let mut unsure: Vec<Slot> = consulted
             .iter()
             .copied()
             .filter(|id| self.liveness(id, at) == Liveness::Unsure)
@@ -689,7 +690,7 @@ impl<'a> Model<'a> {
         let mut first = None;
         // Every reading of the unsure flows, alive or expired.
         for mask in 0..(1u32 << unsure.len()) {
-            let alive = |id: &FlowId| match unsure.iter().position(|u| u == id) {
+            let alive = |id: &Slot| match unsure.iter().position(|u| u == id) {
                 Some(i) => mask & (1 << i) != 0,
                 None => self.liveness(id, at) == Liveness::Alive,
             };

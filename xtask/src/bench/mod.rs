@@ -2,11 +2,15 @@
 //! against no filter, iptables and nftables, and writes `bench/report.md`
 //! with PNG plots beside it. `--quick` runs every measurement at small
 //! sizes into `bench/out/quick/` (a check that the benchmark works, run by
-//! `cargo xtask test`; its numbers mean nothing).
+//! `cargo xtask test`; its numbers mean nothing). `--only SECTION,…` runs
+//! some sections into `bench/out/only/`; `--baseline REV` names the
+//! revision whose eBPF object this build's is compared with.
 //!
 //! Every topology lives in network namespaces the benchmark creates and
 //! deletes (also on failure and Ctrl-C); nothing is routed out of them.
 
+pub mod baseline;
+mod compare;
 mod hooks;
 mod plot;
 mod policy;
@@ -22,6 +26,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use clap::ValueEnum as _;
 use hostwall_tests::{Binaries, cleanup};
 
 /// Sizes and durations of one run.
@@ -44,7 +49,57 @@ pub struct Plan {
     pub apply_rounds: usize,
     /// One-rule changes through the CLI per size.
     pub rule_changes: usize,
+    /// The revision whose eBPF object this build's is compared with.
+    pub baseline: String,
+    /// Rules of the comparison's policy.
+    pub compare_rules: usize,
+    pub compare_repeat: u32,
+    /// Rounds per case and object (the median is kept).
+    pub compare_rounds: usize,
     pub out_dir: PathBuf,
+    /// The sections run, in order.
+    pub sections: Vec<Section>,
+    /// The command line, for the report.
+    pub command: String,
+}
+
+/// The sections of the benchmark (`--only`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// Cost per packet through BPF_PROG_TEST_RUN.
+    Progrun,
+    /// Real traffic: no filter, hostwall, iptables, nftables.
+    Traffic,
+    /// Whole-policy applies and one-rule changes.
+    Updates,
+    /// XDP and TC on a veth and an uplink.
+    Hooks,
+    /// This build's eBPF object against the baseline revision's.
+    Baseline,
+}
+
+pub const SECTIONS: [Section; 5] = [
+    Section::Progrun,
+    Section::Traffic,
+    Section::Updates,
+    Section::Hooks,
+    Section::Baseline,
+];
+
+impl Section {
+    /// Whether the section runs the release binaries.
+    fn needs_binaries(self) -> bool {
+        matches!(self, Section::Traffic | Section::Updates | Section::Hooks)
+    }
+}
+
+/// What `cargo xtask bench` was asked for.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub quick: bool,
+    /// Only these sections (all when empty).
+    pub only: Vec<Section>,
+    pub baseline: String,
 }
 
 impl Plan {
@@ -60,7 +115,13 @@ impl Plan {
             update_rules: vec![1_000, 10_000, 50_000],
             apply_rounds: 3,
             rule_changes: 100,
+            baseline: baseline::DEFAULT_REVISION.into(),
+            compare_rules: 1_000,
+            compare_repeat: 500_000,
+            compare_rounds: 9,
             out_dir: root.join("bench"),
+            sections: SECTIONS.to_vec(),
+            command: "cargo xtask bench".into(),
         }
     }
 
@@ -76,7 +137,13 @@ impl Plan {
             update_rules: vec![1_000],
             apply_rounds: 1,
             rule_changes: 6,
+            baseline: baseline::DEFAULT_REVISION.into(),
+            compare_rules: 1_000,
+            compare_repeat: 10_000,
+            compare_rounds: 1,
             out_dir: root.join("bench").join("out").join("quick"),
+            sections: SECTIONS.to_vec(),
+            command: "cargo xtask bench --quick".into(),
         }
     }
 }
@@ -105,30 +172,78 @@ pub struct Tools {
     pub load: PathBuf,
 }
 
-pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
+pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark creates network namespaces and loads eBPF programs: run it as root");
     }
-    for tool in ["iperf3", "iptables-restore", "nft", "bpftool"] {
-        if which(tool).is_none() {
-            bail!("{tool} is not installed (scripts/setup installs it)");
+    let mut plan = if opts.quick {
+        Plan::quick(root)
+    } else {
+        Plan::full(root)
+    };
+    plan.baseline = opts.baseline.clone();
+    if opts.baseline != baseline::DEFAULT_REVISION {
+        plan.command.push_str(&format!(" --baseline {}", opts.baseline));
+    }
+    if !opts.only.is_empty() {
+        plan.sections = SECTIONS.into_iter().filter(|s| opts.only.contains(s)).collect();
+        let names: Vec<String> = plan
+            .sections
+            .iter()
+            .filter_map(|s| s.to_possible_value().map(|v| v.get_name().to_string()))
+            .collect();
+        plan.command.push_str(&format!(" --only {}", names.join(",")));
+        // A partial report never replaces the full one.
+        if !opts.quick {
+            plan.out_dir = root.join("bench").join("out").join("only");
+        }
+    }
+    let binaries = plan.sections.iter().any(|s| s.needs_binaries());
+    if binaries {
+        for tool in ["iperf3", "iptables-restore", "nft", "bpftool"] {
+            if which(tool).is_none() {
+                bail!("{tool} is not installed (scripts/setup installs it)");
+            }
         }
     }
     cleanup::cleanup_on_interrupt().context("installing the Ctrl-C handler")?;
-    let plan = if quick { Plan::quick(root) } else { Plan::full(root) };
-    let tools = build(root)?;
+    let tools = if binaries { Some(build(root)?) } else { None };
+    let tools = || tools.as_ref().context("the release binaries were not built");
+    // Built (or found in its cache) before anything is timed.
+    let mut baseline_object = if plan.sections.contains(&Section::Baseline) {
+        Some(baseline::object(root, &plan.baseline)?)
+    } else {
+        None
+    };
     std::fs::create_dir_all(&plan.out_dir).with_context(|| format!("creating {}", plan.out_dir.display()))?;
     let started = Instant::now();
     let mut report = report::Report::new(&plan);
 
-    step("cost per packet (BPF_PROG_TEST_RUN)");
-    report.progrun = Some(progrun::run(&plan)?);
-    step("real traffic: no filter, hostwall, iptables, nftables");
-    report.traffic = Some(traffic::run(&plan, &tools)?);
-    step("updates: whole policy and one rule");
-    report.updates = Some(updates::run(&plan, &tools)?);
-    step("hook choice: XDP and TC");
-    report.hooks = Some(hooks::run(&plan, &tools)?);
+    for section in plan.sections.clone() {
+        match section {
+            Section::Progrun => {
+                step("cost per packet (BPF_PROG_TEST_RUN)");
+                report.progrun = Some(progrun::run(&plan)?);
+            }
+            Section::Traffic => {
+                step("real traffic: no filter, hostwall, iptables, nftables");
+                report.traffic = Some(traffic::run(&plan, tools()?)?);
+            }
+            Section::Updates => {
+                step("updates: whole policy and one rule");
+                report.updates = Some(updates::run(&plan, tools()?)?);
+            }
+            Section::Hooks => {
+                step("hook choice: XDP and TC");
+                report.hooks = Some(hooks::run(&plan, tools()?)?);
+            }
+            Section::Baseline => {
+                step(&format!("eBPF object against {} (BPF_PROG_TEST_RUN)", plan.baseline));
+                let object = baseline_object.take().context("the baseline object")?;
+                report.compare = Some(compare::run(root, &plan, object)?);
+            }
+        }
+    }
 
     report.elapsed = started.elapsed();
     let path = report.write(&plan.out_dir)?;
@@ -137,7 +252,7 @@ pub fn run(root: &Path, quick: bool) -> anyhow::Result<()> {
         path.display(),
         started.elapsed().as_secs_f64()
     );
-    if quick {
+    if opts.quick {
         report.check_complete()?;
     }
     Ok(())

@@ -7,7 +7,9 @@
 //! `client`, plus one filler rule per (peer address, port) pair that no
 //! benchmark traffic uses; `flood` may send nothing. A policy of N rules
 //! has N - 3 fillers. The TEST_RUN policy adds ICMP timestamp rules (see
-//! `progrun.rs`), IPv6 fillers and 1,000 remote endpoints.
+//! `progrun.rs`), IPv6 fillers and 1,000 remote endpoints; the comparison
+//! with an earlier eBPF object (`compare.rs`) adds to it UDP and echo rules
+//! from `client` and from the remote endpoints.
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -19,6 +21,9 @@ pub const LOAD_PORT: u16 = 7000;
 pub const DENIED_PORT: u16 = 7001;
 /// UDP port the flood is aimed at (nothing allows it).
 pub const FLOOD_PORT: u16 = 9;
+/// UDP port `server` accepts from `client` and the remote endpoints in the
+/// TEST_RUN policy.
+pub const UDP_PORT: u16 = 7002;
 
 /// A routed endpoint: container `.2` and host `.1` of `10.78.K.0/24` and
 /// `fd00:78:K::/64`.
@@ -61,6 +66,14 @@ pub const FLOOD: Ep = Ep {
 };
 pub const ENDPOINTS: [Ep; 3] = [CLIENT, SERVER, FLOOD];
 
+/// The addresses of remote endpoint `i` (group `fleet`, on another node).
+pub fn remote_endpoint(i: u32) -> (Ipv4Addr, Ipv6Addr) {
+    (
+        Ipv4Addr::from(0x0ac9_0000u32 + i),
+        Ipv6Addr::new(0xfd00, 0x201, 0, 0, 0, 0, 0, (i + 1) as u16),
+    )
+}
+
 /// Rules every policy has besides the fillers.
 pub const BASE_RULES: usize = 3;
 
@@ -96,6 +109,8 @@ pub struct Spec {
     pub remote_endpoints: usize,
     /// Extra rules and settings of the TEST_RUN policy.
     pub test_run: bool,
+    /// With `test_run`: the comparison's UDP and echo rules.
+    pub compare: bool,
     /// `server` also accepts any TCP connection from this CIDR (the hook
     /// benchmark's remote host).
     pub allow_from: Option<String>,
@@ -108,12 +123,18 @@ impl Spec {
             fillers: Fillers::V4,
             remote_endpoints: 0,
             test_run: false,
+            compare: false,
             allow_from: None,
         }
     }
 
     fn base_rules(&self) -> usize {
-        BASE_RULES + if self.test_run { 4 } else { 0 } + usize::from(self.allow_from.is_some())
+        let compare = match (self.test_run && self.compare, self.remote_endpoints > 0) {
+            (false, _) => 0,
+            (true, false) => 6,
+            (true, true) => 10,
+        };
+        BASE_RULES + if self.test_run { 4 } else { 0 } + compare + usize::from(self.allow_from.is_some())
     }
 
     pub fn filler_count(&self) -> usize {
@@ -129,6 +150,11 @@ pub fn hostwall_yaml(spec: &Spec) -> String {
         y.push_str("      - {proto: icmp, icmp: {type: 13}, to: [{group: server}]}\n");
         y.push_str("      - {proto: icmpv6, icmp: {type: 139}, to: [{group: server}]}\n");
     }
+    if spec.test_run && spec.compare {
+        y.push_str("      - {proto: udp, to: [{group: server}]}\n");
+        y.push_str("      - {proto: icmp, icmp: {type: 8}, to: [{group: server}]}\n");
+        y.push_str("      - {proto: icmpv6, icmp: {type: 128}, to: [{group: server}]}\n");
+    }
     y.push_str("  server:\n    ingress:\n");
     let _ = writeln!(
         y,
@@ -141,6 +167,24 @@ pub fn hostwall_yaml(spec: &Spec) -> String {
     if spec.test_run {
         y.push_str("      - {proto: icmp, icmp: {type: 13}, from: [{group: client}]}\n");
         y.push_str("      - {proto: icmpv6, icmp: {type: 139}, from: [{group: client}]}\n");
+    }
+    if spec.test_run && spec.compare {
+        let _ = writeln!(
+            y,
+            "      - {{proto: udp, ports: {UDP_PORT}, from: [{{group: client}}]}}"
+        );
+        y.push_str("      - {proto: icmp, icmp: {type: 8}, from: [{group: client}]}\n");
+        y.push_str("      - {proto: icmpv6, icmp: {type: 128}, from: [{group: client}]}\n");
+        if spec.remote_endpoints > 0 {
+            for rule in [
+                format!("{{proto: tcp, ports: {LOAD_PORT}"),
+                format!("{{proto: udp, ports: {UDP_PORT}"),
+                "{proto: icmp, icmp: {type: 8}".into(),
+                "{proto: icmpv6, icmp: {type: 128}".into(),
+            ] {
+                let _ = writeln!(y, "      - {rule}, from: [{{group: fleet}}]}}");
+            }
+        }
     }
     if let Some(cidr) = &spec.allow_from {
         let _ = writeln!(y, "      - {{proto: tcp, from: [{{cidr: \"{cidr}\"}}]}}");
@@ -166,11 +210,10 @@ pub fn hostwall_yaml(spec: &Spec) -> String {
         );
     }
     for i in 0..spec.remote_endpoints as u32 {
-        let a = Ipv4Addr::from(0x0ac9_0000u32 + i);
+        let (a4, a6) = remote_endpoint(i);
         let _ = writeln!(
             y,
-            "  - {{name: fleet-{i}, node: elsewhere, addresses: [\"{a}\", \"fd00:201::{:x}\"], groups: [fleet]}}",
-            i + 1
+            "  - {{name: fleet-{i}, node: elsewhere, addresses: [\"{a4}\", \"{a6}\"], groups: [fleet]}}"
         );
     }
     // The connection-rate test opens more flows than the default share of
@@ -263,6 +306,15 @@ mod tests {
                 fillers: Fillers::Mixed,
                 remote_endpoints: 20,
                 test_run: true,
+                compare: false,
+                allow_from: None,
+            },
+            Spec {
+                rules: 100,
+                fillers: Fillers::Mixed,
+                remote_endpoints: 20,
+                test_run: true,
+                compare: true,
                 allow_from: None,
             },
         ] {

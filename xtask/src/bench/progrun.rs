@@ -29,10 +29,12 @@ use hostwall_tests::hostwall::policy::parse_str;
 use super::Plan;
 use super::policy::{self, CLIENT, ENDPOINTS, Fillers, LOAD_PORT, SERVER, Spec};
 
-const TC_ACT_UNSPEC: u32 = u32::MAX;
+pub(super) const TC_ACT_UNSPEC: u32 = u32::MAX;
 const TC_ACT_SHOT: u32 = 2;
 /// Offset of `ifindex` in `struct __sk_buff` (include/uapi/linux/bpf.h).
 const SKB_IFINDEX_OFFSET: usize = 40;
+/// Offset of `ingress_ifindex`: the interface a packet entered the host by.
+const SKB_INGRESS_IFINDEX_OFFSET: usize = 36;
 const SKB_CTX_SIZE: usize = 192;
 
 pub const CASES: [&str; 4] = ["established", "new TCP flow", "new ICMP (untracked)", "denied"];
@@ -74,7 +76,10 @@ pub fn run(plan: &Plan) -> anyhow::Result<Results> {
         .map_err(|_| anyhow::anyhow!("the TEST_RUN thread panicked"))?
 }
 
-fn in_private_netns(plan: &Plan) -> anyhow::Result<Results> {
+/// Moves the calling thread into a network namespace of its own and
+/// creates the endpoints' interfaces there: the programs read `ifindex`
+/// from the skb, and BPF_PROG_TEST_RUN wants it to exist.
+pub(super) fn private_netns() -> anyhow::Result<()> {
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
     }
@@ -88,6 +93,11 @@ fn in_private_netns(plan: &Plan) -> anyhow::Result<Results> {
             bail!("creating {} in the TEST_RUN namespace", ep.iface);
         }
     }
+    Ok(())
+}
+
+fn in_private_netns(plan: &Plan) -> anyhow::Result<Results> {
+    private_netns()?;
     let mut out = Results {
         repeat: plan.progrun_repeat,
         rounds: plan.progrun_rounds,
@@ -101,6 +111,7 @@ fn in_private_netns(plan: &Plan) -> anyhow::Result<Results> {
             fillers: Fillers::Mixed,
             remote_endpoints: plan.remote_endpoints,
             test_run: true,
+            compare: false,
             allow_from: None,
         };
         let p = parse_str(&policy::hostwall_yaml(&spec), "bench.yaml")?;
@@ -165,14 +176,26 @@ fn in_private_netns(plan: &Plan) -> anyhow::Result<Results> {
     Ok(out)
 }
 
-fn run_once(dp: &Datapath, ifindex: u32, frame: &[u8], repeat: u32) -> anyhow::Result<(u32, f64)> {
+/// Runs the TC program `program` `repeat` times on `frame` as if it
+/// arrived on `ifindex`: (the last run's return value, mean ns per run).
+/// Runs `frame` `repeat` times through `program` on `ifindex`, as a packet
+/// that entered the host by `arrived_on` (0: from the host's own stack).
+pub(super) fn run_once(
+    dp: &Datapath,
+    program: &str,
+    ifindex: u32,
+    arrived_on: u32,
+    frame: &[u8],
+    repeat: u32,
+) -> anyhow::Result<(u32, f64)> {
     let prog: &SchedClassifier = dp
         .ebpf
-        .program(PROG_FROM_ENDPOINT)
-        .context("the TC program")?
+        .program(program)
+        .with_context(|| format!("the TC program {program}"))?
         .try_into()?;
     let mut ctx = [0u8; SKB_CTX_SIZE];
     ctx[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[SKB_INGRESS_IFINDEX_OFFSET..SKB_INGRESS_IFINDEX_OFFSET + 4].copy_from_slice(&arrived_on.to_ne_bytes());
     let mut opts = TestRunOptions::new();
     opts.data_in = Some(frame);
     opts.ctx_in = Some(&ctx);
@@ -183,7 +206,7 @@ fn run_once(dp: &Datapath, ifindex: u32, frame: &[u8], repeat: u32) -> anyhow::R
 
 /// Checks that the case takes the path it is meant to (passes or drops).
 fn expect(dp: &Datapath, ifindex: u32, frame: &[u8], pass: bool) -> anyhow::Result<()> {
-    let (ret, _) = run_once(dp, ifindex, frame, 1)?;
+    let (ret, _) = run_once(dp, PROG_FROM_ENDPOINT, ifindex, ifindex, frame, 1)?;
     let want = if pass { TC_ACT_UNSPEC } else { TC_ACT_SHOT };
     if ret != want {
         bail!("the program returned {ret} where the benchmark expects {want}");
@@ -193,12 +216,12 @@ fn expect(dp: &Datapath, ifindex: u32, frame: &[u8], pass: bool) -> anyhow::Resu
 
 /// Mean ns per run over `repeat` runs.
 fn measure(dp: &Datapath, ifindex: u32, frame: &[u8], repeat: u32) -> anyhow::Result<f64> {
-    let (_, ns) = run_once(dp, ifindex, frame, repeat)?;
+    let (_, ns) = run_once(dp, PROG_FROM_ENDPOINT, ifindex, ifindex, frame, repeat)?;
     Ok(ns)
 }
 
 /// Ethernet frames (checksums zero: the programs never verify them).
-mod frame {
+pub(super) mod frame {
     use std::net::IpAddr;
 
     pub const SYN: u8 = 0x02;
@@ -235,9 +258,27 @@ mod frame {
         wrap(src, dst, 6, &h)
     }
 
+    pub fn udp(src: IpAddr, dst: IpAddr, sport: u16, dport: u16) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&sport.to_be_bytes());
+        h.extend_from_slice(&dport.to_be_bytes());
+        h.extend_from_slice(&28u16.to_be_bytes());
+        h.extend_from_slice(&[0; 2 + 20]);
+        wrap(src, dst, 17, &h)
+    }
+
     pub fn icmp(src: IpAddr, dst: IpAddr, ty: u8) -> Vec<u8> {
+        icmp_id(src, dst, ty, 0x1234)
+    }
+
+    /// An ICMP or ICMPv6 message of type `ty` with identifier `id` (the
+    /// identifier of an echo request or reply).
+    pub fn icmp_id(src: IpAddr, dst: IpAddr, ty: u8, id: u16) -> Vec<u8> {
         let proto = if src.is_ipv4() { 1 } else { 58 };
-        let mut h = vec![ty, 0, 0, 0, 0x12, 0x34, 0, 1];
+        let mut h = vec![ty, 0];
+        h.extend_from_slice(&[0, 0]);
+        h.extend_from_slice(&id.to_be_bytes());
+        h.extend_from_slice(&[0, 1]);
         h.extend_from_slice(&[0; 12]);
         wrap(src, dst, proto, &h)
     }
