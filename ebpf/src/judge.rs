@@ -275,7 +275,7 @@ fn try_judge(
 /// endpoint (it reports on a packet it received). From the host's stack or
 /// the uplink, `q` must have been sent by a local endpoint (the one this
 /// interface serves) to a party reached that way: not a local endpoint, and
-/// on the uplink not the host either.
+/// the host only when the error comes from the host.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn related(
@@ -314,7 +314,8 @@ fn related(
         if hook == Hook::ToEndpoint && q_src.local_endpoint != endpoint.endpoint {
             return false;
         }
-        if hook == Hook::Uplink && q_dst.flags & PEER_HOST != 0 {
+        // Only the host's own stack reports on a packet sent to the host.
+        if q_dst.flags & PEER_HOST != 0 && (hook == Hook::Uplink || peers.src(pkt).flags & PEER_HOST == 0) {
             return false;
         }
     }

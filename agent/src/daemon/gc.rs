@@ -1,7 +1,8 @@
 //! Conntrack housekeeping: expired flows are removed and every endpoint's
 //! flow counts (flows it opened, flows opened towards it) are recounted, so
-//! the per-endpoint caps stay exact despite LRU evictions the programs
-//! cannot see.
+//! the per-endpoint caps follow LRU evictions the programs cannot see. A
+//! flow made while the table is walked is counted once at least (a count
+//! may err high until the next recount, never low).
 
 use std::collections::HashMap as StdHashMap;
 
@@ -17,6 +18,7 @@ impl Agent {
         let now = monotonic_ns();
         let settings = self.compiled.settings;
         let ebpf = &mut self.datapath.ebpf;
+        let before: Vec<StdHashMap<u32, u32>> = Table::ALL.iter().map(|t| conntrack::counts(ebpf, *t)).collect();
         let mut counts: StdHashMap<Table, StdHashMap<u32, u32>> = StdHashMap::new();
         let mut expired = Vec::new();
         for f in conntrack::flows(ebpf) {
@@ -27,8 +29,8 @@ impl Agent {
             }
         }
         let removed = conntrack::remove(ebpf, &expired);
-        for t in Table::ALL {
-            conntrack::set_counts(ebpf, t, &counts.remove(&t).unwrap_or_default());
+        for (t, before) in Table::ALL.iter().zip(&before) {
+            conntrack::set_counts(ebpf, *t, before, &counts.remove(t).unwrap_or_default());
         }
         removed
     }

@@ -120,22 +120,47 @@ pub fn contains(ebpf: &Ebpf, t: Table, key: &CtKey) -> bool {
     table(ebpf, t).is_some_and(|m| m.get(key, 0).is_ok())
 }
 
-/// Sets the per-owner counts of `t` to `counts` (owners not in it are
-/// removed).
-pub fn set_counts(ebpf: &mut Ebpf, t: Table, counts: &std::collections::HashMap<u32, u32>) {
+/// The per-owner counts of `t` as the programs keep them.
+pub fn counts(ebpf: &Ebpf, t: Table) -> std::collections::HashMap<u32, u32> {
+    let Some(map) = ebpf.map(t.count_map()) else {
+        return Default::default();
+    };
+    let Ok(m) = HashMap::<&MapData, u32, u32>::try_from(map) else {
+        return Default::default();
+    };
+    m.iter().filter_map(Result::ok).collect()
+}
+
+/// Sets the per-owner counts of `t` to `counted` (the flows found in the
+/// table), plus whatever the programs added since `before` was read: flows
+/// made while the table was being walked may or may not have been found,
+/// so a count errs high until the next recount, never low. Owners with
+/// nothing are removed.
+pub fn set_counts(
+    ebpf: &mut Ebpf,
+    t: Table,
+    before: &std::collections::HashMap<u32, u32>,
+    counted: &std::collections::HashMap<u32, u32>,
+) {
+    let now = counts(ebpf, t);
     let Some(map) = ebpf.map_mut(t.count_map()) else {
         return;
     };
     let Ok(mut m) = HashMap::<&mut MapData, u32, u32>::try_from(map) else {
         return;
     };
-    let known: Vec<u32> = m.keys().filter_map(Result::ok).collect();
-    for owner in known {
-        if !counts.contains_key(&owner) {
+    let owners: std::collections::BTreeSet<u32> = now.keys().chain(counted.keys()).copied().collect();
+    for owner in owners {
+        let added = now
+            .get(&owner)
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(before.get(&owner).copied().unwrap_or(0));
+        let n = counted.get(&owner).copied().unwrap_or(0).saturating_add(added);
+        if n == 0 {
             let _ = m.remove(&owner);
+        } else {
+            let _ = m.insert(&owner, &n, 0);
         }
-    }
-    for (owner, n) in counts {
-        let _ = m.insert(owner, n, 0);
     }
 }

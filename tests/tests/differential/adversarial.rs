@@ -93,13 +93,14 @@ impl Party {
     }
 }
 
-/// The hooks a packet from `from` to `to` meets, in order.
-fn hooks(from: Party, to: Party) -> Vec<At> {
+/// The hooks a packet from `from` to `to` meets, in order (`uplink`: the
+/// agent filters the uplink).
+fn hooks(from: Party, to: Party, uplink: bool) -> Vec<At> {
     let mut out = Vec::new();
     if let Party::Local(i) = from {
         out.push(At::From(POOL[i].to_string()));
     }
-    if from.behind_uplink() {
+    if from.behind_uplink() && uplink {
         out.push(At::Uplink);
     }
     if let Party::Local(j) = to {
@@ -156,6 +157,9 @@ struct Case {
     host: Vec<IpAddr>,
     window: Window_,
     short_timeouts: bool,
+    /// The agent filters the uplink (else remote packets meet only the
+    /// receiver's interface).
+    uplink: bool,
 }
 
 const PORTS: [u16; 5] = [22, 80, 443, 1500, 5000];
@@ -252,6 +256,7 @@ impl Case {
     fn generate(seed: u64, index: u64) -> (Case, Rng) {
         let mut rng = Rng::new(seed, index);
         let (yaml, window, short_timeouts) = policy_yaml(&mut rng);
+        let uplink = rng.chance(75);
         let policy = parse_str(&yaml, "adversarial.yaml").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let host = vec![Party::Host.addr(false), Party::Host.addr(true)];
         (
@@ -260,6 +265,7 @@ impl Case {
                 host,
                 window,
                 short_timeouts,
+                uplink,
             },
             rng,
         )
@@ -421,7 +427,7 @@ impl Sequence {
                     2 => rng.pick(&[Party::Local(0), Party::Local(1), Party::Local(2), Party::Host]),
                     _ => pair(rng).0,
                 };
-                if from == to || hooks(from, to).is_empty() {
+                if from == to || hooks(from, to, true).is_empty() {
                     return self.fresh(rng, v6);
                 }
                 let (proto, ty, code) = if v6 {
@@ -595,7 +601,7 @@ fn run_case(f: &mut Fixture, seed: u64, index: u64, steps: usize, tally: &mut Ta
             done += 1;
             tally.steps += 1;
             let mut noted = crate::model::Notes::default();
-            for at in hooks(from, to) {
+            for at in hooks(from, to, case.uplink) {
                 let pkt = Packet { at, ..pkt.clone() };
                 let start = Instant::now();
                 let observed = f.run(pkt.at.hook(), &pkt.frame());
@@ -638,12 +644,13 @@ fn run_case(f: &mut Fixture, seed: u64, index: u64, steps: usize, tally: &mut Ta
                             .rev()
                             .collect();
                         return vec![format!(
-                            "case {index} of seed {seed:#x} (again: HOSTWALL_DIFF_SEED={seed:#x} HOSTWALL_ADVERSARIAL_CASE={index}), step {done}:\n  {}\n  datapath: {observed:?}, model: {:?} by {:?} (reference: {:?})\n  window: {:?}\n  the last hooks run:\n    {}\n  policy:\n{}",
+                            "case {index} of seed {seed:#x} (again: HOSTWALL_DIFF_SEED={seed:#x} HOSTWALL_ADVERSARIAL_CASE={index}), step {done}:\n  {}\n  datapath: {observed:?}, model: {:?} by {:?} (reference: {:?})\n  window: {:?}, uplink filtered: {}\n  the last hooks run:\n    {}\n  policy:\n{}",
                             pkt_source(&pkt),
                             j.expect,
                             j.step,
                             j.verdict.map(|v| v.denied),
                             case.window,
+                            case.uplink,
                             tail.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n    "),
                             to_yaml(&case.policy)
                         )];

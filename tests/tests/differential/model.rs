@@ -386,7 +386,10 @@ impl<'a> Model<'a> {
                     At::To(iface) => name(q.src) == Some(self.endpoint_at(iface).name.as_str()),
                     _ => name(q.src).is_some(),
                 };
-                let far_ok = name(q.dst).is_none() && (pkt.at != At::Uplink || !self.host.contains(&q.dst));
+                // The host is reached that way, but only the host's own stack
+                // reports on packets to it.
+                let far_ok = name(q.dst).is_none()
+                    && (!self.host.contains(&q.dst) || (pkt.at != At::Uplink && self.host.contains(&pkt.src)));
                 sender_ok && far_ok
             }
         }

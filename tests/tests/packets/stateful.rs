@@ -438,6 +438,12 @@ fn icmp_errors_come_only_from_a_party_of_their_flow() {
                     Drop(DropReason::IcmpErrorUntracked),
                 ),
                 (
+                    name(&n, "a remote host reports on b's flow to the host (no uplink filter)"),
+                    To("hw-b"),
+                    n.unreachable(n.router, n.b, b_to_host.clone()),
+                    Drop(DropReason::IcmpErrorUntracked),
+                ),
+                (
                     name(&n, "the uplink sends b's error to a"),
                     Uplink,
                     n.unreachable(n.router, n.a, b_to_outside.clone()),
