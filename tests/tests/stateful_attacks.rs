@@ -30,6 +30,7 @@ use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -767,6 +768,183 @@ enum Origin {
     Host,
     /// The other host, through the uplink (the agent runs its XDP filter).
     Uplink,
+}
+
+// ---------------------------------------------------------------------------
+// 4. Flows carried over from layout 1
+
+/// An agent of this build that finds the pins of layout 1 carries their
+/// tracked flows over, each under its canonical key in the table it belongs
+/// to (SECURITY.md 2, "older entries"): the flows go on in both directions
+/// although no rule allows them any more, and the new checks hold for them
+/// (a SYN against a carried flow opens nothing).
+#[test]
+fn flows_of_layout_1_are_carried_over_and_checked() {
+    let lab = Lab::new(Origin::Host, &[("v", 21)]);
+    let v = lab.container("v");
+    let host = lab.host.addrs()[0];
+    let vip = v.addrs()[0];
+    // v has no rules: nothing passes but tracked flows.
+    let policy = format!("version: 1\ngroups: {{}}\nendpoints:\n{}", lab.endpoint("v", ""));
+    let mut agent = lab.start_agent(&policy);
+    agent.stop().expect("stopping the agent");
+    agent.uninstall().expect("removing this build's layout");
+
+    // Layout 1's conntrack map, as that build left it: one table, each flow
+    // under the tuple of the packet that made it.
+    let maps = agent.bpffs().join("v1").join("maps");
+    std::fs::create_dir_all(&maps).expect("creating layout 1's directory");
+    let map = maps.join("HW_CONNTRACK");
+    let map_path = map.to_str().expect("a UTF-8 path");
+    run(Command::new("bpftool").args([
+        "map",
+        "create",
+        map_path,
+        "type",
+        "lru_hash",
+        "key",
+        "40",
+        "value",
+        "24",
+        "entries",
+        "4096",
+        "name",
+        "HW_CONNTRACK",
+    ]))
+    .expect("creating layout 1's HW_CONNTRACK with bpftool");
+    // CT_SEEN_REPLY = 1, CT_ORIG_LOCAL = 4, CT_REPLY_LOCAL = 8.
+    let old = [
+        // The host opened udp 5000 -> v:9000.
+        (host, 5000, vip, 9000, 17u8, 1 | 8),
+        // v opened udp 6000 -> the host's 7000.
+        (vip, 6000, host, 7000, 17, 1 | 4),
+        // The host opened tcp 8000 -> v:22.
+        (host, 8000, vip, 22, 6, 1 | 8),
+    ];
+    let now = monotonic_ns();
+    for (src, sport, dst, dport, proto, flags) in old {
+        run(Command::new("bpftool")
+            .args(["map", "update", "pinned", map_path, "key", "hex"])
+            .args(ct_key_hex(src, sport, dst, dport, proto))
+            .args(["value", "hex"])
+            .args(ct_entry_hex(now, flags)))
+        .expect("writing a layout 1 flow with bpftool");
+    }
+
+    agent.restart().expect("starting this build over layout 1");
+    assert!(
+        !agent.bpffs().join("v1").exists(),
+        "layout 1 is still pinned after the upgrade"
+    );
+    let flows = conntrack_flows(&agent, &[]);
+    let listed = |src: IpAddr, sport: u16, dst: IpAddr, dport: u16, table: &str| {
+        flows.iter().any(|f| {
+            f["src"].as_str() == Some(&src.to_string())
+                && f["sport"].as_u64() == Some(sport.into())
+                && f["dst"].as_str() == Some(&dst.to_string())
+                && f["dport"].as_u64() == Some(dport.into())
+                && f["table"].as_str() == Some(table)
+        })
+    };
+    assert!(
+        listed(host, 5000, vip, 9000, "inbound"),
+        "the host's flow to v is not listed as opened towards v: {flows:?}"
+    );
+    assert!(
+        listed(vip, 6000, host, 7000, "opened"),
+        "v's flow to the host is not listed as opened by v: {flows:?}"
+    );
+
+    // Both carried UDP flows go on, both ways; the same ports otherwise
+    // are denied.
+    let v9000 = udp_bind(v.ns(), 9000);
+    let h5000 = udp_connect(lab.host.ns(), host, SocketAddr::new(vip, 9000));
+    let h5000_port = h5000.local_addr().expect("the host's socket").port();
+    assert_ne!(h5000_port, 5000, "an ephemeral port for the denied control");
+    let host5000 = in_netns(lab.host.ns(), || {
+        let s = UdpSocket::bind(SocketAddr::new(host, 5000))?;
+        s.connect(SocketAddr::new(vip, 9000))?;
+        Ok(s)
+    })
+    .expect("the host's udp/5000");
+    roundtrip(&host5000, &v9000).expect("the carried flow host:5000 -> v:9000 and its reply");
+    let before = agent.stats().expect("reading counters");
+    h5000.send(b"hostwall-ping").expect("sending from another port");
+    let delta = stats_until(&agent, &before, |d| d.dropped(DropReason::IngressDenied) >= 1);
+    assert!(
+        delta.dropped(DropReason::IngressDenied) >= 1,
+        "control: the host's datagram from another port was not denied; counters since: {delta}"
+    );
+    let h7000 = udp_bind(lab.host.ns(), 7000);
+    let v6000 = in_netns(v.ns(), || {
+        let s = UdpSocket::bind(SocketAddr::new(vip, 6000))?;
+        s.connect(SocketAddr::new(host, 7000))?;
+        Ok(s)
+    })
+    .expect("v's udp/6000");
+    roundtrip(&v6000, &h7000).expect("the carried flow v:6000 -> host:7000 and its reply");
+
+    // v's SYN against the host's carried TCP flow opens nothing; its ACK
+    // is a reply.
+    let attacker = Attacker {
+        label: "v".into(),
+        ns: v.ns(),
+        iface: "eth0",
+        addrs: v.addrs(),
+        gateway_mac: Some(mac_of(lab.host.ns(), BRIDGE)),
+    };
+    let before = agent.stats().expect("reading counters");
+    attacker.send(v, &format!("ipv4 tcp {vip} {host} 22 8000 S"));
+    let delta = stats_until(&agent, &before, |d| d.dropped(DropReason::EgressDenied) >= 1);
+    assert!(
+        delta.dropped(DropReason::EgressDenied) >= 1,
+        "v's SYN against the carried flow was not judged by v's egress; counters since: {delta}"
+    );
+    let before = agent.stats().expect("reading counters");
+    attacker.send(v, &format!("ipv4 tcp {vip} {host} 22 8000 A"));
+    let delta = stats_until(&agent, &before, |d| d.passed(PassReason::Reply) >= 1);
+    assert!(
+        delta.passed(PassReason::Reply) >= 1,
+        "v's ACK on the carried flow did not pass as a reply; counters since: {delta}"
+    );
+}
+
+/// Layout 1's `CtKey` as bpftool's hex bytes (native byte order).
+fn ct_key_hex(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, proto: u8) -> Vec<String> {
+    let addr = |a: IpAddr| -> [u8; 16] {
+        match a {
+            IpAddr::V4(v4) => {
+                let mut b = [0; 16];
+                b[..4].copy_from_slice(&v4.octets());
+                b
+            }
+            IpAddr::V6(v6) => v6.octets(),
+        }
+    };
+    let mut k = Vec::with_capacity(40);
+    k.extend_from_slice(&addr(src));
+    k.extend_from_slice(&addr(dst));
+    k.extend_from_slice(&sport.to_ne_bytes());
+    k.extend_from_slice(&dport.to_ne_bytes());
+    k.extend_from_slice(&[proto, if src.is_ipv4() { 4 } else { 6 }, 0, 0]);
+    k.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Layout 1's `CtEntry`: seen at `last_seen_ns`, with `flags`, no rules,
+/// no owner.
+fn ct_entry_hex(last_seen_ns: u64, flags: u32) -> Vec<String> {
+    let mut v = Vec::with_capacity(24);
+    v.extend_from_slice(&last_seen_ns.to_ne_bytes());
+    v.extend_from_slice(&flags.to_ne_bytes());
+    v.extend_from_slice(&[0; 12]);
+    v.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `CLOCK_MONOTONIC` in ns, the programs' clock.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 const FAMILY: [&str; 2] = ["IPv4", "IPv6"];
