@@ -20,6 +20,9 @@
 //!    flood of new flows beyond the budget it is charged to is dropped as
 //!    `conntrack-endpoint-full`, and the victim's own new connections still
 //!    get through.
+//! 4. Flows an agent of layout 1 left behind are carried over: they go on
+//!    both ways, in the table they belong to, and a SYN against one opens
+//!    nothing.
 //!
 //! The victim's side is read as a user would read it: a capture on the
 //! victim's eth0 and the victim's own sockets, opened inside its namespace.
