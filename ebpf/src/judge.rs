@@ -18,7 +18,8 @@
 //!    sent towards them; and they go to the quoted packet's sender. Any
 //!    other error is judged by the rules (step 6).
 //! 5. Conntrack: a packet of a tracked, unexpired flow passes, in either
-//!    direction, except that a packet which can only open a flow (TCP SYN
+//!    direction (a flow is kept under its canonical key: one lookup per
+//!    table), except that a packet which can only open a flow (TCP SYN
 //!    without ACK, SCTP INIT) is never a reply: it goes on to the rules.
 //! 6. Rules: the sender's egress rules (when the sender is a local
 //!    endpoint) and the receiver's ingress rules (when the receiver is a
