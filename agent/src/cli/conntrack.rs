@@ -49,15 +49,26 @@ pub fn run(ctx: &super::Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
             let v = ctx.call("GET", "/v1/conntrack", &query(&f), None)?;
             ctx.print(&v, |v| {
                 println!(
-                    "{:<6} {:<42} {:<42} {:<6} {:>6}",
-                    "PROTO", "SOURCE", "DESTINATION", "REPLY", "IDLE"
+                    "{:<6} {:<42} {:<42} {:<6} {:<8} {:>6}",
+                    "PROTO", "SOURCE", "DESTINATION", "REPLY", "TABLE", "IDLE"
                 );
                 for fl in v["flows"].as_array().into_iter().flatten() {
                     let src = format!("{}:{}", fl["src"].as_str().unwrap_or(""), fl["sport"]);
                     let dst = format!("{}:{}", fl["dst"].as_str().unwrap_or(""), fl["dport"]);
+                    // Mid-stream entries are marked: their allowed side has
+                    // not been seen opening them.
+                    let table = format!(
+                        "{}{}",
+                        fl["table"].as_str().unwrap_or(""),
+                        if fl["midstream"].as_bool() == Some(true) {
+                            "*"
+                        } else {
+                            ""
+                        }
+                    );
                     println!(
-                        "{:<6} {:<42} {:<42} {:<6} {:>5}s",
-                        fl["proto"], src, dst, fl["seen_reply"], fl["idle_seconds"]
+                        "{:<6} {:<42} {:<42} {:<6} {:<8} {:>5}s",
+                        fl["proto"], src, dst, fl["seen_reply"], table, fl["idle_seconds"]
                     );
                 }
             });

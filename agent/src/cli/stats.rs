@@ -49,10 +49,10 @@ pub fn run(ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
                 n(&r["bytes"])
             );
         }
-        let ct = &v["conntrack"];
+        let (ct, inbound) = (&v["conntrack"], &v["inbound"]);
         println!(
-            "\nconntrack: {} of {} entries, {} flows inserted",
-            ct["entries"], ct["capacity"], ct["inserted"]
+            "\nconntrack: flows endpoints opened {} of {} entries, {} inserted; flows opened towards them {} of {}, {} inserted",
+            ct["entries"], ct["capacity"], ct["inserted"], inbound["entries"], inbound["capacity"], inbound["inserted"]
         );
     });
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,6 @@
 //! `GET /v1/stats`: per-rule counters (and rules that never matched),
-//! drops and passes by reason, conntrack totals.
+//! drops and passes by reason, totals of both conntrack tables (`conntrack`:
+//! flows endpoints opened, `inbound`: flows opened towards them).
 
 use serde_json::{Value, json};
 
@@ -32,6 +33,7 @@ pub fn get(agent: &mut Agent) -> Reply {
             "drops": s.drops,
             "passes": s.passes,
             "conntrack": s.conntrack,
+            "inbound": s.inbound,
         }),
     )
 }
