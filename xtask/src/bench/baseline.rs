@@ -64,6 +64,11 @@ fn git(root: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// Whether `rev` names a commit this repository has.
+pub fn available(root: &Path, rev: &str) -> bool {
+    git(root, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]).is_ok()
+}
+
 /// The eBPF object of `rev`, built on first use.
 pub fn object(root: &Path, rev: &str) -> anyhow::Result<Object> {
     let commit = git(

@@ -211,7 +211,18 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
     let tools = || tools.as_ref().context("the release binaries were not built");
     // Built (or found in its cache) before anything is timed.
     let mut baseline_object = if plan.sections.contains(&Section::Baseline) {
-        Some(baseline::object(root, &plan.baseline)?)
+        if plan.quick && !baseline::available(root, &plan.baseline) {
+            // A shallow clone has no older revisions: the quick run only
+            // checks that the benchmark works, and says what it left out.
+            println!(
+                "bench: {} is not in this clone's history; the comparison with it is left out of the quick run",
+                plan.baseline
+            );
+            plan.sections.retain(|s| *s != Section::Baseline);
+            None
+        } else {
+            Some(baseline::object(root, &plan.baseline)?)
+        }
     } else {
         None
     };
