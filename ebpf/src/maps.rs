@@ -88,8 +88,8 @@ pub static DROPS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DROP_REAS
 #[map(name = "HW_PASSES")]
 pub static PASSES: PerCpuArray<Counter> = PerCpuArray::with_max_entries(PASS_REASON_SLOTS, 0);
 
-/// Flows inserted into `HW_CONNTRACK` ([0]); with the table's live entry
-/// count this gives the number of LRU evictions.
+/// Flows inserted into `HW_CONNTRACK` ([0]) and `HW_CT_INBOUND` ([1]);
+/// with a table's live entry count this gives its LRU evictions.
 #[map(name = "HW_CT_EVENTS")]
 pub static CT_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
