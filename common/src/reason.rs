@@ -114,7 +114,9 @@ pub enum PassReason {
     Neighbour = 5,
     /// A non-first fragment of a datagram whose first fragment passed.
     Fragment = 6,
-    /// Uplink traffic not addressed to a local endpoint (XDP only).
+    /// Uplink traffic the uplink filter leaves to the receiver's own
+    /// interface: not addressed to a local endpoint, malformed, or an ICMP
+    /// error (XDP only).
     NotForEndpoint = 7,
 }
 

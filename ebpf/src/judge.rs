@@ -16,7 +16,8 @@
 //!    a party of it: an endpoint reporting on a packet addressed to it, or
 //!    the host's stack or the uplink reporting on a packet a local endpoint
 //!    sent towards them; and they go to the quoted packet's sender. Any
-//!    other error is judged by the rules (step 6).
+//!    other error is judged by the rules (step 6), never tracked. The uplink
+//!    leaves ICMP errors to the receiver's interface.
 //! 5. Conntrack: a packet of a tracked, unexpired flow passes, in either
 //!    direction (a flow is kept under its canonical key: one lookup per
 //!    table), except that a packet which can only open a flow (TCP SYN
@@ -156,6 +157,7 @@ fn try_judge(
         Some(s) => *s,
         None => return Err(DropReason::NoEndpoint),
     };
+    let settings = &settings;
 
     // 3. Fragments.
     if pkt.fragment == Fragment::Later {
@@ -179,20 +181,41 @@ fn try_judge(
         // runs against that key's order.
         let mut key = flow_key(&pkt);
         let flipped = key.canonicalize();
-        let icmp_error = parse::is_icmp_error(pkt.proto, pkt.icmp_type);
-        if icmp_error {
-            // 4. ICMP errors.
-            if related(hook, &endpoint, &mut peers, data, data_end, &pkt, &settings, now) {
+        if parse::is_icmp_error(pkt.proto, pkt.icmp_type) {
+            // 4. ICMP errors. The uplink filter leaves them to the
+            // receiver's interface, which judges them whole: they are few,
+            // and judging them twice would cost the XDP program more than
+            // the verifier allows on older kernels.
+            if hook == Hook::Uplink {
+                return Ok(PassReason::NotForEndpoint);
+            }
+            if related(hook, &endpoint, &mut peers, data, data_end, &pkt, settings, now) {
                 break 'flow PassReason::Related;
             }
-        } else if let Some(found) = ct_lookup(hook, &pkt, &key, flipped, arrived_on, &settings, now) {
+            // 6. Any other error is judged by the rules like any ICMP
+            // packet; errors are never tracked.
+            let (rule_egress, rule_ingress, _) =
+                decide(hook, slot, &endpoint, &mut peers, &pkt).map_err(|_| DropReason::IcmpErrorUntracked)?;
+            let bytes = (data_end - data) as u64;
+            count_rule(rule_egress, bytes);
+            count_rule(rule_ingress, bytes);
+            break 'flow PassReason::NewAllowed;
+        } else {
             // 5. Conntrack.
-            ct_touch(hook, found, &pkt, now, data_end - data);
-            break 'flow if found.reply {
-                PassReason::Reply
-            } else {
-                PassReason::Established
+            let lookup = Lookup {
+                hook,
+                pkt: &pkt,
+                key: &key,
+                flipped,
+                settings,
+                now,
+                len: data_end - data,
             };
+            match ct_lookup(&lookup, arrived_on) {
+                Some(true) => break 'flow PassReason::Reply,
+                Some(false) => break 'flow PassReason::Established,
+                None => {}
+            }
         }
 
         // 6. Rules.
@@ -200,7 +223,6 @@ fn try_judge(
         let (rule_egress, rule_ingress, mut flags) = match decided {
             // The flow runs the packet's way.
             Ok((e, i, f)) => (e, i, f | if flipped { CT_FLIPPED } else { 0 }),
-            Err(_) if icmp_error => return Err(DropReason::IcmpErrorUntracked),
             Err(reason) => {
                 // 6d. Mid-stream: a TCP packet without SYN that the rules
                 // deny in its own direction may be the far side of a flow
@@ -222,7 +244,7 @@ fn try_judge(
                     src: peers.dst,
                     dst: peers.src,
                 };
-                match decide_reverse(slot, &mut rev_peers, &reversed_packet(&pkt)) {
+                match decide_reverse(hook, slot, &endpoint, &mut rev_peers, &reversed_packet(&pkt)) {
                     // The flow runs against the packet.
                     Some((e, i, f)) => (e, i, f | CT_MIDSTREAM | if flipped { 0 } else { CT_FLIPPED }),
                     None => return Err(reason),
@@ -242,7 +264,7 @@ fn try_judge(
             } else {
                 endpoint.endpoint
             };
-            if !reserve_flow(owner, inbound, &settings) {
+            if !reserve_flow(owner, inbound, settings) {
                 return Err(DropReason::ConntrackEndpointFull);
             }
             let entry = CtEntry {
@@ -324,58 +346,59 @@ fn related(
     live(&CONNTRACK, &q, settings, now).is_some() || live(&CT_INBOUND, &q, settings, now).is_some()
 }
 
-/// Where step 5 found a packet's flow.
-#[derive(Clone, Copy)]
-struct Found {
-    entry: *mut CtEntry,
-    /// The packet travels as the flow's replies.
-    reply: bool,
+/// What step 5 looks a packet's flow up by.
+struct Lookup<'a> {
+    hook: Hook,
+    pkt: &'a Packet,
+    /// The packet's canonical key, and whether the packet runs against its
+    /// order.
+    key: &'a CtKey,
+    flipped: bool,
+    settings: &'a Settings,
+    now: u64,
+    len: usize,
 }
 
-/// Step 5: the tracked flow of a packet, `key` being its canonical key and
-/// `flipped` whether the packet runs against that key's order. One lookup
-/// per table, the likelier table first: an endpoint's own flows are in
-/// `HW_CONNTRACK`, flows opened towards it in `HW_CT_INBOUND`. At an
-/// endpoint's interface a packet that entered the host elsewhere than the
-/// uplink or the host's own stack most likely comes from another local
-/// endpoint (`arrived_on` is a hint: both tables are looked in).
+/// Step 5: the tracked flow of a packet, touched; whether the packet is one
+/// of its replies. One lookup per table, the likelier table first: an
+/// endpoint's own flows are in `HW_CONNTRACK`, flows opened towards it in
+/// `HW_CT_INBOUND`. At an endpoint's interface a packet that entered the
+/// host elsewhere than the uplink or the host's own stack most likely comes
+/// from another local endpoint (`arrived_on` is a hint: both tables are
+/// looked in). Each table's entry is used where it is found, so that the
+/// verifier never follows one path for entries of both maps.
 #[inline(always)]
-fn ct_lookup(
-    hook: Hook,
-    pkt: &Packet,
-    key: &CtKey,
-    flipped: bool,
-    arrived_on: u32,
-    settings: &Settings,
-    now: u64,
-) -> Option<Found> {
-    let inbound_first = match hook {
+fn ct_lookup(l: &Lookup, arrived_on: u32) -> Option<bool> {
+    let inbound_first = match l.hook {
         Hook::FromEndpoint => false,
         Hook::ToEndpoint => arrived_on == 0 || Some(arrived_on) == UPLINK.get(0).copied(),
         Hook::Uplink => true,
     };
-    // ICMP is directional: an echo request is never a reply, an echo
-    // reply never anything else.
-    let echo_request = parse::is_echo_request(pkt.proto, pkt.icmp_type);
-    let echo_reply = parse::is_echo_reply(pkt.proto, pkt.icmp_type);
-    for inbound in [inbound_first, !inbound_first] {
-        let table = if inbound { &CT_INBOUND } else { &CONNTRACK };
-        let Some(entry) = live(table, key, settings, now) else {
-            continue;
-        };
-        let reply = flipped != (unsafe { (*entry).flags } & CT_FLIPPED != 0);
-        if (echo_request && reply) || (echo_reply && !reply) {
-            continue;
-        }
-        // A packet that can only open a flow never answers one: unless
-        // the other table holds its flow, it is judged by the rules as a
-        // new flow.
-        if reply && pkt.opens && !mutant(MUTANT_SYN_AS_REPLY) {
-            continue;
-        }
-        return Some(Found { entry, reply });
+    if inbound_first {
+        ct_match(&CT_INBOUND, l).or_else(|| ct_match(&CONNTRACK, l))
+    } else {
+        ct_match(&CONNTRACK, l).or_else(|| ct_match(&CT_INBOUND, l))
     }
-    None
+}
+
+/// Step 5 in one table.
+#[inline(always)]
+fn ct_match(table: &LruHashMap<CtKey, CtEntry>, l: &Lookup) -> Option<bool> {
+    let entry = live(table, l.key, l.settings, l.now)?;
+    let reply = l.flipped != (unsafe { (*entry).flags } & CT_FLIPPED != 0);
+    // ICMP is directional: an echo request is never a reply, an echo reply
+    // never anything else.
+    let (proto, ty) = (l.pkt.proto, l.pkt.icmp_type);
+    if (reply && parse::is_echo_request(proto, ty)) || (!reply && parse::is_echo_reply(proto, ty)) {
+        return None;
+    }
+    // A packet that can only open a flow never answers one: unless the
+    // other table holds its flow, it is judged by the rules as a new flow.
+    if reply && l.pkt.opens && !mutant(MUTANT_SYN_AS_REPLY) {
+        return None;
+    }
+    ct_touch(l.hook, entry, reply, l.pkt, l.now, l.len);
+    Some(reply)
 }
 
 /// Whether mid-stream packets may create entries now (step 6d).
@@ -440,10 +463,29 @@ fn decide(
     Ok((rule_egress, rule_ingress, flags))
 }
 
-/// Step 6d: the rules for `rev` (a packet reversed), judged as a new flow:
-/// the egress of its sender and the ingress of its receiver, where local.
+/// Step 6d: the rules for `rev` (a packet reversed), judged as a new flow.
+/// At an endpoint's interface and on the uplink the packet comes from
+/// outside towards a local endpoint, so the reverse flow runs from that
+/// endpoint to an outsider and its egress alone decides. From an endpoint,
+/// the reverse flow runs from the other party (its egress, where local) to
+/// this endpoint (its ingress).
 #[inline(always)]
-fn decide_reverse(slot: u32, peers: &mut Peers, rev: &Packet) -> Option<(u32, u32, u32)> {
+fn decide_reverse(
+    hook: Hook,
+    slot: u32,
+    endpoint: &EndpointInfo,
+    peers: &mut Peers,
+    rev: &Packet,
+) -> Option<(u32, u32, u32)> {
+    if hook != Hook::FromEndpoint {
+        let sender = if hook == Hook::Uplink {
+            peers.src(rev).local_policy
+        } else {
+            endpoint.policy
+        };
+        let rule_egress = policy(slot, sender, peers.dst(rev).class, DIR_EGRESS, rev)?;
+        return Some((rule_egress, 0, CT_ORIG_LOCAL));
+    }
     let src_info = peers.src(rev);
     if src_info.local_policy != 0 {
         let ep = EndpointInfo {
@@ -482,15 +524,26 @@ impl Peers {
     }
 }
 
-/// The same packet travelling the other way.
+/// The same packet travelling the other way, without its L4 offset: what
+/// the rules read of it. (Copying the offset would keep it live, and the
+/// verifier would walk the rules once for every offset the parser allows.)
 #[inline(always)]
 fn reversed_packet(pkt: &Packet) -> Packet {
-    let mut rev = *pkt;
-    rev.src = pkt.dst;
-    rev.dst = pkt.src;
-    rev.sport = pkt.dport;
-    rev.dport = pkt.sport;
-    rev
+    Packet {
+        family: pkt.family,
+        proto: pkt.proto,
+        src: pkt.dst,
+        dst: pkt.src,
+        sport: pkt.dport,
+        dport: pkt.sport,
+        icmp_type: pkt.icmp_type,
+        icmp_code: pkt.icmp_code,
+        tcp_flags: pkt.tcp_flags,
+        opens: pkt.opens,
+        fragment: pkt.fragment,
+        frag_id: pkt.frag_id,
+        l4_off: 0,
+    }
 }
 
 /// Neighbour discovery and MLD (step 1 and 2 for ICMPv6). `Ok(None)` means
@@ -732,14 +785,14 @@ fn live(table: &LruHashMap<CtKey, CtEntry>, key: &CtKey, settings: &Settings, no
 }
 
 #[inline(always)]
-fn ct_touch(hook: Hook, found: Found, pkt: &Packet, now: u64, len: usize) {
-    let e = unsafe { &mut *found.entry };
+fn ct_touch(hook: Hook, entry: *mut CtEntry, reply: bool, pkt: &Packet, now: u64, len: usize) {
+    let e = unsafe { &mut *entry };
     e.last_seen_ns = now;
     let mut flags = e.flags;
     // Both directions seen: a reply, or for a mid-stream entry (made by a
     // reply) a packet of the allowed direction. The established timeouts
     // apply from then on.
-    if found.reply != (flags & CT_MIDSTREAM != 0) {
+    if reply != (flags & CT_MIDSTREAM != 0) {
         flags |= CT_SEEN_REPLY;
     }
     if pkt.proto == parse::IPPROTO_TCP && pkt.tcp_flags & (parse::TCP_FIN | parse::TCP_RST) != 0 {
@@ -753,7 +806,7 @@ fn ct_touch(hook: Hook, found: Found, pkt: &Packet, now: u64, len: usize) {
     let count = match hook {
         Hook::FromEndpoint => true,
         Hook::ToEndpoint => {
-            let sender_local = if found.reply { CT_REPLY_LOCAL } else { CT_ORIG_LOCAL };
+            let sender_local = if reply { CT_REPLY_LOCAL } else { CT_ORIG_LOCAL };
             flags & sender_local == 0
         }
         Hook::Uplink => false,

@@ -487,6 +487,19 @@ impl<'a> Model<'a> {
 
         let closing = Model::closing(pkt);
         let icmp_error = is_icmp_error(&pkt.l4);
+        // The uplink filter leaves ICMP errors to the receiver's interface.
+        if icmp_error && pkt.at == At::Uplink {
+            return (
+                judged(
+                    Expect::Pass(PassReason::NotForEndpoint),
+                    Step::Identity,
+                    None,
+                    false,
+                    notes,
+                ),
+                Update::default(),
+            );
+        }
         if icmp_error {
             // ICMP errors: related only from a party of a tracked flow.
             if let Some(q) = &pkt.quote {

@@ -627,8 +627,14 @@ fn icmp_errors_quoting_flows_never_tracked_are_dropped() {
             Drop(DropReason::IcmpErrorUntracked),
         ),
         (
-            "on the uplink",
+            "on the uplink: left to the receiver's interface",
             Uplink,
+            frame(OUTSIDE, WEB, icmp(3, 3, [0; 4], never(WEB, OUTSIDE, udp(7005, 53)))),
+            Pass(PassReason::NotForEndpoint),
+        ),
+        (
+            "  which drops it",
+            To("hw-web"),
             frame(OUTSIDE, WEB, icmp(3, 3, [0; 4], never(WEB, OUTSIDE, udp(7005, 53)))),
             Drop(DropReason::IcmpErrorUntracked),
         ),

@@ -66,7 +66,11 @@ fn git(root: &Path, args: &[&str]) -> anyhow::Result<String> {
 
 /// Whether `rev` names a commit this repository has.
 pub fn available(root: &Path, rev: &str) -> bool {
-    git(root, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")]).is_ok()
+    git(
+        root,
+        &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")],
+    )
+    .is_ok()
 }
 
 /// The eBPF object of `rev`, built on first use.
