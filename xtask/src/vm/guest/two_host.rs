@@ -6,7 +6,9 @@
 //! eth0 --node vm-X` on the shared control file `two-host.yaml`.
 //!
 //! The VMs keep in step with barriers over the link: at step N each serves
-//! TCP port 7000+N on its link address and waits until the other's answers.
+//! TCP port 7000+N on its link address and waits until the other's answers
+//! and the other has reached its own (so that neither leaves a step, or
+//! powers off after the last, while the other still waits for it).
 //! Each host takes one turn as the sender while the other counts what
 //! arrives, so the receiver's forwarding counters see only the sender's
 //! traffic:
@@ -109,13 +111,22 @@ impl Barriers<'_> {
             timeout: Some(Duration::from_secs(1)),
             ..Default::default()
         };
+        let server = self.servers.last().expect("this step's server");
+        let mut answered = false;
         loop {
-            if self.host.probe(Probe::Tcp(port), self.peer, &opts)? == hostwall_tests::Outcome::Echoed {
+            if !answered {
+                answered = self.host.probe(Probe::Tcp(port), self.peer, &opts)? == hostwall_tests::Outcome::Echoed;
+            }
+            // The other VM's probe of this step reached this VM's server
+            // (which notes it once the echo has left): it knows this VM is
+            // here too.
+            let reached = server.received_from(self.peer) > 0;
+            if answered && reached {
                 break;
             }
             if started.elapsed() > timeout {
                 bail!(
-                    "step {} ({what}): the other VM did not get there within {timeout:?}",
+                    "step {} ({what}): the other VM did not get there within {timeout:?} (its server answered: {answered}, it reached this one: {reached})",
                     self.step
                 );
             }
@@ -284,6 +295,9 @@ pub fn run(role: &str) -> anyhow::Result<()> {
         }
     }
     barrier.wait("done", WAIT)?;
+    // The other VM's probe was echoed; let the echo reach it before this VM
+    // powers off.
+    std::thread::sleep(Duration::from_secs(1));
     Ok(())
 }
 
