@@ -35,7 +35,12 @@ impl Accel {
 
     fn args(self) -> &'static [&'static str] {
         match self {
-            Accel::Tcg => &["-accel", "tcg"],
+            // One host thread for both vCPUs: with multi-threaded TCG a
+            // guest that patches its own code (static keys flip when the
+            // first tcx program attaches) could run a stale copy of it on
+            // the other vCPU, and Linux 6.12 then oopsed on an int3 in
+            // `__netif_receive_skb_core`.
+            Accel::Tcg => &["-accel", "tcg,thread=single"],
             Accel::Kvm => &["-accel", "kvm", "-cpu", "host"],
         }
     }
