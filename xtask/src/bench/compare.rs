@@ -36,12 +36,10 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 use aya::maps::{MapData, PerCpuArray};
 use hostwall_common::{CT_ORIG_LOCAL, CT_REPLY_LOCAL, Counter, PassReason, Settings, ct_timeout};
-use hostwall_tests::hostwall::compile::{self, HostView};
 use hostwall_tests::hostwall::datapath::{Datapath, PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT};
-use hostwall_tests::hostwall::policy::parse_str;
 
 use super::baseline::Object;
-use super::policy::{self, CLIENT, ENDPOINTS, Fillers, LOAD_PORT, SERVER, Spec, UDP_PORT};
+use super::policy::{self, CLIENT, ENDPOINTS, LOAD_PORT, SERVER, UDP_PORT};
 use super::progrun::{self, TC_ACT_UNSPEC, frame};
 use super::{Plan, median};
 
@@ -238,21 +236,7 @@ fn current_build(root: &Path) -> String {
 }
 
 fn measure_all(plan: &Plan, baseline: &Object, current: String) -> anyhow::Result<Results> {
-    let spec = Spec {
-        rules: plan.compare_rules,
-        fillers: Fillers::Mixed,
-        remote_endpoints: plan.remote_endpoints,
-        test_run: true,
-        compare: true,
-        allow_from: None,
-    };
-    let p = parse_str(&policy::hostwall_yaml(&spec), "bench.yaml")?;
-    let view = HostView {
-        node: "bench",
-        host_addresses: &[],
-        ifindex: &hostwall_tests::hostwall::host::ifindex,
-    };
-    let mut compiled = compile::compile(&p, &view)?;
+    let mut compiled = progrun::test_run_policy(plan, plan.compare_rules, true)?;
     // The new-flow cases insert a flow per run; the caps are not measured.
     compiled.settings.max_flows_per_endpoint = u32::MAX;
     compiled.settings.max_inbound_per_endpoint = u32::MAX;

@@ -22,7 +22,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions};
-use hostwall_tests::hostwall::compile::{self, HostView};
+use hostwall_tests::hostwall::compile::{self, Compiled, HostView};
 use hostwall_tests::hostwall::datapath::{Datapath, PROG_FROM_ENDPOINT};
 use hostwall_tests::hostwall::policy::parse_str;
 
@@ -106,21 +106,7 @@ fn in_private_netns(plan: &Plan) -> anyhow::Result<Results> {
         entries: Vec::new(),
     };
     for &rules in &plan.progrun_rules {
-        let spec = Spec {
-            rules,
-            fillers: Fillers::Mixed,
-            remote_endpoints: plan.remote_endpoints,
-            test_run: true,
-            compare: false,
-            allow_from: None,
-        };
-        let p = parse_str(&policy::hostwall_yaml(&spec), "bench.yaml")?;
-        let view = HostView {
-            node: "bench",
-            host_addresses: &[],
-            ifindex: &hostwall_tests::hostwall::host::ifindex,
-        };
-        let mut compiled = compile::compile(&p, &view)?;
+        let mut compiled = test_run_policy(plan, rules, false)?;
         out.entries.push((
             rules,
             compiled.policy.len(),
@@ -180,6 +166,27 @@ fn in_private_netns(plan: &Plan) -> anyhow::Result<Results> {
 /// arrived on `ifindex`: (the last run's return value, mean ns per run).
 /// Runs `frame` `repeat` times through `program` on `ifindex`, as a packet
 /// that entered the host by `arrived_on` (0: from the host's own stack).
+/// The benchmark's policy of `rules` rules for BPF_PROG_TEST_RUN, compiled
+/// for this namespace's interfaces (`compare`: with the flows section 6
+/// measures).
+pub(super) fn test_run_policy(plan: &Plan, rules: usize, compare: bool) -> anyhow::Result<Compiled> {
+    let spec = Spec {
+        rules,
+        fillers: Fillers::Mixed,
+        remote_endpoints: plan.remote_endpoints,
+        test_run: true,
+        compare,
+        allow_from: None,
+    };
+    let p = parse_str(&policy::hostwall_yaml(&spec), "bench.yaml")?;
+    let view = HostView {
+        node: "bench",
+        host_addresses: &[],
+        ifindex: &hostwall_tests::hostwall::host::ifindex,
+    };
+    Ok(compile::compile(&p, &view)?)
+}
+
 pub(super) fn run_once(
     dp: &Datapath,
     program: &str,
