@@ -1,5 +1,7 @@
 //! What the agent reads about the host it runs on.
 
+mod rtnl;
+
 use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
 use std::io;
@@ -116,4 +118,86 @@ pub fn interfaces() -> Vec<(u32, String)> {
     }
     unsafe { libc::if_freenameindex(list) };
     out
+}
+
+/// An interface of the agent's network namespace and its Ethernet address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkMac {
+    pub ifindex: u32,
+    pub name: String,
+    pub mac: [u8; 6],
+}
+
+/// The Ethernet address of every link in the agent's network namespace
+/// that has one: the host's own interfaces, bridges, the uplink, the host
+/// sides of veth pairs. Links without one (`lo`'s all zeros, tunnels)
+/// are left out.
+pub fn link_macs() -> io::Result<Vec<LinkMac>> {
+    let links = rtnl::Socket::open()?.dump()?;
+    Ok(links
+        .into_iter()
+        .filter_map(|l| {
+            let mac = l.mac.filter(|m| *m != [0; 6])?;
+            Some(LinkMac {
+                ifindex: l.ifindex,
+                name: l.name,
+                mac,
+            })
+        })
+        .collect())
+}
+
+/// The far end of a veth pair, seen from the near end in the agent's
+/// network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VethPeer {
+    /// Its ifindex in its own namespace.
+    pub ifindex: u32,
+    /// Its namespace as the agent's namespace numbers it; `None` when it
+    /// is in the agent's namespace itself.
+    pub netnsid: Option<i32>,
+    pub name: String,
+    /// Its Ethernet address (`IFLA_ADDRESS`).
+    pub mac: Option<[u8; 6]>,
+    /// Whether it is up (`IFF_UP`).
+    pub up: bool,
+}
+
+/// The other end of the veth pair whose end in the agent's namespace is
+/// `ifindex`: an RTM_GETLINK for `ifindex`, whose `IFLA_LINK` and
+/// `IFLA_LINK_NETNSID` name the peer, then one for the peer in its
+/// namespace (`IFLA_TARGET_NETNSID`). `Ok(None)` when `ifindex` is gone
+/// or is no veth.
+pub fn veth_peer(ifindex: u32) -> io::Result<Option<VethPeer>> {
+    let mut socket = rtnl::Socket::open()?;
+    let Some(near) = socket.get(ifindex, None)? else {
+        return Ok(None);
+    };
+    if near.kind.as_deref() != Some("veth") {
+        return Ok(None);
+    }
+    // The kernel leaves IFLA_LINK out when the peer's ifindex equals this
+    // end's, which it can only in another namespace.
+    let peer_index = match (near.link, near.link_netnsid) {
+        (Some(i), _) => i,
+        (None, Some(_)) => ifindex,
+        (None, None) => return Ok(None),
+    };
+    let Some(far) = socket.get(peer_index, near.link_netnsid)? else {
+        return Ok(None);
+    };
+    Ok(Some(VethPeer {
+        ifindex: peer_index,
+        netnsid: near.link_netnsid,
+        up: far.is_up(),
+        name: far.name,
+        mac: far.mac,
+    }))
+}
+
+/// The Ethernet address of the container's side of the veth pair whose
+/// host side is `ifindex`: `None` when `ifindex` is no veth or the address
+/// cannot be read.
+pub fn peer_mac(ifindex: u32) -> Option<[u8; 6]> {
+    veth_peer(ifindex).ok().flatten().and_then(|p| p.mac)
 }

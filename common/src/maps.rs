@@ -87,13 +87,50 @@ const _: () = assert!(size_of::<SrcKey>() == 24);
 
 /// A local endpoint as its interface sees it (`HW_IFACE_{0,1}`, keyed by
 /// ifindex).
+///
+/// `mac` is the Ethernet address of the container's side of the
+/// interface, fixed when the endpoint is attached: every frame from the
+/// endpoint, and every link-layer address its ARP and neighbour discovery
+/// claim, must carry it. All zeros means the endpoint has no usable MAC
+/// (unknown, or one the host or another endpoint uses): all its frames are
+/// dropped.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndpointInfo {
     pub policy: u32,
     pub endpoint: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<EndpointInfo>() == 8);
+const _: () = assert!(size_of::<EndpointInfo>() == 16);
+
+/// Key of `HW_LOCAL_{0,1}`: an address that belongs to this host, the
+/// host's own or a local endpoint's.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LocalKey {
+    pub family: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<LocalKey>() == 20);
+
+/// Value of `HW_LOCAL_{0,1}`: the only path a packet from this address may
+/// take to an endpoint. `ifindex` is the endpoint's host-side interface, or
+/// 0 for the host's own addresses (the host's stack).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalAddr {
+    pub ifindex: u32,
+    pub flags: u32,
+}
+const _: () = assert!(size_of::<LocalAddr>() == 8);
+
+/// `LocalAddr::flags`: an endpoint's link-local address (the EUI-64 of its
+/// MAC, or one listed on it). It may be the source of neighbour discovery
+/// and MLD only, and traffic to it is never the endpoint's own (never
+/// matches conntrack).
+pub const LOCAL_LINK_ONLY: u32 = 1;
 
 /// `EndpointInfo::endpoint` of a quarantined interface: everything to and
 /// from it is dropped.
@@ -139,6 +176,8 @@ const _: () = assert!(size_of::<Counter>() == 16);
 pub const MAX_POLICY_ENTRIES: u32 = 262_144;
 pub const MAX_PEER_ENTRIES: u32 = 65_536;
 pub const MAX_SRC_ENTRIES: u32 = 16_384;
+/// Endpoint addresses and the host's own.
+pub const MAX_LOCAL_ENTRIES: u32 = MAX_SRC_ENTRIES + 4_096;
 pub const MAX_ENDPOINT_INTERFACES: u32 = 4_096;
 pub const MAX_RULES: u32 = 65_536;
 pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
@@ -153,6 +192,8 @@ mod pod {
     unsafe impl aya::Pod for PeerInfo {}
     unsafe impl aya::Pod for SrcKey {}
     unsafe impl aya::Pod for EndpointInfo {}
+    unsafe impl aya::Pod for LocalKey {}
+    unsafe impl aya::Pod for LocalAddr {}
     unsafe impl aya::Pod for Settings {}
     unsafe impl aya::Pod for Counter {}
 }

@@ -46,13 +46,25 @@ pub enum DropReason {
     /// The endpoint already holds `settings.conntrack.max_per_endpoint`
     /// tracked flows.
     ConntrackEndpointFull = 16,
+    /// A frame from an endpoint whose Ethernet source, or whose ARP or
+    /// neighbour discovery link-layer address, is not the endpoint's MAC.
+    MacSpoofed = 17,
+    /// Neighbour discovery or MLD of the wrong shape: hop limit,
+    /// destination, length, options or Router Alert.
+    NdMalformed = 18,
+    /// A router advertisement or redirect towards an endpoint that did not
+    /// come from the host's stack or the uplink.
+    RouterMessageWrongPath = 19,
+    /// From an endpoint: an IPv4 loose or strict source route option, or
+    /// an IPv6 routing header of type 0 or 4.
+    SourceRouted = 20,
 }
 
 /// Number of slots in the drop counter array; codes must stay below it.
 pub const DROP_REASON_SLOTS: u32 = 32;
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 20] = [
         DropReason::EgressDenied,
         DropReason::IngressDenied,
         DropReason::SpoofedSource,
@@ -69,6 +81,10 @@ impl DropReason {
         DropReason::Ipv6ExtensionChainTooLong,
         DropReason::Quarantined,
         DropReason::ConntrackEndpointFull,
+        DropReason::MacSpoofed,
+        DropReason::NdMalformed,
+        DropReason::RouterMessageWrongPath,
+        DropReason::SourceRouted,
     ];
 
     /// The name used in logs and in `hostwall stats`.
@@ -90,6 +106,10 @@ impl DropReason {
             DropReason::Ipv6ExtensionChainTooLong => "ipv6-extension-chain-too-long",
             DropReason::Quarantined => "quarantined",
             DropReason::ConntrackEndpointFull => "conntrack-endpoint-full",
+            DropReason::MacSpoofed => "mac-spoofed",
+            DropReason::NdMalformed => "nd-malformed",
+            DropReason::RouterMessageWrongPath => "router-message-wrong-path",
+            DropReason::SourceRouted => "source-routed",
         }
     }
 

@@ -66,7 +66,8 @@ pub enum Verdict {
 /// Judge one frame in `[data, data_end)`. `ifindex` is the interface the
 /// hook runs on; `arrived_on` the interface the packet entered the host by
 /// (the skb's `ingress_ifindex`: 0 from the host's own stack), a hint for
-/// where conntrack looks first, never trusted for a verdict.
+/// and the only path a packet from the host's own addresses or a local
+/// endpoint's may take to an endpoint.
 #[inline(always)]
 pub fn judge(hook: Hook, data: usize, data_end: usize, ifindex: u32, arrived_on: u32) -> Verdict {
     match try_judge(hook, data, data_end, ifindex, arrived_on) {
@@ -88,7 +89,12 @@ fn try_judge(
 ) -> Result<PassReason, DropReason> {
     let slot = active_slot();
     let endpoint = if hook == Hook::Uplink {
-        EndpointInfo { policy: 0, endpoint: 0 }
+        EndpointInfo {
+            policy: 0,
+            endpoint: 0,
+            mac: [0; 6],
+            _pad: [0; 2],
+        }
     } else {
         iface(slot, ifindex).ok_or(DropReason::NoEndpoint)?
     };
@@ -96,30 +102,62 @@ fn try_judge(
         return Err(DropReason::Quarantined);
     }
 
+    // 2. Identity at L2: an endpoint's frames carry its MAC.
+    if hook == Hook::FromEndpoint {
+        let src_mac = parse::read::<[u8; 6]>(data, data_end, 6)?;
+        if (endpoint.mac == [0; 6] || src_mac != endpoint.mac) && !mutant(MUTANT_MAC_UNCHECKED) {
+            return Err(DropReason::MacSpoofed);
+        }
+    }
+    // A frame to a group of stations (broadcast, multicast) is flooded: each
+    // copy is judged at each receiver's interface.
+    let l2_group = parse::read::<u8>(data, data_end, 0)? & 1 != 0;
+
     // 1. Frame type.
     let pkt = match parse::ethertype(data, data_end)? {
         parse::ETH_P_IP => parse::parse_ipv4(data, data_end)?,
         parse::ETH_P_IPV6 => parse::parse_ipv6(data, data_end)?,
-        parse::ETH_P_ARP => {
-            if hook == Hook::FromEndpoint {
-                // 2. An endpoint may claim only its own addresses (0.0.0.0
-                // is an ARP probe).
-                let spa = parse::arp_sender_ip(data, data_end)?;
-                if spa != [0; 4] && !src_allowed(slot, ifindex, FAMILY_V4, &v4_addr(spa)) {
-                    return Err(DropReason::ArpSpoofed);
-                }
-            }
-            return Ok(PassReason::Neighbour);
-        }
+        parse::ETH_P_ARP => return arp(hook, slot, &endpoint, ifindex, arrived_on, data, data_end),
         _ if hook == Hook::Uplink => return Ok(PassReason::NotForEndpoint),
         _ => return Err(DropReason::UnsupportedEthertype),
     };
 
-    // 1. Neighbour discovery and MLD.
-    if pkt.family == FAMILY_V6 && pkt.proto == parse::IPPROTO_ICMPV6 && pkt.fragment == Fragment::None {
-        if let Some(pass) = neighbour(hook, slot, ifindex, data, data_end, &pkt)? {
+    // 2. Paths: an address of this host carries its identity only on the
+    // path it belongs to, checked before anything else can pass the packet.
+    // At an endpoint's interface the packet must have entered the host
+    // through the interface of the endpoint that owns its source (or, for
+    // the host's addresses, come from the host's stack). `addressed`: the
+    // packet is the receiver's own, to one of its listed addresses.
+    let mut addressed = false;
+    if hook == Hook::ToEndpoint {
+        if let Some(owner) = local(slot, pkt.family, &pkt.src)
+            && owner.ifindex != arrived_on
+            && !mutant(MUTANT_PATH_UNCHECKED)
+        {
+            return Err(if owner.ifindex == 0 {
+                DropReason::HostAddressSpoofed
+            } else {
+                DropReason::LocalAddressWrongPath
+            });
+        }
+        addressed = !l2_group
+            && matches!(local(slot, pkt.family, &pkt.dst),
+                Some(owner) if owner.ifindex == ifindex && owner.flags & LOCAL_LINK_ONLY == 0);
+    }
+
+    // 1. Neighbour discovery, MLD and router messages.
+    if pkt.proto == parse::IPPROTO_ICMPV6 && pkt.fragment == Fragment::None {
+        if let Some(pass) = neighbour(hook, slot, &endpoint, ifindex, arrived_on, data, data_end, &pkt)? {
             return Ok(pass);
         }
+    }
+    if hook == Hook::ToEndpoint
+        && pkt.proto == parse::IPPROTO_ICMP
+        && pkt.fragment != Fragment::Later
+        && matches!(pkt.icmp_type, 5 | 9)
+        && !router_path(arrived_on)
+    {
+        return Err(DropReason::RouterMessageWrongPath);
     }
 
     // 2. Identity.
@@ -136,6 +174,9 @@ fn try_judge(
             if !src_allowed(slot, ifindex, pkt.family, &pkt.src) {
                 return Err(DropReason::SpoofedSource);
             }
+            if pkt.source_routed {
+                return Err(DropReason::SourceRouted);
+            }
         }
         Hook::ToEndpoint => {}
         Hook::Uplink => {
@@ -151,6 +192,14 @@ fn try_judge(
             }
         }
     }
+    // Whether conntrack may know the packet's flow: a packet to a group
+    // address is never tracked, and at an endpoint's interface only packets
+    // to the receiver's listed addresses are its flows' own.
+    let direct = match hook {
+        Hook::FromEndpoint => !l2_group && !is_group_address(&pkt),
+        Hook::ToEndpoint => addressed || mutant(MUTANT_UNADDRESSED_TRACKED),
+        Hook::Uplink => true,
+    };
 
     let now = unsafe { bpf_ktime_get_ns() };
     let settings = match SETTINGS.get(slot) {
@@ -181,7 +230,8 @@ fn try_judge(
         // runs against that key's order.
         let mut key = flow_key(&pkt);
         let flipped = key.canonicalize();
-        if parse::is_icmp_error(pkt.proto, pkt.icmp_type) {
+        let icmp_error = parse::is_icmp_error(pkt.proto, pkt.icmp_type);
+        if icmp_error {
             // 4. ICMP errors. The uplink filter leaves them to the
             // receiver's interface, which judges them whole: they are few,
             // and judging them twice would cost the XDP program more than
@@ -189,18 +239,10 @@ fn try_judge(
             if hook == Hook::Uplink {
                 return Ok(PassReason::NotForEndpoint);
             }
-            if related(hook, &endpoint, &mut peers, data, data_end, &pkt, settings, now) {
+            if direct && related(hook, &endpoint, &mut peers, data, data_end, &pkt, settings, now) {
                 break 'flow PassReason::Related;
             }
-            // 6. Any other error is judged by the rules like any ICMP
-            // packet; errors are never tracked.
-            let (rule_egress, rule_ingress, _) =
-                decide(hook, slot, &endpoint, &mut peers, &pkt).map_err(|_| DropReason::IcmpErrorUntracked)?;
-            let bytes = (data_end - data) as u64;
-            count_rule(rule_egress, bytes);
-            count_rule(rule_ingress, bytes);
-            break 'flow PassReason::NewAllowed;
-        } else {
+        } else if direct {
             // 5. Conntrack.
             let lookup = Lookup {
                 hook,
@@ -216,6 +258,30 @@ fn try_judge(
                 Some(false) => break 'flow PassReason::Established,
                 None => {}
             }
+        }
+
+        // 6. Rules, for packets that are never tracked: ICMP errors
+        // (dropped as `icmp-error-untracked` when the rules deny them),
+        // packets to group or unlisted addresses, and a local endpoint's
+        // packets at the receiver's interface (flows are tracked where they
+        // are first judged: at the sender's own interface).
+        // (Whether the source is a local endpoint is looked up again here
+        // rather than kept from step 2: a value kept across step 5 makes
+        // the verifier walk it once for each.)
+        let src_local = hook == Hook::ToEndpoint
+            && matches!(local(slot, pkt.family, &pkt.src), Some(owner) if owner.ifindex != 0);
+        if icmp_error || !direct || src_local {
+            let (rule_egress, rule_ingress, _) = match decide(hook, slot, &endpoint, &mut peers, &pkt) {
+                Ok(rules) => rules,
+                Err(_) if icmp_error => return Err(DropReason::IcmpErrorUntracked),
+                Err(reason) => return Err(reason),
+            };
+            if hook != Hook::Uplink {
+                let bytes = (data_end - data) as u64;
+                count_rule(rule_egress, bytes);
+                count_rule(rule_ingress, bytes);
+            }
+            break 'flow PassReason::NewAllowed;
         }
 
         // 6. Rules.
@@ -290,6 +356,58 @@ fn try_judge(
     };
     remember_first_fragment(&pkt, now);
     Ok(pass)
+}
+
+/// ARP (steps 1 and 2): from an endpoint, its sender hardware address must
+/// be the endpoint's MAC and its sender address one of the endpoint's (or
+/// 0.0.0.0, a probe). Towards an endpoint, a sender address of this host
+/// must come the way that address belongs to.
+#[inline(always)]
+fn arp(
+    hook: Hook,
+    slot: u32,
+    endpoint: &EndpointInfo,
+    ifindex: u32,
+    arrived_on: u32,
+    data: usize,
+    data_end: usize,
+) -> Result<PassReason, DropReason> {
+    if hook == Hook::Uplink {
+        return Ok(PassReason::Neighbour);
+    }
+    let spa = parse::arp_sender_ip(data, data_end)?;
+    let addr = v4_addr(spa);
+    if hook == Hook::FromEndpoint {
+        let sha = parse::read::<[u8; 6]>(data, data_end, parse::ETH_HLEN + 8)?;
+        if sha != endpoint.mac {
+            return Err(DropReason::MacSpoofed);
+        }
+        if spa != [0; 4] && !src_allowed(slot, ifindex, FAMILY_V4, &addr) {
+            return Err(DropReason::ArpSpoofed);
+        }
+    } else if let Some(owner) = local(slot, FAMILY_V4, &addr)
+        && owner.ifindex != arrived_on
+    {
+        return Err(DropReason::ArpSpoofed);
+    }
+    Ok(PassReason::Neighbour)
+}
+
+/// Whether router advertisements and redirects may come this way: from the
+/// host's own stack, or from the uplink (when it is a port of the bridge).
+#[inline(always)]
+fn router_path(arrived_on: u32) -> bool {
+    arrived_on == 0 || Some(arrived_on) == UPLINK.get(0).copied()
+}
+
+/// Multicast and broadcast IP destinations.
+#[inline(always)]
+fn is_group_address(pkt: &Packet) -> bool {
+    if pkt.family == FAMILY_V4 {
+        pkt.dst[0] & 0xf0 == 0xe0 || pkt.dst[..4] == [0xff; 4]
+    } else {
+        pkt.dst[0] == 0xff
+    }
 }
 
 /// Step 4: whether an ICMP error is related to a tracked flow of its own
@@ -442,12 +560,10 @@ fn decide(
             }
         }
         Hook::ToEndpoint => {
-            // 6b. Flows from local endpoints were judged at their own
-            // interface; one that reaches here untracked took another path.
+            // 6b. The receiver's ingress. A local endpoint's packet (its
+            // path checked in step 2) was judged by its egress at its own
+            // interface.
             let src_info = peers.src(pkt);
-            if src_info.local_endpoint != 0 {
-                return Err(DropReason::LocalAddressWrongPath);
-            }
             rule_ingress =
                 policy(slot, endpoint.policy, src_info.class, DIR_INGRESS, pkt).ok_or(DropReason::IngressDenied)?;
             flags |= CT_REPLY_LOCAL;
@@ -491,6 +607,8 @@ fn decide_reverse(
         let ep = EndpointInfo {
             policy: src_info.local_policy,
             endpoint: src_info.local_endpoint,
+            mac: [0; 6],
+            _pad: [0; 2],
         };
         return decide(Hook::FromEndpoint, slot, &ep, peers, rev).ok();
     }
@@ -541,48 +659,255 @@ fn reversed_packet(pkt: &Packet) -> Packet {
         tcp_flags: pkt.tcp_flags,
         opens: pkt.opens,
         fragment: pkt.fragment,
+        source_routed: pkt.source_routed,
         frag_id: pkt.frag_id,
         l4_off: 0,
     }
 }
 
-/// Neighbour discovery and MLD (step 1 and 2 for ICMPv6). `Ok(None)` means
-/// the packet is ordinary ICMPv6 and goes on to the rules.
+/// Neighbour discovery, MLD and router messages (steps 1 and 2 for
+/// ICMPv6). `Ok(None)` means the packet is ordinary ICMPv6 and goes on to
+/// the rules.
+///
+/// At both of an endpoint's hooks, neighbour discovery (133, 135, 136)
+/// must have hop limit 255, go to a link-scope multicast group, a
+/// link-local address or an address of this host, and be its fixed header
+/// plus well-formed options of the types it may carry; MLD (130-132, 143)
+/// must have hop limit 1, a hop-by-hop header holding only a Router Alert,
+/// its own destination, and exactly the length its records declare. From
+/// an endpoint, every address and link-layer address claimed must be the
+/// endpoint's own. Router advertisements and redirects (134, 137) come
+/// only from the host's stack or the uplink.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn neighbour(
     hook: Hook,
     slot: u32,
+    endpoint: &EndpointInfo,
     ifindex: u32,
+    arrived_on: u32,
     data: usize,
     data_end: usize,
     pkt: &Packet,
 ) -> Result<Option<PassReason>, DropReason> {
     let ty = pkt.icmp_type;
-    if hook != Hook::FromEndpoint {
-        return Ok(if parse::is_nd_or_mld(ty) || ty == 134 || ty == 137 {
-            Some(PassReason::Neighbour)
-        } else {
-            None
-        });
-    }
-    // Router advertisements and redirects never come from a container.
-    if ty == 134 || ty == 137 {
-        return Err(DropReason::Icmpv6Forbidden);
-    }
-    if !parse::is_nd_or_mld(ty) {
+    let router = ty == 134 || ty == 137;
+    if !router && !parse::is_nd_or_mld(ty) {
         return Ok(None);
     }
-    if !is_link_local_or_unspecified(&pkt.src) && !src_allowed(slot, ifindex, FAMILY_V6, &pkt.src) {
-        return Err(DropReason::SpoofedSource);
+    if hook == Hook::Uplink {
+        return Ok(Some(PassReason::Neighbour));
     }
-    if ty == 136 {
-        // A neighbour advertisement claims its target address.
-        let target = parse::read::<[u8; 16]>(data, data_end, pkt.l4_off + 8)?;
-        if !is_link_local_or_unspecified(&target) && !src_allowed(slot, ifindex, FAMILY_V6, &target) {
+    if router {
+        if hook == Hook::FromEndpoint {
+            return Err(DropReason::Icmpv6Forbidden);
+        }
+        if !router_path(arrived_on) && !mutant(MUTANT_ROUTER_FROM_ANYONE) {
+            return Err(DropReason::RouterMessageWrongPath);
+        }
+        return Ok(Some(PassReason::Neighbour));
+    }
+    // The ICMPv6 message runs to the end of the IPv6 payload.
+    let payload = parse::read::<[u8; 2]>(data, data_end, parse::ETH_HLEN + 4)?;
+    let end = parse::ETH_HLEN + 40 + u16::from_be_bytes(payload) as usize;
+    if end < pkt.l4_off + 8 || end > parse::MAX_READ {
+        return Err(DropReason::NdMalformed);
+    }
+    let len = end - pkt.l4_off;
+    let hop_limit = parse::read::<u8>(data, data_end, parse::ETH_HLEN + 7)?;
+    let unspecified = pkt.src == [0; 16];
+    if parse::is_nd(ty) {
+        if hop_limit != 255 || pkt.l4_off != parse::ETH_HLEN + 40 {
+            return Err(DropReason::NdMalformed);
+        }
+        let fixed = if ty == 133 { 8 } else { 24 };
+        if len < fixed {
+            return Err(DropReason::NdMalformed);
+        }
+        nd_options(hook, endpoint, data, data_end, ty, pkt.l4_off + fixed, end, unspecified)?;
+        let to_group = pkt.dst[0] == 0xff && pkt.dst[1] == 0x02;
+        if !to_group && !is_link_local(&pkt.dst) && local(slot, FAMILY_V6, &pkt.dst).is_none() {
+            return Err(DropReason::NdMalformed);
+        }
+    } else {
+        mld_shape(data, data_end, pkt, ty, hop_limit, len)?;
+    }
+    // Addresses claimed. From an endpoint: its source (or :: while it has
+    // none, except in an advertisement) and an advertisement's target must
+    // be the endpoint's own, its link-local included. Towards an endpoint:
+    // an advertisement's target of this host's must come the way that
+    // address belongs to (the source was checked in step 2).
+    let target = if ty == 136 {
+        Some(parse::read::<[u8; 16]>(data, data_end, pkt.l4_off + 8)?)
+    } else {
+        None
+    };
+    if hook == Hook::FromEndpoint {
+        if unspecified {
+            if ty == 136 || ty == 130 {
+                return Err(DropReason::NdSpoofed);
+            }
+        } else if !owns(slot, ifindex, &pkt.src) {
+            return Err(if is_link_local(&pkt.src) {
+                DropReason::NdSpoofed
+            } else {
+                DropReason::SpoofedSource
+            });
+        }
+        if let Some(t) = target
+            && !owns(slot, ifindex, &t)
+            && !mutant(MUTANT_NA_ANY_TARGET)
+        {
             return Err(DropReason::NdSpoofed);
         }
+    } else if let Some(t) = target
+        && let Some(owner) = local(slot, FAMILY_V6, &t)
+        && owner.ifindex != arrived_on
+    {
+        return Err(DropReason::NdSpoofed);
     }
     Ok(Some(PassReason::Neighbour))
+}
+
+/// Longest run of options a neighbour discovery message may carry.
+const MAX_ND_OPTIONS: usize = 4;
+
+/// The options of a neighbour discovery message of type `ty`, from `off`
+/// to `end`: source (1, solicitations) and target (2, advertisements)
+/// link-layer addresses of one Ethernet address, which from an endpoint
+/// must be its MAC, and a nonce (14, solicitations); nothing else, and
+/// they must fill the message exactly.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn nd_options(
+    hook: Hook,
+    endpoint: &EndpointInfo,
+    data: usize,
+    data_end: usize,
+    ty: u8,
+    off: usize,
+    end: usize,
+    unspecified: bool,
+) -> Result<(), DropReason> {
+    let mut o = off;
+    for _ in 0..MAX_ND_OPTIONS {
+        if o >= end || o > parse::MAX_READ {
+            break;
+        }
+        let opt = parse::read::<[u8; 8]>(data, data_end, o)?;
+        let (kind, units) = (opt[0], opt[1] as usize);
+        if units == 0 {
+            return Err(DropReason::NdMalformed);
+        }
+        match kind {
+            1 | 2 => {
+                let allowed = if kind == 1 { ty != 136 && !unspecified } else { ty == 136 };
+                if units != 1 || !allowed {
+                    return Err(DropReason::NdMalformed);
+                }
+                if hook == Hook::FromEndpoint && opt[2..8] != endpoint.mac {
+                    return Err(DropReason::MacSpoofed);
+                }
+            }
+            14 if ty == 135 => {}
+            _ => return Err(DropReason::NdMalformed),
+        }
+        o += units * 8;
+    }
+    if o != end {
+        return Err(DropReason::NdMalformed);
+    }
+    Ok(())
+}
+
+/// Most multicast address records an MLDv2 report may carry.
+const MAX_MLD_RECORDS: usize = 16;
+
+/// MLD's shape: hop limit 1, one 8-byte hop-by-hop header holding a Router
+/// Alert (RFC 2711) and padding, the destination its type uses, and a
+/// length of exactly what it declares: 24 bytes for MLDv1 (131, 132) and a
+/// v1 query, 28 plus its sources for a v2 query, the declared records for
+/// a v2 report (143).
+#[inline(always)]
+fn mld_shape(data: usize, data_end: usize, pkt: &Packet, ty: u8, hop_limit: u8, len: usize) -> Result<(), DropReason> {
+    let hbh = parse::read::<[u8; 8]>(data, data_end, parse::ETH_HLEN + 40)?;
+    let first = parse::read::<u8>(data, data_end, parse::ETH_HLEN + 6)?;
+    let padding = hbh[6..8] == [1, 0] || hbh[6..8] == [0, 0];
+    if hop_limit != 1
+        || first != 0
+        || pkt.l4_off != parse::ETH_HLEN + 48
+        || hbh[0] != parse::IPPROTO_ICMPV6
+        || hbh[1] != 0
+        || hbh[2..6] != [5, 2, 0, 0]
+        || !padding
+    {
+        return Err(DropReason::NdMalformed);
+    }
+    // The multicast address an MLDv1 message is about.
+    let group = parse::read::<[u8; 16]>(data, data_end, pkt.l4_off + 8)
+        .ok()
+        .filter(|g| g[0] == 0xff);
+    let all_routers = pkt.dst == ipv6_link_group(2);
+    let ok = match ty {
+        131 => len == 24 && group == Some(pkt.dst),
+        132 => len == 24 && all_routers,
+        130 => {
+            let to = pkt.dst == ipv6_link_group(1) || group == Some(pkt.dst);
+            let sized = len == 24 || {
+                let n = parse::read::<[u8; 2]>(data, data_end, pkt.l4_off + 26)?;
+                len == 28 + 16 * u16::from_be_bytes(n) as usize
+            };
+            to && sized
+        }
+        _ => pkt.dst == ipv6_link_group(0x16) && mld_records(data, data_end, pkt.l4_off, len)?,
+    };
+    if !ok {
+        return Err(DropReason::NdMalformed);
+    }
+    Ok(())
+}
+
+/// Whether an MLDv2 report of `len` bytes at `off` is exactly the records
+/// it declares.
+#[inline(always)]
+fn mld_records(data: usize, data_end: usize, off: usize, len: usize) -> Result<bool, DropReason> {
+    let count = u16::from_be_bytes(parse::read::<[u8; 2]>(data, data_end, off + 6)?) as usize;
+    if count > MAX_MLD_RECORDS {
+        return Ok(false);
+    }
+    let end = off + len;
+    let mut o = off + 8;
+    for i in 0..MAX_MLD_RECORDS {
+        if i >= count || o > parse::MAX_READ {
+            break;
+        }
+        let rec = parse::read::<[u8; 4]>(data, data_end, o)?;
+        let sources = u16::from_be_bytes([rec[2], rec[3]]) as usize;
+        o += 20 + 16 * sources + 4 * rec[1] as usize;
+    }
+    Ok(o == end)
+}
+
+/// ff02::`n`.
+#[inline(always)]
+fn ipv6_link_group(n: u8) -> [u8; 16] {
+    let mut a = [0; 16];
+    a[0] = 0xff;
+    a[1] = 0x02;
+    a[15] = n;
+    a
+}
+
+/// Whether the endpoint of `ifindex` owns `addr`: one of its listed
+/// addresses or its link-local one.
+#[inline(always)]
+fn owns(slot: u32, ifindex: u32, addr: &[u8; 16]) -> bool {
+    matches!(local(slot, FAMILY_V6, addr), Some(owner) if owner.ifindex == ifindex)
+}
+
+#[inline(always)]
+fn is_link_local(addr: &[u8; 16]) -> bool {
+    addr[0] == 0xfe && addr[1] & 0xc0 == 0x80
 }
 
 #[inline(always)]
@@ -627,6 +952,19 @@ fn src_allowed(slot: u32, ifindex: u32, family: u8, addr: &[u8; 16]) -> bool {
     };
     let found = unsafe { if slot == 0 { SRC_0.get(&key) } else { SRC_1.get(&key) } };
     found.is_some()
+}
+
+/// The interface an address of this host belongs to (0: the host's own),
+/// `None` for any other address.
+#[inline(always)]
+fn local(slot: u32, family: u8, addr: &[u8; 16]) -> Option<LocalAddr> {
+    let key = LocalKey {
+        family,
+        _pad: [0; 3],
+        addr: *addr,
+    };
+    let found = unsafe { if slot == 0 { LOCAL_0.get(&key) } else { LOCAL_1.get(&key) } };
+    found.copied()
 }
 
 /// The peer class of an address (step 6's lookup key).

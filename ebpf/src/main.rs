@@ -16,12 +16,8 @@ use aya_ebpf::{
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
 };
-use hostwall_common::Counter;
+use hostwall_common::{Counter, DropReason};
 use judge::{Hook, Verdict};
-
-/// Bytes of headers that must be in the linear part of an skb for direct
-/// packet access: Ethernet, IPv6 with extension headers, and an L4 header.
-const PULL_LEN: u32 = 256;
 
 /// Packets from the endpoint (TC ingress of its host-side interface).
 #[classifier]
@@ -48,19 +44,125 @@ pub fn hostwall_uplink(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn tc_judge(ctx: &TcContext, hook: Hook) -> i32 {
     let len = ctx.len();
-    if (ctx.data_end() - ctx.data()) < PULL_LEN as usize && len as usize > ctx.data_end() - ctx.data() {
-        // Headers in paged data: make them linear. Failing that, the
-        // parser sees a truncated packet and drops it (fail closed).
-        let _ = ctx.pull_data(if len < PULL_LEN { len } else { PULL_LEN });
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    if linear < len {
+        // Headers in paged data: make linear what the parser may read, and
+        // only that. Failing that, the parser sees a truncated packet and
+        // drops it (fail closed).
+        let want = pull_len(ctx);
+        if linear < want {
+            let _ = ctx.pull_data(if len < want { len } else { want });
+        }
+    }
+    if hook == Hook::FromEndpoint && ipv4_source_routed(ctx) {
+        // An endpoint may not choose its packets' route.
+        count(Verdict::Drop(DropReason::SourceRouted), len as u64);
+        return TC_ACT_SHOT;
     }
     let skb = ctx.as_ptr() as *const __sk_buff;
-    let (ifindex, arrived_on) = unsafe { ((*skb).ifindex, (*skb).ingress_ifindex) };
-    let verdict = judge::judge(hook, ctx.data(), ctx.data_end(), ifindex, arrived_on);
+    let (ifindex, arrived_on, tagged) = unsafe { ((*skb).ifindex, (*skb).ingress_ifindex, (*skb).vlan_present) };
+    let verdict = if tagged != 0 {
+        // The kernel took the frame's VLAN tag into the skb before TC:
+        // a tagged frame, to or from an endpoint.
+        Verdict::Drop(DropReason::UnsupportedEthertype)
+    } else {
+        judge::judge(hook, ctx.data(), ctx.data_end(), ifindex, arrived_on)
+    };
     match count(verdict, len as u64) {
         // TC_ACT_UNSPEC hands the packet to the next program (tcx's
         // TCX_NEXT); with none left the kernel lets it through.
         true => TC_ACT_UNSPEC,
         false => TC_ACT_SHOT,
+    }
+}
+
+/// Whether an IPv4 packet carries a loose (131) or strict (137) source
+/// route option. The options are copied to the stack and walked there,
+/// type by type: the verifier then follows the walk without it touching
+/// what it knows of the packet, which the judging after it relies on.
+/// A malformed option ends the walk (the parser judges the header).
+/// Options that take more than `OPTION_STEPS` steps to walk (a word of
+/// no-operation padding is one step; no one sends that many) count as a
+/// source route: refused rather than half read.
+#[inline(never)]
+fn ipv4_source_routed(ctx: &TcContext) -> bool {
+    let (Ok(ethertype), Ok(ver_ihl)) = (ctx.load::<[u8; 2]>(12), ctx.load::<u8>(parse::ETH_HLEN)) else {
+        return false;
+    };
+    if u16::from_be_bytes(ethertype) != parse::ETH_P_IP || ver_ihl & 0x0f <= 5 {
+        return false;
+    }
+    // 40 bytes of options, and room for a word read at the last one.
+    let mut opts = [0u8; 44];
+    let n = (ver_ihl & 0x0f) as usize * 4 - 20;
+    if n == 0 || n > 40 {
+        return false;
+    }
+    let loaded = unsafe {
+        aya_ebpf::helpers::bpf_skb_load_bytes(
+            ctx.as_ptr() as *const _,
+            (parse::ETH_HLEN + 20) as u32,
+            opts.as_mut_ptr() as *mut _,
+            n as u32,
+        )
+    };
+    if loaded != 0 {
+        return false;
+    }
+    let mut o = 0usize;
+    for _ in 0..OPTION_STEPS {
+        if o >= n || o >= 39 {
+            return false;
+        }
+        match opts[o] {
+            0 => return false,
+            // No-operation padding, a word at a time where it fills one.
+            1 if o + 4 <= n && opts[o + 1] == 1 && opts[o + 2] == 1 && opts[o + 3] == 1 => o += 4,
+            1 => o += 1,
+            131 | 137 => return true,
+            _ => match opts[o + 1] {
+                len if len >= 2 => o += len as usize,
+                _ => return false,
+            },
+        }
+    }
+    // Longer than anyone sends (no-operation padding, mostly): refused
+    // rather than half read.
+    true
+}
+
+/// Options `ipv4_source_routed` walks one by one before it looks at the
+/// bytes left.
+const OPTION_STEPS: usize = 14;
+
+/// How many bytes of the frame the parser may read: the IP header and 20
+/// bytes of TCP, UDP or SCTP for most packets, everything up to
+/// `parse::MAX_READ` for ICMP (errors quote a packet; neighbour discovery
+/// and MLD are checked whole) and IPv6 extension headers. Read with
+/// `bpf_skb_load_bytes`, which sees paged data.
+#[inline(always)]
+fn pull_len(ctx: &TcContext) -> u32 {
+    const FULL: u32 = parse::MAX_READ as u32;
+    let Ok(ethertype) = ctx.load::<[u8; 2]>(12) else {
+        return FULL;
+    };
+    match u16::from_be_bytes(ethertype) {
+        parse::ETH_P_IP => {
+            let (Ok(ver_ihl), Ok(proto)) = (ctx.load::<u8>(parse::ETH_HLEN), ctx.load::<u8>(parse::ETH_HLEN + 9)) else {
+                return FULL;
+            };
+            match proto {
+                parse::IPPROTO_TCP | parse::IPPROTO_UDP | parse::IPPROTO_SCTP => {
+                    (parse::ETH_HLEN as u32) + (ver_ihl as u32 & 0x0f) * 4 + 20
+                }
+                _ => FULL,
+            }
+        }
+        parse::ETH_P_IPV6 => match ctx.load::<u8>(parse::ETH_HLEN + 6) {
+            Ok(parse::IPPROTO_TCP | parse::IPPROTO_UDP | parse::IPPROTO_SCTP) => parse::ETH_HLEN as u32 + 40 + 20,
+            _ => FULL,
+        },
+        _ => FULL,
     }
 }
 

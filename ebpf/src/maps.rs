@@ -31,6 +31,14 @@ pub static SRC_0: HashMap<SrcKey, u32> = HashMap::with_max_entries(MAX_SRC_ENTRI
 #[map(name = "HW_SRC_1")]
 pub static SRC_1: HashMap<SrcKey, u32> = HashMap::with_max_entries(MAX_SRC_ENTRIES, 0);
 
+/// Slot: every address of this host (the host's own and its local
+/// endpoints') -> the interface a packet from it must enter by (0: the
+/// host's stack). Written by the agent.
+#[map(name = "HW_LOCAL_0")]
+pub static LOCAL_0: HashMap<LocalKey, LocalAddr> = HashMap::with_max_entries(MAX_LOCAL_ENTRIES, 0);
+#[map(name = "HW_LOCAL_1")]
+pub static LOCAL_1: HashMap<LocalKey, LocalAddr> = HashMap::with_max_entries(MAX_LOCAL_ENTRIES, 0);
+
 /// Slot: IPv4 prefix -> peer class (and local endpoint, host flag).
 /// Written by the agent.
 #[map(name = "HW_PEER4_0")]

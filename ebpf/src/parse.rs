@@ -27,7 +27,10 @@ pub const SCTP_INIT: u8 = 1;
 /// Longest IPv6 extension header chain parsed; longer chains are dropped.
 const MAX_IPV6_EXT: usize = 8;
 /// Furthest offset at which an L4 header may start.
-const MAX_L4_OFFSET: usize = 512;
+pub const MAX_L4_OFFSET: usize = 512;
+/// Furthest byte the parser reads: an ICMP error's quoted headers after
+/// the longest chain (`quoted_flow`), rounded up.
+pub const MAX_READ: usize = MAX_L4_OFFSET + 8 + 64 + 8 + 8;
 
 /// Bounds-checked pointer to a `T` at `off` bytes into the packet.
 #[inline(always)]
@@ -78,6 +81,9 @@ pub struct Packet {
     /// packet whose first chunk is INIT.
     pub opens: bool,
     pub fragment: Fragment,
+    /// The packet names its own route: an IPv6 routing header of type 0
+    /// (deprecated) or 4 (segment routing).
+    pub source_routed: bool,
     pub frag_id: u32,
     /// Offset of the L4 header from the start of the frame.
     pub l4_off: usize,
@@ -115,6 +121,8 @@ pub fn arp_sender_ip(data: usize, data_end: usize) -> Result<[u8; 4], DropReason
     read::<[u8; 4]>(data, data_end, ETH_HLEN + 14)
 }
 
+/// An IPv4 packet; its options are skipped (an endpoint's source routes
+/// are looked for before judging, in main.rs).
 #[inline(always)]
 pub fn parse_ipv4(data: usize, data_end: usize) -> Result<Packet, DropReason> {
     let off = ETH_HLEN;
@@ -143,6 +151,7 @@ pub fn parse_ipv4(data: usize, data_end: usize) -> Result<Packet, DropReason> {
         tcp_flags: 0,
         opens: false,
         fragment: Fragment::None,
+        source_routed: false,
         frag_id: id,
         l4_off: off + ihl,
     };
@@ -188,6 +197,7 @@ pub fn parse_ipv6(data: usize, data_end: usize) -> Result<Packet, DropReason> {
         tcp_flags: 0,
         opens: false,
         fragment: Fragment::None,
+        source_routed: false,
         frag_id: 0,
         l4_off: off + 40,
     };
@@ -212,6 +222,14 @@ pub fn parse_ipv6(data: usize, data_end: usize) -> Result<Packet, DropReason> {
                 8
             }
             51 => (hdr[1] as usize + 2) * 4,
+            43 => {
+                // Routing header: type 0 (deprecated, RFC 5095) and 4
+                // (segment routing) let the sender pick the path.
+                if hdr[2] == 0 || hdr[2] == 4 {
+                    pkt.source_routed = true;
+                }
+                (hdr[1] as usize + 1) * 8
+            }
             _ => (hdr[1] as usize + 1) * 8,
         };
         nh = hdr[0];
@@ -348,6 +366,13 @@ pub fn is_echo_reply(proto: u8, ty: u8) -> bool {
 #[inline(always)]
 pub fn is_icmp_error(proto: u8, ty: u8) -> bool {
     (proto == IPPROTO_ICMP && matches!(ty, 3 | 11 | 12)) || (proto == IPPROTO_ICMPV6 && matches!(ty, 1..=4))
+}
+
+/// Neighbour discovery messages an endpoint may send: router solicitation,
+/// neighbour solicitation and advertisement.
+#[inline(always)]
+pub fn is_nd(ty: u8) -> bool {
+    matches!(ty, 133 | 135 | 136)
 }
 
 /// ICMPv6 types that neighbour discovery and MLD need.

@@ -25,6 +25,10 @@ pub const SCTP_DATA: u8 = 0;
 #[derive(Clone, Debug)]
 pub struct Frame(pub Vec<u8>);
 
+/// The Ethernet source of every frame built here (and the sender hardware
+/// address of its ARP, the link-layer address of its neighbour discovery).
+pub const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
 fn eth(ethertype: u16) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0x01];
     f.extend_from_slice(&ethertype.to_be_bytes());
@@ -301,9 +305,13 @@ pub fn frame_v6_chain(src: &str, dst: &str, chain: &[(u8, usize)], l4: L4) -> Fr
             51 => (bytes / 4 - 2, *bytes),
             _ => (bytes / 8 - 1, *bytes),
         };
-        // The rest is Pad1 options (zero bytes).
+        // The rest is Pad1 options (zero bytes); a routing header is of
+        // type 2 (Mobile IPv6), with no segments left.
         let mut h = vec![next, len_field as u8];
         h.resize(bytes, 0);
+        if *ty == 43 {
+            h[2] = 2;
+        }
         ext.extend_from_slice(&h);
     }
     let body = l4.bytes();
@@ -341,7 +349,7 @@ pub fn arp(sender: &str, target: &str) -> Frame {
     let (s, t): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (sender.parse().unwrap(), target.parse().unwrap());
     let mut f = eth(0x0806);
     f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
-    f.extend_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
+    f.extend_from_slice(&SRC_MAC);
     f.extend_from_slice(&s.octets());
     f.extend_from_slice(&[0; 6]);
     f.extend_from_slice(&t.octets());
@@ -373,8 +381,83 @@ pub fn udp_with_length(sport: u16, dport: u16, len: u16) -> L4 {
     L4::Proto(UDP, h)
 }
 
-/// A neighbour advertisement (or solicitation) for `target`.
+/// A neighbour solicitation (135) or advertisement (136) for `target`, as
+/// a host sends it: hop limit 255, and its source (solicitation; none from
+/// `::`) or target (advertisement) link-layer address, [`SRC_MAC`].
 pub fn nd(src: &str, dst: &str, ty: u8, target: &str) -> Frame {
+    let mut options = Vec::new();
+    if ty == 136 || src != "::" {
+        options.extend_from_slice(&[if ty == 136 { 2 } else { 1 }, 1]);
+        options.extend_from_slice(&SRC_MAC);
+    }
+    nd_with(src, dst, ty, target, 255, &options)
+}
+
+/// A neighbour solicitation or advertisement with this hop limit and these
+/// option bytes after the target.
+pub fn nd_with(src: &str, dst: &str, ty: u8, target: &str, hop_limit: u8, options: &[u8]) -> Frame {
     let t: std::net::Ipv6Addr = target.parse().unwrap();
-    frame(src, dst, icmp(ty, 0, [0x60, 0, 0, 0], t.octets().to_vec()))
+    let flags = if ty == 136 { [0x60, 0, 0, 0] } else { [0; 4] };
+    let mut body = t.octets().to_vec();
+    body.extend_from_slice(options);
+    ipv6_icmp_frame(src, dst, hop_limit, false, &icmp(ty, 0, flags, body))
+}
+
+/// A router solicitation from `src` with its source link-layer address.
+pub fn rs(src: &str) -> Frame {
+    let mut options = vec![1, 1];
+    options.extend_from_slice(&SRC_MAC);
+    ipv6_icmp_frame(src, "ff02::2", 255, false, &icmp(133, 0, [0; 4], options))
+}
+
+/// An MLD message of type `ty` as hosts send it (hop limit 1, a hop-by-hop
+/// header with a Router Alert): `rest` is the 4 bytes after the checksum,
+/// `body` what follows them.
+pub fn mld(src: &str, dst: &str, ty: u8, rest: [u8; 4], body: Vec<u8>) -> Frame {
+    ipv6_icmp_frame(src, dst, 1, true, &icmp(ty, 0, rest, body))
+}
+
+/// An MLDv2 report (143) to ff02::16 joining `groups`.
+pub fn mld_v2_report(src: &str, groups: &[&str]) -> Frame {
+    let mut body = Vec::new();
+    for g in groups {
+        let g: std::net::Ipv6Addr = g.parse().unwrap();
+        // Change to exclude mode (4): no sources, no auxiliary data.
+        body.extend_from_slice(&[4, 0, 0, 0]);
+        body.extend_from_slice(&g.octets());
+    }
+    mld(src, "ff02::16", 143, [0, 0, 0, groups.len() as u8], body)
+}
+
+/// An IPv6 frame carrying ICMPv6 `l4` with this hop limit, after a
+/// hop-by-hop header holding a Router Alert when `alert`.
+pub fn ipv6_icmp_frame(src: &str, dst: &str, hop_limit: u8, alert: bool, l4: &L4) -> Frame {
+    let body = l4.bytes();
+    let hbh: Vec<u8> = if alert {
+        vec![ICMPV6, 0, 5, 2, 0, 0, 1, 0]
+    } else {
+        vec![]
+    };
+    let mut h = ipv6_header(if alert { 0 } else { ICMPV6 }, (hbh.len() + body.len()) as u16);
+    h[7] = hop_limit;
+    let (s, d): (std::net::Ipv6Addr, std::net::Ipv6Addr) = (src.parse().unwrap(), dst.parse().unwrap());
+    h[8..24].copy_from_slice(&s.octets());
+    h[24..40].copy_from_slice(&d.octets());
+    h.extend_from_slice(&hbh);
+    h.extend_from_slice(&body);
+    let mut f = eth(0x86dd);
+    f.extend_from_slice(&h);
+    Frame(f)
+}
+
+/// `frame` with another Ethernet source.
+pub fn with_src_mac(mut frame: Frame, mac: [u8; 6]) -> Frame {
+    frame.0[6..12].copy_from_slice(&mac);
+    frame
+}
+
+/// `frame` with another Ethernet destination.
+pub fn with_dst_mac(mut frame: Frame, mac: [u8; 6]) -> Frame {
+    frame.0[0..6].copy_from_slice(&mac);
+    frame
 }

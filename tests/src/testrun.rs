@@ -29,6 +29,8 @@ const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 /// Offset of `ifindex` in `struct __sk_buff` (include/uapi/linux/bpf.h).
 const SKB_IFINDEX_OFFSET: usize = 40;
+/// Offset of `ingress_ifindex`, which BPF_PROG_TEST_RUN copies into the skb.
+const SKB_INGRESS_IFINDEX_OFFSET: usize = 36;
 const SKB_CTX_SIZE: usize = 192;
 
 /// The node name policies are compiled for: endpoints without a node, or
@@ -47,10 +49,43 @@ pub enum Expect {
 pub enum Hook<'a> {
     /// TC ingress of the named endpoint interface (as the policy names it).
     From(&'a str),
-    /// TC egress of the named endpoint interface.
+    /// TC egress of the named endpoint interface, for a frame that came the
+    /// way its source address belongs to: through the interface of the
+    /// local endpoint that owns it, else from the host's own stack (the
+    /// skb's ingress interface is 0).
     To(&'a str),
+    /// TC egress of the named endpoint interface (first) for a frame that
+    /// entered the host by the second: another endpoint's interface (as
+    /// the policy names it), [`UPLINK_IFACE`] or [`PORT_IFACE`].
+    ToVia(&'a str, &'a str),
     /// XDP on the uplink.
     Uplink,
+}
+
+/// `frame` with every run of [`crate::frames::SRC_MAC`] replaced by `mac`.
+fn with_mac(frame: &Frame, mac: [u8; 6]) -> Frame {
+    let mut out = frame.0.clone();
+    let mut i = 0;
+    while i + 6 <= out.len() {
+        if out[i..i + 6] == crate::frames::SRC_MAC {
+            out[i..i + 6].copy_from_slice(&mac);
+            i += 6;
+        } else {
+            i += 1;
+        }
+    }
+    Frame(out)
+}
+
+/// The fixture's uplink (`HW_UPLINK` names it), for [`Hook::ToVia`].
+pub const UPLINK_IFACE: &str = "@uplink";
+/// A bridge port of the fixture that is no endpoint, for [`Hook::ToVia`].
+pub const PORT_IFACE: &str = "@port";
+
+/// The MAC of the fixture's interface `ifindex`. Frames run from an
+/// endpoint carry it wherever `frames` wrote [`crate::frames::SRC_MAC`].
+pub fn fixture_mac(ifindex: u32) -> [u8; 6] {
+    [0x02, 0xa0, 0, 0, (ifindex >> 8) as u8, ifindex as u8]
 }
 
 /// Why BPF_PROG_TEST_RUN did not run a frame.
@@ -62,6 +97,8 @@ type VerdictCounts = (Vec<(u32, u64)>, Vec<(u32, u64)>);
 
 pub struct Fixture {
     pub dp: Datapath,
+    /// The addresses of this host in the applied policy (`HW_LOCAL`).
+    local: Vec<(hostwall_common::LocalKey, hostwall_common::LocalAddr)>,
     /// (interface name in the policy, interface created for it, ifindex).
     names: Vec<(String, String, u32)>,
     /// Drop and pass counters (code, packets) after the last run, so that
@@ -98,7 +135,7 @@ impl Fixture {
         assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {}", std::io::Error::last_os_error());
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let mut names: Vec<(String, String, u32)> = Vec::new();
-        for iface in interfaces {
+        for iface in interfaces.iter().copied().chain([UPLINK_IFACE, PORT_IFACE]) {
             if names.iter().any(|(p, _, _)| p == iface) {
                 continue;
             }
@@ -115,9 +152,13 @@ impl Fixture {
             let ifindex = hostwall::host::ifindex(&real).expect("the interface just created exists");
             names.push((iface.to_string(), real, ifindex));
         }
-        let dp = load();
+        let mut dp = load();
+        let uplink = names.iter().find(|(p, _, _)| p == UPLINK_IFACE).map(|(_, _, i)| *i);
+        dp.set_uplink(uplink.expect("the fixture's uplink exists"))
+            .expect("writing HW_UPLINK");
         Fixture {
             dp,
+            local: Vec::new(),
             names,
             counters: RefCell::new(None),
         }
@@ -133,13 +174,30 @@ impl Fixture {
         self.resolve(policy_name).expect("interface in policy")
     }
 
+    /// The MAC of every interface of the fixture ([`fixture_mac`]).
+    pub fn macs(&self) -> std::collections::BTreeMap<u32, [u8; 6]> {
+        self.names.iter().map(|(_, _, i)| (*i, fixture_mac(*i))).collect()
+    }
+
+    /// The MAC of the endpoint behind `iface` (as the policy names it).
+    pub fn mac(&self, iface: &str) -> [u8; 6] {
+        fixture_mac(self.ifindex(iface))
+    }
+
+    /// The link-local address the MAC of `iface`'s endpoint gives it.
+    pub fn link_local(&self, iface: &str) -> String {
+        std::net::Ipv6Addr::from(compile::eui64_link_local(self.mac(iface))).to_string()
+    }
+
     /// Compiles `policy` for node [`NODE`] with these host addresses.
     pub fn compile(&self, policy: &Policy, host: &[IpAddr]) -> Compiled {
         let resolve = |name: &str| self.resolve(name);
+        let macs = self.macs();
         let view = HostView {
             node: NODE,
             host_addresses: host,
             ifindex: &resolve,
+            macs: &macs,
         };
         compile::compile(policy, &view).expect("compile")
     }
@@ -161,6 +219,7 @@ impl Fixture {
     pub fn apply_started(&mut self, compiled: &Compiled, started_ns: u64) {
         self.dp.slots.set_started(started_ns);
         self.dp.slots.apply(compiled).expect("apply");
+        self.local = compiled.local.clone();
     }
 
     pub fn counters(&self, map: &str) -> Vec<u64> {
@@ -245,16 +304,27 @@ impl Fixture {
             .borrow_mut()
             .take()
             .unwrap_or_else(|| self.verdict_counts());
+        // A frame from an endpoint carries its MAC where it says SRC_MAC.
+        let rewritten;
+        let frame = match hook {
+            Hook::From(iface) => {
+                rewritten = with_mac(frame, self.mac(iface));
+                &rewritten
+            }
+            _ => frame,
+        };
         let ret = match hook {
-            Hook::From(iface) | Hook::To(iface) => {
-                let name = if matches!(hook, Hook::From(_)) {
-                    PROG_FROM_ENDPOINT
-                } else {
-                    PROG_TO_ENDPOINT
+            Hook::From(iface) | Hook::To(iface) | Hook::ToVia(iface, _) => {
+                let (name, arrived_on) = match hook {
+                    Hook::From(_) => (PROG_FROM_ENDPOINT, self.ifindex(iface)),
+                    Hook::ToVia(_, via) => (PROG_TO_ENDPOINT, self.ifindex(via)),
+                    _ => (PROG_TO_ENDPOINT, self.owner_of_source(frame)),
                 };
                 let prog: &SchedClassifier = self.dp.ebpf.program(name).unwrap().try_into().unwrap();
                 let mut ctx = [0u8; SKB_CTX_SIZE];
                 ctx[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&self.ifindex(iface).to_ne_bytes());
+                ctx[SKB_INGRESS_IFINDEX_OFFSET..SKB_INGRESS_IFINDEX_OFFSET + 4]
+                    .copy_from_slice(&arrived_on.to_ne_bytes());
                 let mut opts = TestRunOptions::new();
                 opts.data_in = Some(&frame.0);
                 opts.ctx_in = Some(&ctx);
@@ -294,6 +364,24 @@ impl Fixture {
             (false, [code], []) => Expect::Drop(DropReason::from_code(*code).unwrap()),
             other => panic!("return code and counters disagree: {other:?}"),
         })
+    }
+
+    /// The interface a frame's source address belongs to (0: the host's or
+    /// no one's).
+    fn owner_of_source(&self, frame: &Frame) -> u32 {
+        let f = &frame.0;
+        let (family, addr) = match f.get(12..14) {
+            Some([0x08, 0x00]) if f.len() >= 30 => (hostwall_common::FAMILY_V4, &f[26..30]),
+            Some([0x86, 0xdd]) if f.len() >= 38 => (hostwall_common::FAMILY_V6, &f[22..38]),
+            Some([0x08, 0x06]) if f.len() >= 32 => (hostwall_common::FAMILY_V4, &f[28..32]),
+            _ => return 0,
+        };
+        let mut bytes = [0; 16];
+        bytes[..addr.len()].copy_from_slice(addr);
+        self.local
+            .iter()
+            .find(|(k, _)| k.family == family && k.addr == bytes)
+            .map_or(0, |(_, a)| a.ifindex)
     }
 
     /// Runs a table; reports every mismatch with the case that caused it.

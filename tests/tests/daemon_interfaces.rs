@@ -1,12 +1,13 @@
 //! Containers coming and going while the agent runs: `hostwall status`
-//! tells an endpoint waiting for its interface from an enforced one, and
+//! tells an endpoint waiting for its interface from an enforced one,
 //! interfaces matching `settings.quarantine` get no network until they are
-//! made endpoints.
+//! made endpoints, and every endpoint's MAC is fixed when its interface is
+//! first seen (and refused when someone else uses it).
 
 mod common;
 
 use common::bins;
-use common::daemon::{DEADLINE, cli_json, wait_for};
+use common::daemon::{DEADLINE, cli_fails, cli_json, wait_for};
 use hostwall_tests::{Agent, Check, Container, DropReason, Host, Node, Probe, assert_checks};
 use serde_json::Value;
 
@@ -210,4 +211,386 @@ fn host_mac(host: &Host) -> String {
         .exec(&["cat", "/sys/class/net/br0/address"])
         .expect("reading br0's address");
     out.trim().to_string()
+}
+
+/// The entry of endpoint `name` in `hostwall status --json`.
+fn endpoint_status(agent: &Agent, name: &str) -> Value {
+    let status = agent.status().expect("hostwall status");
+    status["endpoints"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no endpoint {name} in the status: {status}"))
+}
+
+/// The MAC of eth0 inside the container, as `ip -j link show` gives it.
+fn eth0_mac(c: &Container) -> String {
+    let out = c
+        .ns()
+        .exec(&["ip", "-j", "link", "show", "eth0"])
+        .expect("ip -j link show eth0");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("`ip -j link show eth0` ({e}): {out}"));
+    v[0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address in `ip -j link show eth0`: {out}"))
+        .to_string()
+}
+
+const MAC_POLICY: &str = r#"
+version: 1
+groups:
+  web:
+    ingress:
+      - {proto: icmp, icmp: {type: 8}, from: [host]}
+endpoints:
+  - {name: web, interface: hw-web, addresses: ["10.77.0.11", "fd00:77::11"], groups: [web]}
+  - {name: api, interface: hw-api, addresses: ["10.77.0.12", "fd00:77::12"], groups: [web]}
+  - {name: given, interface: hw-given, mac: "02:AA:00:00:00:13", addresses: ["10.77.0.13", "fd00:77::13"], groups: [web]}
+"#;
+
+#[test]
+fn status_shows_the_mac_of_each_containers_eth0() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let api = host.add_container("api", "hw-api", 12).expect("adding api");
+    let given = host.add_container("given", "hw-given", 13).expect("adding given");
+    let agent = Agent::start(&host, MAC_POLICY).expect("starting the agent");
+
+    let web_mac = eth0_mac(&web);
+    for (c, mac) in [(&web, web_mac.clone()), (&api, eth0_mac(&api))] {
+        let e = endpoint_status(&agent, &c.name);
+        assert_eq!(e["mac"], mac.as_str(), "{}: status shows eth0's MAC: {e}", c.name);
+        assert_eq!(e["problem"], Value::Null, "{}: {e}", c.name);
+        assert_eq!(e["state"], "enforced", "{}: {e}", c.name);
+    }
+    // A `mac:` wins over what the container's eth0 has.
+    let e = endpoint_status(&agent, "given");
+    assert_ne!(eth0_mac(&given), "02:aa:00:00:00:13");
+    assert_eq!(e["mac"], "02:aa:00:00:00:13", "given: {e}");
+    assert_eq!(e["problem"], Value::Null, "given: {e}");
+    let human = agent.cli(&["status"]).expect("hostwall status");
+    assert!(
+        human
+            .lines()
+            .any(|l| l.contains("hw-web") && l.contains("enforced") && l.contains(&web_mac)),
+        "`hostwall status` shows web's MAC:\n{human}"
+    );
+
+    // Changed inside the container after the agent fixed it: not followed,
+    // also when the policy is applied again for a new endpoint, whose MAC
+    // is read when it is added.
+    web.ns()
+        .ip("link set eth0 address 02:42:0a:4d:00:63")
+        .expect("changing web's MAC");
+    assert_eq!(eth0_mac(&web), "02:42:0a:4d:00:63");
+    let late = host.add_container("late", "hw-late", 20).expect("adding late");
+    let (v4, v6) = (late.v4.to_string(), late.v6.to_string());
+    let added = cli_json(
+        &agent,
+        &[
+            "endpoint",
+            "add",
+            "late",
+            "--interface",
+            "hw-late",
+            "--address",
+            &v4,
+            &v6,
+            "--group",
+            "web",
+        ],
+    );
+    assert_eq!(added["applied"], true, "endpoint add: {added}");
+    let late_mac = eth0_mac(&late);
+    wait_for("late's MAC is fixed", DEADLINE, || {
+        (endpoint_status(&agent, "late")["mac"] == late_mac.as_str()).then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let e = endpoint_status(&agent, "web");
+    assert_eq!(
+        e["mac"],
+        web_mac.as_str(),
+        "web keeps the MAC it had when first seen: {e}"
+    );
+    assert_eq!(
+        agent.count_log(&["MAC fixed", "hw-web"]),
+        1,
+        "web's MAC is fixed once:\n{}",
+        agent.log()
+    );
+    // The control file written back keeps the `mac:`.
+    let text = std::fs::read_to_string(agent.config_path()).expect("reading the control file");
+    assert!(
+        text.contains("mac: \"02:aa:00:00:00:13\""),
+        "the control file keeps given's mac:\n{text}"
+    );
+}
+
+const CLASH_POLICY: &str = r#"
+version: 1
+groups:
+  web:
+    ingress:
+      - {proto: icmp, icmp: {type: 8}, from: [host]}
+endpoints:
+  - {name: web, interface: hw-web, addresses: ["10.77.0.11", "fd00:77::11"], groups: [web]}
+  - {name: evil, interface: hw-evil, addresses: ["10.77.0.14", "fd00:77::14"], groups: [web]}
+  - {name: copycat, interface: hw-copycat, addresses: ["10.77.0.15", "fd00:77::15"], groups: [web]}
+"#;
+
+#[test]
+fn an_endpoint_with_a_mac_someone_else_uses_is_refused() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let evil = host.add_container("evil", "hw-evil", 14).expect("adding evil");
+    let copycat = host.add_container("copycat", "hw-copycat", 15).expect("adding copycat");
+    // Before the agent sees them: evil takes the bridge's MAC, copycat
+    // web's.
+    let bridge = host_mac(&host);
+    let web_mac = eth0_mac(&web);
+    evil.ns()
+        .ip(&format!("link set eth0 address {bridge}"))
+        .expect("giving evil the bridge's MAC");
+    copycat
+        .ns()
+        .ip(&format!("link set eth0 address {web_mac}"))
+        .expect("giving copycat web's MAC");
+    let agent = Agent::start(&host, CLASH_POLICY).expect("starting the agent");
+
+    let e = endpoint_status(&agent, "web");
+    assert_eq!(e["mac"], web_mac.as_str(), "web keeps its MAC: {e}");
+    assert_eq!(e["problem"], Value::Null, "web: {e}");
+
+    let e = endpoint_status(&agent, "evil");
+    assert_eq!(e["mac"], Value::Null, "evil gets no MAC: {e}");
+    assert_eq!(e["state"], "enforced", "evil: {e}");
+    let problem = e["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains(&format!("MAC {bridge} is used by br0")),
+        "status says whose MAC evil has: {e}"
+    );
+
+    let e = endpoint_status(&agent, "copycat");
+    assert_eq!(e["mac"], Value::Null, "copycat gets no MAC: {e}");
+    let problem = e["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains(&format!("MAC {web_mac} is already the MAC of endpoint web (hw-web)")),
+        "status says whose MAC copycat has: {e}"
+    );
+
+    let out = agent.cli_output(&["status"]).expect("running hostwall status");
+    let human = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        human
+            .lines()
+            .any(|l| l.contains("hw-evil") && l.contains("enforced, but no MAC")),
+        "`hostwall status` puts a caveat on evil:\n{human}"
+    );
+    assert!(
+        human.contains(&format!("MAC {bridge} is used by br0")),
+        "`hostwall status` says why:\n{human}"
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a refused MAC is no enforcement failure:\n{human}"
+    );
+
+    // Logged once, however often the agent looks again.
+    agent.cli(&["reload"]).expect("hostwall reload");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for (iface, whose) in [("hw-evil", "br0"), ("hw-copycat", "endpoint web")] {
+        assert_eq!(
+            agent.count_log(&["WARN", "MAC refused", iface, whose]),
+            1,
+            "the refusal of {iface} is logged once:\n{}",
+            agent.log()
+        );
+    }
+    assert_eq!(endpoint_status(&agent, "evil")["mac"], Value::Null);
+
+    // Web is unaffected.
+    assert_checks(
+        "web keeps working",
+        &[Check::allowed(&host, Probe::Ping, web.v4).labelled("web")],
+    );
+}
+
+#[test]
+fn a_bad_mac_is_refused_at_validate_and_apply() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let _web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let mut agent = Agent::start(&host, MAC_POLICY).expect("starting the agent");
+    let hash = agent.policy_hash().expect("status");
+
+    let with_mac = |mac: &str| {
+        MAC_POLICY.replace(
+            "{name: web, interface: hw-web,",
+            &format!("{{name: web, interface: hw-web, mac: {mac},"),
+        )
+    };
+    let cases = [
+        (
+            with_mac("\"02:aa:00:00:00\""),
+            "endpoints[0].mac: \"02:aa:00:00:00\" of endpoint \"web\" is not a MAC address",
+        ),
+        (
+            with_mac("\"02:aa:00:00:00:zz\""),
+            "endpoints[0].mac: \"02:aa:00:00:00:zz\" of endpoint \"web\" is not a MAC address",
+        ),
+        (
+            with_mac("\"01:00:5e:00:00:01\""),
+            "endpoints[0].mac: 01:00:5e:00:00:01 of endpoint \"web\" is a multicast (or broadcast) address",
+        ),
+        (
+            with_mac("\"00:00:00:00:00:00\""),
+            "endpoints[0].mac: 00:00:00:00:00:00 of endpoint \"web\" is all zeros",
+        ),
+        (
+            with_mac("\"02:aa:00:00:00:13\""),
+            "endpoints[2].mac: 02:aa:00:00:00:13 of endpoint \"given\" is already the MAC of endpoint \"web\"",
+        ),
+    ];
+    for (i, (policy, message)) in cases.iter().enumerate() {
+        let file = agent.scratch_path(&format!("bad-mac-{i}.yaml")).expect("scratch file");
+        std::fs::write(&file, policy).expect("writing the file");
+        let out = std::process::Command::new(&bins().hostwall)
+            .arg("validate")
+            .arg(&file)
+            .output()
+            .expect("running hostwall validate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "validate accepted:\n{policy}\n{stderr}");
+        assert!(stderr.contains(message), "validate says {message:?}; it said: {stderr}");
+
+        let path = file.to_string_lossy().into_owned();
+        let (_, stderr) = cli_fails(&agent, &["apply", &path]);
+        assert!(stderr.contains(message), "apply says {message:?}; it said: {stderr}");
+        assert_eq!(
+            agent.policy_hash().expect("status"),
+            hash,
+            "a refused apply changed the policy"
+        );
+    }
+
+    let (_, stderr) = cli_fails(
+        &agent,
+        &[
+            "endpoint",
+            "add",
+            "x",
+            "--interface",
+            "hw-x",
+            "--mac",
+            "02:aa:00:00:00:13",
+            "--address",
+            "10.77.0.30",
+        ],
+    );
+    assert!(
+        stderr.contains("02:aa:00:00:00:13 of endpoint \"x\" is already the MAC of endpoint \"given\""),
+        "endpoint add refuses a MAC another endpoint has: {stderr}"
+    );
+
+    // In the control file: refused, the last good policy stays.
+    agent
+        .reload_refused(&with_mac("\"ff:ff:ff:ff:ff:ff\""))
+        .expect("the agent refuses the file");
+    let status = agent.status().expect("status");
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("endpoints[0].mac: ff:ff:ff:ff:ff:ff of endpoint \"web\" is a multicast (or broadcast) address"),
+        "status names the field: {status}"
+    );
+    assert_eq!(status["policy"]["hash"], hash.as_str());
+}
+
+#[test]
+fn a_restarted_agent_keeps_the_macs_it_fixed() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let _api = host.add_container("api", "hw-api", 12).expect("adding api");
+    let mut agent = Agent::start(&host, MAC_POLICY).expect("starting the agent");
+    let web_mac = eth0_mac(&web);
+    assert_eq!(endpoint_status(&agent, "web")["mac"], web_mac.as_str());
+
+    // Changed while no agent runs: the restarted one keeps what the
+    // pinned datapath enforces.
+    agent.stop().expect("stopping the agent");
+    web.ns()
+        .ip("link set eth0 address 02:42:0a:4d:00:63")
+        .expect("changing web's MAC");
+    agent.restart().expect("restarting the agent");
+    let e = endpoint_status(&agent, "web");
+    assert_eq!(e["mac"], web_mac.as_str(), "web keeps its MAC across the restart: {e}");
+    assert_eq!(e["problem"], Value::Null, "web: {e}");
+    assert_eq!(
+        agent.count_log(&["kept the endpoint MACs the earlier agent fixed", "adopted=2"]),
+        1,
+        "{}",
+        agent.log()
+    );
+}
+
+const LATE_MAC_POLICY: &str = r#"
+version: 1
+groups:
+  web:
+    ingress:
+      - {proto: icmp, icmp: {type: 8}, from: [host]}
+endpoints:
+  - {name: slow, interface: hw-slow, addresses: ["10.77.0.21", "fd00:77::21"], groups: [web]}
+"#;
+
+/// As a container runtime does it: the veth pair is made in the host's
+/// namespace, then one end moves into the container and is configured and
+/// brought up. The MAC is read once it is there and up, not before.
+#[test]
+fn a_mac_is_read_once_the_containers_side_is_in_place() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let agent = Agent::start(&host, LATE_MAC_POLICY).expect("starting the agent");
+    let problem = |agent: &Agent| {
+        endpoint_status(agent, "slow")["problem"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+
+    host.ns()
+        .ip("link add hw-slow type veth peer name slow0")
+        .expect("adding the veth pair");
+    host.ns()
+        .ip("link set hw-slow master br0 up")
+        .expect("plugging hw-slow in");
+    wait_for("slow waits for its container's side", DEADLINE, || {
+        problem(&agent)
+            .contains("the far side of hw-slow (slow0) is in the host's own network namespace")
+            .then_some(())
+    });
+    assert_eq!(endpoint_status(&agent, "slow")["mac"], Value::Null);
+
+    let ns = hostwall_tests::Netns::create(&hostwall_tests::topology::unique_name("hwt-slow")).expect("a namespace");
+    host.ns()
+        .ip(&format!("link set slow0 netns {}", ns.name()))
+        .expect("moving slow0 into the container");
+    wait_for("slow waits for its container's side to be up", DEADLINE, || {
+        problem(&agent)
+            .contains("the container's side of hw-slow is not up yet")
+            .then_some(())
+    });
+    ns.ip("link set slow0 address 02:42:0a:4d:00:21")
+        .expect("setting slow0's MAC");
+    ns.ip("link set slow0 up").expect("bringing slow0 up");
+    wait_for("slow's MAC is fixed", DEADLINE, || {
+        (endpoint_status(&agent, "slow")["mac"] == "02:42:0a:4d:00:21").then_some(())
+    });
+    assert_eq!(endpoint_status(&agent, "slow")["problem"], Value::Null);
+    assert_eq!(
+        agent.count_log(&["WARN", "MAC is not known", "hw-slow", "not up yet"]),
+        1,
+        "each reason is logged once:\n{}",
+        agent.log()
+    );
 }

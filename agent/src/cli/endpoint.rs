@@ -11,6 +11,10 @@ pub enum Cmd {
         /// The host-side interface of its veth pair.
         #[arg(long)]
         interface: Option<String>,
+        /// The MAC its frames must carry (default: read from the
+        /// container's side of the veth pair when the interface appears).
+        #[arg(long)]
+        mac: Option<String>,
         #[arg(long = "address", num_args = 1..)]
         addresses: Vec<String>,
         #[arg(long = "group", num_args = 1..)]
@@ -28,12 +32,15 @@ pub fn run(ctx: &super::Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Add {
             name,
             interface,
+            mac,
             addresses,
             groups,
             node,
         } => {
-            let body =
-                json!({"name": name, "interface": interface, "addresses": addresses, "groups": groups, "node": node});
+            let body = json!({
+                "name": name, "interface": interface, "mac": mac,
+                "addresses": addresses, "groups": groups, "node": node,
+            });
             ctx.call("POST", "/v1/endpoints", &[], Some(body.to_string().as_bytes()))?
         }
         Cmd::Remove { name } => {

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 /// Exits 0 once the policy is enforced on every present endpoint
-/// interface, 1 otherwise.
+/// interface, 1 otherwise. An endpoint without a MAC counts as enforced
+/// (all its frames are dropped); its problem is printed under it.
 pub fn run(ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
     let v = ctx.call("GET", "/v1/status", &[], None)?;
     ctx.print(&v, |v| {
@@ -21,12 +22,22 @@ pub fn run(ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
         );
         println!("endpoints");
         for e in v["endpoints"].as_array().into_iter().flatten() {
+            let problem = e["problem"].as_str();
+            let state = match (e["state"].as_str().unwrap_or(""), problem) {
+                // Enforced, but the endpoint has no MAC: it has no network.
+                ("enforced", Some(_)) => "enforced, but no MAC".to_string(),
+                (state, _) => state.to_string(),
+            };
             println!(
-                "  {:<20} {:<16} {}",
+                "  {:<20} {:<16} {:<22} {}",
                 e["name"].as_str().unwrap_or(""),
                 e["interface"].as_str().unwrap_or("-"),
-                e["state"].as_str().unwrap_or("")
+                state,
+                e["mac"].as_str().unwrap_or("-")
             );
+            if let Some(problem) = problem {
+                println!("  {:<20} {problem}", "");
+            }
         }
         for q in v["quarantined"].as_array().into_iter().flatten() {
             println!("  quarantined          {}", q["interface"].as_str().unwrap_or(""));

@@ -23,8 +23,8 @@ use std::net::IpAddr;
 
 use hostwall_common::{
     DIR_EGRESS, DIR_INGRESS, EndpointInfo, FAMILY_V4, FAMILY_V6, MAX_ENDPOINT_INTERFACES, MAX_PEER_ENTRIES,
-    MAX_POLICY_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES, POLICY_FIXED_BITS, PeerInfo, PolicyKey, PolicyValue, Settings,
-    SrcKey,
+    LOCAL_LINK_ONLY, MAX_LOCAL_ENTRIES, MAX_POLICY_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES, POLICY_FIXED_BITS, LocalAddr, LocalKey,
+    PeerInfo, PolicyKey, PolicyValue, Settings, SrcKey,
 };
 
 use crate::policy::{Direction, Midstream, Peer, Policy, Proto, Rule};
@@ -59,6 +59,9 @@ pub struct LocalEndpoint {
 pub struct Compiled {
     pub endpoints: Vec<LocalEndpoint>,
     pub src: Vec<SrcKey>,
+    /// Every address of this host (its own and its local endpoints') and
+    /// the interface a packet from it must enter by.
+    pub local: Vec<(LocalKey, LocalAddr)>,
     pub peer4: Vec<(u32, [u8; 4], PeerInfo)>,
     pub peer6: Vec<(u32, [u8; 16], PeerInfo)>,
     pub policy: Vec<(u32, PolicyKey, PolicyValue)>,
@@ -102,6 +105,7 @@ pub struct Limits {
     pub policy_entries: usize,
     pub peer_entries: usize,
     pub src_entries: usize,
+    pub local_entries: usize,
     pub interfaces: usize,
     pub rules: usize,
 }
@@ -112,6 +116,7 @@ impl Default for Limits {
             policy_entries: MAX_POLICY_ENTRIES as usize,
             peer_entries: MAX_PEER_ENTRIES as usize,
             src_entries: MAX_SRC_ENTRIES as usize,
+            local_entries: MAX_LOCAL_ENTRIES as usize,
             interfaces: MAX_ENDPOINT_INTERFACES as usize,
             // Rule id 0 means "no rule".
             rules: MAX_RULES as usize - 1,
@@ -127,6 +132,9 @@ pub struct HostView<'a> {
     pub host_addresses: &'a [IpAddr],
     /// Resolves an interface name to its ifindex, if it exists.
     pub ifindex: &'a dyn Fn(&str) -> Option<u32>,
+    /// The MAC fixed for each endpoint interface (by ifindex); an interface
+    /// missing here gets none, and its frames are all dropped.
+    pub macs: &'a BTreeMap<u32, [u8; 6]>,
 }
 
 pub fn compile(policy: &Policy, host: &HostView<'_>) -> Result<Compiled, CompileError> {
@@ -231,6 +239,20 @@ fn compile_inner(
     // Local endpoints and their policy ids (one per distinct set of groups).
     let mut policy_ids: BTreeMap<BTreeSet<&str>, u32> = BTreeMap::new();
     let mut local_policy: BTreeMap<usize, (u32, u32)> = BTreeMap::new();
+    // Endpoint addresses win over the host's: a packet from one must come
+    // through that endpoint's interface.
+    let mut local: HashMap<LocalKey, LocalAddr> = HashMap::new();
+    for addr in host.host_addresses {
+        let (family, bytes) = addr_bytes(*addr);
+        local.insert(
+            LocalKey {
+                family,
+                _pad: [0; 3],
+                addr: bytes,
+            },
+            LocalAddr { ifindex: 0, flags: 0 },
+        );
+    }
     for (i, ep) in policy.endpoints.iter().enumerate() {
         if !ep.is_local(host.node) {
             continue;
@@ -245,6 +267,8 @@ fn compile_inner(
         let info = EndpointInfo {
             policy: pid,
             endpoint: endpoint_id,
+            mac: ifindex.and_then(|i| host.macs.get(&i).copied()).unwrap_or([0; 6]),
+            _pad: [0; 2],
         };
         if let Some(ifindex) = ifindex {
             for addr in &ep.addresses {
@@ -255,6 +279,38 @@ fn compile_inner(
                     _pad: [0; 3],
                     addr: bytes,
                 });
+                let flags = if is_link_local(*addr) { LOCAL_LINK_ONLY } else { 0 };
+                local.insert(
+                    LocalKey {
+                        family,
+                        _pad: [0; 3],
+                        addr: bytes,
+                    },
+                    LocalAddr { ifindex, flags },
+                );
+            }
+            // A MAC two endpoints share (the agent never fixes one so)
+            // gives neither its link-local address.
+            let shared = policy
+                .endpoints
+                .iter()
+                .filter(|e| e.is_local(host.node))
+                .filter_map(|e| e.interface.as_deref().and_then(|i| (host.ifindex)(i)))
+                .filter(|i| host.macs.get(i) == Some(&info.mac))
+                .count()
+                > 1;
+            if info.mac != [0; 6] && !shared {
+                local.insert(
+                    LocalKey {
+                        family: FAMILY_V6,
+                        _pad: [0; 3],
+                        addr: eui64_link_local(info.mac),
+                    },
+                    LocalAddr {
+                        ifindex,
+                        flags: LOCAL_LINK_ONLY,
+                    },
+                );
             }
         }
         out.endpoints.push(LocalEndpoint {
@@ -266,6 +322,9 @@ fn compile_inner(
     }
     check("HW_IFACE", out.endpoints.len(), limits.interfaces)?;
     check("HW_SRC", out.src.len(), limits.src_entries)?;
+    out.local = local.into_iter().collect();
+    out.local.sort_by_key(|(k, _)| (k.family, k.addr));
+    check("HW_LOCAL", out.local.len(), limits.local_entries)?;
 
     // Peer classes.
     let classes = PeerClasses::build(
@@ -449,6 +508,27 @@ fn settings(policy: &Policy) -> Settings {
         max_flows_per_endpoint: ct.max_per_endpoint,
         max_inbound_per_endpoint: ct.max_inbound_per_endpoint,
     }
+}
+
+/// The IPv6 link-local address a MAC's modified EUI-64 gives (RFC 4291):
+/// what a container's kernel uses unless told otherwise.
+pub fn eui64_link_local(mac: [u8; 6]) -> [u8; 16] {
+    let mut a = [0; 16];
+    a[0] = 0xfe;
+    a[1] = 0x80;
+    a[8] = mac[0] ^ 0x02;
+    a[9] = mac[1];
+    a[10] = mac[2];
+    a[11] = 0xff;
+    a[12] = 0xfe;
+    a[13] = mac[3];
+    a[14] = mac[4];
+    a[15] = mac[5];
+    a
+}
+
+fn is_link_local(addr: IpAddr) -> bool {
+    matches!(addr, IpAddr::V6(a) if a.segments()[0] & 0xffc0 == 0xfe80)
 }
 
 pub fn addr_bytes(addr: IpAddr) -> (u8, [u8; 16]) {

@@ -160,6 +160,7 @@ pub fn policy(shape: &Shape) -> Policy {
                 name: format!("ep{i:05}"),
                 node: Some(node),
                 interface: Some(format!("hw{i:05}")),
+                mac: None,
                 addresses: addresses(i, tiers),
                 groups,
             }
@@ -221,10 +222,12 @@ mod tests {
     use crate::policy::{parse_str, to_yaml};
 
     fn view<'a>(host: &'a [IpAddr], ifindex: &'a dyn Fn(&str) -> Option<u32>) -> HostView<'a> {
+        static NO_MACS: BTreeMap<u32, [u8; 6]> = BTreeMap::new();
         HostView {
             node: NODE,
             host_addresses: host,
             ifindex,
+            macs: &NO_MACS,
         }
     }
 

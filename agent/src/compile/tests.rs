@@ -14,6 +14,7 @@ fn compile_yaml(yaml: &str, host: &[&str]) -> Compiled {
         node: "n1",
         host_addresses: &host,
         ifindex: &fake_ifindex,
+        macs: &Default::default(),
     };
     compile(&policy, &view).expect("compiles")
 }
@@ -266,6 +267,7 @@ fn a_policy_that_does_not_fit_is_refused_with_the_limit() {
         node: "n1",
         host_addresses: &[],
         ifindex: &|_| Some(7),
+        macs: &Default::default(),
     };
     let limits = Limits {
         policy_entries: 3,

@@ -12,6 +12,7 @@ use hostwall_common::{Counter, QUARANTINED};
 use tracing::{error, info, warn};
 
 use super::Agent;
+use super::macs::{self, Wanted};
 use super::rules::Assignment;
 use crate::api::Caller;
 use crate::compile::{self, CompileError, Compiled, HostView, Lookup};
@@ -94,7 +95,8 @@ impl Agent {
             .iter()
             .any(|e| host::ifindex(&e.interface) != e.ifindex);
         let quarantine_moved = self.quarantine_candidates() != self.quarantined;
-        if addresses == self.host_addresses && !interfaces_moved && !quarantine_moved {
+        let macs_moved = !interfaces_moved && self.macs_moved();
+        if addresses == self.host_addresses && !interfaces_moved && !quarantine_moved && !macs_moved {
             return;
         }
         self.host_addresses = addresses;
@@ -142,12 +144,22 @@ impl Agent {
     /// attaches to every endpoint (and quarantined) interface.
     pub(super) fn enforce(&mut self, policy: &Policy, assignment: &Assignment) -> Result<Compiled, ApplyError> {
         let addrs: Vec<IpAddr> = self.host_addresses.iter().copied().collect();
+        // MACs are fixed only by a policy that gets enforced.
+        let macs_before = self.macs.clone();
+        let macs = self.endpoint_macs(policy);
         let view = HostView {
             node: &self.opts.node,
             host_addresses: &addrs,
             ifindex: &host::ifindex,
+            macs: &macs,
         };
-        let mut compiled = compile::compile_with(policy, &view, &self.opts.map_sizes.limits(), &assignment.ids)?;
+        let mut compiled = match compile::compile_with(policy, &view, &self.opts.map_sizes.limits(), &assignment.ids) {
+            Ok(c) => c,
+            Err(e) => {
+                self.macs = macs_before;
+                return Err(e.into());
+            }
+        };
 
         // Quarantine: computed against the new policy's endpoints.
         let saved = std::mem::replace(&mut self.policy, policy.clone());
@@ -161,12 +173,17 @@ impl Agent {
                 info: hostwall_common::EndpointInfo {
                     policy: 0,
                     endpoint: QUARANTINED,
+                    mac: [0; 6],
+                    _pad: [0; 2],
                 },
             });
         }
 
         self.prepare_rule_counters(assignment);
-        self.datapath.slots.apply(&compiled)?;
+        if let Err(e) = self.datapath.slots.apply(&compiled) {
+            self.macs = macs_before;
+            return Err(e.into());
+        }
         self.record_rule_keys(assignment);
 
         let wanted: BTreeSet<u32> = compiled.endpoints.iter().filter_map(|e| e.ifindex).collect();
@@ -213,6 +230,40 @@ impl Agent {
         Ok(compiled)
     }
 
+    /// The MAC fixed for each local endpoint's interface (by ifindex):
+    /// decided for interfaces seen for the first time (and those whose MAC
+    /// was not known yet), kept for the others. A refused interface has
+    /// none.
+    fn endpoint_macs(&mut self, policy: &Policy) -> BTreeMap<u32, [u8; 6]> {
+        let wanted = wanted_macs(policy, &self.opts.node);
+        self.macs.update(
+            &wanted,
+            &mut |w| macs::read_peer(w.interface, w.ifindex),
+            &mut host::link_macs,
+        );
+        self.macs.fixed()
+    }
+
+    /// Whether an endpoint MAC that was not known has become known, so
+    /// that the policy must be written again.
+    fn macs_moved(&mut self) -> bool {
+        if !self.macs.waiting() {
+            return false;
+        }
+        let wanted = wanted_macs(&self.policy, &self.opts.node);
+        self.macs.update(
+            &wanted,
+            &mut |w| macs::read_peer(w.interface, w.ifindex),
+            &mut host::link_macs,
+        );
+        let fixed = self.macs.fixed();
+        self.compiled.endpoints.iter().any(|e| {
+            e.info.endpoint != QUARANTINED
+                && e.ifindex
+                    .is_some_and(|i| fixed.get(&i).copied().unwrap_or([0; 6]) != e.info.mac)
+        })
+    }
+
     /// Fresh rule ids start counting from zero.
     fn prepare_rule_counters(&mut self, assignment: &Assignment) {
         let Some(map) = self.datapath.ebpf.map_mut("HW_RULE_STATS") else {
@@ -254,6 +305,25 @@ impl Agent {
             .collect();
         conntrack::remove(&mut self.datapath.ebpf, &doomed)
     }
+}
+
+/// The local endpoints of `policy` whose interface exists, in policy
+/// order.
+fn wanted_macs<'a>(policy: &'a Policy, node: &str) -> Vec<Wanted<'a>> {
+    policy
+        .endpoints
+        .iter()
+        .filter(|e| e.is_local(node))
+        .filter_map(|e| {
+            let interface = e.interface.as_deref()?;
+            Some(Wanted {
+                endpoint: &e.name,
+                interface,
+                ifindex: host::ifindex(interface)?,
+                configured: e.mac,
+            })
+        })
+        .collect()
 }
 
 /// Writes `bytes` to `path` so that readers see the old or the new file,

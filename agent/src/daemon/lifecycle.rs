@@ -70,6 +70,7 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
         registry,
         host_addresses: host::addresses().context("reading the host's addresses")?,
         quarantined: BTreeMap::new(),
+        macs: Default::default(),
         applied_at: SystemTime::now(),
         file_hash: Some(sha256_hex(&bytes)),
         last_error: None,
@@ -92,6 +93,14 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
             .attachments
             .attach_uplink(&mut agent.datapath.ebpf, &uplink, ifindex, old.as_deref())?;
         info!(interface = %uplink, "uplink filter attached");
+    }
+    if restarting {
+        // MACs stay fixed across a restart: what the earlier agent enforced
+        // is kept, not read again from the containers.
+        let adopted = agent.macs.adopt(&super::macs::pinned(&layout.maps()));
+        if adopted > 0 {
+            info!(adopted, "kept the endpoint MACs the earlier agent fixed");
+        }
     }
     agent.apply(policy, "startup", None)?;
 

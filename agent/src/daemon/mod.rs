@@ -5,6 +5,7 @@
 mod enforce;
 mod gc;
 pub mod lifecycle;
+pub mod macs;
 pub mod notify;
 pub mod rules;
 mod watch;
@@ -68,6 +69,8 @@ pub struct Agent {
     pub host_addresses: BTreeSet<IpAddr>,
     /// Quarantined interfaces: ifindex -> name.
     pub quarantined: BTreeMap<u32, String>,
+    /// The MAC fixed (or refused) for each endpoint interface, by ifindex.
+    pub macs: macs::Macs,
     pub applied_at: SystemTime,
     /// SHA-256 of the control file's bytes as last read or written.
     pub file_hash: Option<String>,

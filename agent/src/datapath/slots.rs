@@ -20,7 +20,8 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
 };
 use hostwall_common::{
-    EndpointInfo, MIDSTREAM_ALWAYS, MIDSTREAM_NEVER, PeerInfo, PolicyKey, PolicyValue, Settings, SrcKey,
+    EndpointInfo, LocalAddr, LocalKey, MIDSTREAM_ALWAYS, MIDSTREAM_NEVER, PeerInfo, PolicyKey, PolicyValue, Settings,
+    SrcKey,
 };
 
 use super::LoadError;
@@ -48,6 +49,7 @@ pub enum SlotError {
 struct Contents {
     iface: StdHashMap<u32, EndpointInfo>,
     src: StdHashMap<SrcKey, u32>,
+    local: StdHashMap<LocalKey, LocalAddr>,
     peer4: StdHashMap<(u32, [u8; 4]), PeerInfo>,
     peer6: StdHashMap<(u32, [u8; 16]), PeerInfo>,
     policy: StdHashMap<(u32, PolicyKey), PolicyValue>,
@@ -62,6 +64,7 @@ impl Contents {
                 .filter_map(|ep| ep.ifindex.map(|i| (i, ep.info)))
                 .collect(),
             src: c.src.iter().map(|k| (*k, ep_of(c, k))).collect(),
+            local: c.local.iter().copied().collect(),
             peer4: c.peer4.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
             peer6: c.peer6.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
             policy: c.policy.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
@@ -86,6 +89,8 @@ fn delta<'a, K: Eq + Hash + Copy, V: PartialEq + Copy>(
 struct Slot {
     iface: HashMap<MapData, u32, EndpointInfo>,
     src: HashMap<MapData, SrcKey, u32>,
+    /// `HW_LOCAL_s`; absent only in objects of earlier builds.
+    local: Option<HashMap<MapData, LocalKey, LocalAddr>>,
     peer4: LpmTrie<MapData, [u8; 4], PeerInfo>,
     peer6: LpmTrie<MapData, [u8; 16], PeerInfo>,
     policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
@@ -118,14 +123,15 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'s
 
 impl Slot {
     fn take(ebpf: &mut Ebpf, n: usize) -> Result<Slot, LoadError> {
-        const NAMES: [[&str; 5]; 2] = [
-            ["HW_IFACE_0", "HW_SRC_0", "HW_PEER4_0", "HW_PEER6_0", "HW_POLICY_0"],
-            ["HW_IFACE_1", "HW_SRC_1", "HW_PEER4_1", "HW_PEER6_1", "HW_POLICY_1"],
+        const NAMES: [[&str; 6]; 2] = [
+            ["HW_IFACE_0", "HW_SRC_0", "HW_LOCAL_0", "HW_PEER4_0", "HW_PEER6_0", "HW_POLICY_0"],
+            ["HW_IFACE_1", "HW_SRC_1", "HW_LOCAL_1", "HW_PEER4_1", "HW_PEER6_1", "HW_POLICY_1"],
         ];
-        let [iface, src, peer4, peer6, policy] = NAMES[n];
+        let [iface, src, local, peer4, peer6, policy] = NAMES[n];
         Ok(Slot {
             iface: take(ebpf, iface)?,
             src: take(ebpf, src)?,
+            local: take(ebpf, local).ok(),
             peer4: take(ebpf, peer4)?,
             peer6: take(ebpf, peer6)?,
             policy: take(ebpf, policy)?,
@@ -141,6 +147,12 @@ impl Slot {
         let keys: Vec<SrcKey> = self.src.keys().filter_map(Result::ok).collect();
         for k in keys {
             self.src.remove(&k).map_err(w("HW_SRC"))?;
+        }
+        if let Some(local) = &mut self.local {
+            let keys: Vec<LocalKey> = local.keys().filter_map(Result::ok).collect();
+            for k in keys {
+                local.remove(&k).map_err(w("HW_LOCAL"))?;
+            }
         }
         let keys: Vec<Key<[u8; 4]>> = self.peer4.keys().filter_map(Result::ok).collect();
         for k in keys {
@@ -170,6 +182,12 @@ impl Slot {
         for k in gone_src {
             self.src.remove(&k).map_err(w("HW_SRC"))?;
         }
+        let (gone_local, write_local) = delta(&old.local, &new.local);
+        if let Some(local) = &mut self.local {
+            for k in gone_local {
+                local.remove(&k).map_err(w("HW_LOCAL"))?;
+            }
+        }
         let (gone4, write4) = delta(&old.peer4, &new.peer4);
         for (len, a) in gone4 {
             self.peer4.remove(&Key::new(len, a)).map_err(w("HW_PEER4"))?;
@@ -187,6 +205,11 @@ impl Slot {
         }
         for (k, v) in write_src {
             self.src.insert(&k, &v, 0).map_err(w("HW_SRC"))?;
+        }
+        if let Some(local) = &mut self.local {
+            for (k, v) in write_local {
+                local.insert(&k, &v, 0).map_err(w("HW_LOCAL"))?;
+            }
         }
         for ((len, a), v) in write4 {
             self.peer4.insert(&Key::new(len, a), &v, 0).map_err(w("HW_PEER4"))?;
@@ -222,6 +245,11 @@ impl Slots {
         vec![
             ("HW_IFACE", s.iface.keys().count(), MAX_ENDPOINT_INTERFACES),
             ("HW_SRC", s.src.keys().count(), MAX_SRC_ENTRIES),
+            (
+                "HW_LOCAL",
+                s.local.as_ref().map_or(0, |m| m.keys().count()),
+                MAX_LOCAL_ENTRIES,
+            ),
             ("HW_PEER4", s.peer4.keys().count(), self.sizes.peer),
             ("HW_PEER6", s.peer6.keys().count(), self.sizes.peer),
             ("HW_POLICY", s.policy.keys().count(), self.sizes.policy),

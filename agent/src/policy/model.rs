@@ -126,6 +126,10 @@ pub struct Endpoint {
     pub node: Option<String>,
     /// The host-side interface of the container's veth pair.
     pub interface: Option<String>,
+    /// The Ethernet address every frame from the endpoint must carry; when
+    /// `None`, the agent reads it from the container's side of the veth
+    /// pair. A unicast address, never all zeros.
+    pub mac: Option<[u8; 6]>,
     pub addresses: Vec<IpAddr>,
     pub groups: Vec<String>,
 }
@@ -136,6 +140,13 @@ impl Endpoint {
     pub fn is_local(&self, node: &str) -> bool {
         self.interface.is_some() && self.node.as_deref().is_none_or(|n| n == node)
     }
+}
+
+/// An Ethernet address as the control file and `hostwall status` write it:
+/// six lowercase hex pairs separated by `:`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    let [a, b, c, d, e, f] = mac;
+    format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{f:02x}")
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

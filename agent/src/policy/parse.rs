@@ -19,7 +19,7 @@ use serde_yaml_ng::Value;
 
 use super::model::{
     ConntrackTimeouts, Direction, Endpoint, Group, IcmpMatch, Midstream, OnPolicyChange, Peer, Policy, PortRange,
-    Proto, Quarantine, Rule, Settings,
+    Proto, Quarantine, Rule, Settings, format_mac,
 };
 
 /// Why a control file was rejected.
@@ -276,12 +276,13 @@ struct RawIcmp {
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "an endpoint: a map with name, node, interface, addresses and groups"
+    expecting = "an endpoint: a map with name, node, interface, mac, addresses and groups"
 )]
 struct RawEndpoint {
     name: String,
     node: Option<String>,
     interface: Option<String>,
+    mac: Option<String>,
     addresses: Vec<String>,
     groups: Option<Vec<String>>,
 }
@@ -675,6 +676,44 @@ fn validate_endpoints(raw: Vec<RawEndpoint>, known: &Known) -> Result<Vec<Endpoi
             }
         }
 
+        let mac = match &ep.mac {
+            None => None,
+            Some(_) if ep.interface.is_none() => {
+                return Err(fault(
+                    format!("{path}.mac"),
+                    format!(
+                        "endpoint {:?} has no interface, so it is enforced nowhere and has no use for a mac",
+                        ep.name
+                    ),
+                ));
+            }
+            Some(text) => {
+                let at_mac = format!("{path}.mac");
+                let Some(mac) = parse_mac(text) else {
+                    return Err(fault(
+                        at_mac,
+                        format!(
+                            "{text:?} of endpoint {:?} is not a MAC address; write six hex pairs separated by ':', like \"02:aa:00:00:00:01\"",
+                            ep.name
+                        ),
+                    ));
+                };
+                if let Err(problem) = check_mac(&mac) {
+                    return Err(fault(
+                        at_mac,
+                        format!("{} of endpoint {:?} is {problem}", format_mac(&mac), ep.name),
+                    ));
+                }
+                if let Some(clash) = mac_clash(&endpoints, ep.node.as_deref(), &mac) {
+                    return Err(fault(
+                        at_mac,
+                        format!("{} of endpoint {:?} {clash}", format_mac(&mac), ep.name),
+                    ));
+                }
+                Some(mac)
+            }
+        };
+
         let mut addresses = Vec::with_capacity(ep.addresses.len());
         for (i, text) in ep.addresses.iter().enumerate() {
             let addr_path = format!("{path}.addresses[{i}]");
@@ -713,11 +752,28 @@ fn validate_endpoints(raw: Vec<RawEndpoint>, known: &Known) -> Result<Vec<Endpoi
             name: ep.name,
             node: ep.node,
             interface: ep.interface,
+            mac,
             addresses,
             groups,
         });
     }
     Ok(endpoints)
+}
+
+/// Two endpoints that may be local on one host can't share a MAC: the
+/// datapath tells their frames apart by it.
+fn mac_clash(earlier: &[Endpoint], node: Option<&str>, mac: &[u8; 6]) -> Option<String> {
+    let other = earlier
+        .iter()
+        .find(|e| e.mac.as_ref() == Some(mac) && nodes_meet(e.node.as_deref(), node))?;
+    let place = match (other.node.as_deref(), node) {
+        (None, None) => String::new(),
+        (Some(n), _) | (None, Some(n)) => format!(" on node {n:?}"),
+    };
+    Some(format!(
+        "is already the MAC of endpoint {:?}{place}; endpoints on one host need MACs of their own",
+        other.name
+    ))
 }
 
 /// Two endpoints with one interface name can't both be local on a host:
@@ -898,6 +954,35 @@ fn check_interface(name: &str) -> Result<(), String> {
         .find(|&c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
     {
         return Err(format!("interface name {name:?} contains {c:?}"));
+    }
+    Ok(())
+}
+
+/// An Ethernet address written as six hex pairs separated by `:`
+/// (`02:aa:00:00:00:01`, either case), nothing else.
+fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(mac)
+}
+
+/// What makes `mac` unfit to be one endpoint's own address, if anything.
+fn check_mac(mac: &[u8; 6]) -> Result<(), &'static str> {
+    if *mac == [0; 6] {
+        return Err("all zeros, not an endpoint's MAC");
+    }
+    if mac[0] & 1 != 0 {
+        return Err("a multicast (or broadcast) address, not an endpoint's MAC");
     }
     Ok(())
 }
@@ -1201,6 +1286,7 @@ settings:
                     name: "web-1".into(),
                     node: None,
                     interface: Some("hw-web1".into()),
+                    mac: None,
                     addresses: vec![ip("10.10.0.11"), ip("fd00:10::11")],
                     groups: vec!["web".into()],
                 },
@@ -1208,6 +1294,7 @@ settings:
                     name: "db-1".into(),
                     node: Some("host-b".into()),
                     interface: Some("hw-db1".into()),
+                    mac: None,
                     addresses: vec![ip("10.20.0.5")],
                     groups: vec!["db".into()],
                 },
@@ -1821,6 +1908,7 @@ settings:
                     name: "remote".into(),
                     node: Some("host-c".into()),
                     interface: None,
+                    mac: None,
                     addresses: vec![ip("2001:db8::5")],
                     groups: vec![],
                 },
@@ -1828,6 +1916,7 @@ settings:
                     name: "bare".into(),
                     node: None,
                     interface: None,
+                    mac: None,
                     addresses: vec![],
                     groups: vec![],
                 },
@@ -1963,6 +2052,119 @@ settings:
                 "interface {written}"
             );
         }
+    }
+
+    #[test]
+    fn endpoint_macs() {
+        let policy = parse(&with_endpoints(
+            "  - {name: a, interface: hw-a, mac: 02:AA:00:00:00:01, addresses: []}\n  - {name: b, interface: hw-b, mac: \"10:20:30:40:50:60\", addresses: []}\n  - {name: c, interface: hw-c, addresses: []}\n  - {name: d, interface: hw-d, mac: 12:34:56:07:08:09, addresses: []}\n",
+        ));
+        let macs: Vec<_> = policy.endpoints.iter().map(|e| e.mac).collect();
+        assert_eq!(
+            macs,
+            [
+                Some([0x02, 0xaa, 0, 0, 0, 1]),
+                Some([0x10, 0x20, 0x30, 0x40, 0x50, 0x60]),
+                None,
+                Some([0x12, 0x34, 0x56, 0x07, 0x08, 0x09]),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_macs() {
+        let at = "test.yaml: endpoints[0].mac: ";
+        let form = "is not a MAC address; write six hex pairs separated by ':', like \"02:aa:00:00:00:01\"";
+        for (written, message) in [
+            (
+                "\"02:aa:00:00:00\"",
+                format!("\"02:aa:00:00:00\" of endpoint \"a\" {form}"),
+            ),
+            (
+                "\"02:aa:00:00:00:01:02\"",
+                format!("\"02:aa:00:00:00:01:02\" of endpoint \"a\" {form}"),
+            ),
+            (
+                "\"02-aa-00-00-00-01\"",
+                format!("\"02-aa-00-00-00-01\" of endpoint \"a\" {form}"),
+            ),
+            (
+                "\"02:aa:0:00:00:01\"",
+                format!("\"02:aa:0:00:00:01\" of endpoint \"a\" {form}"),
+            ),
+            (
+                "\"02:aa:+0:00:00:01\"",
+                format!("\"02:aa:+0:00:00:01\" of endpoint \"a\" {form}"),
+            ),
+            (
+                "\"02:aa:g0:00:00:01\"",
+                format!("\"02:aa:g0:00:00:01\" of endpoint \"a\" {form}"),
+            ),
+            (
+                "\" 02:aa:00:00:00:01\"",
+                format!("\" 02:aa:00:00:00:01\" of endpoint \"a\" {form}"),
+            ),
+            (
+                "\"0x02aa00000001\"",
+                format!("\"0x02aa00000001\" of endpoint \"a\" {form}"),
+            ),
+            ("\"\"", format!("\"\" of endpoint \"a\" {form}")),
+            (
+                "\"00:00:00:00:00:00\"",
+                "00:00:00:00:00:00 of endpoint \"a\" is all zeros, not an endpoint's MAC".to_string(),
+            ),
+            (
+                "\"01:00:5E:00:00:01\"",
+                "01:00:5e:00:00:01 of endpoint \"a\" is a multicast (or broadcast) address, not an endpoint's MAC"
+                    .to_string(),
+            ),
+            (
+                "\"ff:ff:ff:ff:ff:ff\"",
+                "ff:ff:ff:ff:ff:ff of endpoint \"a\" is a multicast (or broadcast) address, not an endpoint's MAC"
+                    .to_string(),
+            ),
+        ] {
+            assert_eq!(
+                invalid(&with_endpoints(&format!(
+                    "  - {{name: a, interface: hw-a, mac: {written}, addresses: []}}\n"
+                ))),
+                format!("{at}{message}"),
+                "mac {written}"
+            );
+        }
+        assert_eq!(
+            invalid(&with_endpoints(
+                "  - {name: a, interface: hw-a, mac: 5, addresses: []}\n"
+            )),
+            "test.yaml: endpoints[0].mac: invalid type: integer 5, expected a string"
+        );
+        assert_eq!(
+            invalid(&with_endpoints(
+                "  - {name: a, mac: \"02:aa:00:00:00:01\", addresses: []}\n"
+            )),
+            "test.yaml: endpoints[0].mac: endpoint \"a\" has no interface, so it is enforced nowhere and has no use for a mac"
+        );
+    }
+
+    #[test]
+    fn macs_are_unique_per_node() {
+        // Different nodes: fine, and so is the same MAC written otherwise
+        // on another node.
+        parse(&with_endpoints(
+            "  - {name: a, node: n1, interface: hw0, mac: \"02:aa:00:00:00:01\", addresses: []}\n  - {name: b, node: n2, interface: hw0, mac: \"02:AA:00:00:00:01\", addresses: []}\n",
+        ));
+        assert_eq!(
+            invalid(&with_endpoints(
+                "  - {name: a, interface: hw0, mac: \"02:aa:00:00:00:01\", addresses: []}\n  - {name: b, interface: hw1, mac: \"02:AA:00:00:00:01\", addresses: []}\n"
+            )),
+            "test.yaml: endpoints[1].mac: 02:aa:00:00:00:01 of endpoint \"b\" is already the MAC of endpoint \"a\"; endpoints on one host need MACs of their own"
+        );
+        assert_eq!(
+            invalid(&with_endpoints(
+                "  - {name: a, node: n1, interface: hw0, mac: \"02:aa:00:00:00:01\", addresses: []}\n  - {name: b, interface: hw1, mac: \"02:aa:00:00:00:01\", addresses: []}\n"
+            )),
+            "test.yaml: endpoints[1].mac: 02:aa:00:00:00:01 of endpoint \"b\" is already the MAC of endpoint \"a\" on node \"n1\"; endpoints on one host need MACs of their own"
+        );
     }
 
     #[test]

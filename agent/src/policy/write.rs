@@ -44,6 +44,9 @@ pub fn to_yaml(policy: &Policy) -> String {
             if let Some(iface) = &ep.interface {
                 let _ = writeln!(out, "    interface: {}", quote(iface));
             }
+            if let Some(mac) = &ep.mac {
+                let _ = writeln!(out, "    mac: {}", quote(&format_mac(mac)));
+            }
             let addrs: Vec<String> = ep.addresses.iter().map(|a| quote(&a.to_string())).collect();
             let _ = writeln!(out, "    addresses: [{}]", addrs.join(", "));
             let groups: Vec<String> = ep.groups.iter().map(|g| quote(g)).collect();
@@ -172,7 +175,7 @@ groups:
       - {proto: 47, to: [{cidr: 10.0.0.0/8}]}
   api: {}
 endpoints:
-  - {name: web-1, interface: hw-web1, addresses: ["10.10.0.11", "fd00:10::11"], groups: [web]}
+  - {name: web-1, interface: hw-web1, mac: "02:AA:00:00:00:01", addresses: ["10.10.0.11", "fd00:10::11"], groups: [web]}
   - {name: api-1, node: b, interface: hw-api1, addresses: ["10.10.0.21"], groups: [api, web]}
   - {name: bare, addresses: []}
 settings:
@@ -187,6 +190,7 @@ settings:
         let text = to_yaml(&p);
         let back = parse_str(&text, "written.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
         assert_eq!(back, p, "{text}");
+        assert!(text.contains("    mac: \"02:aa:00:00:00:01\"\n"), "{text}");
     }
 
     #[test]

@@ -749,6 +749,7 @@ impl CaseSpec {
                 interface,
                 addresses,
                 groups,
+                mac: None,
             });
         }
 

@@ -35,10 +35,12 @@ impl Compiler {
             Compiler::Real => f.compile(policy, host),
             Compiler::Mutated(m) => {
                 let resolve = |name: &str| f.resolve(name);
+                let macs = f.macs();
                 let view = HostView {
                     node: NODE,
                     host_addresses: host,
                     ifindex: &resolve,
+                    macs: &macs,
                 };
                 compile::compile_with_mutation(policy, &view, &Limits::default(), &compile::positional_ids(policy), m)
                     .expect("compile")

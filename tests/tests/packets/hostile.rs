@@ -707,7 +707,7 @@ fn forged_sources_are_dropped() {
         ),
         (
             "v6: web's address arriving at api's interface not from web",
-            To("hw-api"),
+            ToVia("hw-api", PORT_IFACE),
             frame(WEB6, API6, tcp(1, 8080, SYN)),
             Drop(DropReason::LocalAddressWrongPath),
         ),

@@ -4,15 +4,16 @@
 //! thread) holding veth interfaces that stand for endpoint interfaces.
 
 use Expect::{Drop, Pass};
-use Hook::{From, To, Uplink};
+use Hook::{From, To, ToVia, Uplink};
 
 mod hostile;
+mod identity;
 mod stateful;
 use hostwall::compile::{self, HostView};
 use hostwall::policy::parse_str;
 use hostwall_common::{DropReason, PassReason};
 use hostwall_tests::frames::*;
-use hostwall_tests::testrun::{Expect, Fixture, Hook};
+use hostwall_tests::testrun::{Expect, Fixture, Hook, PORT_IFACE, UPLINK_IFACE};
 
 // Named addresses of the test policy.
 const WEB: &str = "10.10.0.11";
@@ -360,7 +361,7 @@ fn identity_comes_from_the_interface() {
         ),
         (
             "local address arriving from elsewhere",
-            To("hw-api"),
+            ToVia("hw-api", PORT_IFACE),
             frame(WEB, API, tcp(40009, 8080, SYN)),
             Drop(DropReason::LocalAddressWrongPath),
         ),
@@ -406,7 +407,8 @@ fn identity_comes_from_the_interface() {
 #[test]
 fn ipv6_neighbour_discovery_but_no_router_games() {
     let f = fixture();
-    let ll = "fe80::11";
+    // web's link-local address, from its MAC.
+    let ll = &f.link_local("hw-web");
     f.check(&[
         (
             "NS from link-local",
@@ -438,16 +440,11 @@ fn ipv6_neighbour_discovery_but_no_router_games() {
             nd(ll, "fe80::1", 136, API6),
             Drop(DropReason::NdSpoofed),
         ),
-        (
-            "RS",
-            From("hw-web"),
-            frame(ll, "ff02::2", icmp(133, 0, [0; 4], vec![])),
-            Pass(PassReason::Neighbour),
-        ),
+        ("RS", From("hw-web"), rs(ll), Pass(PassReason::Neighbour)),
         (
             "MLDv2 report",
             From("hw-web"),
-            frame(ll, "ff02::16", icmp(143, 0, [0; 4], vec![])),
+            mld_v2_report(ll, &["ff02::1:ff00:11"]),
             Pass(PassReason::Neighbour),
         ),
         (
@@ -816,6 +813,7 @@ fn rule_counters_count_each_packet_once() {
         node: "test",
         host_addresses: &[],
         ifindex: &|_| None,
+        macs: &Default::default(),
     };
     let c = compile::compile(&policy, &view).unwrap();
     let id = |group: &str, dir, index| {

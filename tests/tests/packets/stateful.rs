@@ -134,7 +134,7 @@ fn a_syn_is_never_a_reply_of_a_mid_stream_entry() {
             name(&n, "nor does it at b's interface"),
             To("hw-b"),
             frame(n.a, n.b, tcp(80, 22, SYN)),
-            Drop(DropReason::LocalAddressWrongPath),
+            Drop(DropReason::IngressDenied),
         ));
         check(&f, &cases);
         let entries = f.conntrack();

@@ -183,6 +183,7 @@ pub(super) fn test_run_policy(plan: &Plan, rules: usize, compare: bool) -> anyho
         node: "bench",
         host_addresses: &[],
         ifindex: &hostwall_tests::hostwall::host::ifindex,
+        macs: &Default::default(),
     };
     Ok(compile::compile(&p, &view)?)
 }

@@ -1,7 +1,8 @@
 //! `POST /v1/endpoints` (add or replace one) and `DELETE
 //! /v1/endpoints/NAME`.
 //!
-//! Body: `{"name", "interface", "addresses": [..], "groups": [..], "node"}`.
+//! Body: `{"name", "interface", "mac", "addresses": [..], "groups": [..],
+//! "node"}`.
 
 use serde_json::Value;
 
@@ -48,6 +49,9 @@ pub fn add(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
     let mut doc = format!("version: 1\nendpoints:\n  - name: {}\n", quote(&name));
     if let Some(i) = text("interface") {
         doc.push_str(&format!("    interface: {}\n", quote(&i)));
+    }
+    if let Some(m) = text("mac") {
+        doc.push_str(&format!("    mac: {}\n", quote(&m)));
     }
     if let Some(n) = text("node") {
         doc.push_str(&format!("    node: {}\n", quote(&n)));

@@ -7,7 +7,7 @@ use crate::api::http::Request;
 use crate::api::{Caller, Reply, error};
 use crate::compile::RuleRef;
 use crate::daemon::Agent;
-use crate::policy::{Direction, Policy, parse_str, peer_flow, rule_flow, to_yaml};
+use crate::policy::{Direction, Policy, format_mac, parse_str, peer_flow, rule_flow, to_yaml};
 
 /// The applied policy, with the id of every rule.
 pub fn get(agent: &mut Agent) -> Reply {
@@ -49,7 +49,7 @@ pub fn get(agent: &mut Agent) -> Reply {
         .map(|e| {
             json!({
                 "name": e.name, "node": e.node, "interface": e.interface,
-                "addresses": e.addresses, "groups": e.groups, "local": e.is_local(&agent.opts.node),
+                "mac": e.mac.as_ref().map(format_mac), "addresses": e.addresses, "groups": e.groups, "local": e.is_local(&agent.opts.node),
             })
         })
         .collect();

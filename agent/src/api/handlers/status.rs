@@ -1,5 +1,6 @@
 //! `GET /v1/status`: is the policy enforced, where, and how full are the
-//! maps.
+//! maps. Each local endpoint carries the MAC its frames must have, or the
+//! `problem` that leaves it without one (all its frames are dropped).
 
 use std::time::UNIX_EPOCH;
 
@@ -7,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::api::Reply;
 use crate::daemon::Agent;
+use crate::policy::format_mac;
 
 pub fn get(agent: &mut Agent) -> Reply {
     let policy_hash = crate::daemon::lifecycle::sha256_hex(crate::policy::to_yaml(&agent.policy).as_bytes());
@@ -29,9 +31,18 @@ pub fn get(agent: &mut Agent) -> Reply {
                 (Some(_), true) => "enforced",
                 (Some(_), false) => "attach failed",
             };
+            // The MAC the enforced policy holds, and why there is none.
+            let mac = compiled.map(|c| c.info.mac).filter(|m| *m != [0; 6]);
+            let problem = ifindex.and_then(|i| {
+                agent.macs.get(i).and_then(|m| m.problem()).or_else(|| {
+                    mac.is_none()
+                        .then(|| "no MAC is fixed for it yet; all its frames are dropped until it has one".to_string())
+                })
+            });
             json!({
                 "name": e.name, "interface": e.interface, "ifindex": ifindex,
                 "attached": attached, "state": state, "groups": e.groups,
+                "mac": mac.as_ref().map(format_mac), "problem": problem,
             })
         })
         .collect();
