@@ -139,6 +139,26 @@ impl Reference<'_> {
         out
     }
 
+    /// The ingress rules of the local endpoint `receiver` for `flow`,
+    /// whatever its destination (a packet at the receiver's interface to
+    /// an address it does not list: broadcast, multicast, unlisted).
+    pub fn ingress(&self, receiver: &str, flow: &Flow) -> Verdict {
+        let mut v = Verdict {
+            denied: None,
+            egress: Vec::new(),
+            ingress: Vec::new(),
+            sender: None,
+            receiver: Some(receiver.to_string()),
+        };
+        if let Some(r) = self.local().find(|e| e.name == receiver) {
+            v.ingress = self.allowing(r, Direction::Ingress, flow, flow.src);
+        }
+        if v.ingress.is_empty() {
+            v.denied = Some(Denial::Ingress);
+        }
+        v
+    }
+
     /// Judges the first packet of a flow entering at `origin`.
     pub fn judge(&self, origin: &Origin, flow: &Flow) -> Verdict {
         let mut v = Verdict {

@@ -126,6 +126,10 @@ pub struct LocalAddr {
 }
 const _: () = assert!(size_of::<LocalAddr>() == 8);
 
+/// `LocalAddr::ifindex` of a local endpoint whose interface does not exist
+/// (yet): no packet from its addresses may reach an endpoint.
+pub const LOCAL_NO_PATH: u32 = u32::MAX;
+
 /// `LocalAddr::flags`: an endpoint's link-local address (the EUI-64 of its
 /// MAC, or one listed on it). It may be the source of neighbour discovery
 /// and MLD only, and traffic to it is never the endpoint's own (never

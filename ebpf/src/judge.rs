@@ -146,7 +146,7 @@ fn try_judge(
     }
 
     // 1. Neighbour discovery, MLD and router messages.
-    if pkt.proto == parse::IPPROTO_ICMPV6 && pkt.fragment == Fragment::None {
+    if pkt.proto == parse::IPPROTO_ICMPV6 && pkt.fragment == Fragment::None && pkt.family == FAMILY_V6 {
         if let Some(pass) = neighbour(hook, slot, &endpoint, ifindex, arrived_on, data, data_end, &pkt)? {
             return Ok(pass);
         }

@@ -56,23 +56,43 @@ pub enum Hook<'a> {
     To(&'a str),
     /// TC egress of the named endpoint interface (first) for a frame that
     /// entered the host by the second: another endpoint's interface (as
-    /// the policy names it), [`UPLINK_IFACE`] or [`PORT_IFACE`].
+    /// the policy names it), [`UPLINK_IFACE`], [`PORT_IFACE`] or
+    /// [`HOST_STACK`].
     ToVia(&'a str, &'a str),
     /// XDP on the uplink.
     Uplink,
 }
 
-/// `frame` with every run of [`crate::frames::SRC_MAC`] replaced by `mac`.
+/// `frame` with `mac` where it carries [`crate::frames::SRC_MAC`] as its
+/// sender's: the Ethernet source, ARP's sender hardware address, and the
+/// link-layer address options of neighbour discovery.
 fn with_mac(frame: &Frame, mac: [u8; 6]) -> Frame {
+    let src = crate::frames::SRC_MAC;
     let mut out = frame.0.clone();
-    let mut i = 0;
-    while i + 6 <= out.len() {
-        if out[i..i + 6] == crate::frames::SRC_MAC {
-            out[i..i + 6].copy_from_slice(&mac);
-            i += 6;
-        } else {
-            i += 1;
+    let mut swap = |at: usize| {
+        if out.get(at..at + 6) == Some(&src[..]) {
+            out[at..at + 6].copy_from_slice(&mac);
         }
+    };
+    swap(6);
+    match frame.0.get(12..14) {
+        Some([0x08, 0x06]) => swap(22),
+        Some([0x86, 0xdd]) if frame.0.get(20) == Some(&58) => {
+            let fixed = match frame.0.get(54) {
+                Some(133) => 8,
+                Some(135 | 136) => 24,
+                _ => return Frame(out),
+            };
+            let mut o = 54 + fixed;
+            while let Some(&[_, units]) = frame.0.get(o..o + 2).map(|b| <&[u8; 2]>::try_from(b).unwrap()) {
+                if units == 0 {
+                    break;
+                }
+                swap(o + 2);
+                o += units as usize * 8;
+            }
+        }
+        _ => {}
     }
     Frame(out)
 }
@@ -81,6 +101,8 @@ fn with_mac(frame: &Frame, mac: [u8; 6]) -> Frame {
 pub const UPLINK_IFACE: &str = "@uplink";
 /// A bridge port of the fixture that is no endpoint, for [`Hook::ToVia`].
 pub const PORT_IFACE: &str = "@port";
+/// The host's own stack (ingress interface 0), for [`Hook::ToVia`].
+pub const HOST_STACK: &str = "@host";
 
 /// The MAC of the fixture's interface `ifindex`. Frames run from an
 /// endpoint carry it wherever `frames` wrote [`crate::frames::SRC_MAC`].
@@ -136,6 +158,7 @@ impl Fixture {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let mut names: Vec<(String, String, u32)> = Vec::new();
         for iface in interfaces.iter().copied().chain([UPLINK_IFACE, PORT_IFACE]) {
+            debug_assert!(iface != HOST_STACK);
             if names.iter().any(|(p, _, _)| p == iface) {
                 continue;
             }
@@ -317,6 +340,7 @@ impl Fixture {
             Hook::From(iface) | Hook::To(iface) | Hook::ToVia(iface, _) => {
                 let (name, arrived_on) = match hook {
                     Hook::From(_) => (PROG_FROM_ENDPOINT, self.ifindex(iface)),
+                    Hook::ToVia(_, HOST_STACK) => (PROG_TO_ENDPOINT, 0),
                     Hook::ToVia(_, via) => (PROG_TO_ENDPOINT, self.ifindex(via)),
                     _ => (PROG_TO_ENDPOINT, self.owner_of_source(frame)),
                 };

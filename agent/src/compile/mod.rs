@@ -23,7 +23,7 @@ use std::net::IpAddr;
 
 use hostwall_common::{
     DIR_EGRESS, DIR_INGRESS, EndpointInfo, FAMILY_V4, FAMILY_V6, MAX_ENDPOINT_INTERFACES, MAX_PEER_ENTRIES,
-    LOCAL_LINK_ONLY, MAX_LOCAL_ENTRIES, MAX_POLICY_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES, POLICY_FIXED_BITS, LocalAddr, LocalKey,
+    LOCAL_LINK_ONLY, LOCAL_NO_PATH, MAX_LOCAL_ENTRIES, MAX_POLICY_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES, POLICY_FIXED_BITS, LocalAddr, LocalKey,
     PeerInfo, PolicyKey, PolicyValue, Settings, SrcKey,
 };
 
@@ -270,6 +270,24 @@ fn compile_inner(
             mac: ifindex.and_then(|i| host.macs.get(&i).copied()).unwrap_or([0; 6]),
             _pad: [0; 2],
         };
+        if ifindex.is_none() {
+            // An endpoint whose interface is not there yet: its addresses
+            // come by no path at all.
+            for addr in &ep.addresses {
+                let (family, bytes) = addr_bytes(*addr);
+                local.insert(
+                    LocalKey {
+                        family,
+                        _pad: [0; 3],
+                        addr: bytes,
+                    },
+                    LocalAddr {
+                        ifindex: LOCAL_NO_PATH,
+                        flags: 0,
+                    },
+                );
+            }
+        }
         if let Some(ifindex) = ifindex {
             for addr in &ep.addresses {
                 let (family, bytes) = addr_bytes(*addr);

@@ -26,7 +26,7 @@ use hostwall::datapath::Datapath;
 use hostwall::policy::{Policy, parse_str, to_yaml};
 use hostwall_common::PassReason;
 use hostwall_mutants::{MUTANT_GLOBAL, MUTANT_OBJECT, Mutant};
-use hostwall_tests::testrun::{Expect, Fixture};
+use hostwall_tests::testrun::{Expect, Fixture, PORT_IFACE, UPLINK_IFACE};
 
 use crate::generate::{ACK, At, FIN, Frag, POOL, Packet, Quote, RST, SYN, Transport};
 use crate::model::{Model, Window, is_icmp_error};
@@ -51,6 +51,11 @@ enum Party {
     Host,
     /// A container on the bridge that the policy does not declare.
     Undeclared,
+    /// Every station of the bridge: a broadcast or multicast address.
+    Everyone,
+    /// An address of the local endpoint behind `POOL[i]` that the policy
+    /// does not list (the endpoint's MAC, another IP address).
+    Unlisted(usize),
 }
 
 const LOCALS: usize = 3;
@@ -70,6 +75,10 @@ impl Party {
             (Party::Host, true) => "fd00:60::1",
             (Party::Undeclared, false) => "10.60.0.99",
             (Party::Undeclared, true) => "fd00:60::99",
+            (Party::Everyone, false) => "224.0.0.251",
+            (Party::Everyone, true) => "ff02::1",
+            (Party::Unlisted(i), false) => return format!("10.60.0.{}", 111 + i).parse().unwrap(),
+            (Party::Unlisted(i), true) => return format!("fd00:60::{}", 111 + i).parse().unwrap(),
         };
         s.parse().unwrap()
     }
@@ -88,6 +97,10 @@ impl Party {
             Party::Router,
             Party::Host,
             Party::Undeclared,
+            Party::Everyone,
+            Party::Unlisted(0),
+            Party::Unlisted(1),
+            Party::Unlisted(2),
         ];
         all.into_iter().find(|p| p.addr(addr.is_ipv6()) == addr)
     }
@@ -103,8 +116,18 @@ fn hooks(from: Party, to: Party, uplink: bool) -> Vec<At> {
     if from.behind_uplink() && uplink {
         out.push(At::Uplink);
     }
-    if let Party::Local(j) = to {
-        out.push(At::To(POOL[j].to_string()));
+    // The way it entered the host, as the receiver's interface sees it.
+    let arrive = |j: usize| match from {
+        Party::Local(i) => At::ToVia(POOL[j].to_string(), POOL[i].to_string()),
+        Party::Host => At::To(POOL[j].to_string()),
+        Party::Undeclared => At::ToVia(POOL[j].to_string(), PORT_IFACE.to_string()),
+        _ => At::ToVia(POOL[j].to_string(), UPLINK_IFACE.to_string()),
+    };
+    match to {
+        Party::Local(j) | Party::Unlisted(j) => out.push(arrive(j)),
+        // A flooded copy at every other endpoint's interface.
+        Party::Everyone => out.extend((0..LOCALS).filter(|j| from != Party::Local(*j)).map(arrive)),
+        _ => {}
     }
     out
 }
@@ -358,6 +381,7 @@ fn packet(src: IpAddr, dst: IpAddr, l4: Transport) -> Packet {
         aimed: false,
         frag: Frag::Whole,
         quote: None,
+        foreign_mac: false,
     }
 }
 
@@ -482,15 +506,64 @@ impl Sequence {
                     })
                     .collect()
             }
-            // A spoofed source, from an endpoint or the uplink.
+            // A spoofed source, from an endpoint, the uplink or an
+            // undeclared port.
             70..=72 => {
                 let (a, b) = pair(rng);
                 let claimed = rng.pick(&[Party::Local(0), Party::Local(1), Party::Host, Party::Stranger]);
-                if !(matches!(a, Party::Local(_)) || a.behind_uplink()) || claimed == a {
+                let may_spoof = matches!(a, Party::Local(_) | Party::Undeclared) || a.behind_uplink();
+                if !may_spoof || claimed == a {
                     return self.fresh(rng, v6);
                 }
                 let p = packet(claimed.addr(v6), b.addr(v6), transport(rng, v6));
                 vec![(a, b, p)]
+            }
+            // An earlier packet's tuple (or its reply's) injected by an
+            // undeclared port or from behind the uplink.
+            73..=76 => {
+                let Some(p) = earlier(rng, &self.sent) else {
+                    return self.fresh(rng, v6);
+                };
+                let (Some(a), Some(b)) = (Party::of(p.src), Party::of(p.dst)) else {
+                    return self.fresh(rng, v6);
+                };
+                let injector = rng.pick(&[Party::Undeclared, Party::Stranger]);
+                let (victim, pkt) = if rng.chance(50) {
+                    (b, packet(p.src, p.dst, reversed(reversed(p.l4, rng), rng)))
+                } else {
+                    (a, packet(p.dst, p.src, reversed(p.l4, rng)))
+                };
+                vec![(injector, victim, pkt)]
+            }
+            // To every station, or to an address its receiver does not list.
+            77..=81 => {
+                let from = rng.pick(&[
+                    Party::Local(0),
+                    Party::Local(1),
+                    Party::Local(2),
+                    Party::Host,
+                    Party::Undeclared,
+                    Party::Stranger,
+                ]);
+                let to = if rng.chance(50) {
+                    Party::Everyone
+                } else {
+                    Party::Unlisted(rng.below(LOCALS))
+                };
+                let l4 = match transport(rng, v6) {
+                    // Echo to a group address is an echo all the same.
+                    icmp @ Transport::Icmp { .. } => icmp,
+                    other => other,
+                };
+                vec![(from, to, packet(from.addr(v6), to.addr(v6), l4))]
+            }
+            // An endpoint's frame with another Ethernet source.
+            82..=83 => {
+                let mut burst = self.fresh(rng, v6);
+                for (from, _, p) in &mut burst {
+                    p.foreign_mac = matches!(from, Party::Local(_));
+                }
+                burst
             }
             _ => self.fresh(rng, v6),
         }

@@ -23,7 +23,10 @@ use hostwall::policy::{
     parse_str, to_yaml,
 };
 use hostwall_tests::frames::{self, Frame, L4};
-use hostwall_tests::testrun::{Hook, NODE};
+use hostwall_tests::testrun::{HOST_STACK, Hook, NODE};
+
+/// The Ethernet source of a frame with `foreign_mac`: no endpoint's.
+pub const FOREIGN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
 use ipnet::IpNet;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -44,8 +47,12 @@ pub const RST: u8 = frames::RST;
 pub enum At {
     /// From the endpoint behind this interface.
     From(String),
-    /// To the endpoint behind this interface.
+    /// To the endpoint behind this interface, from the host's own stack.
     To(String),
+    /// To the endpoint behind the first interface, having entered the host
+    /// by the second: another endpoint's interface, `PORT_IFACE` (a bridge
+    /// port that is no endpoint) or `UPLINK_IFACE`.
+    ToVia(String, String),
     Uplink,
 }
 
@@ -53,8 +60,17 @@ impl At {
     pub fn hook(&self) -> Hook<'_> {
         match self {
             At::From(i) => Hook::From(i),
-            At::To(i) => Hook::To(i),
+            At::To(i) => Hook::ToVia(i, HOST_STACK),
+            At::ToVia(i, via) => Hook::ToVia(i, via),
             At::Uplink => Hook::Uplink,
+        }
+    }
+
+    /// The interface of the endpoint that receives here.
+    pub fn receiver(&self) -> Option<&str> {
+        match self {
+            At::To(i) | At::ToVia(i, _) => Some(i),
+            _ => None,
         }
     }
 }
@@ -161,6 +177,8 @@ pub struct Packet {
     pub frag: Frag,
     /// What an ICMP error quotes.
     pub quote: Option<Quote>,
+    /// The frame carries an Ethernet source that is not its sender's.
+    pub foreign_mac: bool,
 }
 
 impl Packet {
@@ -174,7 +192,7 @@ impl Packet {
             }
             (l4, _) => l4.l4(),
         };
-        match self.frag {
+        let frame = match self.frag {
             Frag::Whole => frames::frame_of(self.src, self.dst, &l4),
             Frag::First(id) | Frag::Later(id) => {
                 let (body, offset8, more) = match self.frag {
@@ -189,6 +207,11 @@ impl Packet {
                     frames::frame_v4_fragment(&src, &dst, id, offset8, more, body, proto)
                 }
             }
+        };
+        if self.foreign_mac {
+            frames::with_src_mac(frame, FOREIGN_MAC)
+        } else {
+            frame
         }
     }
 
@@ -198,6 +221,7 @@ impl Packet {
         let at = match &self.at {
             At::From(i) => format!("At::From({i:?}.into())"),
             At::To(i) => format!("At::To({i:?}.into())"),
+            At::ToVia(i, via) => format!("At::ToVia({i:?}.into(), {via:?}.into())"),
             At::Uplink => "At::Uplink".to_string(),
         };
         let l4 = match self.l4 {
@@ -1059,6 +1083,7 @@ impl Ctx {
             aimed: true,
             frag: Frag::Whole,
             quote: None,
+            foreign_mac: false,
         })
     }
 
@@ -1100,6 +1125,7 @@ impl Ctx {
             aimed: false,
             frag: Frag::Whole,
             quote: None,
+            foreign_mac: false,
         }
     }
 

@@ -173,7 +173,7 @@ impl Coverage {
             .hooks
             .entry(match pkt.at {
                 At::From(_) => "from-endpoint",
-                At::To(_) => "to-endpoint",
+                At::To(_) | At::ToVia(..) => "to-endpoint",
                 At::Uplink => "uplink",
             })
             .or_default() += 1;
@@ -447,7 +447,7 @@ fn check_tracked(
         Transport::Icmp { proto, ty, .. } => (proto == 1 && ty == 8) || (proto == 58 && ty == 128),
         _ => true,
     };
-    let expect_entry = j.expect == Expect::Pass(PassReason::NewAllowed) && tracked_kind;
+    let expect_entry = j.expect == Expect::Pass(PassReason::NewAllowed) && tracked_kind && !j.notes.never_tracked;
     if !expect_entry {
         return if tracked.is_empty() {
             Ok(())

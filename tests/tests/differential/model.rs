@@ -110,6 +110,10 @@ pub struct Notes {
     pub midstream_closed: bool,
     /// A local endpoint opened a flow while its inbound share was full.
     pub opened_with_inbound_full: bool,
+    /// Judged by the rules but never tracked: to a group address, to an
+    /// address the receiver does not list, or a local endpoint's packet at
+    /// the receiver's interface.
+    pub never_tracked: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -181,6 +185,14 @@ pub fn is_icmp_error(l4: &Transport) -> bool {
         Transport::Icmp { proto: 1, ty, .. } => matches!(ty, 3 | 11 | 12),
         Transport::Icmp { proto: 58, ty, .. } => matches!(ty, 1..=4),
         _ => false,
+    }
+}
+
+/// Multicast and broadcast destinations.
+fn is_group(a: IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => v4.is_multicast() || v4.is_broadcast(),
+        IpAddr::V6(v6) => v6.is_multicast(),
     }
 }
 
@@ -376,14 +388,14 @@ impl<'a> Model<'a> {
         let name = |a: IpAddr| self.local_owner(a).map(|e| e.name.as_str());
         let reporter = match &pkt.at {
             At::From(iface) => Some(self.endpoint_at(iface).name.as_str()),
-            At::To(_) => name(pkt.src),
+            At::To(_) | At::ToVia(..) => name(pkt.src),
             At::Uplink => None,
         };
         match reporter {
             Some(r) => name(q.dst) == Some(r),
             None => {
                 let sender_ok = match &pkt.at {
-                    At::To(iface) => name(q.src) == Some(self.endpoint_at(iface).name.as_str()),
+                    At::To(iface) | At::ToVia(iface, _) => name(q.src) == Some(self.endpoint_at(iface).name.as_str()),
                     _ => name(q.src).is_some(),
                 };
                 // The host is reached that way, but only the host's own stack
@@ -395,11 +407,18 @@ impl<'a> Model<'a> {
         }
     }
 
+    fn origin(&self, pkt: &Packet) -> Origin {
+        match &pkt.at {
+            At::From(iface) => Origin::Endpoint(self.endpoint_at(iface).name.clone()),
+            _ => Origin::Elsewhere,
+        }
+    }
+
     /// The share a new flow made at `pkt`'s hook is charged to.
     fn share_of(&self, pkt: &Packet) -> Option<Share> {
         match &pkt.at {
             At::From(iface) => Some((false, self.endpoint_at(iface).name.clone())),
-            At::To(iface) => Some((true, self.endpoint_at(iface).name.clone())),
+            At::To(iface) | At::ToVia(iface, _) => Some((true, self.endpoint_at(iface).name.clone())),
             At::Uplink => self.local_owner(pkt.dst).map(|e| (true, e.name.clone())),
         }
     }
@@ -436,6 +455,9 @@ impl<'a> Model<'a> {
         match &pkt.at {
             At::From(iface) => {
                 let e = self.endpoint_at(iface);
+                if pkt.foreign_mac {
+                    return identity(Expect::Drop(DropReason::MacSpoofed));
+                }
                 if link_local_or_unspecified(pkt.src) {
                     return identity(Expect::Drop(DropReason::Icmpv6Forbidden));
                 }
@@ -443,7 +465,22 @@ impl<'a> Model<'a> {
                     return identity(Expect::Drop(DropReason::SpoofedSource));
                 }
             }
-            At::To(_) => {}
+            At::To(_) | At::ToVia(..) => {
+                // An address of this host comes only the way it belongs
+                // to: a local endpoint's through its interface, the host's
+                // from its stack.
+                let via = match &pkt.at {
+                    At::ToVia(_, via) => Some(via.as_str()),
+                    _ => None,
+                };
+                if let Some(owner) = self.local_owner(pkt.src) {
+                    if via.is_none() || owner.interface.as_deref() != via {
+                        return identity(Expect::Drop(DropReason::LocalAddressWrongPath));
+                    }
+                } else if self.host.contains(&pkt.src) && via.is_some() {
+                    return identity(Expect::Drop(DropReason::HostAddressSpoofed));
+                }
+            }
             At::Uplink => {
                 if self.local_owner(pkt.src).is_some() {
                     return identity(Expect::Drop(DropReason::LocalAddressWrongPath));
@@ -487,6 +524,33 @@ impl<'a> Model<'a> {
 
         let closing = Model::closing(pkt);
         let icmp_error = is_icmp_error(&pkt.l4);
+        // Whether conntrack may know the packet: never for a group
+        // destination, and at a receiver's interface only for one of the
+        // addresses it lists. A local endpoint's packet at the receiver is
+        // never tracked there (its own interface tracks it).
+        let receiver = pkt.at.receiver().map(|i| self.endpoint_at(i));
+        let direct = match receiver {
+            Some(r) => r.addresses.contains(&pkt.dst),
+            None => !is_group(pkt.dst),
+        };
+        let from_local = receiver.is_some() && self.local_owner(pkt.src).is_some();
+        let untracked = |mut notes: Notes| {
+            notes.never_tracked = true;
+            let verdict = match receiver {
+                Some(r) => self.reference.ingress(&r.name, &Model::flow(pkt)),
+                None => self.reference.judge(&self.origin(pkt), &Model::flow(pkt)),
+            };
+            let expect = match &verdict.denied {
+                None => Expect::Pass(PassReason::NewAllowed),
+                Some(_) if icmp_error => Expect::Drop(DropReason::IcmpErrorUntracked),
+                Some(d) => Expect::Drop(drop_reason(d)),
+            };
+            (judged(expect, Step::Rules, Some(verdict), false, notes), Update::default())
+        };
+        if !direct && pkt.at != At::Uplink {
+            let (j, u) = untracked(notes);
+            return passed(j, u);
+        }
         // The uplink filter leaves ICMP errors to the receiver's interface.
         if icmp_error && pkt.at == At::Uplink {
             return (
@@ -558,17 +622,18 @@ impl<'a> Model<'a> {
             }
         }
 
+        if from_local {
+            let (j, u) = untracked(notes);
+            return passed(j, u);
+        }
+
         // The rules.
         let tuple = Model::tuple_of(pkt);
         let stale = !icmp_error
             && tuple
                 .is_some_and(|(id, _)| self.flows.contains_key(&(false, id)) || self.flows.contains_key(&(true, id)));
-        let origin = match &pkt.at {
-            At::From(iface) => Origin::Endpoint(self.endpoint_at(iface).name.clone()),
-            _ => Origin::Elsewhere,
-        };
         let flow = Model::flow(pkt);
-        let verdict = self.reference.judge(&origin, &flow);
+        let verdict = self.reference.judge(&self.origin(pkt), &flow);
         // Tracked kinds: everything but ICMP other than echo requests.
         let tracked = match pkt.l4 {
             Transport::Icmp { proto, ty, .. } => is_echo_request(proto, ty),
@@ -761,5 +826,6 @@ pub fn reply(pkt: &Packet, at: At, flags: u8) -> Packet {
         aimed: false,
         frag: Frag::Whole,
         quote: None,
+        foreign_mac: false,
     }
 }

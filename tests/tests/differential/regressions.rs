@@ -43,6 +43,7 @@ pub fn pkt(at: At, src: &str, dst: &str, l4: Transport) -> Packet {
         aimed: false,
         frag: crate::generate::Frag::Whole,
         quote: None,
+        foreign_mac: false,
     }
 }
 
