@@ -109,8 +109,8 @@ const _: () = assert!(size_of::<EndpointInfo>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LocalKey {
-    pub family: u8,
-    pub _pad: [u8; 3],
+    /// `FAMILY_V4` or `FAMILY_V6`, widened: a key built of whole words.
+    pub family: u32,
     pub addr: [u8; 16],
 }
 const _: () = assert!(size_of::<LocalKey>() == 20);

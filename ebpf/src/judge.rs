@@ -109,9 +109,6 @@ fn try_judge(
             return Err(DropReason::MacSpoofed);
         }
     }
-    // A frame to a group of stations (broadcast, multicast) is flooded: each
-    // copy is judged at each receiver's interface.
-    let l2_group = parse::read::<u8>(data, data_end, 0)? & 1 != 0;
 
     // 1. Frame type.
     let pkt = match parse::ethertype(data, data_end)? {
@@ -130,7 +127,8 @@ fn try_judge(
     // packet is the receiver's own, to one of its listed addresses.
     let mut addressed = false;
     if hook == Hook::ToEndpoint {
-        if let Some(owner) = local(slot, pkt.family, &pkt.src)
+        let owner = local(slot, pkt.family, &pkt.src);
+        if owner.found != 0
             && owner.ifindex != arrived_on
             && !mutant(MUTANT_PATH_UNCHECKED)
         {
@@ -140,9 +138,11 @@ fn try_judge(
                 DropReason::LocalAddressWrongPath
             });
         }
-        addressed = !l2_group
-            && matches!(local(slot, pkt.family, &pkt.dst),
-                Some(owner) if owner.ifindex == ifindex && owner.flags & LOCAL_LINK_ONLY == 0);
+        addressed = !to_group_of_stations(data, data_end)
+            && {
+                let owner = local(slot, pkt.family, &pkt.dst);
+                owner.found != 0 && owner.ifindex == ifindex && owner.flags & LOCAL_LINK_ONLY == 0
+            };
     }
 
     // 1. Neighbour discovery, MLD and router messages.
@@ -161,11 +161,7 @@ fn try_judge(
     }
 
     // 2. Identity.
-    let mut peers = Peers {
-        slot,
-        src: None,
-        dst: None,
-    };
+    let mut peers = Peers::new(slot);
     match hook {
         Hook::FromEndpoint => {
             if pkt.family == FAMILY_V6 && is_link_local_or_unspecified(&pkt.src) {
@@ -173,9 +169,6 @@ fn try_judge(
             }
             if !src_allowed(slot, ifindex, pkt.family, &pkt.src) {
                 return Err(DropReason::SpoofedSource);
-            }
-            if pkt.source_routed {
-                return Err(DropReason::SourceRouted);
             }
         }
         Hook::ToEndpoint => {}
@@ -192,15 +185,6 @@ fn try_judge(
             }
         }
     }
-    // Whether conntrack may know the packet's flow: a packet to a group
-    // address is never tracked, and at an endpoint's interface only packets
-    // to the receiver's listed addresses are its flows' own.
-    let direct = match hook {
-        Hook::FromEndpoint => !l2_group && !is_group_address(&pkt),
-        Hook::ToEndpoint => addressed || mutant(MUTANT_UNADDRESSED_TRACKED),
-        Hook::Uplink => true,
-    };
-
     let now = unsafe { bpf_ktime_get_ns() };
     let settings = match SETTINGS.get(slot) {
         Some(s) => *s,
@@ -223,6 +207,8 @@ fn try_judge(
         };
     }
 
+    let direct = direct(hook, data, data_end, &pkt, addressed);
+
     // Steps 4 to 6 decide whether the packet passes; a first fragment that
     // passes, by whichever step, lets the rest of its datagram through.
     let pass = 'flow: {
@@ -242,6 +228,14 @@ fn try_judge(
             if direct && related(hook, &endpoint, &mut peers, data, data_end, &pkt, settings, now) {
                 break 'flow PassReason::Related;
             }
+            // 6. Any other error is judged by the rules like any ICMP
+            // packet; errors are never tracked.
+            let (rule_egress, rule_ingress, _) =
+                decide(hook, slot, &endpoint, &mut peers, &pkt).map_err(|_| DropReason::IcmpErrorUntracked)?;
+            let bytes = (data_end - data) as u64;
+            count_rule(rule_egress, bytes);
+            count_rule(rule_ingress, bytes);
+            break 'flow PassReason::NewAllowed;
         } else if direct {
             // 5. Conntrack.
             let lookup = Lookup {
@@ -260,21 +254,28 @@ fn try_judge(
             }
         }
 
-        // 6. Rules, for packets that are never tracked: ICMP errors
-        // (dropped as `icmp-error-untracked` when the rules deny them),
-        // packets to group or unlisted addresses, and a local endpoint's
-        // packets at the receiver's interface (flows are tracked where they
-        // are first judged: at the sender's own interface).
+        // 6. Rules, for packets that are never tracked: packets to group or
+        // unlisted addresses, and a local endpoint's packets at the
+        // receiver's interface (flows are tracked where they are first
+        // judged: at the sender's own interface).
         // (Whether the source is a local endpoint is looked up again here
         // rather than kept from step 2: a value kept across step 5 makes
         // the verifier walk it once for each.)
         let src_local = hook == Hook::ToEndpoint
-            && matches!(local(slot, pkt.family, &pkt.src), Some(owner) if owner.ifindex != 0);
-        if icmp_error || !direct || src_local {
-            let (rule_egress, rule_ingress, _) = match decide(hook, slot, &endpoint, &mut peers, &pkt) {
-                Ok(rules) => rules,
-                Err(_) if icmp_error => return Err(DropReason::IcmpErrorUntracked),
-                Err(reason) => return Err(reason),
+            && {
+                let owner = local(slot, pkt.family, &pkt.src);
+                owner.found != 0 && owner.ifindex != 0
+            };
+        if !direct || src_local {
+            // From an endpoint that is a group address, which no receiver
+            // lists: the sender's egress alone.
+            let (rule_egress, rule_ingress) = if hook == Hook::FromEndpoint {
+                let class = peers.dst(&pkt).class;
+                let rule = policy(slot, endpoint.policy, class, DIR_EGRESS, &pkt).ok_or(DropReason::EgressDenied)?;
+                (rule, 0)
+            } else {
+                let (e, i, _) = decide(hook, slot, &endpoint, &mut peers, &pkt)?;
+                (e, i)
             };
             if hook != Hook::Uplink {
                 let bytes = (data_end - data) as u64;
@@ -305,11 +306,7 @@ fn try_judge(
                 }
                 // The reverse flow's ends are this packet's, swapped: lookups
                 // already made are reused.
-                let mut rev_peers = Peers {
-                    slot,
-                    src: peers.dst,
-                    dst: peers.src,
-                };
+                let mut rev_peers = peers.swapped();
                 match decide_reverse(hook, slot, &endpoint, &mut rev_peers, &reversed_packet(&pkt)) {
                     // The flow runs against the packet.
                     Some((e, i, f)) => (e, i, f | CT_MIDSTREAM | if flipped { 0 } else { CT_FLIPPED }),
@@ -385,7 +382,8 @@ fn arp(
         if spa != [0; 4] && !src_allowed(slot, ifindex, FAMILY_V4, &addr) {
             return Err(DropReason::ArpSpoofed);
         }
-    } else if let Some(owner) = local(slot, FAMILY_V4, &addr)
+    } else if let owner = local(slot, FAMILY_V4, &addr)
+        && owner.found != 0
         && owner.ifindex != arrived_on
     {
         return Err(DropReason::ArpSpoofed);
@@ -398,6 +396,30 @@ fn arp(
 #[inline(always)]
 fn router_path(arrived_on: u32) -> bool {
     arrived_on == 0 || Some(arrived_on) == UPLINK.get(0).copied()
+}
+
+/// Whether conntrack may know the packet's flow: a packet to a group
+/// address is never tracked, and at an endpoint's interface only packets
+/// to the receiver's listed addresses (`addressed`) are its flows' own.
+/// (Worked out just before it is needed: a value kept from the start
+/// would make the verifier walk every step in between once for each.)
+#[inline(always)]
+fn direct(hook: Hook, data: usize, data_end: usize, pkt: &Packet, addressed: bool) -> bool {
+    match hook {
+        Hook::FromEndpoint => {
+            !to_group_of_stations(data, data_end) && !is_group_address(pkt)
+        }
+        Hook::ToEndpoint => addressed || mutant(MUTANT_UNADDRESSED_TRACKED),
+        Hook::Uplink => true,
+    }
+}
+
+/// A frame to a group of stations (an Ethernet broadcast or multicast
+/// destination) is flooded: each copy is judged at each receiver's
+/// interface.
+#[inline(always)]
+fn to_group_of_stations(data: usize, data_end: usize) -> bool {
+    matches!(parse::read::<[u8; 2]>(data, data_end, 0), Ok(b) if b[0] & 1 != 0)
 }
 
 /// Multicast and broadcast IP destinations.
@@ -624,21 +646,70 @@ fn decide_reverse(
 /// once per packet.
 struct Peers {
     slot: u32,
-    src: Option<PeerInfo>,
-    dst: Option<PeerInfo>,
+    src: PeerInfo,
+    dst: PeerInfo,
+    /// `SRC_KNOWN` and `DST_KNOWN`: which of the two has been looked up.
+    /// (Flags rather than `Option`s: the payload of a `None` is undefined,
+    /// and the compiler may fill it from any register, a packet pointer
+    /// included, which the verifier then refuses to see combined.)
+    known: u32,
 }
+
+const SRC_KNOWN: u32 = 1;
+const DST_KNOWN: u32 = 2;
+
+const NO_PEER: PeerInfo = PeerInfo {
+    class: CLASS_WORLD,
+    local_policy: 0,
+    local_endpoint: 0,
+    flags: 0,
+};
 
 impl Peers {
     #[inline(always)]
+    fn new(slot: u32) -> Peers {
+        Peers {
+            slot,
+            src: NO_PEER,
+            dst: NO_PEER,
+            known: 0,
+        }
+    }
+
+    /// The same lookups for the packet travelling the other way.
+    #[inline(always)]
+    fn swapped(&self) -> Peers {
+        let mut known = 0;
+        if self.known & SRC_KNOWN != 0 {
+            known |= DST_KNOWN;
+        }
+        if self.known & DST_KNOWN != 0 {
+            known |= SRC_KNOWN;
+        }
+        Peers {
+            slot: self.slot,
+            src: self.dst,
+            dst: self.src,
+            known,
+        }
+    }
+
+    #[inline(always)]
     fn src(&mut self, pkt: &Packet) -> PeerInfo {
-        let slot = self.slot;
-        *self.src.get_or_insert_with(|| peer(slot, pkt.family, &pkt.src))
+        if self.known & SRC_KNOWN == 0 {
+            self.src = peer(self.slot, pkt.family, &pkt.src);
+            self.known |= SRC_KNOWN;
+        }
+        self.src
     }
 
     #[inline(always)]
     fn dst(&mut self, pkt: &Packet) -> PeerInfo {
-        let slot = self.slot;
-        *self.dst.get_or_insert_with(|| peer(slot, pkt.family, &pkt.dst))
+        if self.known & DST_KNOWN == 0 {
+            self.dst = peer(self.slot, pkt.family, &pkt.dst);
+            self.known |= DST_KNOWN;
+        }
+        self.dst
     }
 }
 
@@ -659,7 +730,6 @@ fn reversed_packet(pkt: &Packet) -> Packet {
         tcp_flags: pkt.tcp_flags,
         opens: pkt.opens,
         fragment: pkt.fragment,
-        source_routed: pkt.source_routed,
         frag_id: pkt.frag_id,
         l4_off: 0,
     }
@@ -726,7 +796,7 @@ fn neighbour(
         }
         nd_options(hook, endpoint, data, data_end, ty, pkt.l4_off + fixed, end, unspecified)?;
         let to_group = pkt.dst[0] == 0xff && pkt.dst[1] == 0x02;
-        if !to_group && !is_link_local(&pkt.dst) && local(slot, FAMILY_V6, &pkt.dst).is_none() {
+        if !to_group && !is_link_local(&pkt.dst) && local(slot, FAMILY_V6, &pkt.dst).found == 0 {
             return Err(DropReason::NdMalformed);
         }
     } else {
@@ -737,10 +807,11 @@ fn neighbour(
     // be the endpoint's own, its link-local included. Towards an endpoint:
     // an advertisement's target of this host's must come the way that
     // address belongs to (the source was checked in step 2).
-    let target = if ty == 136 {
-        Some(parse::read::<[u8; 16]>(data, data_end, pkt.l4_off + 8)?)
+    let advertises = ty == 136;
+    let target = if advertises {
+        parse::read::<[u8; 16]>(data, data_end, pkt.l4_off + 8)?
     } else {
-        None
+        [0; 16]
     };
     if hook == Hook::FromEndpoint {
         if unspecified {
@@ -754,14 +825,12 @@ fn neighbour(
                 DropReason::SpoofedSource
             });
         }
-        if let Some(t) = target
-            && !owns(slot, ifindex, &t)
-            && !mutant(MUTANT_NA_ANY_TARGET)
-        {
+        if advertises && !owns(slot, ifindex, &target) && !mutant(MUTANT_NA_ANY_TARGET) {
             return Err(DropReason::NdSpoofed);
         }
-    } else if let Some(t) = target
-        && let Some(owner) = local(slot, FAMILY_V6, &t)
+    } else if advertises
+        && let owner = local(slot, FAMILY_V6, &target)
+        && owner.found != 0
         && owner.ifindex != arrived_on
     {
         return Err(DropReason::NdSpoofed);
@@ -843,16 +912,18 @@ fn mld_shape(data: usize, data_end: usize, pkt: &Packet, ty: u8, hop_limit: u8, 
     {
         return Err(DropReason::NdMalformed);
     }
-    // The multicast address an MLDv1 message is about.
-    let group = parse::read::<[u8; 16]>(data, data_end, pkt.l4_off + 8)
-        .ok()
-        .filter(|g| g[0] == 0xff);
+    // The multicast address an MLDv1 message is about, and whether it goes
+    // to it. (No `Option`s of addresses here or below: the compiler may
+    // fill a `None`'s payload from any register, and the verifier refuses
+    // packet pointers in it.)
+    let group = parse::read::<[u8; 16]>(data, data_end, pkt.l4_off + 8).unwrap_or([0; 16]);
+    let to_group = group[0] == 0xff && group == pkt.dst;
     let all_routers = pkt.dst == ipv6_link_group(2);
     let ok = match ty {
-        131 => len == 24 && group == Some(pkt.dst),
+        131 => len == 24 && to_group,
         132 => len == 24 && all_routers,
         130 => {
-            let to = pkt.dst == ipv6_link_group(1) || group == Some(pkt.dst);
+            let to = pkt.dst == ipv6_link_group(1) || to_group;
             let sized = len == 24 || {
                 let n = parse::read::<[u8; 2]>(data, data_end, pkt.l4_off + 26)?;
                 len == 28 + 16 * u16::from_be_bytes(n) as usize
@@ -902,7 +973,8 @@ fn ipv6_link_group(n: u8) -> [u8; 16] {
 /// addresses or its link-local one.
 #[inline(always)]
 fn owns(slot: u32, ifindex: u32, addr: &[u8; 16]) -> bool {
-    matches!(local(slot, FAMILY_V6, addr), Some(owner) if owner.ifindex == ifindex)
+    let owner = local(slot, FAMILY_V6, addr);
+    owner.found != 0 && owner.ifindex == ifindex
 }
 
 #[inline(always)]
@@ -954,17 +1026,36 @@ fn src_allowed(slot: u32, ifindex: u32, family: u8, addr: &[u8; 16]) -> bool {
     found.is_some()
 }
 
-/// The interface an address of this host belongs to (0: the host's own),
-/// `None` for any other address.
+/// Where an address of this host must come from (`HW_LOCAL`), `found` 0
+/// for any other address. (A plain value rather than an `Option`, whose
+/// `None` would carry an undefined payload: see `Peers`.)
+#[derive(Clone, Copy)]
+struct Owner {
+    found: u32,
+    /// The owner's interface, 0 for the host's own addresses.
+    ifindex: u32,
+    flags: u32,
+}
+
 #[inline(always)]
-fn local(slot: u32, family: u8, addr: &[u8; 16]) -> Option<LocalAddr> {
+fn local(slot: u32, family: u8, addr: &[u8; 16]) -> Owner {
     let key = LocalKey {
-        family,
-        _pad: [0; 3],
+        family: family as u32,
         addr: *addr,
     };
     let found = unsafe { if slot == 0 { LOCAL_0.get(&key) } else { LOCAL_1.get(&key) } };
-    found.copied()
+    match found {
+        Some(a) => Owner {
+            found: 1,
+            ifindex: a.ifindex,
+            flags: a.flags,
+        },
+        None => Owner {
+            found: 0,
+            ifindex: 0,
+            flags: 0,
+        },
+    }
 }
 
 /// The peer class of an address (step 6's lookup key).
@@ -987,12 +1078,7 @@ fn peer(slot: u32, family: u8, addr: &[u8; 16]) -> PeerInfo {
     };
     match found {
         Some(info) => *info,
-        None => PeerInfo {
-            class: CLASS_WORLD,
-            local_policy: 0,
-            local_endpoint: 0,
-            flags: 0,
-        },
+        None => NO_PEER,
     }
 }
 

@@ -43,32 +43,37 @@ pub fn hostwall_uplink(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn tc_judge(ctx: &TcContext, hook: Hook) -> i32 {
-    let len = ctx.len();
-    let linear = (ctx.data_end() - ctx.data()) as u32;
-    if linear < len {
-        // Headers in paged data: make linear what the parser may read, and
-        // only that. Failing that, the parser sees a truncated packet and
-        // drops it (fail closed).
-        let want = pull_len(ctx);
-        if linear < want {
-            let _ = ctx.pull_data(if len < want { len } else { want });
+    let skb = ctx.as_ptr() as *const __sk_buff;
+    {
+        let len = skb_len(skb);
+        let linear = (ctx.data_end() - ctx.data()) as u32;
+        if linear < len {
+            // Headers in paged data: make linear what the parser may read,
+            // and only that. Failing that, the parser sees a truncated
+            // packet and drops it (fail closed).
+            let want = pull_len(ctx);
+            if linear < want {
+                let _ = ctx.pull_data(if len < want { len } else { want });
+            }
         }
     }
-    if hook == Hook::FromEndpoint && ipv4_source_routed(ctx) {
+    let verdict = if hook == Hook::FromEndpoint && source_routed(ctx) {
         // An endpoint may not choose its packets' route.
-        count(Verdict::Drop(DropReason::SourceRouted), len as u64);
-        return TC_ACT_SHOT;
-    }
-    let skb = ctx.as_ptr() as *const __sk_buff;
-    let (ifindex, arrived_on, tagged) = unsafe { ((*skb).ifindex, (*skb).ingress_ifindex, (*skb).vlan_present) };
-    let verdict = if tagged != 0 {
-        // The kernel took the frame's VLAN tag into the skb before TC:
-        // a tagged frame, to or from an endpoint.
-        Verdict::Drop(DropReason::UnsupportedEthertype)
+        Verdict::Drop(DropReason::SourceRouted)
     } else {
-        judge::judge(hook, ctx.data(), ctx.data_end(), ifindex, arrived_on)
+        let (ifindex, arrived_on, tagged) = unsafe { ((*skb).ifindex, (*skb).ingress_ifindex, (*skb).vlan_present) };
+        if tagged != 0 {
+            // The kernel took the frame's VLAN tag into the skb before TC:
+            // a tagged frame, to or from an endpoint.
+            Verdict::Drop(DropReason::UnsupportedEthertype)
+        } else {
+            judge::judge(hook, ctx.data(), ctx.data_end(), ifindex, arrived_on)
+        }
     };
-    match count(verdict, len as u64) {
+    // The length is read again for the counters: the copy the pull compared
+    // would carry its bounds through every step of the judging, and the
+    // verifier would walk them once for each.
+    match count(verdict, skb_len(skb) as u64) {
         // TC_ACT_UNSPEC hands the packet to the next program (tcx's
         // TCX_NEXT); with none left the kernel lets it through.
         true => TC_ACT_UNSPEC,
@@ -76,8 +81,15 @@ fn tc_judge(ctx: &TcContext, hook: Hook) -> i32 {
     }
 }
 
-/// Whether an IPv4 packet carries a loose (131) or strict (137) source
-/// route option. The options are copied to the stack and walked there,
+/// `skb->len`, read where it is asked for.
+#[inline(always)]
+fn skb_len(skb: *const __sk_buff) -> u32 {
+    unsafe { core::ptr::read_volatile(&(*skb).len) }
+}
+
+/// Whether a packet names its own route: an IPv4 loose (131) or strict
+/// (137) source route option, or an IPv6 routing header of type 0
+/// (deprecated, RFC 5095) or 4 (segment routing). For IPv4, the option The options are copied to the stack and walked there,
 /// type by type: the verifier then follows the walk without it touching
 /// what it knows of the packet, which the judging after it relies on.
 /// A malformed option ends the walk (the parser judges the header).
@@ -85,43 +97,36 @@ fn tc_judge(ctx: &TcContext, hook: Hook) -> i32 {
 /// no-operation padding is one step; no one sends that many) count as a
 /// source route: refused rather than half read.
 #[inline(never)]
-fn ipv4_source_routed(ctx: &TcContext) -> bool {
+fn source_routed(ctx: &TcContext) -> bool {
     let (Ok(ethertype), Ok(ver_ihl)) = (ctx.load::<[u8; 2]>(12), ctx.load::<u8>(parse::ETH_HLEN)) else {
         return false;
     };
-    if u16::from_be_bytes(ethertype) != parse::ETH_P_IP || ver_ihl & 0x0f <= 5 {
+    match u16::from_be_bytes(ethertype) {
+        parse::ETH_P_IP => {}
+        parse::ETH_P_IPV6 => return ipv6_routing_header(ctx),
+        _ => return false,
+    }
+    if ver_ihl & 0x0f <= 5 {
         return false;
     }
-    // 40 bytes of options, and room for a word read at the last one.
-    let mut opts = [0u8; 44];
     let n = (ver_ihl & 0x0f) as usize * 4 - 20;
-    if n == 0 || n > 40 {
-        return false;
-    }
-    let loaded = unsafe {
-        aya_ebpf::helpers::bpf_skb_load_bytes(
-            ctx.as_ptr() as *const _,
-            (parse::ETH_HLEN + 20) as u32,
-            opts.as_mut_ptr() as *mut _,
-            n as u32,
-        )
-    };
-    if loaded != 0 {
-        return false;
-    }
+    let at = |o: usize| parse::ETH_HLEN + 20 + o;
     let mut o = 0usize;
     for _ in 0..OPTION_STEPS {
-        if o >= n || o >= 39 {
+        if o >= n {
             return false;
         }
-        match opts[o] {
+        let Ok(kind) = ctx.load::<u8>(at(o)) else {
+            return false;
+        };
+        match kind {
             0 => return false,
             // No-operation padding, a word at a time where it fills one.
-            1 if o + 4 <= n && opts[o + 1] == 1 && opts[o + 2] == 1 && opts[o + 3] == 1 => o += 4,
+            1 if o + 4 <= n && ctx.load::<[u8; 4]>(at(o)) == Ok([1; 4]) => o += 4,
             1 => o += 1,
             131 | 137 => return true,
-            _ => match opts[o + 1] {
-                len if len >= 2 => o += len as usize,
+            _ => match ctx.load::<u8>(at(o) + 1) {
+                Ok(len) if len >= 2 => o += len as usize,
                 _ => return false,
             },
         }
@@ -131,7 +136,39 @@ fn ipv4_source_routed(ctx: &TcContext) -> bool {
     true
 }
 
-/// Options `ipv4_source_routed` walks one by one before it looks at the
+/// IPv6 extension headers walked for a routing header (the parser walks
+/// no more).
+const IPV6_EXT_STEPS: usize = 8;
+
+/// Whether an IPv6 packet's extension headers hold a routing header of
+/// type 0 or 4.
+#[inline(always)]
+fn ipv6_routing_header(ctx: &TcContext) -> bool {
+    let Ok(mut nh) = ctx.load::<u8>(parse::ETH_HLEN + 6) else {
+        return false;
+    };
+    let mut off = parse::ETH_HLEN + 40;
+    for _ in 0..IPV6_EXT_STEPS {
+        if !parse::is_ipv6_ext(nh) || off > parse::MAX_L4_OFFSET {
+            return false;
+        }
+        let Ok(hdr) = ctx.load::<[u8; 4]>(off) else {
+            return false;
+        };
+        if nh == 43 && (hdr[2] == 0 || hdr[2] == 4) {
+            return true;
+        }
+        off += match nh {
+            44 => 8,
+            51 => (hdr[1] as usize + 2) * 4,
+            _ => (hdr[1] as usize + 1) * 8,
+        };
+        nh = hdr[0];
+    }
+    false
+}
+
+/// Options `source_routed` walks one by one before it looks at the
 /// bytes left.
 const OPTION_STEPS: usize = 14;
 

@@ -81,9 +81,6 @@ pub struct Packet {
     /// packet whose first chunk is INIT.
     pub opens: bool,
     pub fragment: Fragment,
-    /// The packet names its own route: an IPv6 routing header of type 0
-    /// (deprecated) or 4 (segment routing).
-    pub source_routed: bool,
     pub frag_id: u32,
     /// Offset of the L4 header from the start of the frame.
     pub l4_off: usize,
@@ -122,7 +119,7 @@ pub fn arp_sender_ip(data: usize, data_end: usize) -> Result<[u8; 4], DropReason
 }
 
 /// An IPv4 packet; its options are skipped (an endpoint's source routes
-/// are looked for before judging, in main.rs).
+/// are looked for before judging: `source_routed` in main.rs).
 #[inline(always)]
 pub fn parse_ipv4(data: usize, data_end: usize) -> Result<Packet, DropReason> {
     let off = ETH_HLEN;
@@ -151,7 +148,6 @@ pub fn parse_ipv4(data: usize, data_end: usize) -> Result<Packet, DropReason> {
         tcp_flags: 0,
         opens: false,
         fragment: Fragment::None,
-        source_routed: false,
         frag_id: id,
         l4_off: off + ihl,
     };
@@ -173,7 +169,7 @@ pub fn parse_ipv4(data: usize, data_end: usize) -> Result<Packet, DropReason> {
 }
 
 #[inline(always)]
-fn is_ipv6_ext(nh: u8) -> bool {
+pub fn is_ipv6_ext(nh: u8) -> bool {
     matches!(nh, 0 | 43 | 44 | 51 | 60)
 }
 
@@ -197,7 +193,6 @@ pub fn parse_ipv6(data: usize, data_end: usize) -> Result<Packet, DropReason> {
         tcp_flags: 0,
         opens: false,
         fragment: Fragment::None,
-        source_routed: false,
         frag_id: 0,
         l4_off: off + 40,
     };
@@ -222,14 +217,6 @@ pub fn parse_ipv6(data: usize, data_end: usize) -> Result<Packet, DropReason> {
                 8
             }
             51 => (hdr[1] as usize + 2) * 4,
-            43 => {
-                // Routing header: type 0 (deprecated, RFC 5095) and 4
-                // (segment routing) let the sender pick the path.
-                if hdr[2] == 0 || hdr[2] == 4 {
-                    pkt.source_routed = true;
-                }
-                (hdr[1] as usize + 1) * 8
-            }
             _ => (hdr[1] as usize + 1) * 8,
         };
         nh = hdr[0];

@@ -23,13 +23,30 @@ pub enum Mutant {
     InboundChargedAsOpened = 3,
     /// Mid-stream admission ignores its setting.
     MidstreamAlways = 4,
+    /// An address of this host is taken from whatever interface it
+    /// entered by.
+    PathUnchecked = 5,
+    /// A packet to an address its receiver does not list matches
+    /// conntrack.
+    UnaddressedTracked = 6,
+    /// Router advertisements and redirects reach endpoints from anywhere.
+    RouterFromAnyone = 7,
+    /// A neighbour advertisement from an endpoint may claim any target.
+    NaAnyTarget = 8,
+    /// An endpoint's frames may carry any Ethernet source.
+    MacUnchecked = 9,
 }
 
 impl Mutant {
-    pub const ALL: [Mutant; 4] = [
+    pub const ALL: [Mutant; 9] = [
         Mutant::SynAsReply,
         Mutant::IcmpErrorFromAnyone,
         Mutant::InboundChargedAsOpened,
         Mutant::MidstreamAlways,
+        Mutant::PathUnchecked,
+        Mutant::UnaddressedTracked,
+        Mutant::RouterFromAnyone,
+        Mutant::NaAnyTarget,
+        Mutant::MacUnchecked,
     ];
 }

@@ -404,7 +404,7 @@ impl Fixture {
         bytes[..addr.len()].copy_from_slice(addr);
         self.local
             .iter()
-            .find(|(k, _)| k.family == family && k.addr == bytes)
+            .find(|(k, _)| k.family == family as u32 && k.addr == bytes)
             .map_or(0, |(_, a)| a.ifindex)
     }
 

@@ -37,7 +37,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::bins;
+use common::{bins, in_netns, udp_bind};
 use hostwall_tests::bins::locate_sender;
 use hostwall_tests::frames::{ACK, SYN, TCP};
 use hostwall_tests::netns::run;
@@ -1163,23 +1163,6 @@ fn stats_until(agent: &Agent, before: &Stats, mut done: impl FnMut(&Stats) -> bo
 // ---------------------------------------------------------------------------
 // Sockets inside the namespaces
 
-/// Runs `f` on a thread that has entered `ns`: sockets it makes belong to
-/// that namespace for good.
-fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
-    let path = Path::new("/run/netns").join(ns.name());
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = std::fs::File::open(&path)?;
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            f()
-        })
-        .join()
-        .expect("a thread inside a test namespace panicked")
-    })
-}
-
 /// A non-blocking TCP listener on `[::]:port` (IPv4 too).
 fn tcp_listen(ns: &Netns, port: u16) -> Socket {
     in_netns(ns, || {
@@ -1227,17 +1210,6 @@ fn tcp_connect(ns: &Netns, local: Option<SocketAddr>, to: SocketAddr, timeout: D
         s.connect_timeout(&to.into(), timeout)?;
         Ok(s)
     })
-}
-
-/// A UDP socket on `[::]:port` (IPv4 too).
-fn udp_bind(ns: &Netns, port: u16) -> UdpSocket {
-    in_netns(ns, || {
-        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
-        s.set_only_v6(false)?;
-        s.bind(&SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port).into())?;
-        Ok(s.into())
-    })
-    .unwrap_or_else(|e| panic!("binding udp/{port} in {}: {e}", ns.name()))
 }
 
 /// A UDP socket from `local` (any port) connected to `to`.

@@ -246,8 +246,7 @@ fn compile_inner(
         let (family, bytes) = addr_bytes(*addr);
         local.insert(
             LocalKey {
-                family,
-                _pad: [0; 3],
+                family: family as u32,
                 addr: bytes,
             },
             LocalAddr { ifindex: 0, flags: 0 },
@@ -277,8 +276,7 @@ fn compile_inner(
                 let (family, bytes) = addr_bytes(*addr);
                 local.insert(
                     LocalKey {
-                        family,
-                        _pad: [0; 3],
+                        family: family as u32,
                         addr: bytes,
                     },
                     LocalAddr {
@@ -300,8 +298,7 @@ fn compile_inner(
                 let flags = if is_link_local(*addr) { LOCAL_LINK_ONLY } else { 0 };
                 local.insert(
                     LocalKey {
-                        family,
-                        _pad: [0; 3],
+                        family: family as u32,
                         addr: bytes,
                     },
                     LocalAddr { ifindex, flags },
@@ -320,8 +317,7 @@ fn compile_inner(
             if info.mac != [0; 6] && !shared {
                 local.insert(
                     LocalKey {
-                        family: FAMILY_V6,
-                        _pad: [0; 3],
+                        family: FAMILY_V6 as u32,
                         addr: eui64_link_local(info.mac),
                     },
                     LocalAddr {

@@ -2,10 +2,14 @@
 //! and the control file they are judged by.
 #![allow(dead_code)] // each test binary uses a different part of it
 
-use std::net::IpAddr;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use hostwall_tests::{Binaries, Container, Host, Node, Server};
+use socket2::{Domain, Protocol, Socket, Type};
+
+use hostwall_tests::{Binaries, Container, Host, Netns, Node, Server};
 
 pub fn bins() -> Binaries {
     Binaries::locate(Some(Path::new(env!("CARGO_BIN_EXE_hostwall-probe")))).expect("locating the binaries under test")
@@ -168,3 +172,32 @@ impl Shop {
 }
 
 pub mod daemon;
+
+/// Runs `f` on a thread that has entered `ns`: sockets it makes belong to
+/// that namespace for good.
+pub fn in_netns<T: Send>(ns: &Netns, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+    let path = Path::new("/run/netns").join(ns.name());
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path)?;
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            f()
+        })
+        .join()
+        .expect("a thread inside a test namespace panicked")
+    })
+}
+
+/// A UDP socket on `[::]:port` (IPv4 too).
+pub fn udp_bind(ns: &Netns, port: u16) -> UdpSocket {
+    in_netns(ns, || {
+        let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_only_v6(false)?;
+        s.bind(&SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port).into())?;
+        Ok(s.into())
+    })
+    .unwrap_or_else(|e| panic!("binding udp/{port} in {}: {e}", ns.name()))
+}
+

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use hostwall::datapath::Datapath;
 use hostwall::policy::{Policy, parse_str, to_yaml};
-use hostwall_common::PassReason;
+use hostwall_common::{DropReason, PassReason};
 use hostwall_mutants::{MUTANT_GLOBAL, MUTANT_OBJECT, Mutant};
 use hostwall_tests::testrun::{Expect, Fixture, PORT_IFACE, UPLINK_IFACE};
 
@@ -557,6 +557,33 @@ impl Sequence {
                 };
                 vec![(from, to, packet(from.addr(v6), to.addr(v6), l4))]
             }
+            // Neighbour advertisements claiming addresses, and router
+            // advertisements, from anyone.
+            84..=88 => {
+                let from = rng.pick(&[
+                    Party::Local(0),
+                    Party::Local(1),
+                    Party::Local(2),
+                    Party::Host,
+                    Party::Undeclared,
+                    Party::Stranger,
+                ]);
+                let claimed = rng.pick(&[from, Party::Local(0), Party::Local(1), Party::Host, Party::Undeclared]);
+                let target = match claimed.addr(true) {
+                    IpAddr::V6(a) => a.octets(),
+                    IpAddr::V4(_) => unreachable!("IPv6 addresses"),
+                };
+                let ty = if rng.chance(70) { 136 } else { 134 };
+                let to = if rng.chance(50) {
+                    Party::Everyone
+                } else {
+                    Party::Local(rng.below(LOCALS))
+                };
+                if from == to {
+                    return self.fresh(rng, v6);
+                }
+                vec![(from, to, packet(from.addr(true), to.addr(true), Transport::Nd { ty, target }))]
+            }
             // An endpoint's frame with another Ethernet source.
             82..=83 => {
                 let mut burst = self.fresh(rng, v6);
@@ -597,6 +624,18 @@ pub struct Tally {
     pub fragments: u64,
     pub mid_stream: u64,
     pub share_full: u64,
+    /// An address of this host arriving at a receiver by another way than
+    /// its own (dropped before conntrack).
+    pub wrong_path: u64,
+    /// Judged by the rules and never tracked: to a group or unlisted
+    /// address, a local endpoint's packet at the receiver.
+    pub never_tracked: u64,
+    /// Frames from an endpoint with another Ethernet source.
+    pub mac_spoofed: u64,
+    /// Neighbour advertisements claiming what is not their sender's.
+    pub nd_spoofed: u64,
+    /// Router advertisements from where routers are not.
+    pub router_wrong_path: u64,
 }
 
 impl Tally {
@@ -614,6 +653,11 @@ impl Tally {
         self.fragments += o.fragments;
         self.mid_stream += o.mid_stream;
         self.share_full += o.share_full;
+        self.wrong_path += o.wrong_path;
+        self.never_tracked += o.never_tracked;
+        self.mac_spoofed += o.mac_spoofed;
+        self.nd_spoofed += o.nd_spoofed;
+        self.router_wrong_path += o.router_wrong_path;
     }
 }
 
@@ -691,10 +735,21 @@ fn run_case(f: &mut Fixture, seed: u64, index: u64, steps: usize, tally: &mut Ta
                         noted.error_from_non_party |= j.notes.error_from_non_party;
                         noted.midstream_closed |= j.notes.midstream_closed;
                         noted.opened_with_inbound_full |= j.notes.opened_with_inbound_full;
+                        if j.notes.never_tracked {
+                            tally.never_tracked += 1;
+                        }
                         match observed {
+                            Expect::Drop(DropReason::LocalAddressWrongPath | DropReason::HostAddressSpoofed)
+                                if pkt.at.receiver().is_some() =>
+                            {
+                                tally.wrong_path += 1
+                            }
+                            Expect::Drop(DropReason::MacSpoofed) => tally.mac_spoofed += 1,
+                            Expect::Drop(DropReason::NdSpoofed) => tally.nd_spoofed += 1,
+                            Expect::Drop(DropReason::RouterMessageWrongPath) => tally.router_wrong_path += 1,
                             Expect::Pass(PassReason::Related) => tally.related += 1,
                             Expect::Pass(PassReason::Fragment) => tally.fragments += 1,
-                            Expect::Drop(hostwall_common::DropReason::ConntrackEndpointFull) => tally.share_full += 1,
+                            Expect::Drop(DropReason::ConntrackEndpointFull) => tally.share_full += 1,
                             _ => {}
                         }
                         if j.step == crate::model::Step::Reverse {
@@ -734,7 +789,9 @@ fn run_case(f: &mut Fixture, seed: u64, index: u64, steps: usize, tally: &mut Ta
             tally.error_from_non_party += noted.error_from_non_party as u64;
             tally.midstream_closed += noted.midstream_closed as u64;
             tally.opened_with_inbound_full += noted.opened_with_inbound_full as u64;
-            if pkt.quote.is_none() && !is_icmp_error(&pkt.l4) {
+            // Flows to answer, repeat and quote (neighbour discovery is
+            // not a flow).
+            if pkt.quote.is_none() && !is_icmp_error(&pkt.l4) && !matches!(pkt.l4, Transport::Nd { .. }) {
                 seq.sent.push(pkt);
             }
         }

@@ -103,6 +103,13 @@ pub enum Transport {
     Other {
         proto: u8,
     },
+    /// IPv6 neighbour discovery as hosts send it: a neighbour
+    /// advertisement (136) claiming `target` with the sender's link-layer
+    /// address, or a router advertisement (134).
+    Nd {
+        ty: u8,
+        target: [u8; 16],
+    },
 }
 
 impl Transport {
@@ -112,6 +119,7 @@ impl Transport {
             Transport::Udp { .. } => 17,
             Transport::Sctp { .. } => 132,
             Transport::Icmp { proto, .. } | Transport::Other { proto } => *proto,
+            Transport::Nd { .. } => 58,
         }
     }
 
@@ -142,6 +150,7 @@ impl Transport {
             } => frames::sctp_chunk(sport, dport, c),
             Transport::Icmp { proto, ty, code, id } => L4::Proto(proto, frames::icmp_header(ty, code, id)),
             Transport::Other { proto } => L4::Proto(proto, vec![0; 8]),
+            Transport::Nd { ty, .. } => frames::icmp(ty, 0, [0; 4], vec![0; 8]),
         }
     }
 }
@@ -192,9 +201,15 @@ impl Packet {
             }
             (l4, _) => l4.l4(),
         };
-        let frame = match self.frag {
-            Frag::Whole => frames::frame_of(self.src, self.dst, &l4),
-            Frag::First(id) | Frag::Later(id) => {
+        let frame = match (self.l4, self.frag) {
+            (Transport::Nd { ty: 136, target }, _) => frames::nd(
+                &self.src.to_string(),
+                &self.dst.to_string(),
+                136,
+                &Ipv6Addr::from(target).to_string(),
+            ),
+            (_, Frag::Whole) => frames::frame_of(self.src, self.dst, &l4),
+            (_, Frag::First(id) | Frag::Later(id)) => {
                 let (body, offset8, more) = match self.frag {
                     Frag::First(_) => (l4.bytes(), 0, true),
                     _ => (vec![0; 8], 1, false),
@@ -236,6 +251,7 @@ impl Packet {
                 format!("Transport::Icmp {{ proto: {proto}, ty: {ty}, code: {code}, id: {id} }}")
             }
             Transport::Other { proto } => format!("Transport::Other {{ proto: {proto} }}"),
+            Transport::Nd { ty, target } => format!("Transport::Nd {{ ty: {ty}, target: {target:?} }}"),
         };
         format!(
             "pkt({at}, {:?}, {:?}, {l4})",

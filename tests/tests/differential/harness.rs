@@ -190,6 +190,7 @@ impl Coverage {
                 Transport::Icmp { proto: 1, .. } => "icmp",
                 Transport::Icmp { .. } => "icmpv6",
                 Transport::Other { .. } => "other",
+                Transport::Nd { .. } => "nd",
             })
             .or_default() += 1;
         match j.expect {

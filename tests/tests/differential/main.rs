@@ -153,6 +153,11 @@ in {:.1?}",
         ("non-first fragments passed", t.fragments),
         ("mid-stream admissions", t.mid_stream),
         ("new flows beyond a share", t.share_full),
+        ("addresses of this host arriving the wrong way", t.wrong_path),
+        ("packets judged but never tracked (group, unlisted, local)", t.never_tracked),
+        ("frames with another endpoint's or no one's MAC", t.mac_spoofed),
+        ("neighbour advertisements claiming another's address", t.nd_spoofed),
+        ("router advertisements from an undeclared port", t.router_wrong_path),
     ] {
         assert!(n >= MIN_COVERAGE, "only {n} {what}: {t:?}");
     }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use hostwall::policy::{ConntrackTimeouts, Endpoint, Midstream, Policy};
 use hostwall::reference::{Denial, Flow, Origin, Reference, Verdict};
 use hostwall_common::{DropReason, PassReason};
-use hostwall_tests::testrun::{Expect, NODE};
+use hostwall_tests::testrun::{Expect, NODE, UPLINK_IFACE};
 
 use crate::generate::{ACK, At, FIN, Frag, Packet, Quote, RST, SYN, Transport};
 
@@ -407,6 +407,36 @@ impl<'a> Model<'a> {
         }
     }
 
+    /// Neighbour discovery (SECURITY.md, 5): an advertisement claims only
+    /// its sender's addresses, an address of this host only from the way
+    /// it belongs to; router advertisements come only from the host's
+    /// stack or the uplink, never from an endpoint.
+    fn neighbour(&self, pkt: &Packet, ty: u8, target: IpAddr) -> Expect {
+        let ok = Expect::Pass(PassReason::Neighbour);
+        match (&pkt.at, ty) {
+            (At::Uplink, _) => ok,
+            (At::From(_), 134) => Expect::Drop(DropReason::Icmpv6Forbidden),
+            (At::From(iface), _) if !self.endpoint_at(iface).addresses.contains(&target) => {
+                Expect::Drop(DropReason::NdSpoofed)
+            }
+            (At::From(_), _) => ok,
+            (At::To(_), 134) => ok,
+            (At::ToVia(_, via), 134) if via == UPLINK_IFACE => ok,
+            (At::ToVia(..), 134) => Expect::Drop(DropReason::RouterMessageWrongPath),
+            (At::To(_) | At::ToVia(..), _) => {
+                let via = match &pkt.at {
+                    At::ToVia(_, via) => Some(via.as_str()),
+                    _ => None,
+                };
+                let rightful = match self.local_owner(target) {
+                    Some(owner) => via.is_some() && owner.interface.as_deref() == via,
+                    None => !self.host.contains(&target) || via.is_none(),
+                };
+                if rightful { ok } else { Expect::Drop(DropReason::NdSpoofed) }
+            }
+        }
+    }
+
     fn origin(&self, pkt: &Packet) -> Origin {
         match &pkt.at {
             At::From(iface) => Origin::Endpoint(self.endpoint_at(iface).name.clone()),
@@ -451,6 +481,10 @@ impl<'a> Model<'a> {
                 Update::default(),
             )
         };
+        // The uplink filter passes neighbour discovery to the receiver.
+        if matches!(pkt.l4, Transport::Nd { .. }) && pkt.at == At::Uplink {
+            return identity(Expect::Pass(PassReason::Neighbour));
+        }
         // Identity at the attachment point.
         match &pkt.at {
             At::From(iface) => {
@@ -492,6 +526,10 @@ impl<'a> Model<'a> {
                     return identity(Expect::Pass(PassReason::NotForEndpoint));
                 }
             }
+        }
+
+        if let Transport::Nd { ty, target } = pkt.l4 {
+            return identity(self.neighbour(pkt, ty, IpAddr::V6(target.into())));
         }
 
         // Fragments: a later one follows its first.
@@ -816,7 +854,7 @@ pub fn reply(pkt: &Packet, at: At, flags: u8) -> Packet {
             code,
             id,
         },
-        other @ Transport::Other { .. } => other,
+        other @ (Transport::Other { .. } | Transport::Nd { .. }) => other,
     };
     Packet {
         at,

@@ -13,7 +13,7 @@ use hostwall::compile::{self, HostView};
 use hostwall::policy::parse_str;
 use hostwall_common::{DropReason, PassReason};
 use hostwall_tests::frames::*;
-use hostwall_tests::testrun::{Expect, Fixture, Hook, PORT_IFACE, UPLINK_IFACE};
+use hostwall_tests::testrun::{Expect, Fixture, Hook, PORT_IFACE};
 
 // Named addresses of the test policy.
 const WEB: &str = "10.10.0.11";
