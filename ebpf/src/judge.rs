@@ -128,21 +128,17 @@ fn try_judge(
     let mut addressed = false;
     if hook == Hook::ToEndpoint {
         let owner = local(slot, pkt.family, &pkt.src);
-        if owner.found != 0
-            && owner.ifindex != arrived_on
-            && !mutant(MUTANT_PATH_UNCHECKED)
-        {
+        if owner.found != 0 && owner.ifindex != arrived_on && !mutant(MUTANT_PATH_UNCHECKED) {
             return Err(if owner.ifindex == 0 {
                 DropReason::HostAddressSpoofed
             } else {
                 DropReason::LocalAddressWrongPath
             });
         }
-        addressed = !to_group_of_stations(data, data_end)
-            && {
-                let owner = local(slot, pkt.family, &pkt.dst);
-                owner.found != 0 && owner.ifindex == ifindex && owner.flags & LOCAL_LINK_ONLY == 0
-            };
+        addressed = !to_group_of_stations(data, data_end) && {
+            let owner = local(slot, pkt.family, &pkt.dst);
+            owner.found != 0 && owner.ifindex == ifindex && owner.flags & LOCAL_LINK_ONLY == 0
+        };
     }
 
     // 1. Neighbour discovery, MLD and router messages.
@@ -261,11 +257,10 @@ fn try_judge(
         // (Whether the source is a local endpoint is looked up again here
         // rather than kept from step 2: a value kept across step 5 makes
         // the verifier walk it once for each.)
-        let src_local = hook == Hook::ToEndpoint
-            && {
-                let owner = local(slot, pkt.family, &pkt.src);
-                owner.found != 0 && owner.ifindex != 0
-            };
+        let src_local = hook == Hook::ToEndpoint && {
+            let owner = local(slot, pkt.family, &pkt.src);
+            owner.found != 0 && owner.ifindex != 0
+        };
         if !direct || src_local {
             // From an endpoint that is a group address, which no receiver
             // lists: the sender's egress alone.
@@ -406,9 +401,7 @@ fn router_path(arrived_on: u32) -> bool {
 #[inline(always)]
 fn direct(hook: Hook, data: usize, data_end: usize, pkt: &Packet, addressed: bool) -> bool {
     match hook {
-        Hook::FromEndpoint => {
-            !to_group_of_stations(data, data_end) && !is_group_address(pkt)
-        }
+        Hook::FromEndpoint => !to_group_of_stations(data, data_end) && !is_group_address(pkt),
         Hook::ToEndpoint => addressed || mutant(MUTANT_UNADDRESSED_TRACKED),
         Hook::Uplink => true,
     }
@@ -870,7 +863,11 @@ fn nd_options(
         }
         match kind {
             1 | 2 => {
-                let allowed = if kind == 1 { ty != 136 && !unspecified } else { ty == 136 };
+                let allowed = if kind == 1 {
+                    ty != 136 && !unspecified
+                } else {
+                    ty == 136
+                };
                 if units != 1 || !allowed {
                     return Err(DropReason::NdMalformed);
                 }
@@ -1043,7 +1040,13 @@ fn local(slot: u32, family: u8, addr: &[u8; 16]) -> Owner {
         family: family as u32,
         addr: *addr,
     };
-    let found = unsafe { if slot == 0 { LOCAL_0.get(&key) } else { LOCAL_1.get(&key) } };
+    let found = unsafe {
+        if slot == 0 {
+            LOCAL_0.get(&key)
+        } else {
+            LOCAL_1.get(&key)
+        }
+    };
     match found {
         Some(a) => Owner {
             found: 1,

@@ -185,7 +185,8 @@ fn pull_len(ctx: &TcContext) -> u32 {
     };
     match u16::from_be_bytes(ethertype) {
         parse::ETH_P_IP => {
-            let (Ok(ver_ihl), Ok(proto)) = (ctx.load::<u8>(parse::ETH_HLEN), ctx.load::<u8>(parse::ETH_HLEN + 9)) else {
+            let (Ok(ver_ihl), Ok(proto)) = (ctx.load::<u8>(parse::ETH_HLEN), ctx.load::<u8>(parse::ETH_HLEN + 9))
+            else {
                 return FULL;
             };
             match proto {

@@ -60,7 +60,10 @@ impl Lab {
     }
 
     fn c(&self, name: &str) -> &Container {
-        self.containers.iter().find(|c| c.name == name).expect("a container of the lab")
+        self.containers
+            .iter()
+            .find(|c| c.name == name)
+            .expect("a container of the lab")
     }
 
     /// a may send UDP 5353 and 5354 anywhere; b accepts UDP 5353 from a
@@ -173,7 +176,8 @@ fn packets_to_every_station_or_an_unlisted_address_are_judged_by_the_receivers_i
     let lab = Lab::new();
     let (a, b) = (lab.c("a"), lab.c("b"));
     let unlisted: IpAddr = "10.94.0.121".parse().unwrap();
-    b.add_address(unlisted).expect("adding an address the policy does not list");
+    b.add_address(unlisted)
+        .expect("adding an address the policy does not list");
     let b_mac = mac_of(b.ns(), "eth0");
     let sock = udp_bind(b.ns(), DENIED_PORT);
     // (destination, destination MAC)
@@ -203,7 +207,10 @@ fn packets_to_every_station_or_an_unlisted_address_are_judged_by_the_receivers_i
                 ],
             );
             match (agent, before) {
-                (None, _) => assert!(arrives(&sock, &payload, true), "control: {dst} reaches b without the agent"),
+                (None, _) => assert!(
+                    arrives(&sock, &payload, true),
+                    "control: {dst} reaches b without the agent"
+                ),
                 (Some(agent), Some(before)) => {
                     assert!(!arrives(&sock, &payload, false), "{dst} reached b past its ingress");
                     agent.assert_dropped_since(&before, DropReason::IngressDenied, 1);
@@ -219,12 +226,24 @@ fn packets_to_every_station_or_an_unlisted_address_are_judged_by_the_receivers_i
     // the same port and allowing the one it lists.
     let before = agent.stats().expect("stats");
     let (a4, b4) = (a.v4.to_string(), b.v4.to_string());
-    send(a.ns(), &["--dst-mac", &b_mac, "ipv4", "udp", &a4, &b4, "40001", "5354", "listed"]);
-    assert!(!arrives(&sock, "listed", false), "a's datagram to b's listed address, denied port");
+    send(
+        a.ns(),
+        &["--dst-mac", &b_mac, "ipv4", "udp", &a4, &b4, "40001", "5354", "listed"],
+    );
+    assert!(
+        !arrives(&sock, "listed", false),
+        "a's datagram to b's listed address, denied port"
+    );
     agent.assert_dropped_since(&before, DropReason::IngressDenied, 1);
     let allowed = udp_bind(b.ns(), PORT);
-    send(a.ns(), &["--dst-mac", &b_mac, "ipv4", "udp", &a4, &b4, "40001", "5353", "allowed"]);
-    assert!(arrives(&allowed, "allowed", true), "a's datagram to b's listed address, allowed port");
+    send(
+        a.ns(),
+        &["--dst-mac", &b_mac, "ipv4", "udp", &a4, &b4, "40001", "5353", "allowed"],
+    );
+    assert!(
+        arrives(&allowed, "allowed", true),
+        "a's datagram to b's listed address, allowed port"
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -265,8 +284,13 @@ fn an_endpoint_cannot_send_with_another_endpoints_mac() {
         s.expect("b sends to c");
     };
     let learned_on_a = || {
-        let fdb = lab.host.ns().exec(&["bridge", "fdb", "show", "br", "br0"]).unwrap_or_default();
-        fdb.lines().any(|l| l.starts_with(&c_mac) && l.contains(&format!("dev {} ", a.iface)))
+        let fdb = lab
+            .host
+            .ns()
+            .exec(&["bridge", "fdb", "show", "br", "br0"])
+            .unwrap_or_default();
+        fdb.lines()
+            .any(|l| l.starts_with(&c_mac) && l.contains(&format!("dev {} ", a.iface)))
     };
     // Control: without the agent the frame arrives, and the bridge learns
     // c's MAC on a's port (where c's traffic then goes).
@@ -281,7 +305,10 @@ fn an_endpoint_cannot_send_with_another_endpoints_mac() {
     let before = agent.stats().expect("stats");
     attempt("spoofed-mac-2");
     assert!(!learned_on_a(), "the bridge learned c's MAC on a's port");
-    assert!(!arrives(&b_sock, "spoofed-mac-2", false), "a frame with c's MAC left a's interface");
+    assert!(
+        !arrives(&b_sock, "spoofed-mac-2", false),
+        "a frame with c's MAC left a's interface"
+    );
     agent.assert_dropped_since(&before, DropReason::MacSpoofed, 1);
     b_to_c("still-c");
     assert!(arrives(&c_sock, "still-c", true), "c's traffic still reaches c");
@@ -297,7 +324,11 @@ fn with_icmpv6_checksum(mut f: Frame) -> Frame {
     let mut sum: u32 = 0;
     let mut add = |bytes: &[u8]| {
         for chunk in bytes.chunks(2) {
-            let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { (chunk[0] as u16) << 8 };
+            let word = if chunk.len() == 2 {
+                u16::from_be_bytes([chunk[0], chunk[1]])
+            } else {
+                (chunk[0] as u16) << 8
+            };
             sum += word as u32;
         }
     };
@@ -317,7 +348,9 @@ fn with_icmpv6_checksum(mut f: Frame) -> Frame {
 }
 
 fn link_local_of(ns: &Netns, iface: &str) -> String {
-    let out = ns.exec(&["ip", "-6", "-o", "addr", "show", "dev", iface, "scope", "link"]).expect("ip addr");
+    let out = ns
+        .exec(&["ip", "-6", "-o", "addr", "show", "dev", iface, "scope", "link"])
+        .expect("ip addr");
     out.split_whitespace()
         .skip_while(|w| *w != "inet6")
         .nth(1)
@@ -329,7 +362,10 @@ fn link_local_of(ns: &Netns, iface: &str) -> String {
 /// b's neighbour entry for `addr` on eth0: its link-layer address.
 fn neighbour_of(ns: &Netns, addr: &str) -> Option<String> {
     let out = ns.exec(&["ip", "-6", "neigh", "show", addr, "dev", "eth0"]).ok()?;
-    out.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).map(str::to_string)
+    out.split_whitespace()
+        .skip_while(|w| *w != "lladdr")
+        .nth(1)
+        .map(str::to_string)
 }
 
 #[test]
@@ -353,13 +389,20 @@ fn an_endpoint_cannot_advertise_the_routers_link_local_address() {
     let b_ll = link_local_of(b.ns(), "eth0");
     let learn = || {
         lab.host.ns().ip("-6 neigh flush dev br0").ok();
-        let _ = lab.host.ns().exec(&["ping", "-6", "-c", "1", "-W", "1", &format!("{b_ll}%br0")]);
+        let _ = lab
+            .host
+            .ns()
+            .exec(&["ping", "-6", "-c", "1", "-W", "1", &format!("{b_ll}%br0")]);
     };
     // Control: without the agent, b's entry for the router becomes a's MAC.
     learn();
     advert();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(neighbour_of(b.ns(), &router_ll).as_deref(), Some(a_mac.as_str()), "control: the hijack works");
+    assert_eq!(
+        neighbour_of(b.ns(), &router_ll).as_deref(),
+        Some(a_mac.as_str()),
+        "control: the hijack works"
+    );
     b.ns().ip("-6 neigh flush dev eth0").ok();
 
     let agent = lab.start_agent();
@@ -368,7 +411,11 @@ fn an_endpoint_cannot_advertise_the_routers_link_local_address() {
     let before = agent.stats().expect("stats");
     advert();
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(neighbour_of(b.ns(), &router_ll), Some(router_mac), "b's route to the router was hijacked");
+    assert_eq!(
+        neighbour_of(b.ns(), &router_ll),
+        Some(router_mac),
+        "b's route to the router was hijacked"
+    );
     agent.assert_dropped_since(&before, DropReason::NdSpoofed, 1);
 }
 
@@ -390,7 +437,17 @@ fn an_undeclared_port_carries_only_its_own_address() {
             let before = agent.map(|a| a.stats().expect("stats"));
             send(
                 x.ns(),
-                &["--dst-mac", &b_mac, family(dst), "udp", &host_addr.to_string(), &dst.to_string(), "40002", "5353", &payload],
+                &[
+                    "--dst-mac",
+                    &b_mac,
+                    family(dst),
+                    "udp",
+                    &host_addr.to_string(),
+                    &dst.to_string(),
+                    "40002",
+                    "5353",
+                    &payload,
+                ],
             );
             if let (Some(agent), Some(before)) = (agent, &before) {
                 assert!(!arrives(&sock, &payload, false), "x passed as the host");
@@ -403,14 +460,34 @@ fn an_undeclared_port_carries_only_its_own_address() {
             let genuine = format!("genuine-{v}-{}", agent.is_some());
             send(
                 a.ns(),
-                &["--dst-mac", &b_mac, family(dst), "udp", &a_addr.to_string(), &dst.to_string(), "40003", "5353", &genuine],
+                &[
+                    "--dst-mac",
+                    &b_mac,
+                    family(dst),
+                    "udp",
+                    &a_addr.to_string(),
+                    &dst.to_string(),
+                    "40003",
+                    "5353",
+                    &genuine,
+                ],
             );
             assert!(arrives(&sock, &genuine, true), "a's own datagram reaches b");
             let injected = format!("injected-{v}-{}", agent.is_some());
             let before = agent.map(|a| a.stats().expect("stats"));
             send(
                 x.ns(),
-                &["--dst-mac", &b_mac, family(dst), "udp", &a_addr.to_string(), &dst.to_string(), "40003", "5353", &injected],
+                &[
+                    "--dst-mac",
+                    &b_mac,
+                    family(dst),
+                    "udp",
+                    &a_addr.to_string(),
+                    &dst.to_string(),
+                    "40003",
+                    "5353",
+                    &injected,
+                ],
             );
             if let (Some(agent), Some(before)) = (agent, &before) {
                 assert!(!arrives(&sock, &injected, false), "x injected into a's tracked flow");
@@ -438,12 +515,21 @@ fn router_advertisements_from_an_undeclared_port_do_not_reach_endpoints() {
         let mut body = vec![0; 8];
         body.extend_from_slice(&[1, 1]);
         body.extend_from_slice(&mac_bytes(&x_mac));
-        let ra = frames::ipv6_icmp_frame(&x_ll, "ff02::1", 255, false, &frames::icmp(134, 0, [64, 0, 0x07, 0x08], body));
+        let ra = frames::ipv6_icmp_frame(
+            &x_ll,
+            "ff02::1",
+            255,
+            false,
+            &frames::icmp(134, 0, [64, 0, 0x07, 0x08], body),
+        );
         let ra = frames::with_src_mac(frames::with_dst_mac(ra, [0x33, 0x33, 0, 0, 0, 1]), mac_bytes(&x_mac));
         send_frame(x.ns(), &with_icmpv6_checksum(ra));
     };
     let default_via_x = || {
-        let out = b.ns().exec(&["ip", "-6", "route", "show", "default"]).unwrap_or_default();
+        let out = b
+            .ns()
+            .exec(&["ip", "-6", "route", "show", "default"])
+            .unwrap_or_default();
         out.contains(&x_ll)
     };
     b.ns().ip("-6 route del default").ok();
@@ -452,7 +538,10 @@ fn router_advertisements_from_an_undeclared_port_do_not_reach_endpoints() {
     while !default_via_x() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(default_via_x(), "control: x's advertisement gives b a default route via x");
+    assert!(
+        default_via_x(),
+        "control: x's advertisement gives b a default route via x"
+    );
     b.ns().ip(&format!("-6 route del default via {x_ll} dev eth0")).ok();
 
     let agent = lab.start_agent();
@@ -471,7 +560,10 @@ fn with_ipv4_checksum(mut f: Frame, tagged: bool) -> Frame {
     let at = if tagged { 18 } else { 14 };
     f.0[at + 10] = 0;
     f.0[at + 11] = 0;
-    let mut sum: u32 = f.0[at..at + 20].chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
+    let mut sum: u32 = f.0[at..at + 20]
+        .chunks(2)
+        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
@@ -496,7 +588,9 @@ fn captured(ns: &Netns, needle: &str, within: Duration, send: impl FnOnce()) -> 
     let deadline = Instant::now() + within;
     let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
     while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        socket.set_read_timeout(Some(left.max(Duration::from_millis(1)))).expect("a timeout");
+        socket
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("a timeout");
         let Ok(n) = socket.recv(&mut buf) else { return false };
         let bytes: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
         if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
@@ -514,15 +608,19 @@ fn a_vlan_tagged_frame_does_not_leave_an_endpoints_interface() {
     let a_mac = mac_bytes(&mac_of(a.ns(), "eth0"));
     // An allowed datagram a -> b, in VLAN 5.
     let tagged = |payload: &str| {
-        let inner = frames::frame(&a.v4.to_string(), &b.v4.to_string(), frames::L4::Proto(frames::UDP, {
-            let mut u = Vec::new();
-            u.extend_from_slice(&40000u16.to_be_bytes());
-            u.extend_from_slice(&PORT.to_be_bytes());
-            u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-            u.extend_from_slice(&[0, 0]);
-            u.extend_from_slice(payload.as_bytes());
-            u
-        }));
+        let inner = frames::frame(
+            &a.v4.to_string(),
+            &b.v4.to_string(),
+            frames::L4::Proto(frames::UDP, {
+                let mut u = Vec::new();
+                u.extend_from_slice(&40000u16.to_be_bytes());
+                u.extend_from_slice(&PORT.to_be_bytes());
+                u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+                u.extend_from_slice(&[0, 0]);
+                u.extend_from_slice(payload.as_bytes());
+                u
+            }),
+        );
         let f = frames::with_src_mac(frames::with_dst_mac(frames::vlan(inner), b_mac), a_mac);
         with_ipv4_checksum(f, true)
     };

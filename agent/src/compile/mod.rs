@@ -22,9 +22,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use hostwall_common::{
-    DIR_EGRESS, DIR_INGRESS, EndpointInfo, FAMILY_V4, FAMILY_V6, MAX_ENDPOINT_INTERFACES, MAX_PEER_ENTRIES,
-    LOCAL_LINK_ONLY, LOCAL_NO_PATH, MAX_LOCAL_ENTRIES, MAX_POLICY_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES, POLICY_FIXED_BITS, LocalAddr, LocalKey,
-    PeerInfo, PolicyKey, PolicyValue, Settings, SrcKey,
+    DIR_EGRESS, DIR_INGRESS, EndpointInfo, FAMILY_V4, FAMILY_V6, LOCAL_LINK_ONLY, LOCAL_NO_PATH, LocalAddr, LocalKey,
+    MAX_ENDPOINT_INTERFACES, MAX_LOCAL_ENTRIES, MAX_PEER_ENTRIES, MAX_POLICY_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES,
+    POLICY_FIXED_BITS, PeerInfo, PolicyKey, PolicyValue, Settings, SrcKey,
 };
 
 use crate::policy::{Direction, Midstream, Peer, Policy, Proto, Rule};

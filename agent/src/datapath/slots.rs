@@ -87,7 +87,7 @@ fn delta<'a, K: Eq + Hash + Copy, V: PartialEq + Copy>(
 }
 
 struct Slot {
-    iface: HashMap<MapData, u32, EndpointInfo>,
+    iface: IfaceMap,
     src: HashMap<MapData, SrcKey, u32>,
     /// `HW_LOCAL_s`; absent only in objects of earlier builds.
     local: Option<HashMap<MapData, LocalKey, LocalAddr>>,
@@ -116,6 +116,52 @@ pub struct Slots {
     sizes: super::MapSizes,
 }
 
+/// `HW_IFACE_s`, or in objects of builds before endpoints had MACs (which
+/// the benchmark loads as its baseline) its shorter form.
+enum IfaceMap {
+    Current(HashMap<MapData, u32, EndpointInfo>),
+    WithoutMac(HashMap<MapData, u32, [u32; 2]>),
+}
+
+impl IfaceMap {
+    fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<IfaceMap, LoadError> {
+        let map = ebpf.take_map(name).ok_or(LoadError::Missing { name })?;
+        let short = match &map {
+            aya::maps::Map::HashMap(data) => data
+                .info()
+                .is_ok_and(|i| i.value_size() as usize == std::mem::size_of::<[u32; 2]>()),
+            _ => false,
+        };
+        let err = |source| LoadError::MapType { name, source };
+        Ok(if short {
+            IfaceMap::WithoutMac(HashMap::try_from(map).map_err(err)?)
+        } else {
+            IfaceMap::Current(HashMap::try_from(map).map_err(err)?)
+        })
+    }
+
+    fn keys(&self) -> Vec<u32> {
+        match self {
+            IfaceMap::Current(m) => m.keys().filter_map(Result::ok).collect(),
+            IfaceMap::WithoutMac(m) => m.keys().filter_map(Result::ok).collect(),
+        }
+    }
+
+    fn remove(&mut self, k: &u32) -> Result<(), MapError> {
+        match self {
+            IfaceMap::Current(m) => m.remove(k),
+            IfaceMap::WithoutMac(m) => m.remove(k),
+        }
+    }
+
+    fn insert(&mut self, k: &u32, v: &EndpointInfo) -> Result<(), MapError> {
+        match self {
+            IfaceMap::Current(m) => m.insert(k, v, 0),
+            IfaceMap::WithoutMac(m) => m.insert(k, &[v.policy, v.endpoint], 0),
+        }
+    }
+}
+
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError> {
     let map = ebpf.take_map(name).ok_or(LoadError::Missing { name })?;
     T::try_from(map).map_err(|source| LoadError::MapType { name, source })
@@ -124,12 +170,26 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'s
 impl Slot {
     fn take(ebpf: &mut Ebpf, n: usize) -> Result<Slot, LoadError> {
         const NAMES: [[&str; 6]; 2] = [
-            ["HW_IFACE_0", "HW_SRC_0", "HW_LOCAL_0", "HW_PEER4_0", "HW_PEER6_0", "HW_POLICY_0"],
-            ["HW_IFACE_1", "HW_SRC_1", "HW_LOCAL_1", "HW_PEER4_1", "HW_PEER6_1", "HW_POLICY_1"],
+            [
+                "HW_IFACE_0",
+                "HW_SRC_0",
+                "HW_LOCAL_0",
+                "HW_PEER4_0",
+                "HW_PEER6_0",
+                "HW_POLICY_0",
+            ],
+            [
+                "HW_IFACE_1",
+                "HW_SRC_1",
+                "HW_LOCAL_1",
+                "HW_PEER4_1",
+                "HW_PEER6_1",
+                "HW_POLICY_1",
+            ],
         ];
         let [iface, src, local, peer4, peer6, policy] = NAMES[n];
         Ok(Slot {
-            iface: take(ebpf, iface)?,
+            iface: IfaceMap::take(ebpf, iface)?,
             src: take(ebpf, src)?,
             local: take(ebpf, local).ok(),
             peer4: take(ebpf, peer4)?,
@@ -140,8 +200,7 @@ impl Slot {
 
     fn clear(&mut self) -> Result<(), SlotError> {
         let w = |map: &'static str| move |source| SlotError::Write { map, source };
-        let keys: Vec<u32> = self.iface.keys().filter_map(Result::ok).collect();
-        for k in keys {
+        for k in self.iface.keys() {
             self.iface.remove(&k).map_err(w("HW_IFACE"))?;
         }
         let keys: Vec<SrcKey> = self.src.keys().filter_map(Result::ok).collect();
@@ -201,7 +260,7 @@ impl Slot {
             self.policy.remove(&Key::new(len, k)).map_err(w("HW_POLICY"))?;
         }
         for (k, v) in write {
-            self.iface.insert(&k, &v, 0).map_err(w("HW_IFACE"))?;
+            self.iface.insert(&k, &v).map_err(w("HW_IFACE"))?;
         }
         for (k, v) in write_src {
             self.src.insert(&k, &v, 0).map_err(w("HW_SRC"))?;
@@ -243,7 +302,7 @@ impl Slots {
         use hostwall_common::*;
         let s = &self.slots[self.current as usize];
         vec![
-            ("HW_IFACE", s.iface.keys().count(), MAX_ENDPOINT_INTERFACES),
+            ("HW_IFACE", s.iface.keys().len(), MAX_ENDPOINT_INTERFACES),
             ("HW_SRC", s.src.keys().count(), MAX_SRC_ENTRIES),
             (
                 "HW_LOCAL",

@@ -200,4 +200,3 @@ pub fn udp_bind(ns: &Netns, port: u16) -> UdpSocket {
     })
     .unwrap_or_else(|e| panic!("binding udp/{port} in {}: {e}", ns.name()))
 }
-

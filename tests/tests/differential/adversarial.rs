@@ -550,12 +550,7 @@ impl Sequence {
                 } else {
                     Party::Unlisted(rng.below(LOCALS))
                 };
-                let l4 = match transport(rng, v6) {
-                    // Echo to a group address is an echo all the same.
-                    icmp @ Transport::Icmp { .. } => icmp,
-                    other => other,
-                };
-                vec![(from, to, packet(from.addr(v6), to.addr(v6), l4))]
+                vec![(from, to, packet(from.addr(v6), to.addr(v6), transport(rng, v6)))]
             }
             // Neighbour advertisements claiming addresses, and router
             // advertisements, from anyone.
@@ -582,7 +577,11 @@ impl Sequence {
                 if from == to {
                     return self.fresh(rng, v6);
                 }
-                vec![(from, to, packet(from.addr(true), to.addr(true), Transport::Nd { ty, target }))]
+                vec![(
+                    from,
+                    to,
+                    packet(from.addr(true), to.addr(true), Transport::Nd { ty, target }),
+                )]
             }
             // An endpoint's frame with another Ethernet source.
             82..=83 => {

@@ -432,7 +432,11 @@ impl<'a> Model<'a> {
                     Some(owner) => via.is_some() && owner.interface.as_deref() == via,
                     None => !self.host.contains(&target) || via.is_none(),
                 };
-                if rightful { ok } else { Expect::Drop(DropReason::NdSpoofed) }
+                if rightful {
+                    ok
+                } else {
+                    Expect::Drop(DropReason::NdSpoofed)
+                }
             }
         }
     }
@@ -583,7 +587,10 @@ impl<'a> Model<'a> {
                 Some(_) if icmp_error => Expect::Drop(DropReason::IcmpErrorUntracked),
                 Some(d) => Expect::Drop(drop_reason(d)),
             };
-            (judged(expect, Step::Rules, Some(verdict), false, notes), Update::default())
+            (
+                judged(expect, Step::Rules, Some(verdict), false, notes),
+                Update::default(),
+            )
         };
         if !direct && pkt.at != At::Uplink {
             let (j, u) = untracked(notes);

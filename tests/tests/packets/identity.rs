@@ -72,7 +72,10 @@ fn packets_to_addresses_the_receiver_does_not_list_are_judged_by_its_ingress() {
             "IPv6 multicast",
             with_dst_mac(frame(A6, "ff02::1", udp(5353, 5353)), [0x33, 0x33, 0, 0, 0, 1]),
         ),
-        ("an address of b it does not list", frame(A, "10.30.0.99", tcp(40000, 80, SYN))),
+        (
+            "an address of b it does not list",
+            frame(A, "10.30.0.99", tcp(40000, 80, SYN)),
+        ),
         ("b's link-local address", frame(A6, &b_ll, tcp(40000, 80, SYN))),
     ];
     for (name, frame) in &cases {
@@ -91,9 +94,24 @@ fn packets_to_addresses_the_receiver_does_not_list_are_judged_by_its_ingress() {
     f.flush_conntrack();
     // Control: the same flows to b's listed address are b's own.
     f.check(&[
-        ("control: a to b", From("hw-a"), frame(A, B, tcp(40001, 22, SYN)), Pass(PassReason::NewAllowed)),
-        ("control: at b", To("hw-b"), frame(A, B, tcp(40001, 22, SYN)), Pass(PassReason::Established)),
-        ("control: b's reply", From("hw-b"), frame(B, A, tcp(22, 40001, SYN | ACK)), Pass(PassReason::Reply)),
+        (
+            "control: a to b",
+            From("hw-a"),
+            frame(A, B, tcp(40001, 22, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "control: at b",
+            To("hw-b"),
+            frame(A, B, tcp(40001, 22, SYN)),
+            Pass(PassReason::Established),
+        ),
+        (
+            "control: b's reply",
+            From("hw-b"),
+            frame(B, A, tcp(22, 40001, SYN | ACK)),
+            Pass(PassReason::Reply),
+        ),
     ]);
 }
 
@@ -195,7 +213,17 @@ fn neighbour_discovery_and_mld_have_their_shape_and_claim_only_the_senders_addre
         (
             "NS with a prefix option",
             From("hw-a"),
-            nd_with(a_ll, B6, 135, B6, 255, &[3, 4, 64, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfd, 0, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            nd_with(
+                a_ll,
+                B6,
+                135,
+                B6,
+                255,
+                &[
+                    3, 4, 64, 0xc0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xfd, 0, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0,
+                ],
+            ),
             Drop(DropReason::NdMalformed),
         ),
         (
@@ -340,7 +368,12 @@ fn an_address_of_this_host_carries_its_identity_only_on_its_own_path() {
             Drop(DropReason::HostAddressSpoofed),
         ),
         // a opens a flow to b; an undeclared port then injects into it.
-        ("a opens a:40022 -> b:22", From("hw-a"), frame(A, B, tcp(40022, 22, SYN)), Pass(PassReason::NewAllowed)),
+        (
+            "a opens a:40022 -> b:22",
+            From("hw-a"),
+            frame(A, B, tcp(40022, 22, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
         (
             "control: the flow at b",
             To("hw-b"),
@@ -416,7 +449,11 @@ fn an_address_of_this_host_carries_its_identity_only_on_its_own_path() {
         (
             "ICMP router advertisement from an undeclared port",
             ToVia("hw-b", PORT_IFACE),
-            frame(PORT, "224.0.0.1", icmp(9, 0, [1, 2, 0, 30], vec![10, 30, 0, 77, 0, 0, 0, 0])),
+            frame(
+                PORT,
+                "224.0.0.1",
+                icmp(9, 0, [1, 2, 0, 30], vec![10, 30, 0, 77, 0, 0, 0, 0]),
+            ),
             Drop(DropReason::RouterMessageWrongPath),
         ),
         (
@@ -458,7 +495,12 @@ fn an_endpoint_cannot_route_its_packets() {
         (
             "a source route after a record route",
             From("hw-a"),
-            frame_v4_options(A, B, &[7, 7, 4, 0, 0, 0, 0, 131, 7, 4, 10, 30, 0, 99, 0, 0], tcp(40030, 22, SYN)),
+            frame_v4_options(
+                A,
+                B,
+                &[7, 7, 4, 0, 0, 0, 0, 131, 7, 4, 10, 30, 0, 99, 0, 0],
+                tcp(40030, 22, SYN),
+            ),
             Drop(DropReason::SourceRouted),
         ),
         (

@@ -179,11 +179,19 @@ pub(super) fn test_run_policy(plan: &Plan, rules: usize, compare: bool) -> anyho
         allow_from: None,
     };
     let p = parse_str(&policy::hostwall_yaml(&spec), "bench.yaml")?;
+    // The benchmark's frames carry `frames::SRC_MAC`, whichever endpoint
+    // sends them.
+    let macs = p
+        .endpoints
+        .iter()
+        .filter_map(|e| e.interface.as_deref().and_then(hostwall_tests::hostwall::host::ifindex))
+        .map(|i| (i, hostwall_tests::frames::SRC_MAC))
+        .collect();
     let view = HostView {
         node: "bench",
         host_addresses: &[],
         ifindex: &hostwall_tests::hostwall::host::ifindex,
-        macs: &Default::default(),
+        macs: &macs,
     };
     Ok(compile::compile(&p, &view)?)
 }
