@@ -39,7 +39,16 @@ fn sigkill_and_restart_under_traffic_change_nothing() {
     let stop = AtomicBool::new(false);
     let rounds = AtomicUsize::new(0);
     let wrong: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    /// Ends the rounds when the test's side of the scope ends, also when
+    /// an assertion fails there (the scope waits for the rounds' thread).
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
     std::thread::scope(|s| {
+        let _stop = Stop(&stop);
         s.spawn(|| {
             while !stop.load(Ordering::SeqCst) {
                 let reports = run_checks(&all);

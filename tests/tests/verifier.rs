@@ -32,3 +32,17 @@ fn every_program_verifies_in_under_half_the_budget() {
         "over half the verifier's budget of {BUDGET} instructions: {over:?}"
     );
 }
+
+/// Every map of the object is pinned, so that programs and agents of one
+/// layout share it across restarts.
+#[test]
+fn every_map_is_pinned() {
+    let dp = Datapath::load_unpinned().expect("the programs load");
+    let unpinned: Vec<&str> = dp
+        .ebpf
+        .maps()
+        .map(|(name, _)| name)
+        .filter(|name| !hostwall::datapath::MAPS.contains(name) && !name.starts_with('.'))
+        .collect();
+    assert!(unpinned.is_empty(), "maps missing from datapath::MAPS: {unpinned:?}");
+}

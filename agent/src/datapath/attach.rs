@@ -163,6 +163,8 @@ impl Attachments {
         if self.kind == HookKind::Clsact {
             match tc::qdisc_add_clsact(ifindex) {
                 Ok(()) | Err(tc::TcError::AlreadyAttached) => {}
+                // An earlier agent's: its filters are replaced below.
+                Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(source) => {
                     return Err(AttachError::Clsact {
                         interface: interface.into(),

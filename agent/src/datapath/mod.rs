@@ -22,13 +22,15 @@ pub const PROG_UPLINK: &str = "hostwall_uplink";
 pub const PROGRAMS: [&str; 3] = [PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK];
 
 /// Every map of the eBPF object; all are pinned.
-pub const MAPS: [&str; 24] = [
+pub const MAPS: [&str; 26] = [
     "HW_ACTIVE",
     "HW_SETTINGS",
     "HW_IFACE_0",
     "HW_IFACE_1",
     "HW_SRC_0",
     "HW_SRC_1",
+    "HW_LOCAL_0",
+    "HW_LOCAL_1",
     "HW_PEER4_0",
     "HW_PEER4_1",
     "HW_PEER6_0",
