@@ -1,15 +1,24 @@
 //! Where a packet is judged. The three hooks (from an endpoint, to an
 //! endpoint, arriving on the uplink) share the order below; each step is
 //! tagged with its number in the code. SECURITY.md states what each step
-//! guarantees.
+//! guarantees. (Before `judge` runs, the TC programs drop frames with a VLAN
+//! tag in the skb's metadata, and an endpoint's IPv4 source routes.)
 //!
-//! 1. Frame type: ARP and neighbour discovery are checked for address
-//!    claims and pass; IPv4/IPv6 continue; everything else from or to an
-//!    endpoint is dropped (the uplink passes it on).
-//! 2. Identity: a packet from an endpoint must carry one of that
-//!    endpoint's addresses on that interface (link-local only for
-//!    neighbour discovery and MLD). On the uplink a source claiming a local
-//!    endpoint's or the host's address is dropped.
+//! 1. Frame type: IPv4/IPv6 continue; ARP, neighbour discovery and MLD are
+//!    checked for their shape and the addresses they claim, and pass;
+//!    router advertisements and redirects reach endpoints only from the
+//!    host's stack or the uplink; everything else from or to an endpoint is
+//!    dropped (the uplink passes it on).
+//! 2. Identity: a frame from an endpoint must carry its MAC, and a packet
+//!    one of its addresses on that interface (link-local only for
+//!    neighbour discovery and MLD), and no IPv6 source route. At an
+//!    endpoint's interface, an address of this host (a local endpoint's,
+//!    the host's) must have entered the host by the way it belongs to (that
+//!    endpoint's interface, the host's stack), before conntrack is looked
+//!    at. On the uplink a source claiming a local endpoint's or the host's
+//!    address is dropped. A packet to a group address, or at an endpoint's
+//!    interface to an address the receiver does not list, is never looked
+//!    up in conntrack nor tracked (steps 4, 5 and 7): the rules judge it.
 //! 3. Fragments: a non-first fragment passes only if its first fragment
 //!    passed.
 //! 4. ICMP errors are related to a tracked flow only when their source is

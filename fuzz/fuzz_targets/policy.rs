@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
         node: "fuzz",
         host_addresses: &host,
         ifindex: &ifindex,
+        macs: &Default::default(),
     };
     match compile(&policy, &view) {
         Ok(_) | Err(CompileError::MapFull { .. }) => {}
