@@ -4,8 +4,8 @@
 //! someone else's flow, a flood from many source ports.
 //!
 //! ```text
-//! hostwall-send [--iface IFACE] [--src-mac MAC] --dst-mac MAC [--count N] FAMILY PACKET
-//! hostwall-send [--iface IFACE] --hex FRAME...
+//! hostwall-send [--iface IFACE] [--linear N] [--src-mac MAC] --dst-mac MAC [--count N] FAMILY PACKET
+//! hostwall-send [--iface IFACE] [--linear N] --hex FRAME...
 //!
 //! FAMILY = ipv4 | ipv6
 //! PACKET = tcp SRC DST SPORT DPORT FLAGS [PAYLOAD]
@@ -21,6 +21,10 @@
 //! The IPv4 header, TCP, UDP, ICMP and ICMPv6 checksums are computed, so
 //! the receiving stack takes the frames as it would take real ones.
 //! `--hex` sends each FRAME (hex digits, `:` allowed) as it is.
+//! `--linear N` sends through a virtio-net header whose `hdr_len` is N:
+//! the kernel then puts only the first N bytes of each frame in the
+//! socket buffer's linear part and the rest in pages, as a NIC or a
+//! virtual machine may hand a packet over.
 //!
 //! Prints `sent N`. Exit codes: 0 sent, 1 the socket failed, 2 bad usage.
 
@@ -44,7 +48,7 @@ fn main() -> ExitCode {
     };
     match cmd
         .frames()
-        .and_then(|frames| send_all(&cmd.iface, &frames).map(|()| frames.len()))
+        .and_then(|frames| send_all(&cmd.iface, cmd.linear, &frames).map(|()| frames.len()))
     {
         Ok(n) => {
             println!("sent {n}");
@@ -60,6 +64,8 @@ fn main() -> ExitCode {
 /// What the command line asks for.
 struct Command {
     iface: String,
+    /// Bytes of each frame in the skb's linear part (`--linear`).
+    linear: Option<u16>,
     what: What,
 }
 
@@ -79,6 +85,7 @@ enum What {
 fn parse(args: &[String]) -> Result<Command, String> {
     let mut iface = "eth0".to_string();
     let (mut src_mac, mut dst_mac, mut count, mut hex) = (None, None, None, false);
+    let mut linear = None;
     let mut rest = args;
     while let [flag, tail @ ..] = rest
         && flag.starts_with("--")
@@ -93,6 +100,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         };
         match flag.as_str() {
             "--iface" => iface = value.clone(),
+            "--linear" => linear = Some(value.parse::<u16>().map_err(|_| format!("bad --linear {value:?}"))?),
             "--src-mac" => src_mac = Some(mac(value)?),
             "--dst-mac" => dst_mac = Some(mac(value)?),
             "--count" => count = Some(value.parse::<usize>().map_err(|_| format!("bad --count {value:?}"))?),
@@ -107,6 +115,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
         }
         return Ok(Command {
             iface,
+            linear,
             what: What::Frames(frames),
         });
     }
@@ -120,6 +129,7 @@ fn parse(args: &[String]) -> Result<Command, String> {
     let desc = describe(v6, rest)?;
     Ok(Command {
         iface,
+        linear,
         what: What::Packet {
             src_mac,
             dst_mac,
@@ -415,7 +425,7 @@ fn own_mac(iface: &str) -> Result<[u8; 6], String> {
 }
 
 /// Sends every frame out of `iface` as it is.
-fn send_all(iface: &str, frames: &[Vec<u8>]) -> Result<(), String> {
+fn send_all(iface: &str, linear: Option<u16>, frames: &[Vec<u8>]) -> Result<(), String> {
     let name = std::ffi::CString::new(iface).map_err(|_| format!("bad interface name {iface:?}"))?;
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if ifindex == 0 {
@@ -427,10 +437,36 @@ fn send_all(iface: &str, frames: &[Vec<u8>]) -> Result<(), String> {
         return Err(format!("AF_PACKET socket: {}", std::io::Error::last_os_error()));
     }
     let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // struct virtio_net_hdr: flags, gso_type, hdr_len, gso_size,
+    // csum_start, csum_offset (no offload asked for).
+    let vnet = linear.map(|n| {
+        let mut h = [0u8; 10];
+        h[2..4].copy_from_slice(&n.to_ne_bytes());
+        h
+    });
+    if vnet.is_some() {
+        let on: libc::c_int = 1;
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(format!("PACKET_VNET_HDR: {}", std::io::Error::last_os_error()));
+        }
+    }
     let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     addr.sll_family = libc::AF_PACKET as u16;
     addr.sll_ifindex = ifindex as i32;
     for frame in frames {
+        let frame: Vec<u8> = match vnet {
+            Some(h) => h.iter().chain(frame).copied().collect(),
+            None => frame.clone(),
+        };
         // A full transmit queue says ENOBUFS: wait for it to drain, so that
         // every frame of a flood leaves.
         let mut tries = 0;
