@@ -2,6 +2,8 @@
 
 mod rtnl;
 
+pub use rtnl::route_socket;
+
 use std::collections::BTreeSet;
 use std::ffi::{CStr, CString};
 use std::io;

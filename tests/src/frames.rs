@@ -1,6 +1,7 @@
 //! A small frame builder: Ethernet, IPv4/IPv6, TCP/UDP/SCTP/ICMP and any
-//! other protocol number. Checksums are left zero: the programs never
-//! verify them.
+//! other protocol number. Checksums are left zero (the programs never
+//! verify them) unless `fill_checksums` fills them in, for frames a real
+//! stack is to take.
 
 use std::net::IpAddr;
 
@@ -460,4 +461,72 @@ pub fn with_src_mac(mut frame: Frame, mac: [u8; 6]) -> Frame {
 pub fn with_dst_mac(mut frame: Frame, mac: [u8; 6]) -> Frame {
     frame.0[0..6].copy_from_slice(&mac);
     frame
+}
+
+/// The IPv4 header checksum and the transport checksum (with the
+/// pseudo-header, except for ICMP) of an IP packet `p` without extension
+/// headers.
+pub fn fill_checksums(p: &mut [u8]) {
+    let (l4_off, proto) = if p[0] >> 4 == 4 {
+        ((p[0] & 0x0f) as usize * 4, p[9])
+    } else {
+        (40, p[6])
+    };
+    fill_checksums_at(p, l4_off, proto);
+}
+
+/// [`fill_checksums`] for an IP packet whose transport header of protocol
+/// `proto` starts at `l4_off` (after IPv6 extension headers).
+pub fn fill_checksums_at(p: &mut [u8], l4_off: usize, proto: u8) {
+    let pseudo = if p[0] >> 4 == 4 {
+        let ihl = (p[0] & 0x0f) as usize * 4;
+        p[10..12].fill(0);
+        let sum = checksum(&[&p[..ihl]]);
+        p[10..12].copy_from_slice(&sum.to_be_bytes());
+        let mut pseudo = p[12..20].to_vec();
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&((p.len() - l4_off) as u16).to_be_bytes());
+        pseudo
+    } else {
+        let mut pseudo = p[8..40].to_vec();
+        pseudo.extend_from_slice(&((p.len() - l4_off) as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+        pseudo
+    };
+    let at = match proto {
+        TCP => 16,
+        UDP => 6,
+        ICMP | ICMPV6 => 2,
+        _ => return,
+    };
+    let l4 = &mut p[l4_off..];
+    if l4.len() < at + 2 {
+        return;
+    }
+    l4[at..at + 2].fill(0);
+    let mut sum = if proto == ICMP {
+        checksum(&[l4])
+    } else {
+        checksum(&[&pseudo, l4])
+    };
+    if proto == UDP && sum == 0 {
+        sum = 0xffff;
+    }
+    l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// The Internet checksum of the parts, one after the other (each part but
+/// the last of even length).
+pub fn checksum(parts: &[&[u8]]) -> u16 {
+    let mut sum: u32 = 0;
+    for part in parts {
+        for pair in part.chunks(2) {
+            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+            sum += word as u32;
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }

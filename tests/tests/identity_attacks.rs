@@ -124,6 +124,13 @@ fn send(ns: &Netns, args: &[&str]) {
     run(&mut cmd).unwrap_or_else(|e| panic!("hostwall-send {args:?} in {}: {e:#}", ns.name()));
 }
 
+/// `f` with the checksums of the IP packet at `ip_at` filled in, so that
+/// the receiving stack takes it.
+fn with_checksums(mut f: Frame, ip_at: usize) -> Frame {
+    frames::fill_checksums(&mut f.0[ip_at..]);
+    f
+}
+
 fn send_frame(ns: &Netns, frame: &Frame) {
     let hex: String = frame.0.iter().map(|b| format!("{b:02x}")).collect();
     send(ns, &["--hex", &hex]);
@@ -322,36 +329,6 @@ fn an_endpoint_cannot_send_with_another_endpoints_mac() {
 // ---------------------------------------------------------------------------
 // 3. Neighbour discovery
 
-/// The ICMPv6 checksum of an IPv6 frame without extension headers.
-fn with_icmpv6_checksum(mut f: Frame) -> Frame {
-    let ip = &f.0[14..];
-    let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
-    let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
-        for chunk in bytes.chunks(2) {
-            let word = if chunk.len() == 2 {
-                u16::from_be_bytes([chunk[0], chunk[1]])
-            } else {
-                (chunk[0] as u16) << 8
-            };
-            sum += word as u32;
-        }
-    };
-    add(&ip[8..40]);
-    add(&(payload_len as u32).to_be_bytes());
-    add(&[0, 0, 0, 58]);
-    let mut body = ip[40..40 + payload_len].to_vec();
-    body[2] = 0;
-    body[3] = 0;
-    add(&body);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let c = !(sum as u16);
-    f.0[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&c.to_be_bytes());
-    f
-}
-
 fn link_local_of(ns: &Netns, iface: &str) -> String {
     let out = ns
         .exec(&["ip", "-6", "-o", "addr", "show", "dev", iface, "scope", "link"])
@@ -387,7 +364,7 @@ fn an_endpoint_cannot_advertise_the_routers_link_local_address() {
         // Unsolicited, override: what a host sends when its address moves.
         na.0[14 + 40 + 4] = 0x20;
         let na = frames::with_src_mac(frames::with_dst_mac(na, [0x33, 0x33, 0, 0, 0, 1]), mac_bytes(&a_mac));
-        send_frame(a.ns(), &with_icmpv6_checksum(na));
+        send_frame(a.ns(), &with_checksums(na, 14));
     };
     // The host's neighbour solicitation for b gives b an entry for the
     // router (whatever becomes of the ping).
@@ -528,7 +505,7 @@ fn router_advertisements_from_an_undeclared_port_do_not_reach_endpoints() {
             &frames::icmp(134, 0, [64, 0, 0x07, 0x08], body),
         );
         let ra = frames::with_src_mac(frames::with_dst_mac(ra, [0x33, 0x33, 0, 0, 0, 1]), mac_bytes(&x_mac));
-        send_frame(x.ns(), &with_icmpv6_checksum(ra));
+        send_frame(x.ns(), &with_checksums(ra, 14));
     };
     let default_via_x = || {
         let out = b
@@ -559,26 +536,6 @@ fn router_advertisements_from_an_undeclared_port_do_not_reach_endpoints() {
 
 // ---------------------------------------------------------------------------
 // 6. VLAN tags
-
-/// The IPv4 header checksum of an IPv4 frame (after a VLAN tag if `tagged`).
-fn with_ipv4_checksum(f: Frame, tagged: bool) -> Frame {
-    ipv4_checksum_at(f, if tagged { 18 } else { 14 })
-}
-
-/// The checksum of the IPv4 header at `at`.
-fn ipv4_checksum_at(mut f: Frame, at: usize) -> Frame {
-    f.0[at + 10] = 0;
-    f.0[at + 11] = 0;
-    let mut sum: u32 = f.0[at..at + 20]
-        .chunks(2)
-        .map(|w| u16::from_be_bytes([w[0], w[1]]) as u32)
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    f.0[at + 10..at + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f
-}
 
 /// Whether a frame holding `needle` arrives at `ns`'s eth0 within
 /// `within` (an AF_PACKET socket opened before `send` runs).
@@ -631,7 +588,7 @@ fn a_vlan_tagged_frame_does_not_leave_an_endpoints_interface() {
             }),
         );
         let f = frames::with_src_mac(frames::with_dst_mac(frames::vlan(inner), b_mac), a_mac);
-        with_ipv4_checksum(f, true)
+        with_checksums(f, 18)
     };
     let frame = tagged("tagged-frame");
     assert!(
@@ -651,7 +608,7 @@ fn a_vlan_tagged_frame_does_not_leave_an_endpoints_interface() {
 // ---------------------------------------------------------------------------
 // 7. Tunnels
 
-/// A UDP datagram's bytes: header (checksum 0, which IPv4 allows), payload.
+/// A UDP datagram's bytes: header (checksum 0 until `with_checksums`), payload.
 fn udp_bytes(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut u = Vec::new();
     u.extend_from_slice(&sport.to_be_bytes());
@@ -687,7 +644,7 @@ fn decapsulated_packets_meet_the_path_rules() {
             &b.v4.to_string(),
             frames::L4::Proto(frames::UDP, udp_bytes(40000, PORT, payload.as_bytes())),
         );
-        let inner = ipv4_checksum_at(
+        let inner = with_checksums(
             frames::with_dst_mac(frames::with_src_mac(inner, [0x02, 0xee, 0, 0, 0, 1]), b_mac),
             14,
         );
@@ -698,7 +655,7 @@ fn decapsulated_packets_meet_the_path_rules() {
             &host_v4.to_string(),
             frames::L4::Proto(frames::UDP, udp_bytes(40000, 4789, &vxlan)),
         );
-        ipv4_checksum_at(frames::with_src_mac(frames::with_dst_mac(outer, br_mac), x_mac), 14)
+        with_checksums(frames::with_src_mac(frames::with_dst_mac(outer, br_mac), x_mac), 14)
     };
     let cases = [
         (IpAddr::from(a.v4), DropReason::LocalAddressWrongPath),
@@ -727,37 +684,6 @@ fn decapsulated_packets_meet_the_path_rules() {
 
 // ---------------------------------------------------------------------------
 // 8. Pulls
-
-/// The UDP checksum of an IPv6 frame whose UDP header is at `at`.
-fn with_udp6_checksum(mut f: Frame, at: usize) -> Frame {
-    let len = f.0.len() - at;
-    let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
-        for chunk in bytes.chunks(2) {
-            let word = if chunk.len() == 2 {
-                u16::from_be_bytes([chunk[0], chunk[1]])
-            } else {
-                (chunk[0] as u16) << 8
-            };
-            sum += word as u32;
-        }
-    };
-    add(&f.0[14 + 8..14 + 40]);
-    add(&(len as u32).to_be_bytes());
-    add(&[0, 0, 0, 17]);
-    f.0[at + 6] = 0;
-    f.0[at + 7] = 0;
-    add(&f.0[at..]);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    let c = match !(sum as u16) {
-        0 => 0xffff,
-        c => c,
-    };
-    f.0[at + 6..at + 8].copy_from_slice(&c.to_be_bytes());
-    f
-}
 
 #[test]
 fn a_long_extension_chain_in_paged_data_is_judged_whole() {
@@ -788,10 +714,9 @@ fn a_long_extension_chain_in_paged_data_is_judged_whole() {
         let mut body = opts;
         body.extend_from_slice(&udp_bytes(40000, PORT, payload.as_bytes()));
         let f = frames::frame(&a.v6.to_string(), &b.v6.to_string(), frames::L4::Proto(60, body));
-        with_udp6_checksum(
-            frames::with_src_mac(frames::with_dst_mac(f, b_mac), a_mac),
-            14 + 40 + 320,
-        )
+        let mut f = frames::with_src_mac(frames::with_dst_mac(f, b_mac), a_mac);
+        frames::fill_checksums_at(&mut f.0[14..], 40 + 320, frames::UDP);
+        f
     };
     let send_paged = |f: &Frame| {
         let hex: String = f.0.iter().map(|b| format!("{b:02x}")).collect();

@@ -242,6 +242,10 @@ fn compile_inner(
     // Endpoint addresses win over the host's: a packet from one must come
     // through that endpoint's interface.
     let mut local: HashMap<LocalKey, LocalAddr> = HashMap::new();
+    let mut mac_uses: HashMap<[u8; 6], usize> = HashMap::new();
+    for mac in host.macs.values() {
+        *mac_uses.entry(*mac).or_default() += 1;
+    }
     for addr in host.host_addresses {
         let (family, bytes) = addr_bytes(*addr);
         local.insert(
@@ -304,16 +308,9 @@ fn compile_inner(
                     LocalAddr { ifindex, flags },
                 );
             }
-            // A MAC two endpoints share (the agent never fixes one so)
+            // A MAC two interfaces share (the agent never fixes one so)
             // gives neither its link-local address.
-            let shared = policy
-                .endpoints
-                .iter()
-                .filter(|e| e.is_local(host.node))
-                .filter_map(|e| e.interface.as_deref().and_then(|i| (host.ifindex)(i)))
-                .filter(|i| host.macs.get(i) == Some(&info.mac))
-                .count()
-                > 1;
+            let shared = mac_uses.get(&info.mac).is_some_and(|n| *n > 1);
             if info.mac != [0; 6] && !shared {
                 local.insert(
                     LocalKey {

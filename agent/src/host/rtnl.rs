@@ -62,6 +62,30 @@ impl Link {
     }
 }
 
+/// A NETLINK_ROUTE socket with `flags` (`SOCK_*`) on top of `SOCK_RAW`,
+/// bound to the multicast `groups` (`RTMGRP_*`; 0 for requests only).
+pub fn route_socket(flags: i32, groups: u32) -> io::Result<OwnedFd> {
+    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | flags, libc::NETLINK_ROUTE) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    addr.nl_family = libc::AF_NETLINK as u16;
+    addr.nl_groups = groups;
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
 /// A NETLINK_ROUTE socket for requests (no multicast groups).
 pub struct Socket {
     fd: OwnedFd,
@@ -70,17 +94,7 @@ pub struct Socket {
 
 impl Socket {
     pub fn open() -> io::Result<Socket> {
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = route_socket(libc::SOCK_CLOEXEC, 0)?;
         let tv = libc::timeval {
             tv_sec: TIMEOUT.as_secs() as libc::time_t,
             tv_usec: 0,
@@ -92,18 +106,6 @@ impl Socket {
                 libc::SO_RCVTIMEO,
                 (&tv as *const libc::timeval).cast(),
                 std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        addr.nl_family = libc::AF_NETLINK as u16;
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&addr as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as u32,
             )
         };
         if rc < 0 {

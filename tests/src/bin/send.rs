@@ -32,7 +32,7 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use hostwall_tests::frames::{self, ICMP, ICMPV6, L4, TCP, UDP};
+use hostwall_tests::frames::{self, L4, TCP, UDP, fill_checksums};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -341,63 +341,6 @@ fn tcp_flags(s: &str) -> Result<u8, String> {
         };
         Ok(acc | bit)
     })
-}
-
-/// The IPv4 header checksum and the transport checksum (with the
-/// pseudo-header, except for ICMP) of an IP packet without extension
-/// headers.
-fn fill_checksums(p: &mut [u8]) {
-    let (l4_off, proto, pseudo) = if p[0] >> 4 == 4 {
-        let ihl = (p[0] & 0x0f) as usize * 4;
-        p[10..12].fill(0);
-        let sum = checksum(&[&p[..ihl]]);
-        p[10..12].copy_from_slice(&sum.to_be_bytes());
-        let mut pseudo = p[12..20].to_vec();
-        pseudo.extend_from_slice(&[0, p[9]]);
-        pseudo.extend_from_slice(&((p.len() - ihl) as u16).to_be_bytes());
-        (ihl, p[9], pseudo)
-    } else {
-        let mut pseudo = p[8..40].to_vec();
-        pseudo.extend_from_slice(&((p.len() - 40) as u32).to_be_bytes());
-        pseudo.extend_from_slice(&[0, 0, 0, p[6]]);
-        (40, p[6], pseudo)
-    };
-    let at = match proto {
-        TCP => 16,
-        UDP => 6,
-        ICMP | ICMPV6 => 2,
-        _ => return,
-    };
-    let l4 = &mut p[l4_off..];
-    if l4.len() < at + 2 {
-        return;
-    }
-    l4[at..at + 2].fill(0);
-    let mut sum = if proto == ICMP {
-        checksum(&[l4])
-    } else {
-        checksum(&[&pseudo, l4])
-    };
-    if proto == UDP && sum == 0 {
-        sum = 0xffff;
-    }
-    l4[at..at + 2].copy_from_slice(&sum.to_be_bytes());
-}
-
-/// The Internet checksum of the parts, one after the other (each part but
-/// the last of even length).
-fn checksum(parts: &[&[u8]]) -> u16 {
-    let mut sum: u32 = 0;
-    for part in parts {
-        for pair in part.chunks(2) {
-            let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
-            sum += word as u32;
-        }
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 fn mac(s: &str) -> Result<[u8; 6], String> {
