@@ -277,7 +277,9 @@ fn mid_stream_admission_follows_its_setting() {
     let policy = |settings: &str| {
         hostwall::policy::parse_str(&POLICY.replace("conntrack: {midstream: allow}", settings), "t").unwrap()
     };
-    let now = hostwall::datapath::stats::monotonic_ns();
+    // The window is long, and each case's start is taken just before it is
+    // applied, so that however slowly the cases run, "within" is within.
+    let now = hostwall::datapath::stats::monotonic_ns;
     for n in [V4, V6] {
         let ack = || frame(n.a, n.b, tcp(80, 22, ACK));
         let mut f = fixture("conntrack: {midstream: deny}");
@@ -291,9 +293,9 @@ fn mid_stream_admission_follows_its_setting() {
             )],
         );
 
-        let window = policy("conntrack: {midstream: startup, midstream_window: 5s}");
+        let window = policy("conntrack: {midstream: startup, midstream_window: 60s}");
         let compiled = f.compile(&window, &[]);
-        f.apply_started(&compiled, now.saturating_sub(6_000_000_000));
+        f.apply_started(&compiled, now().saturating_sub(61_000_000_000));
         check(
             &f,
             &[(
@@ -303,7 +305,7 @@ fn mid_stream_admission_follows_its_setting() {
                 Drop(DropReason::EgressDenied),
             )],
         );
-        f.apply_started(&compiled, now);
+        f.apply_started(&compiled, now());
         check(
             &f,
             &[
