@@ -130,8 +130,58 @@ pub struct CtEntry {
     /// (`max_per_endpoint`), in `HW_CT_INBOUND` the endpoint it was sent to
     /// (`max_inbound_per_endpoint`).
     pub owner: u32,
+    /// The policy generation (`Settings::generation`) under which `via`
+    /// was checked; 0: never. A generation ends whenever the policy maps
+    /// change, and with it what was learned.
+    pub paths_gen: u32,
+    /// For each end of the canonical key (`src`, `dst`): the interface its
+    /// packets entered the host by (`ingress_ifindex`: a local endpoint's
+    /// interface, 0 for the host's stack, the uplink or another device for
+    /// remote peers), as seen at a receiving endpoint's interface on a
+    /// packet that passed the path checks there. For a local endpoint this
+    /// is also the interface it receives on. A later packet of the flow at
+    /// an endpoint's interface that arrived the same way and is received by
+    /// the same endpoint passes without the checks being made again.
+    pub via: [u32; 2],
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<CtEntry>() == 24);
+const _: () = assert!(size_of::<CtEntry>() == 40);
+
+impl CtEntry {
+    /// A new entry, nothing learned about its paths.
+    #[inline(always)]
+    pub fn new(last_seen_ns: u64, flags: u32, rule_egress: u32, rule_ingress: u32, owner: u32) -> CtEntry {
+        CtEntry {
+            last_seen_ns,
+            flags,
+            rule_egress,
+            rule_ingress,
+            owner,
+            paths_gen: 0,
+            via: [0; 2],
+            _pad: 0,
+        }
+    }
+}
+
+/// The entry of layouts 2 and 3, before paths were learned; carried over
+/// into a [`CtEntry`] on upgrade.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtEntryV3 {
+    pub last_seen_ns: u64,
+    pub flags: u32,
+    pub rule_egress: u32,
+    pub rule_ingress: u32,
+    pub owner: u32,
+}
+const _: () = assert!(size_of::<CtEntryV3>() == 24);
+
+impl From<CtEntryV3> for CtEntry {
+    fn from(e: CtEntryV3) -> CtEntry {
+        CtEntry::new(e.last_seen_ns, e.flags, e.rule_egress, e.rule_ingress, e.owner)
+    }
+}
 
 /// Both directions have been seen: a reply (for a mid-stream entry, a
 /// packet of the allowed direction).
@@ -197,5 +247,6 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for CtKey {}
     unsafe impl aya::Pod for CtEntry {}
+    unsafe impl aya::Pod for CtEntryV3 {}
     unsafe impl aya::Pod for FragKey {}
 }

@@ -157,8 +157,13 @@ pub struct Settings {
     /// Tracked flows others may open towards one endpoint
     /// (`HW_CT_INBOUND`); new flows beyond it are dropped.
     pub max_inbound_per_endpoint: u32,
+    /// Changes with every policy the agent writes, never 0: conntrack
+    /// entries remember paths checked under one generation
+    /// (`CtEntry::paths_gen`).
+    pub generation: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<Settings>() == 64);
+const _: () = assert!(size_of::<Settings>() == 72);
 
 /// `HW_MIDSTREAM[slot]`: mid-stream TCP packets may create entries while
 /// `bpf_ktime_get_ns()` is below this value. `MIDSTREAM_NEVER` is

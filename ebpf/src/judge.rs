@@ -31,6 +31,12 @@
 //!    direction (a flow is kept under its canonical key: one lookup per
 //!    table), except that a packet which can only open a flow (TCP SYN
 //!    without ACK, SCTP INIT) is never a reply: it goes on to the rules.
+//!    At an endpoint's interface a packet that may be a flow's is looked up
+//!    before step 2's path checks: it passes if it came the way, to the
+//!    receiver, that one of its flow's packets passed them by under the
+//!    current policy generation (the entry's `via`); otherwise the checks
+//!    are made now, learned when they pass, and judge the packet when they
+//!    do not.
 //! 6. Rules: the sender's egress rules (when the sender is a local
 //!    endpoint) and the receiver's ingress rules (when the receiver is a
 //!    local endpoint), both from the same policy slot. A new flow that both
@@ -134,20 +140,13 @@ fn try_judge(
     // through the interface of the endpoint that owns its source (or, for
     // the host's addresses, come from the host's stack). `addressed`: the
     // packet is the receiver's own, to one of its listed addresses.
+    // A packet that may be a flow's is looked up in conntrack first (step
+    // 5): a flow remembers the paths by which its packets passed these
+    // checks.
     let mut addressed = false;
-    if hook == Hook::ToEndpoint {
-        let owner = local(slot, pkt.family, &pkt.src);
-        if owner.found != 0 && owner.ifindex != arrived_on && !mutant(MUTANT_PATH_UNCHECKED) {
-            return Err(if owner.ifindex == 0 {
-                DropReason::HostAddressSpoofed
-            } else {
-                DropReason::LocalAddressWrongPath
-            });
-        }
-        addressed = !to_group_of_stations(data, data_end) && {
-            let owner = local(slot, pkt.family, &pkt.dst);
-            owner.found != 0 && owner.ifindex == ifindex && owner.flags & LOCAL_LINK_ONLY == 0
-        };
+    if hook == Hook::ToEndpoint && !flow_kind(data, data_end, &pkt) {
+        source_path(slot, &pkt, arrived_on)?;
+        addressed = !to_group_of_stations(data, data_end) && addressed_to(slot, &pkt, ifindex);
     }
 
     // 1. Neighbour discovery, MLD and router messages.
@@ -241,36 +240,61 @@ fn try_judge(
             count_rule(rule_egress, bytes);
             count_rule(rule_ingress, bytes);
             break 'flow PassReason::NewAllowed;
-        } else if direct {
-            // 5. Conntrack.
-            let lookup = Lookup {
-                hook,
-                pkt: &pkt,
-                key: &key,
-                flipped,
-                settings,
-                now,
-                len: data_end - data,
-            };
-            match ct_lookup(&lookup, arrived_on) {
-                Some(true) => break 'flow PassReason::Reply,
-                Some(false) => break 'flow PassReason::Established,
-                None => {}
-            }
         }
+        let lookup = Lookup {
+            hook,
+            pkt: &pkt,
+            key: &key,
+            flipped,
+            settings,
+            now,
+            len: data_end - data,
+            slot,
+            ifindex,
+            arrived_on,
+        };
+        // Whether the rules judge the packet without tracking it.
+        let untracked = if hook == Hook::ToEndpoint {
+            // 5. Conntrack, with the paths the flow learned (`ct_match`);
+            // a frame to a group of stations is never a flow's.
+            if !to_group_of_stations(data, data_end) {
+                match ct_lookup(&lookup) {
+                    Some(true) => break 'flow PassReason::Reply,
+                    Some(false) => break 'flow PassReason::Established,
+                    None => {}
+                }
+            }
+            // 2. Paths, for a packet of no flow (made again for a packet
+            // checked before step 5).
+            // A local endpoint's packets at the receiver's interface are
+            // never tracked: flows are tracked where they are first judged,
+            // at the sender's own interface.
+            // (Whether the source is a local endpoint is looked up again
+            // rather than kept from the check: a value kept across the
+            // lookups makes the verifier walk them once for each.)
+            source_path(slot, &pkt, arrived_on)?;
+            let addressed = !to_group_of_stations(data, data_end) && addressed_to(slot, &pkt, ifindex);
+            let src_local = {
+                let owner = local(slot, pkt.family, &pkt.src);
+                owner.found != 0 && owner.ifindex != 0
+            };
+            !(addressed || mutant(MUTANT_UNADDRESSED_TRACKED)) || src_local
+        } else {
+            if direct {
+                // 5. Conntrack.
+                match ct_lookup(&lookup) {
+                    Some(true) => break 'flow PassReason::Reply,
+                    Some(false) => break 'flow PassReason::Established,
+                    None => {}
+                }
+            }
+            !direct
+        };
 
         // 6. Rules, for packets that are never tracked: packets to group or
         // unlisted addresses, and a local endpoint's packets at the
-        // receiver's interface (flows are tracked where they are first
-        // judged: at the sender's own interface).
-        // (Whether the source is a local endpoint is looked up again here
-        // rather than kept from step 2: a value kept across step 5 makes
-        // the verifier walk it once for each.)
-        let src_local = hook == Hook::ToEndpoint && {
-            let owner = local(slot, pkt.family, &pkt.src);
-            owner.found != 0 && owner.ifindex != 0
-        };
-        if !direct || src_local {
+        // receiver's interface.
+        if untracked {
             // From an endpoint that is a group address, which no receiver
             // lists: the sender's egress alone.
             let (rule_egress, rule_ingress) = if hook == Hook::FromEndpoint {
@@ -334,13 +358,11 @@ fn try_judge(
             if !reserve_flow(owner, inbound, settings) {
                 return Err(DropReason::ConntrackEndpointFull);
             }
-            let entry = CtEntry {
-                last_seen_ns: now,
-                flags,
-                rule_egress,
-                rule_ingress,
-                owner,
-            };
+            let mut entry = CtEntry::new(now, flags, rule_egress, rule_ingress, owner);
+            if hook == Hook::ToEndpoint {
+                // This packet has just passed step 2.
+                learn_paths(&mut entry, flipped, settings, arrived_on, ifindex);
+            }
             let table = if inbound { &CT_INBOUND } else { &CONNTRACK };
             if table.insert(&key, &entry, 0).is_ok()
                 && let Some(n) = CT_EVENTS.get_ptr_mut(if inbound { 1 } else { 0 })
@@ -414,6 +436,47 @@ fn direct(hook: Hook, data: usize, data_end: usize, pkt: &Packet, addressed: boo
         Hook::ToEndpoint => addressed || mutant(MUTANT_UNADDRESSED_TRACKED),
         Hook::Uplink => true,
     }
+}
+
+/// Whether a packet at an endpoint's interface may be a tracked flow's,
+/// and so is looked up in conntrack before its paths are checked (step 2
+/// follows on a miss): a packet of a kind that is tracked (not a later
+/// fragment, no ICMP message other than echo) to an individual address.
+/// Any other has its paths checked first.
+#[inline(always)]
+fn flow_kind(data: usize, data_end: usize, pkt: &Packet) -> bool {
+    let kind = match pkt.proto {
+        parse::IPPROTO_ICMP | parse::IPPROTO_ICMPV6 => {
+            parse::is_echo_request(pkt.proto, pkt.icmp_type) || parse::is_echo_reply(pkt.proto, pkt.icmp_type)
+        }
+        _ => true,
+    };
+    kind && pkt.fragment != Fragment::Later && !to_group_of_stations(data, data_end) && !is_group_address(pkt)
+}
+
+/// Step 2 at an endpoint's interface: a source address of this host (a
+/// local endpoint's, the host's) must have entered the host by the way it
+/// belongs to.
+#[inline(always)]
+fn source_path(slot: u32, pkt: &Packet, arrived_on: u32) -> Result<(), DropReason> {
+    let owner = local(slot, pkt.family, &pkt.src);
+    if owner.found != 0 && owner.ifindex != arrived_on && !mutant(MUTANT_PATH_UNCHECKED) {
+        return Err(if owner.ifindex == 0 {
+            DropReason::HostAddressSpoofed
+        } else {
+            DropReason::LocalAddressWrongPath
+        });
+    }
+    Ok(())
+}
+
+/// Step 2 at an endpoint's interface: whether the packet is to one of the
+/// receiver's listed addresses, which alone are its flows' own (the
+/// Ethernet destination is the caller's to check).
+#[inline(always)]
+fn addressed_to(slot: u32, pkt: &Packet, ifindex: u32) -> bool {
+    let owner = local(slot, pkt.family, &pkt.dst);
+    owner.found != 0 && owner.ifindex == ifindex && owner.flags & LOCAL_LINK_ONLY == 0
 }
 
 /// A frame to a group of stations (an Ethernet broadcast or multicast
@@ -499,6 +562,11 @@ struct Lookup<'a> {
     settings: &'a Settings,
     now: u64,
     len: usize,
+    slot: u32,
+    /// The interface the hook runs on, and the one the packet entered the
+    /// host by.
+    ifindex: u32,
+    arrived_on: u32,
 }
 
 /// Step 5: the tracked flow of a packet, touched; whether the packet is one
@@ -510,10 +578,10 @@ struct Lookup<'a> {
 /// looked in). Each table's entry is used where it is found, so that the
 /// verifier never follows one path for entries of both maps.
 #[inline(always)]
-fn ct_lookup(l: &Lookup, arrived_on: u32) -> Option<bool> {
+fn ct_lookup(l: &Lookup) -> Option<bool> {
     let inbound_first = match l.hook {
         Hook::FromEndpoint => false,
-        Hook::ToEndpoint => arrived_on == 0 || Some(arrived_on) == UPLINK.get(0).copied(),
+        Hook::ToEndpoint => l.arrived_on == 0 || Some(l.arrived_on) == UPLINK.get(0).copied(),
         Hook::Uplink => true,
     };
     if inbound_first {
@@ -539,8 +607,50 @@ fn ct_match(table: &LruHashMap<CtKey, CtEntry>, l: &Lookup) -> Option<bool> {
     if reply && l.pkt.opens && !mutant(MUTANT_SYN_AS_REPLY) {
         return None;
     }
+    // At an endpoint's interface step 2 comes before a flow passes a
+    // packet. A packet that came the way one of the flow's packets passed
+    // it by, under the current policy, passes as that one did; one that
+    // came another way is checked, and the way it came learned when it
+    // passes. One that does not is no packet of this flow: step 2 judges
+    // it.
+    if l.hook == Hook::ToEndpoint {
+        let e = unsafe { &mut *entry };
+        let (sender, receiver) = if l.flipped {
+            (e.via[1], e.via[0])
+        } else {
+            (e.via[0], e.via[1])
+        };
+        if e.paths_gen != l.settings.generation || sender != l.arrived_on || receiver != l.ifindex {
+            if !paths_pass(l.slot, l.pkt, l.arrived_on, l.ifindex) {
+                return None;
+            }
+            learn_paths(e, l.flipped, l.settings, l.arrived_on, l.ifindex);
+        }
+    }
     ct_touch(l.hook, entry, reply, l.pkt, l.now, l.len);
     Some(reply)
+}
+
+/// Step 2 for a packet of a tracked flow that came a way the flow has not
+/// learned: whether its source's path and its destination check out.
+#[inline(always)]
+fn paths_pass(slot: u32, pkt: &Packet, arrived_on: u32, ifindex: u32) -> bool {
+    source_path(slot, pkt, arrived_on).is_ok()
+        && (addressed_to(slot, pkt, ifindex) || mutant(MUTANT_UNADDRESSED_TRACKED))
+}
+
+/// Records in `entry` the paths of a packet at an endpoint's interface
+/// that has passed step 2: its sender's (`arrived_on`) and its receiver's
+/// (`ifindex`). `flipped`: the packet runs from the key's `dst` to its
+/// `src`.
+#[inline(always)]
+fn learn_paths(entry: &mut CtEntry, flipped: bool, settings: &Settings, arrived_on: u32, ifindex: u32) {
+    entry.paths_gen = settings.generation;
+    entry.via = if flipped {
+        [ifindex, arrived_on]
+    } else {
+        [arrived_on, ifindex]
+    };
 }
 
 /// Whether mid-stream packets may create entries now (step 6d).

@@ -518,6 +518,9 @@ fn settings(policy: &Policy) -> Settings {
         fragment_ns: 30_000_000_000,
         max_flows_per_endpoint: ct.max_per_endpoint,
         max_inbound_per_endpoint: ct.max_inbound_per_endpoint,
+        // Set when the policy is written (`Slots::apply`).
+        generation: 0,
+        _pad: 0,
     }
 }
 

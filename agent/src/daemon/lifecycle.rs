@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
-use hostwall_common::{CT_FLIPPED, CT_ORIG_LOCAL, Counter, CtEntry, CtKey, MAX_RULES};
+use hostwall_common::{CT_FLIPPED, CT_ORIG_LOCAL, Counter, CtEntry, CtEntryV3, CtKey, MAX_RULES};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -222,7 +222,8 @@ fn carry_over_after_takeover(old: &Layout, datapath: &mut Datapath) {
 /// that made it: each is stored under its canonical key, in the table it
 /// belongs to now (a flow its sender opened at a local endpoint's
 /// interface goes on counting against that endpoint, any other against the
-/// inbound share of its receiver). Later layouts keep their tables. The
+/// inbound share of its receiver). Later layouts keep their tables; entries
+/// of layouts before 4 have learned no paths. The
 /// checks the entries are used with (a SYN is never a reply, ICMP errors
 /// only from a flow's parties) are made at lookup time, so entries made
 /// under older rules get them too.
@@ -233,14 +234,24 @@ fn old_flows(old: &Layout) -> Vec<conntrack::Flow> {
         let Some(from) = open_pinned(&dir, t.map()) else {
             continue;
         };
-        let Ok(from) = HashMap::<MapData, CtKey, CtEntry>::try_from(from) else {
+        // Layouts before 4 kept entries without learned paths.
+        let entries: Option<Vec<(CtKey, CtEntry)>> = if old.version() >= 4 {
+            HashMap::<MapData, CtKey, CtEntry>::try_from(from)
+                .ok()
+                .map(|m| m.iter().filter_map(Result::ok).collect())
+        } else {
+            HashMap::<MapData, CtKey, CtEntryV3>::try_from(from)
+                .ok()
+                .map(|m| m.iter().filter_map(Result::ok).map(|(k, e)| (k, e.into())).collect())
+        };
+        let Some(entries) = entries else {
             warn!(
                 map = t.map(),
                 "tracked flows of the older layout have another format; flows are judged again"
             );
             continue;
         };
-        for (key, mut entry) in from.iter().filter_map(Result::ok) {
+        for (key, mut entry) in entries {
             if old.version() >= 2 {
                 out.push(conntrack::Flow { table: t, key, entry });
                 continue;

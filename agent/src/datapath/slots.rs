@@ -98,7 +98,9 @@ struct Slot {
 
 pub struct Slots {
     active: Array<MapData, u32>,
-    settings: Array<MapData, Settings>,
+    settings: SettingsMap,
+    /// The generation of the last policy written (`Settings::generation`).
+    generation: u32,
     /// `HW_MIDSTREAM`; absent only in objects of earlier builds, which the
     /// benchmark loads as its baseline.
     midstream: Option<Array<MapData, u64>>,
@@ -158,6 +160,57 @@ impl IfaceMap {
         match self {
             IfaceMap::Current(m) => m.insert(k, v, 0),
             IfaceMap::WithoutMac(m) => m.insert(k, &[v.policy, v.endpoint], 0),
+        }
+    }
+}
+
+/// `HW_SETTINGS`, or in objects of builds before conntrack learned paths
+/// (which the benchmark loads as its baseline) its shorter form, without a
+/// generation.
+enum SettingsMap {
+    Current(Array<MapData, Settings>),
+    WithoutGeneration(Array<MapData, [u8; SETTINGS_WITHOUT_GENERATION]>),
+}
+
+const SETTINGS_WITHOUT_GENERATION: usize = 64;
+
+impl SettingsMap {
+    fn take(ebpf: &mut Ebpf) -> Result<SettingsMap, LoadError> {
+        let name = "HW_SETTINGS";
+        let map = ebpf.take_map(name).ok_or(LoadError::Missing { name })?;
+        let short = match &map {
+            aya::maps::Map::Array(data) => data
+                .info()
+                .is_ok_and(|i| i.value_size() as usize == SETTINGS_WITHOUT_GENERATION),
+            _ => false,
+        };
+        let err = |source| LoadError::MapType { name, source };
+        Ok(if short {
+            SettingsMap::WithoutGeneration(Array::try_from(map).map_err(err)?)
+        } else {
+            SettingsMap::Current(Array::try_from(map).map_err(err)?)
+        })
+    }
+
+    /// The generation slot `index` holds (0 when none).
+    fn generation(&self, index: u32) -> u32 {
+        match self {
+            SettingsMap::Current(m) => m.get(&index, 0).map_or(0, |s| s.generation),
+            SettingsMap::WithoutGeneration(_) => 0,
+        }
+    }
+
+    fn set(&mut self, index: u32, v: &Settings) -> Result<(), MapError> {
+        match self {
+            SettingsMap::Current(m) => m.set(index, v, 0),
+            SettingsMap::WithoutGeneration(m) => {
+                // SAFETY: `Settings` is `repr(C)` plain data without
+                // padding bytes; the older form is its first 64 bytes.
+                let bytes = unsafe { &*(v as *const Settings as *const [u8; size_of::<Settings>()]) };
+                let mut short = [0; SETTINGS_WITHOUT_GENERATION];
+                short.copy_from_slice(&bytes[..SETTINGS_WITHOUT_GENERATION]);
+                m.set(index, &short, 0)
+            }
         }
     }
 }
@@ -318,7 +371,8 @@ impl Slots {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Slots, LoadError> {
         Ok(Slots {
             active: take(ebpf, "HW_ACTIVE")?,
-            settings: take(ebpf, "HW_SETTINGS")?,
+            settings: SettingsMap::take(ebpf)?,
+            generation: 0,
             midstream: take(ebpf, "HW_MIDSTREAM").ok(),
             started_ns: super::stats::monotonic_ns(),
             slots: [Slot::take(ebpf, 0)?, Slot::take(ebpf, 1)?],
@@ -377,12 +431,22 @@ impl Slots {
             }
         };
         slot.write(&old, &new)?;
-        self.settings
-            .set(next, &compiled.settings, 0)
-            .map_err(|source| SlotError::Write {
-                map: "HW_SETTINGS",
-                source,
-            })?;
+        // A generation no entry has learned paths under: one past both
+        // slots' (maps adopted from an earlier agent included).
+        let generation = self
+            .generation
+            .max(self.settings.generation(0))
+            .max(self.settings.generation(1))
+            .wrapping_add(1)
+            .max(1);
+        let settings = Settings {
+            generation,
+            ..compiled.settings
+        };
+        self.settings.set(next, &settings).map_err(|source| SlotError::Write {
+            map: "HW_SETTINGS",
+            source,
+        })?;
         let until = self.midstream_until(compiled);
         if let Some(m) = &mut self.midstream {
             m.set(next, &until, 0).map_err(|source| SlotError::Write {
@@ -396,6 +460,7 @@ impl Slots {
             source,
         })?;
         self.current = next;
+        self.generation = generation;
         self.flipped_at = Instant::now();
         Ok(())
     }

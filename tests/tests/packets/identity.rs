@@ -535,3 +535,104 @@ fn an_endpoint_cannot_route_its_packets() {
         ),
     ]);
 }
+
+/// A flow's packets at a receiver pass on the paths the flow learned there
+/// (`CtEntry::via`) only under the policy they were learned under, and only
+/// for the receiver that learned them.
+#[test]
+fn a_flow_forgets_the_paths_it_learned_when_the_policy_changes() {
+    const REMOTE: &str = "10.40.0.5";
+    let policy = |c_addresses: &str| {
+        let yaml = format!(
+            r#"
+version: 1
+groups:
+  a:
+    egress:
+      - {{proto: tcp, ports: 22, to: [{{group: b}}]}}
+  b:
+    ingress:
+      - {{proto: tcp, ports: 22, from: [{{group: a}}]}}
+      - {{proto: tcp, ports: 80, from: [{{cidr: 10.40.0.0/16}}]}}
+  c: {{}}
+endpoints:
+  - {{name: a, interface: hw-a, addresses: ["10.30.0.11"], groups: [a]}}
+  - {{name: b, interface: hw-b, addresses: ["10.30.0.21"], groups: [b]}}
+  - {{name: c, interface: hw-c, addresses: [{c_addresses}], groups: [c]}}
+"#
+        );
+        hostwall::policy::parse_str(&yaml, "t.yaml").unwrap()
+    };
+    let host: Vec<std::net::IpAddr> = vec![HOST.parse().unwrap()];
+    let mut f = Fixture::with_interfaces(&["hw-a", "hw-b", "hw-c"]);
+    f.apply(&policy(r#""10.30.0.31""#), &host);
+    let ack = || frame(REMOTE, B, tcp(40100, 80, ACK));
+    f.check(&[
+        (
+            "a remote peer opens remote:40100 -> b:80 through the uplink",
+            ToVia("hw-b", UPLINK_IFACE),
+            frame(REMOTE, B, tcp(40100, 80, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "control: a remote address comes by any path",
+            ToVia("hw-b", PORT_IFACE),
+            ack(),
+            Pass(PassReason::Established),
+        ),
+        (
+            "control: its flow through the uplink again (the path last learned)",
+            ToVia("hw-b", UPLINK_IFACE),
+            ack(),
+            Pass(PassReason::Established),
+        ),
+        (
+            "a opens a:40101 -> b:22",
+            From("hw-a"),
+            frame(A, B, tcp(40101, 22, SYN)),
+            Pass(PassReason::NewAllowed),
+        ),
+        (
+            "control: b receives it",
+            To("hw-b"),
+            frame(A, B, tcp(40101, 22, ACK)),
+            Pass(PassReason::Established),
+        ),
+        (
+            "the same packet at c's interface, as if c received it: judged by c's ingress",
+            ToVia("hw-c", "hw-a"),
+            frame(A, B, tcp(40101, 22, ACK)),
+            Drop(DropReason::IngressDenied),
+        ),
+    ]);
+
+    // The remote address becomes c's: it now comes only through c's
+    // interface, tracked flow or not.
+    f.apply(&policy(r#""10.30.0.31", "10.40.0.5""#), &host);
+    f.check(&[
+        (
+            "the flow's learned path (the uplink) is not c's",
+            ToVia("hw-b", UPLINK_IFACE),
+            ack(),
+            Drop(DropReason::LocalAddressWrongPath),
+        ),
+        (
+            "control: the flow through c's interface",
+            ToVia("hw-b", "hw-c"),
+            ack(),
+            Pass(PassReason::Established),
+        ),
+        (
+            "and the uplink again, after c's path was learned",
+            ToVia("hw-b", UPLINK_IFACE),
+            ack(),
+            Drop(DropReason::LocalAddressWrongPath),
+        ),
+        (
+            "control: a's flow at b, learned under the old policy, checked again",
+            To("hw-b"),
+            frame(A, B, tcp(40101, 22, ACK)),
+            Pass(PassReason::Established),
+        ),
+    ]);
+}
