@@ -57,7 +57,7 @@ fn tc_judge(ctx: &TcContext, hook: Hook) -> i32 {
             }
         }
     }
-    let verdict = if hook == Hook::FromEndpoint && source_routed(ctx) {
+    let verdict = if hook == Hook::FromEndpoint && may_name_a_route(ctx) && source_routed(ctx) {
         // An endpoint may not choose its packets' route.
         Verdict::Drop(DropReason::SourceRouted)
     } else {
@@ -85,6 +85,22 @@ fn tc_judge(ctx: &TcContext, hook: Hook) -> i32 {
 #[inline(always)]
 fn skb_len(skb: *const __sk_buff) -> u32 {
     unsafe { core::ptr::read_volatile(&(*skb).len) }
+}
+
+/// Whether a packet's headers may name its route, from the linear data:
+/// an IPv4 header without options, an IPv6 header followed by no extension
+/// header, and any other frame cannot. Headers not in the linear data may
+/// (`source_routed` reads them).
+#[inline(always)]
+fn may_name_a_route(ctx: &TcContext) -> bool {
+    let Ok(b) = parse::read::<[u8; 9]>(ctx.data(), ctx.data_end(), 12) else {
+        return true;
+    };
+    match u16::from_be_bytes([b[0], b[1]]) {
+        parse::ETH_P_IP => b[2] & 0x0f != 5,
+        parse::ETH_P_IPV6 => parse::is_ipv6_ext(b[8]),
+        _ => false,
+    }
 }
 
 /// Whether a packet names its own route: an IPv4 loose (131) or strict

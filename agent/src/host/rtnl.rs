@@ -96,7 +96,7 @@ impl Socket {
     pub fn open() -> io::Result<Socket> {
         let fd = route_socket(libc::SOCK_CLOEXEC, 0)?;
         let tv = libc::timeval {
-            tv_sec: TIMEOUT.as_secs() as libc::time_t,
+            tv_sec: TIMEOUT.as_secs() as _,
             tv_usec: 0,
         };
         let rc = unsafe {
