@@ -3,9 +3,11 @@
 //! `progrun.rs`: the same frames, the same compiled policy written by the
 //! same slot code into both objects, measured interleaved.
 //!
-//! Per family, both objects are loaded fresh and given the policy; then for
-//! each case, each round runs the baseline and then this build (the order
-//! alternates from round to round), and the median of the rounds is kept.
+//! Per family, both objects are loaded fresh and given the policy, three
+//! times over (where maps and entries land in memory shifts one load's
+//! costs); the rounds are spread over the loads. Each round runs the
+//! baseline and then this build (the order alternates from round to
+//! round), and the median of all rounds is kept.
 //! Before it is timed, a case must take its path in both objects: the
 //! program passes the frame and the `HW_PASSES` counter of the expected
 //! reason moves; every timed run is checked the same way (the counter must
@@ -254,54 +256,67 @@ fn measure_all(plan: &Plan, baseline: &Object, current: String) -> anyhow::Resul
         endpoints: plan.remote_endpoints + ENDPOINTS.len(),
         samples: Vec::new(),
     };
+    // Where each object's maps and entries land in memory moves its costs
+    // by a few percent, the same way for every round of one load: the
+    // rounds are spread over several fresh loads of both objects.
+    let loads = LOADS.min(plan.compare_rounds).max(1);
     for v6 in [false, true] {
         let fam = if v6 { "IPv6" } else { "IPv4" };
-        let mut dps = [
-            Datapath::load_object_unpinned(baseline.bytes())
-                .with_context(|| format!("loading the eBPF object of {}", baseline.short))?,
-            Datapath::load_unpinned().context("loading this build's eBPF object")?,
-        ];
-        for dp in &mut dps {
-            dp.slots.apply(&compiled)?;
-        }
-        let stock = compiled.settings;
-        for (i, &case) in CASES.iter().enumerate() {
-            let probe = Probe::new(case, v6, ifindices, 41_000 + i as u16);
-            if case.is_new() {
-                compiled.settings = expire_new_flows(&stock, probe.proto)?;
-                for dp in &mut dps {
-                    dp.slots.apply(&compiled)?;
-                }
-            }
-            for (dp, which) in dps.iter().zip(OBJECTS) {
-                probe
-                    .prepare(dp)
-                    .with_context(|| format!("{} ({fam}) in {which}", case.name()))?;
-            }
-            let mut sample = Sample {
+        let mut samples: Vec<Sample> = CASES
+            .iter()
+            .map(|&case| Sample {
                 case,
                 v6,
                 old: Vec::new(),
                 new: Vec::new(),
-            };
-            for round in 0..plan.compare_rounds {
-                let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
-                for o in order {
-                    let ns = probe
-                        .measure(&dps[o], plan.compare_repeat)
-                        .with_context(|| format!("{} ({fam}) in {}", case.name(), OBJECTS[o]))?;
-                    if o == 0 { &mut sample.old } else { &mut sample.new }.push(ns);
+            })
+            .collect();
+        for load in 0..loads {
+            let rounds = (load..plan.compare_rounds).step_by(loads).count();
+            let mut dps = [
+                Datapath::load_object_unpinned(baseline.bytes())
+                    .with_context(|| format!("loading the eBPF object of {}", baseline.short))?,
+                Datapath::load_unpinned().context("loading this build's eBPF object")?,
+            ];
+            for dp in &mut dps {
+                dp.slots.apply(&compiled)?;
+            }
+            let stock = compiled.settings;
+            for (i, &case) in CASES.iter().enumerate() {
+                let probe = Probe::new(case, v6, ifindices, 41_000 + i as u16);
+                if case.is_new() {
+                    compiled.settings = expire_new_flows(&stock, probe.proto)?;
+                    for dp in &mut dps {
+                        dp.slots.apply(&compiled)?;
+                    }
+                }
+                for (dp, which) in dps.iter().zip(OBJECTS) {
+                    probe
+                        .prepare(dp)
+                        .with_context(|| format!("{} ({fam}) in {which}", case.name()))?;
+                }
+                let sample = &mut samples[i];
+                for round in 0..rounds {
+                    let order = if (load + round) % 2 == 0 { [0, 1] } else { [1, 0] };
+                    for o in order {
+                        let ns = probe
+                            .measure(&dps[o], plan.compare_repeat)
+                            .with_context(|| format!("{} ({fam}) in {}", case.name(), OBJECTS[o]))?;
+                        if o == 0 { &mut sample.old } else { &mut sample.new }.push(ns);
+                    }
+                }
+                if case.is_new() {
+                    compiled.settings = stock;
+                    for dp in &mut dps {
+                        dp.slots.apply(&compiled)?;
+                    }
                 }
             }
-            if case.is_new() {
-                compiled.settings = stock;
-                for dp in &mut dps {
-                    dp.slots.apply(&compiled)?;
-                }
-            }
+        }
+        for sample in samples {
             println!(
                 "  {fam} {:<36} {:>6.1} ns -> {:>6.1} ns  {:.3}×  (rounds: {} | {})",
-                case.name(),
+                sample.case.name(),
                 sample.old_ns(),
                 sample.new_ns(),
                 sample.ratio(),
@@ -313,6 +328,9 @@ fn measure_all(plan: &Plan, baseline: &Object, current: String) -> anyhow::Resul
     }
     Ok(out)
 }
+
+/// Fresh loads of both objects per family, the rounds spread over them.
+pub const LOADS: usize = 3;
 
 const OBJECTS: [&str; 2] = ["the baseline object", "this build's object"];
 

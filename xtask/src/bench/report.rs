@@ -734,13 +734,22 @@ impl Report {
              by the same loader and given the same compiled policy by the same slot code: {} rules (the \
              policy of section 1, which also allows UDP and echo requests to `server` from `client` and \
              from the remote endpoints), {} endpoints, the stock timeouts. For each family both objects \
-             are loaded fresh; each case then runs {} rounds of {} runs per object, interleaved (the \
+             are loaded fresh {} times; each case runs {} rounds of {} runs per object, spread over \
+             the loads and interleaved (the \
              baseline first in one round, this build first in the next), and the table keeps each \
              object's median. Before it is timed, a case must take its path in both objects: the \
              program passes the frame and the `HW_PASSES` counter of the expected reason (established, \
              reply or new-allowed) moves; every timed round is checked again by that counter, which must \
              move once per run.\n",
-            r.revision, r.commit, r.subject, r.current, r.rules, r.endpoints, r.rounds, r.repeat
+            r.revision,
+            r.commit,
+            r.subject,
+            r.current,
+            r.rules,
+            r.endpoints,
+            compare::LOADS.min(r.rounds).max(1),
+            r.rounds,
+            r.repeat
         );
         md.push_str(
             "Cases, each for TCP, UDP and ICMP echo (an ACK after a SYN, a datagram after a datagram, an \
