@@ -269,12 +269,16 @@ fn try_judge(
             // A local endpoint's packets at the receiver's interface are
             // never tracked: flows are tracked where they are first judged,
             // at the sender's own interface.
-            // (Whether the source is a local endpoint is looked up again
-            // rather than kept from the check: a value kept across the
-            // lookups makes the verifier walk them once for each.)
-            source_path(slot, &pkt, arrived_on)?;
+            // The source's peer class (which the rules need anyway) says
+            // whether it may be an address of this host at all.
+            // (`may_be_local` is asked again rather than kept: a value kept
+            // across the lookups makes the verifier walk them once for
+            // each.)
+            if may_be_local(&mut peers, &pkt) {
+                source_path(slot, &pkt, arrived_on)?;
+            }
             let addressed = !to_group_of_stations(data, data_end) && addressed_to(slot, &pkt, ifindex);
-            let src_local = {
+            let src_local = may_be_local(&mut peers, &pkt) && {
                 let owner = local(slot, pkt.family, &pkt.src);
                 owner.found != 0 && owner.ifindex != 0
             };
@@ -468,6 +472,15 @@ fn source_path(slot: u32, pkt: &Packet, arrived_on: u32) -> Result<(), DropReaso
         });
     }
     Ok(())
+}
+
+/// Whether a packet's source may be an address of this host (`HW_LOCAL`):
+/// the agent gives every such address but the link-local ones a peer entry
+/// of its own that says so (a local endpoint's, the host's).
+#[inline(always)]
+fn may_be_local(peers: &mut Peers, pkt: &Packet) -> bool {
+    let info = peers.src(pkt);
+    info.local_endpoint != 0 || info.flags & PEER_HOST != 0 || (pkt.family == FAMILY_V6 && is_link_local(&pkt.src))
 }
 
 /// Step 2 at an endpoint's interface: whether the packet is to one of the

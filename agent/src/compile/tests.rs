@@ -295,3 +295,63 @@ fn rule_ids_are_stable_and_dense() {
     assert_eq!(c.rule(id).unwrap().group, "api");
     assert!(c.policy.iter().all(|(_, _, v)| c.rule(v.rule).is_some()));
 }
+
+/// The datapath asks an address's peer entry whether `HW_LOCAL` may hold it
+/// (`may_be_local` in `ebpf/src/judge.rs`): every address there but the
+/// link-local ones finds one that says so, a local endpoint's (its
+/// interface there or not) or the host's, however CIDRs cover it.
+#[test]
+fn every_address_of_this_host_has_a_peer_entry_that_says_so() {
+    let yaml = r#"
+version: 1
+groups:
+  g:
+    ingress:
+      - {proto: tcp, ports: 22, from: [{cidr: 10.0.0.0/8}, {cidr: 10.10.0.21/32}, {cidr: "fd00::/8"}, host]}
+endpoints:
+  - {name: a, interface: hw-a, addresses: ["10.10.0.21", "fd00:10::21"], groups: [g]}
+  - {name: gone, interface: hw-gone, addresses: ["10.10.0.22", "fd00:10::22"], groups: [g]}
+  - {name: far, node: elsewhere, interface: hw-far, addresses: ["10.10.0.23"], groups: [g]}
+"#;
+    let policy = parse_str(yaml, "test.yaml").expect("valid policy");
+    let host: Vec<IpAddr> = ["10.10.0.1", "fd00:10::1", "10.0.0.0"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let ifindex = |name: &str| if name == "hw-gone" { None } else { fake_ifindex(name) };
+    let view = HostView {
+        node: "n1",
+        host_addresses: &host,
+        ifindex: &ifindex,
+        macs: &[(fake_ifindex("hw-a").unwrap(), [2, 0, 0, 0, 0, 1])]
+            .into_iter()
+            .collect(),
+    };
+    let c = compile(&policy, &view).expect("compiles");
+    let lookup = Lookup::new(&c);
+    assert!(
+        c.local.len() >= 7,
+        "host, endpoints and a link-local address: {:?}",
+        c.local
+    );
+    for (key, at) in &c.local {
+        let addr: IpAddr = if key.family == FAMILY_V4 as u32 {
+            std::net::Ipv4Addr::new(key.addr[0], key.addr[1], key.addr[2], key.addr[3]).into()
+        } else {
+            std::net::Ipv6Addr::from(key.addr).into()
+        };
+        if at.flags & LOCAL_LINK_ONLY != 0 {
+            continue;
+        }
+        let info = lookup.peer(addr);
+        assert!(
+            info.local_endpoint != 0 || info.flags & hostwall_common::PEER_HOST != 0,
+            "{addr} is in HW_LOCAL ({at:?}) but its peer entry says neither endpoint nor host: {info:?}"
+        );
+    }
+    assert_eq!(
+        lookup.peer("10.10.0.23".parse().unwrap()).local_endpoint,
+        0,
+        "a remote endpoint"
+    );
+}
