@@ -164,7 +164,7 @@ impl CtEntry {
     }
 }
 
-/// The entry of layouts 2 and 3, before paths were learned; carried over
+/// The entry of layouts 1 to 3, before paths were learned; carried over
 /// into a [`CtEntry`] on upgrade.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

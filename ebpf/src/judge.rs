@@ -265,15 +265,13 @@ fn try_judge(
                 }
             }
             // 2. Paths, for a packet of no flow (made again for a packet
-            // checked before step 5).
-            // A local endpoint's packets at the receiver's interface are
-            // never tracked: flows are tracked where they are first judged,
-            // at the sender's own interface.
-            // The source's peer class (which the rules need anyway) says
-            // whether it may be an address of this host at all.
-            // (`may_be_local` is asked again rather than kept: a value kept
-            // across the lookups makes the verifier walk them once for
-            // each.)
+            // checked before step 5). The source's peer class, which the
+            // rules need anyway, says whether it may be an address of this
+            // host at all (`may_be_local` is asked again rather than kept: a
+            // value kept across the lookups makes the verifier walk them
+            // once for each). A local endpoint's packets at the receiver's
+            // interface are never tracked: flows are tracked where they are
+            // first judged, at the sender's own interface.
             if may_be_local(&mut peers, &pkt) {
                 source_path(slot, &pkt, arrived_on)?;
             }

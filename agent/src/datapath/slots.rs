@@ -99,8 +99,6 @@ struct Slot {
 pub struct Slots {
     active: Array<MapData, u32>,
     settings: SettingsMap,
-    /// The generation of the last policy written (`Settings::generation`).
-    generation: u32,
     /// `HW_MIDSTREAM`; absent only in objects of earlier builds, which the
     /// benchmark loads as its baseline.
     midstream: Option<Array<MapData, u64>>,
@@ -128,12 +126,7 @@ enum IfaceMap {
 impl IfaceMap {
     fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<IfaceMap, LoadError> {
         let map = ebpf.take_map(name).ok_or(LoadError::Missing { name })?;
-        let short = match &map {
-            aya::maps::Map::HashMap(data) => data
-                .info()
-                .is_ok_and(|i| i.value_size() as usize == std::mem::size_of::<[u32; 2]>()),
-            _ => false,
-        };
+        let short = value_size(&map) == Some(std::mem::size_of::<[u32; 2]>());
         let err = |source| LoadError::MapType { name, source };
         Ok(if short {
             IfaceMap::WithoutMac(HashMap::try_from(map).map_err(err)?)
@@ -178,12 +171,7 @@ impl SettingsMap {
     fn take(ebpf: &mut Ebpf) -> Result<SettingsMap, LoadError> {
         let name = "HW_SETTINGS";
         let map = ebpf.take_map(name).ok_or(LoadError::Missing { name })?;
-        let short = match &map {
-            aya::maps::Map::Array(data) => data
-                .info()
-                .is_ok_and(|i| i.value_size() as usize == SETTINGS_WITHOUT_GENERATION),
-            _ => false,
-        };
+        let short = value_size(&map) == Some(SETTINGS_WITHOUT_GENERATION);
         let err = |source| LoadError::MapType { name, source };
         Ok(if short {
             SettingsMap::WithoutGeneration(Array::try_from(map).map_err(err)?)
@@ -213,6 +201,16 @@ impl SettingsMap {
             }
         }
     }
+}
+
+/// The value size a hash or array map was created with, which tells an
+/// older object's form of a map from this build's.
+fn value_size(map: &aya::maps::Map) -> Option<usize> {
+    let data = match map {
+        aya::maps::Map::HashMap(data) | aya::maps::Map::Array(data) => data,
+        _ => return None,
+    };
+    data.info().ok().map(|i| i.value_size() as usize)
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, LoadError> {
@@ -372,7 +370,6 @@ impl Slots {
         Ok(Slots {
             active: take(ebpf, "HW_ACTIVE")?,
             settings: SettingsMap::take(ebpf)?,
-            generation: 0,
             midstream: take(ebpf, "HW_MIDSTREAM").ok(),
             started_ns: super::stats::monotonic_ns(),
             slots: [Slot::take(ebpf, 0)?, Slot::take(ebpf, 1)?],
@@ -434,8 +431,8 @@ impl Slots {
         // A generation no entry has learned paths under: one past both
         // slots' (maps adopted from an earlier agent included).
         let generation = self
-            .generation
-            .max(self.settings.generation(0))
+            .settings
+            .generation(0)
             .max(self.settings.generation(1))
             .wrapping_add(1)
             .max(1);
@@ -460,7 +457,6 @@ impl Slots {
             source,
         })?;
         self.current = next;
-        self.generation = generation;
         self.flipped_at = Instant::now();
         Ok(())
     }
