@@ -36,5 +36,13 @@ fn main() -> anyhow::Result<()> {
         features: &["mutants"],
         ..Default::default()
     };
+    // The programs are built from the shared types too; aya-build watches
+    // only the eBPF crate.
+    println!(
+        "cargo::rerun-if-changed={}",
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../common")
+            .display()
+    );
     aya_build::build_ebpf([package], Toolchain::Custom("1.98.0"))
 }
