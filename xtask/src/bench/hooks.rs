@@ -15,9 +15,9 @@ use hostwall_tests::{Agent, AgentOptions, DropReason};
 use serde_json::Value;
 
 use super::policy::{self, CLIENT, FLOOD_PORT, IPERF_PORT, SERVER, Spec};
-use super::topology::Testbed;
+use super::topology::{self, Testbed};
 use super::traffic::num;
-use super::{Plan, Tools, in_netns, output, spawn_collect};
+use super::{Plan, Tools, spawn_collect};
 
 #[derive(Clone, Debug)]
 pub struct Results {
@@ -118,20 +118,5 @@ pub fn run(plan: &Plan, tools: &Tools) -> anyhow::Result<Results> {
 }
 
 fn iperf(from_ns: &str, secs: f64) -> anyhow::Result<f64> {
-    let mut cmd = in_netns(from_ns, "iperf3");
-    cmd.args([
-        "-c",
-        &SERVER.v4().to_string(),
-        "-p",
-        &IPERF_PORT.to_string(),
-        "-J",
-        "-t",
-    ])
-    .arg(format!("{}", secs.ceil() as u64));
-    let text = output(&mut cmd)?;
-    let v: Value = serde_json::from_str(&text).context("iperf3's JSON")?;
-    Ok(v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 reported no end.sum_received.bits_per_second")?
-        / 1e9)
+    topology::iperf(from_ns, SERVER.v4().into(), IPERF_PORT, secs)
 }

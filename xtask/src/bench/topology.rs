@@ -12,11 +12,17 @@
 //! without br_netfilter (which some variants would pay for and others not),
 //! and hostwall sits on the host-side veths as on a bridge.
 
+use std::net::IpAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
 use hostwall_tests::topology::unique_name;
 use hostwall_tests::{Host, Netns};
+use serde_json::Value;
 
 use super::policy::{ENDPOINTS, Ep};
-use super::{Bg, Tools};
+use super::{Bg, Tools, in_netns, output};
 
 pub struct Container {
     pub ep: Ep,
@@ -65,15 +71,60 @@ impl Testbed {
     }
 
     /// `iperf3 -s` in a container; it accepts one test after the other.
+    /// Returns once the server's socket listens.
     pub fn iperf_server(&self, ep: Ep, port: u16) -> anyhow::Result<Bg> {
         let mut cmd = self.container(ep).ns.command("iperf3");
         cmd.args(["-s", "-p", &port.to_string()]);
         let bg = Bg::start(cmd, &format!("iperf3 -s on {}", ep.name), None)?;
-        // iperf3 has no readiness line on stdout before a test; it binds at
-        // once, so a short wait is enough.
-        std::thread::sleep(std::time::Duration::from_millis(300));
-        Ok(bg)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let listening =
+                output(in_netns(self.container(ep).ns.name(), "ss").args(["-Hltn", &format!("sport = :{port}")]))?;
+            if !listening.trim().is_empty() {
+                return Ok(bg);
+            }
+            if Instant::now() > deadline {
+                bail!("iperf3 -s on {} did not listen on port {port} within 10 s", ep.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
+}
+
+/// One iperf3 TCP stream of `secs` (rounded up to whole seconds) from the
+/// namespace `from_ns` to `to:port`, in Gbit/s. A server that is still
+/// closing the previous test answers "busy": the stream is tried again, up
+/// to five times; any other failure is an error quoting iperf3.
+pub fn iperf(from_ns: &str, to: IpAddr, port: u16, secs: f64) -> anyhow::Result<f64> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let mut cmd = in_netns(from_ns, "iperf3");
+        cmd.args(["-c", &to.to_string(), "-p", &port.to_string(), "-J", "-t"])
+            .arg(format!("{}", secs.ceil() as u64))
+            .stdin(Stdio::null());
+        let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if out.status.success()
+            && let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64()
+        {
+            return Ok(bps / 1e9);
+        }
+        last = match v["error"].as_str() {
+            Some(e) => e.to_string(),
+            None => format!(
+                "{} without end.sum_received: {} {}",
+                out.status,
+                text.chars().take(400).collect::<String>(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        };
+        if !last.contains("busy") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    bail!("iperf3 from {from_ns} to {to}:{port}: {last}")
 }
 
 /// A container at `10.78.K.2` (`fd00:78:K::2`) behind its own veth pair,

@@ -18,7 +18,7 @@ use hostwall_tests::{Agent, DropReason};
 use serde_json::Value;
 
 use super::policy::{self, CLIENT, DENIED_PORT, FLOOD, FLOOD_PORT, IPERF_PORT, LOAD_PORT, SERVER, Spec};
-use super::topology::Testbed;
+use super::topology::{self, Testbed};
 use super::{Plan, Tools, in_netns, output, spawn_collect};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -246,22 +246,7 @@ fn check(bed: &Testbed, from: policy::Ep, port: u16) -> anyhow::Result<bool> {
 }
 
 fn iperf(bed: &Testbed, secs: f64) -> anyhow::Result<f64> {
-    let mut cmd = in_netns(bed.container(CLIENT).ns.name(), "iperf3");
-    cmd.args([
-        "-c",
-        &SERVER.v4().to_string(),
-        "-p",
-        &IPERF_PORT.to_string(),
-        "-J",
-        "-t",
-    ])
-    .arg(format!("{}", secs.ceil() as u64));
-    let text = output(&mut cmd)?;
-    let v: Value = serde_json::from_str(&text).context("iperf3's JSON")?;
-    let bps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 reported no end.sum_received.bits_per_second")?;
-    Ok(bps / 1e9)
+    topology::iperf(bed.container(CLIENT).ns.name(), SERVER.v4().into(), IPERF_PORT, secs)
 }
 
 fn load(bed: &Testbed, mode: &str, args: &[&str]) -> anyhow::Result<Value> {
