@@ -13,32 +13,84 @@ pub const DIR_EGRESS: u8 = 1;
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
-/// Bits of a `PolicyKey` that are always compared exactly: everything but
-/// the port. A rule's port range adds 0..=16 prefix bits on top.
-pub const POLICY_FIXED_BITS: u32 = 12 * 8;
+/// Groups one endpoint may belong to at most (the validator refuses more):
+/// a new flow makes one policy lookup per pair of the deciding endpoint's
+/// groups and the peer's labels.
+pub const MAX_GROUPS: usize = 8;
 
-/// Key of the policy LPM trie (`HW_POLICY_{0,1}`).
+/// Labels one peer entry holds at most: the groups named as peers that the
+/// address's endpoint belongs to, `host`, and the CIDRs around it, nearest
+/// first. In a deeper chain of CIDRs the nearest share a closure label
+/// (see `LABEL_CIDRS_FROM`).
+pub const MAX_PEER_LABELS: usize = 20;
+
+/// A label's kind, in its top four bits; the rest is an id.
+pub const LABEL_KIND_MASK: u32 = 0xf000_0000;
+/// A group, by its group id.
+pub const LABEL_GROUP: u32 = 0x1000_0000;
+/// The host's own addresses (the `host` peer).
+pub const LABEL_HOST: u32 = 0x2000_0000;
+/// One CIDR, by its prefix id: rules that name exactly this CIDR.
+pub const LABEL_CIDR: u32 = 0x3000_0000;
+/// Several CIDRs, by closure id: the first label of an address whose
+/// chain of enclosing CIDRs is longer than a peer entry has room for,
+/// standing for its nearest CIDRs.
+pub const LABEL_CIDRS_FROM: u32 = 0x4000_0000;
+
+/// Bits of a `PolicyKey` that are always compared exactly: group, label
+/// and direction. A rule for every protocol is an entry of exactly these
+/// bits; one for a protocol adds `foreign` and `proto` (16 bits), and its
+/// port range 0..=16 prefix bits on top.
+pub const POLICY_FIXED_BITS: u32 = 9 * 8;
+/// Prefix bits of an entry for one protocol and every port.
+pub const POLICY_PROTO_BITS: u32 = POLICY_FIXED_BITS + 16;
+
+/// Key of the policy LPM trie (`HW_POLICY_{0,1}`): one entry per rule, per
+/// label of its peers and per prefix-aligned block of its port range.
 ///
-/// `policy` is the id of a set of groups (endpoints with the same groups
-/// share it), `class` the peer class of the other address (see `PeerInfo`).
-/// `any_proto` = 1 marks rules with `proto: all`; those entries have
-/// `proto` = 0 and cover every port. `port` is big-endian so a port range
-/// splits into prefix-aligned blocks; for ICMP it holds `type << 8 | code`.
+/// `group` is the group that holds the rule, `label` one of its peers
+/// (`LABEL_*`). `foreign` is 0 in every entry; a packet's key sets it for
+/// ICMP of the other IP family (ICMPv6 in IPv4, ICMP in IPv6), which only
+/// rules for every protocol match. `port` is big-endian so that a port
+/// range splits into prefix-aligned blocks; for ICMP it holds
+/// `type << 8 | code`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyKey {
-    pub policy: u32,
-    pub class: u32,
+    pub group: u32,
+    pub label: u32,
     pub dir: u8,
-    pub any_proto: u8,
+    pub foreign: u8,
     pub proto: u8,
-    pub _pad: u8,
     pub port_be: [u8; 2],
     /// Beyond every prefix; always zero.
-    pub _tail: [u8; 2],
+    pub _tail: [u8; 3],
 }
 const _: () = assert!(size_of::<PolicyKey>() == 16);
-const _: () = assert!(core::mem::offset_of!(PolicyKey, port_be) * 8 == POLICY_FIXED_BITS as usize);
+
+impl PolicyKey {
+    /// The key of an entry: `foreign` 0, `port` the block's start.
+    pub const fn entry(group: u32, label: u32, dir: u8, proto: u8, port: u16) -> PolicyKey {
+        PolicyKey {
+            group,
+            label,
+            dir,
+            foreign: 0,
+            proto,
+            port_be: port.to_be_bytes(),
+            _tail: [0; 3],
+        }
+    }
+}
+
+/// ICMP of the other IP family (ICMPv6 in IPv4, ICMP in IPv6): only rules
+/// for every protocol match it (`PolicyKey::foreign`).
+#[inline(always)]
+pub fn foreign_icmp(family: u8, proto: u8) -> bool {
+    (family == FAMILY_V4 && proto == 58) || (family == FAMILY_V6 && proto == 1)
+}
+const _: () = assert!(core::mem::offset_of!(PolicyKey, foreign) * 8 == POLICY_FIXED_BITS as usize);
+const _: () = assert!(core::mem::offset_of!(PolicyKey, port_be) * 8 == POLICY_PROTO_BITS as usize);
 
 /// Value of the policy trie: the rule that allows the matching packets,
 /// an index into `HW_RULE_STATS`.
@@ -50,28 +102,55 @@ pub struct PolicyValue {
 const _: () = assert!(size_of::<PolicyValue>() == 4);
 
 /// What an address is, from the peer LPM tries (`HW_PEER4_{0,1}`,
-/// `HW_PEER6_{0,1}`).
-///
-/// `class` groups addresses that match exactly the same set of rule peers
-/// (CIDRs, prefix lists, groups, the host), so one policy lookup per packet
-/// is exact even when CIDRs overlap. `local_policy` is non-zero when the
-/// address belongs to a local endpoint (its policy id), `local_endpoint`
-/// then names it.
+/// `HW_PEER6_{0,1}`): the labels rules may name it by (the first
+/// `n_labels`, the rest 0), and whether it is a local endpoint's
+/// (`local_endpoint`, its endpoint id, and `groups`, that endpoint's) or
+/// the host's.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
-    pub class: u32,
-    pub local_policy: u32,
     pub local_endpoint: u32,
     pub flags: u32,
+    pub n_labels: u32,
+    pub labels: [u32; MAX_PEER_LABELS],
+    pub _pad: u32,
+    pub groups: Groups,
 }
-const _: () = assert!(size_of::<PeerInfo>() == 16);
+const _: () = assert!(size_of::<PeerInfo>() == 16 + 4 * MAX_PEER_LABELS + size_of::<Groups>());
+
+impl PeerInfo {
+    /// An address no prefix covers: no rule matches it.
+    pub const NONE: PeerInfo = PeerInfo {
+        local_endpoint: 0,
+        flags: 0,
+        n_labels: 0,
+        labels: [0; MAX_PEER_LABELS],
+        _pad: 0,
+        groups: Groups::NONE,
+    };
+}
 
 /// `PeerInfo::flags`: the address is one of the host's own.
 pub const PEER_HOST: u32 = 1;
 
-/// Class of an address no prefix covers. No rule matches it.
-pub const CLASS_WORLD: u32 = 0;
+/// A local endpoint's groups, in its interface's entry (`HW_IFACE_{0,1}`)
+/// and in the peer entries of its addresses: the groups whose rules judge
+/// its traffic, at most `MAX_GROUPS` (the first `n`, the rest 0; group ids
+/// start at 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Groups {
+    pub n: u32,
+    pub ids: [u32; MAX_GROUPS],
+}
+const _: () = assert!(size_of::<Groups>() == 36);
+
+impl Groups {
+    pub const NONE: Groups = Groups {
+        n: 0,
+        ids: [0; MAX_GROUPS],
+    };
+}
 
 /// Key of the source guard (`HW_SRC_{0,1}`): an address an endpoint may use
 /// as its source, on its interface.
@@ -86,7 +165,7 @@ pub struct SrcKey {
 const _: () = assert!(size_of::<SrcKey>() == 24);
 
 /// A local endpoint as its interface sees it (`HW_IFACE_{0,1}`, keyed by
-/// ifindex).
+/// ifindex): its id and MAC, and the groups whose rules judge its traffic.
 ///
 /// `mac` is the Ethernet address of the container's side of the
 /// interface, fixed when the endpoint is attached: every frame from the
@@ -97,12 +176,27 @@ const _: () = assert!(size_of::<SrcKey>() == 24);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EndpointInfo {
-    pub policy: u32,
     pub endpoint: u32,
+    /// Zero.
+    pub _reserved: u32,
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    pub groups: Groups,
 }
-const _: () = assert!(size_of::<EndpointInfo>() == 16);
+const _: () = assert!(size_of::<EndpointInfo>() == 16 + size_of::<Groups>());
+
+impl EndpointInfo {
+    /// An interface's entry without groups (a quarantined one's, say).
+    pub const fn new(endpoint: u32, mac: [u8; 6]) -> EndpointInfo {
+        EndpointInfo {
+            endpoint,
+            _reserved: 0,
+            mac,
+            _pad: [0; 2],
+            groups: Groups::NONE,
+        }
+    }
+}
 
 /// Key of `HW_LOCAL_{0,1}`: an address that belongs to this host, the
 /// host's own or a local endpoint's.
@@ -181,16 +275,19 @@ pub struct Counter {
 }
 const _: () = assert!(size_of::<Counter>() == 16);
 
-/// Map capacities. The agent refuses a policy that does not fit.
-pub const MAX_POLICY_ENTRIES: u32 = 262_144;
-pub const MAX_PEER_ENTRIES: u32 = 65_536;
+/// Map capacities. The policy and peer maps are LPM tries, which allocate
+/// entries as they are written: their capacities are ceilings, and the
+/// agent's `--max-map-memory` is what bounds a policy. The agent refuses a
+/// policy that does not fit.
+pub const MAX_POLICY_ENTRIES: u32 = 16_777_216;
+pub const MAX_PEER_ENTRIES: u32 = 4_194_304;
 pub const MAX_SRC_ENTRIES: u32 = 16_384;
 /// Endpoint addresses and the host's own.
 pub const MAX_LOCAL_ENTRIES: u32 = MAX_SRC_ENTRIES + 4_096;
 pub const MAX_ENDPOINT_INTERFACES: u32 = 4_096;
 pub const MAX_RULES: u32 = 65_536;
-pub const MAX_CONNTRACK_ENTRIES: u32 = 262_144;
-pub const MAX_CONNTRACK_INBOUND_ENTRIES: u32 = 262_144;
+pub const MAX_CONNTRACK_ENTRIES: u32 = 131_072;
+pub const MAX_CONNTRACK_INBOUND_ENTRIES: u32 = 131_072;
 pub const MAX_FRAGMENT_ENTRIES: u32 = 8_192;
 
 #[cfg(feature = "user")]
@@ -199,6 +296,7 @@ mod pod {
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
     unsafe impl aya::Pod for PeerInfo {}
+    unsafe impl aya::Pod for Groups {}
     unsafe impl aya::Pod for SrcKey {}
     unsafe impl aya::Pod for EndpointInfo {}
     unsafe impl aya::Pod for LocalKey {}

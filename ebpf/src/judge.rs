@@ -104,12 +104,7 @@ fn try_judge(
 ) -> Result<PassReason, DropReason> {
     let slot = active_slot();
     let endpoint = if hook == Hook::Uplink {
-        EndpointInfo {
-            policy: 0,
-            endpoint: 0,
-            mac: [0; 6],
-            _pad: [0; 2],
-        }
+        Endpoint::NONE
     } else {
         iface(slot, ifindex).ok_or(DropReason::NoEndpoint)?
     };
@@ -165,7 +160,7 @@ fn try_judge(
     }
 
     // 2. Identity.
-    let mut peers = Peers::new(slot);
+    let mut peers = Peers::new(slot, ifindex);
     match hook {
         Hook::FromEndpoint => {
             if pkt.family == FAMILY_V6 && is_link_local_or_unspecified(&pkt.src) {
@@ -178,13 +173,13 @@ fn try_judge(
         Hook::ToEndpoint => {}
         Hook::Uplink => {
             let src_info = peers.src(&pkt);
-            if src_info.local_endpoint != 0 {
+            if src_info.local_endpoint() != 0 {
                 return Err(DropReason::LocalAddressWrongPath);
             }
-            if src_info.flags & PEER_HOST != 0 {
+            if src_info.flags() & PEER_HOST != 0 {
                 return Err(DropReason::HostAddressSpoofed);
             }
-            if peers.dst(&pkt).local_policy == 0 {
+            if peers.dst(&pkt).local_endpoint() == 0 {
                 return Ok(PassReason::NotForEndpoint);
             }
         }
@@ -235,7 +230,7 @@ fn try_judge(
             // 6. Any other error is judged by the rules like any ICMP
             // packet; errors are never tracked.
             let (rule_egress, rule_ingress, _) =
-                decide(hook, slot, &endpoint, &mut peers, &pkt).map_err(|_| DropReason::IcmpErrorUntracked)?;
+                decide(hook, GroupsOf::Hook, &mut peers, &pkt).map_err(|_| DropReason::IcmpErrorUntracked)?;
             let bytes = (data_end - data) as u64;
             count_rule(rule_egress, bytes);
             count_rule(rule_ingress, bytes);
@@ -265,7 +260,7 @@ fn try_judge(
                 }
             }
             // 2. Paths, for a packet of no flow (made again for a packet
-            // checked before step 5). The source's peer class, which the
+            // checked before step 5). The source's peer entry, which the
             // rules need anyway, says whether it may be an address of this
             // host at all (`may_be_local` is asked again rather than kept: a
             // value kept across the lookups makes the verifier walk them
@@ -300,11 +295,11 @@ fn try_judge(
             // From an endpoint that is a group address, which no receiver
             // lists: the sender's egress alone.
             let (rule_egress, rule_ingress) = if hook == Hook::FromEndpoint {
-                let class = peers.dst(&pkt).class;
-                let rule = policy(slot, endpoint.policy, class, DIR_EGRESS, &pkt).ok_or(DropReason::EgressDenied)?;
+                peers.dst(&pkt);
+                let rule = policy(&peers, GroupsOf::Hook, DIR_EGRESS, &pkt).ok_or(DropReason::EgressDenied)?;
                 (rule, 0)
             } else {
-                let (e, i, _) = decide(hook, slot, &endpoint, &mut peers, &pkt)?;
+                let (e, i, _) = decide(hook, GroupsOf::Hook, &mut peers, &pkt)?;
                 (e, i)
             };
             if hook != Hook::Uplink {
@@ -316,7 +311,7 @@ fn try_judge(
         }
 
         // 6. Rules.
-        let decided = decide(hook, slot, &endpoint, &mut peers, &pkt);
+        let decided = decide(hook, GroupsOf::Hook, &mut peers, &pkt);
         let (rule_egress, rule_ingress, mut flags) = match decided {
             // The flow runs the packet's way.
             Ok((e, i, f)) => (e, i, f | if flipped { CT_FLIPPED } else { 0 }),
@@ -337,7 +332,7 @@ fn try_judge(
                 // The reverse flow's ends are this packet's, swapped: lookups
                 // already made are reused.
                 let mut rev_peers = peers.swapped();
-                match decide_reverse(hook, slot, &endpoint, &mut rev_peers, &reversed_packet(&pkt)) {
+                match decide_reverse(hook, &mut rev_peers, &reversed_packet(&pkt)) {
                     // The flow runs against the packet.
                     Some((e, i, f)) => (e, i, f | CT_MIDSTREAM | if flipped { 0 } else { CT_FLIPPED }),
                     None => return Err(reason),
@@ -353,7 +348,7 @@ fn try_judge(
             // endpoint of this interface, else the receiver's inbound one.
             let inbound = hook != Hook::FromEndpoint && !mutant(MUTANT_INBOUND_CHARGED_AS_OPENED);
             let owner = if hook == Hook::Uplink {
-                peers.dst(&pkt).local_endpoint
+                peers.dst(&pkt).local_endpoint()
             } else {
                 endpoint.endpoint
             };
@@ -391,7 +386,7 @@ fn try_judge(
 fn arp(
     hook: Hook,
     slot: u32,
-    endpoint: &EndpointInfo,
+    endpoint: &Endpoint,
     ifindex: u32,
     arrived_on: u32,
     data: usize,
@@ -478,7 +473,7 @@ fn source_path(slot: u32, pkt: &Packet, arrived_on: u32) -> Result<(), DropReaso
 #[inline(always)]
 fn may_be_local(peers: &mut Peers, pkt: &Packet) -> bool {
     let info = peers.src(pkt);
-    info.local_endpoint != 0 || info.flags & PEER_HOST != 0 || (pkt.family == FAMILY_V6 && is_link_local(&pkt.src))
+    info.local_endpoint() != 0 || info.flags() & PEER_HOST != 0 || (pkt.family == FAMILY_V6 && is_link_local(&pkt.src))
 }
 
 /// Step 2 at an endpoint's interface: whether the packet is to one of the
@@ -519,7 +514,7 @@ fn is_group_address(pkt: &Packet) -> bool {
 #[allow(clippy::too_many_arguments)]
 fn related(
     hook: Hook,
-    endpoint: &EndpointInfo,
+    endpoint: &Endpoint,
     peers: &mut Peers,
     data: usize,
     data_end: usize,
@@ -536,25 +531,25 @@ fn related(
     let slot = peers.slot;
     let reporter = match hook {
         Hook::FromEndpoint => endpoint.endpoint,
-        Hook::ToEndpoint => peers.src(pkt).local_endpoint,
+        Hook::ToEndpoint => peers.src(pkt).local_endpoint(),
         Hook::Uplink => 0,
     };
     let q_dst = peer(slot, q.family, &q.dst);
     if reporter != 0 {
-        if q_dst.local_endpoint != reporter && !mutant(MUTANT_ICMP_ERROR_FROM_ANYONE) {
+        if q_dst.local_endpoint() != reporter && !mutant(MUTANT_ICMP_ERROR_FROM_ANYONE) {
             return false;
         }
     } else {
         // `q.src` is the error's destination, already looked up.
         let q_src = peers.dst(pkt);
-        if q_src.local_endpoint == 0 || q_dst.local_endpoint != 0 {
+        if q_src.local_endpoint() == 0 || q_dst.local_endpoint() != 0 {
             return false;
         }
-        if hook == Hook::ToEndpoint && q_src.local_endpoint != endpoint.endpoint {
+        if hook == Hook::ToEndpoint && q_src.local_endpoint() != endpoint.endpoint {
             return false;
         }
         // Only the host's own stack reports on a packet sent to the host.
-        if q_dst.flags & PEER_HOST != 0 && (hook == Hook::Uplink || peers.src(pkt).flags & PEER_HOST == 0) {
+        if q_dst.flags() & PEER_HOST != 0 && (hook == Hook::Uplink || peers.src(pkt).flags() & PEER_HOST == 0) {
             return false;
         }
     }
@@ -677,15 +672,10 @@ fn midstream_open(slot: u32, now: u64) -> bool {
 }
 
 /// Step 6: the rules that allow a new flow, as (egress rule, ingress rule,
-/// conntrack flags).
+/// conntrack flags). `sender`: whose groups judge the egress of a flow from
+/// an endpoint (the hook's endpoint, or for a reversed packet its source).
 #[inline(always)]
-fn decide(
-    hook: Hook,
-    slot: u32,
-    endpoint: &EndpointInfo,
-    peers: &mut Peers,
-    pkt: &Packet,
-) -> Result<(u32, u32, u32), DropReason> {
+fn decide(hook: Hook, sender: GroupsOf, peers: &mut Peers, pkt: &Packet) -> Result<(u32, u32, u32), DropReason> {
     let mut rule_egress = 0;
     let mut rule_ingress = 0;
     let mut flags = 0;
@@ -694,13 +684,11 @@ fn decide(
             // 6a. The sender's egress, then the receiver's ingress when it
             // is local, under the same slot.
             let dst_info = peers.dst(pkt);
-            rule_egress =
-                policy(slot, endpoint.policy, dst_info.class, DIR_EGRESS, pkt).ok_or(DropReason::EgressDenied)?;
+            rule_egress = policy(peers, sender, DIR_EGRESS, pkt).ok_or(DropReason::EgressDenied)?;
             flags |= CT_ORIG_LOCAL;
-            if dst_info.local_policy != 0 {
-                let src_info = peers.src(pkt);
-                rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, pkt)
-                    .ok_or(DropReason::IngressDenied)?;
+            if dst_info.local_endpoint() != 0 {
+                peers.src(pkt);
+                rule_ingress = policy(peers, GroupsOf::Dst, DIR_INGRESS, pkt).ok_or(DropReason::IngressDenied)?;
                 flags |= CT_REPLY_LOCAL;
             }
         }
@@ -708,16 +696,16 @@ fn decide(
             // 6b. The receiver's ingress. A local endpoint's packet (its
             // path checked in step 2) was judged by its egress at its own
             // interface.
-            let src_info = peers.src(pkt);
-            rule_ingress =
-                policy(slot, endpoint.policy, src_info.class, DIR_INGRESS, pkt).ok_or(DropReason::IngressDenied)?;
+            peers.src(pkt);
+            rule_ingress = policy(peers, GroupsOf::Hook, DIR_INGRESS, pkt).ok_or(DropReason::IngressDenied)?;
             flags |= CT_REPLY_LOCAL;
         }
         Hook::Uplink => {
             // 6c. The same ingress decision the receiver's TC hook would take.
-            let (src_info, dst_info) = (peers.src(pkt), peers.dst(pkt));
-            rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, pkt)
-                .ok_or(DropReason::IngressDenied)?;
+            // A receiver that is no local endpoint has no groups.
+            peers.src(pkt);
+            peers.dst(pkt);
+            rule_ingress = policy(peers, GroupsOf::Dst, DIR_INGRESS, pkt).ok_or(DropReason::IngressDenied)?;
             flags |= CT_REPLY_LOCAL;
         }
     }
@@ -731,71 +719,90 @@ fn decide(
 /// the reverse flow runs from the other party (its egress, where local) to
 /// this endpoint (its ingress).
 #[inline(always)]
-fn decide_reverse(
-    hook: Hook,
-    slot: u32,
-    endpoint: &EndpointInfo,
-    peers: &mut Peers,
-    rev: &Packet,
-) -> Option<(u32, u32, u32)> {
+fn decide_reverse(hook: Hook, peers: &mut Peers, rev: &Packet) -> Option<(u32, u32, u32)> {
     if hook != Hook::FromEndpoint {
         let sender = if hook == Hook::Uplink {
-            peers.src(rev).local_policy
+            peers.src(rev);
+            GroupsOf::Src
         } else {
-            endpoint.policy
+            GroupsOf::Hook
         };
-        let rule_egress = policy(slot, sender, peers.dst(rev).class, DIR_EGRESS, rev)?;
+        peers.dst(rev);
+        let rule_egress = policy(peers, sender, DIR_EGRESS, rev)?;
         return Some((rule_egress, 0, CT_ORIG_LOCAL));
     }
     let src_info = peers.src(rev);
-    if src_info.local_policy != 0 {
-        let ep = EndpointInfo {
-            policy: src_info.local_policy,
-            endpoint: src_info.local_endpoint,
-            mac: [0; 6],
-            _pad: [0; 2],
-        };
-        return decide(Hook::FromEndpoint, slot, &ep, peers, rev).ok();
+    if src_info.local_endpoint() != 0 {
+        return decide(Hook::FromEndpoint, GroupsOf::Src, peers, rev).ok();
     }
     let dst_info = peers.dst(rev);
-    if dst_info.local_policy != 0 {
-        let rule_ingress = policy(slot, dst_info.local_policy, src_info.class, DIR_INGRESS, rev)?;
+    if dst_info.local_endpoint() != 0 {
+        let rule_ingress = policy(peers, GroupsOf::Dst, DIR_INGRESS, rev)?;
         return Some((0, rule_ingress, CT_REPLY_LOCAL));
     }
     None
 }
 
-/// The peer classes of a packet's two addresses, each looked up at most
-/// once per packet.
+/// What a packet's two addresses are (`HW_PEER*`), each looked up at most
+/// once per packet. Each lookup also leaves the address's labels in
+/// `HW_POLICY_SCAN`, on the side (0 or 1) that `side_of_src`/`side_of_dst`
+/// name, for step 6's walk.
 struct Peers {
     slot: u32,
-    src: PeerInfo,
-    dst: PeerInfo,
+    src: Peer,
+    dst: Peer,
     /// `SRC_KNOWN` and `DST_KNOWN`: which of the two has been looked up.
     /// (Flags rather than `Option`s: the payload of a `None` is undefined,
     /// and the compiler may fill it from any register, a packet pointer
     /// included, which the verifier then refuses to see combined.)
     known: u32,
+    /// The scratch side of the source's labels (the destination's is the
+    /// other): 0, and 1 once swapped.
+    flip: u32,
+    /// The hook's interface, whose endpoint's groups `GroupsOf::Hook` names.
+    ifindex: u32,
 }
 
 const SRC_KNOWN: u32 = 1;
 const DST_KNOWN: u32 = 2;
 
-const NO_PEER: PeerInfo = PeerInfo {
-    class: CLASS_WORLD,
-    local_policy: 0,
-    local_endpoint: 0,
-    flags: 0,
-};
+/// What `HW_PEER*` says of an address besides its labels (which step 6
+/// looks up again where it needs them): a copy of two words, which the
+/// verifier merges across paths as it cannot merge pointers to entries.
+#[derive(Clone, Copy)]
+struct Peer {
+    local_endpoint: u32,
+    flags: u32,
+}
+
+impl Peer {
+    const NONE: Peer = Peer {
+        local_endpoint: 0,
+        flags: 0,
+    };
+
+    /// The local endpoint that owns the address, 0 for none.
+    #[inline(always)]
+    fn local_endpoint(self) -> u32 {
+        self.local_endpoint
+    }
+
+    #[inline(always)]
+    fn flags(self) -> u32 {
+        self.flags
+    }
+}
 
 impl Peers {
     #[inline(always)]
-    fn new(slot: u32) -> Peers {
+    fn new(slot: u32, ifindex: u32) -> Peers {
         Peers {
             slot,
-            src: NO_PEER,
-            dst: NO_PEER,
+            src: Peer::NONE,
+            dst: Peer::NONE,
             known: 0,
+            flip: 0,
+            ifindex,
         }
     }
 
@@ -814,22 +821,34 @@ impl Peers {
             src: self.dst,
             dst: self.src,
             known,
+            flip: self.flip ^ 1,
+            ifindex: self.ifindex,
         }
     }
 
     #[inline(always)]
-    fn src(&mut self, pkt: &Packet) -> PeerInfo {
+    fn side_of_src(&self) -> u32 {
+        self.flip & 1
+    }
+
+    #[inline(always)]
+    fn side_of_dst(&self) -> u32 {
+        (self.flip ^ 1) & 1
+    }
+
+    #[inline(always)]
+    fn src(&mut self, pkt: &Packet) -> Peer {
         if self.known & SRC_KNOWN == 0 {
-            self.src = peer(self.slot, pkt.family, &pkt.src);
+            self.src = labelled_peer(self.slot, pkt.family, &pkt.src, self.side_of_src());
             self.known |= SRC_KNOWN;
         }
         self.src
     }
 
     #[inline(always)]
-    fn dst(&mut self, pkt: &Packet) -> PeerInfo {
+    fn dst(&mut self, pkt: &Packet) -> Peer {
         if self.known & DST_KNOWN == 0 {
-            self.dst = peer(self.slot, pkt.family, &pkt.dst);
+            self.dst = labelled_peer(self.slot, pkt.family, &pkt.dst, self.side_of_dst());
             self.known |= DST_KNOWN;
         }
         self.dst
@@ -876,7 +895,7 @@ fn reversed_packet(pkt: &Packet) -> Packet {
 fn neighbour(
     hook: Hook,
     slot: u32,
-    endpoint: &EndpointInfo,
+    endpoint: &Endpoint,
     ifindex: u32,
     arrived_on: u32,
     data: usize,
@@ -973,7 +992,7 @@ const MAX_ND_OPTIONS: usize = 4;
 #[allow(clippy::too_many_arguments)]
 fn nd_options(
     hook: Hook,
-    endpoint: &EndpointInfo,
+    endpoint: &Endpoint,
     data: usize,
     data_end: usize,
     ty: u8,
@@ -1129,16 +1148,36 @@ fn active_slot() -> u32 {
     }
 }
 
+/// The endpoint behind an interface (`HW_IFACE_s`), without its groups,
+/// which only step 6 reads (`hw_policy`).
 #[inline(always)]
-fn iface(slot: u32, ifindex: u32) -> Option<EndpointInfo> {
+fn iface(slot: u32, ifindex: u32) -> Option<Endpoint> {
     let found = unsafe {
         if slot == 0 {
             IFACE_0.get(&ifindex)
         } else {
             IFACE_1.get(&ifindex)
         }
+    }?;
+    Some(Endpoint {
+        endpoint: found.endpoint,
+        mac: found.mac,
+    })
+}
+
+/// The endpoint of the interface a hook runs on, as the steps read it.
+#[derive(Clone, Copy)]
+struct Endpoint {
+    endpoint: u32,
+    mac: [u8; 6],
+}
+
+impl Endpoint {
+    /// The uplink's: none.
+    const NONE: Endpoint = Endpoint {
+        endpoint: 0,
+        mac: [0; 6],
     };
-    found.copied()
 }
 
 #[inline(always)]
@@ -1191,9 +1230,9 @@ fn local(slot: u32, family: u8, addr: &[u8; 16]) -> Owner {
     }
 }
 
-/// The peer class of an address (step 6's lookup key).
+/// An address's entry in `HW_PEER*`, null when no prefix covers it.
 #[inline(always)]
-fn peer(slot: u32, family: u8, addr: &[u8; 16]) -> PeerInfo {
+fn peer_entry(slot: u32, family: u8, addr: &[u8; 16]) -> *const PeerInfo {
     let found = if family == FAMILY_V4 {
         let key = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
         if slot == 0 {
@@ -1210,58 +1249,238 @@ fn peer(slot: u32, family: u8, addr: &[u8; 16]) -> PeerInfo {
         }
     };
     match found {
-        Some(info) => *info,
-        None => NO_PEER,
+        Some(info) => info as *const PeerInfo,
+        None => core::ptr::null(),
     }
 }
 
-/// The rule that allows `pkt` for (policy, class, direction): first the
-/// packet's own protocol and port, then rules for every protocol.
+/// Whether an address is a local endpoint's or the host's.
 #[inline(always)]
-fn policy(slot: u32, policy: u32, class: u32, dir: u8, pkt: &Packet) -> Option<u32> {
-    if policy == 0 || class == CLASS_WORLD {
-        return None;
+fn peer(slot: u32, family: u8, addr: &[u8; 16]) -> Peer {
+    let entry = peer_entry(slot, family, addr);
+    if entry.is_null() {
+        return Peer::NONE;
     }
-    let exact = Key::new(
-        POLICY_FIXED_BITS + 16,
-        PolicyKey {
-            policy,
-            class,
-            dir,
-            any_proto: 0,
-            proto: pkt.proto,
-            _pad: 0,
-            port_be: pkt.rule_port().to_be_bytes(),
-            _tail: [0; 2],
-        },
-    );
-    let found = if slot == 0 {
-        POLICY_0.get(&exact)
-    } else {
-        POLICY_1.get(&exact)
-    };
-    if let Some(v) = found {
-        return Some(v.rule);
+    unsafe {
+        Peer {
+            local_endpoint: (*entry).local_endpoint,
+            flags: (*entry).flags,
+        }
     }
-    let any = Key::new(
-        POLICY_FIXED_BITS + 16,
-        PolicyKey {
-            policy,
-            class,
-            dir,
-            any_proto: 1,
-            proto: 0,
-            _pad: 0,
-            port_be: [0; 2],
-            _tail: [0; 2],
-        },
-    );
-    let found = if slot == 0 {
-        POLICY_0.get(&any)
-    } else {
-        POLICY_1.get(&any)
+}
+
+/// `peer` for `Peers`, which also leaves the address's labels in
+/// `HW_POLICY_SCAN` on `side` (none when no prefix covers it).
+#[inline(always)]
+fn labelled_peer(slot: u32, family: u8, addr: &[u8; 16], side: u32) -> Peer {
+    let Some(q) = POLICY_SCAN.get_ptr_mut(0) else {
+        return Peer::NONE;
     };
-    found.map(|v| v.rule)
+    unsafe {
+        (*q).slot = slot;
+        (*q).family = family;
+        // The key, written here: copies in `hw_peer` would be calls to
+        // `memcpy`, a frame more than Linux 6.1's stack allows.
+        if family == FAMILY_V4 {
+            (*q).peer4 = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+        } else {
+            (*q).peer6 = Key::new(128, *addr);
+        }
+    }
+    let found = hw_peer(side);
+    if found < 0 {
+        return Peer::NONE;
+    }
+    Peer {
+        local_endpoint: found as u32,
+        flags: (found >> 32) as u32,
+    }
+}
+
+/// `labelled_peer`'s lookup of the address in `HW_POLICY_SCAN`: its entry's
+/// endpoint and flags (`flags << 32 | local_endpoint`), -1 when no prefix
+/// covers it; its labels and (a local endpoint's) groups are copied to the
+/// scratch's `side`. A global
+/// function, checked once, its copy loop included.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn hw_peer(side: u32) -> i64 {
+    let Some(q) = POLICY_SCAN.get_ptr_mut(0) else {
+        return -1;
+    };
+    let q = unsafe { &mut *q };
+    let slot = q.slot & 1;
+    let labels = if q.family == FAMILY_V4 {
+        if slot == 0 {
+            PEER4_0.get(&q.peer4)
+        } else {
+            PEER4_1.get(&q.peer4)
+        }
+    } else {
+        if slot == 0 {
+            PEER6_0.get(&q.peer6)
+        } else {
+            PEER6_1.get(&q.peer6)
+        }
+    };
+    let side = (side & 1) as usize;
+    let Some(info) = labels else {
+        q.labels[side][0] = 0;
+        q.groups[side][0] = 0;
+        return -1;
+    };
+    for j in 0..MAX_PEER_LABELS {
+        let label = info.labels[j];
+        q.labels[side][j] = label;
+        if label == 0 {
+            break;
+        }
+    }
+    for i in 0..MAX_GROUPS {
+        let group = info.groups.ids[i];
+        q.groups[side][i] = group;
+        if group == 0 {
+            break;
+        }
+    }
+    ((info.flags as i64) << 32) | info.local_endpoint as i64
+}
+
+/// The rule that allows `pkt` in direction `dir` for the local endpoint
+/// whose groups `owner` names, judged against the other end (the
+/// destination for egress, the source for ingress); `peers` must have
+/// looked up the ends it reads. One `HW_POLICY` lookup per pair of the
+/// owner's groups and the other end's labels, the first hit wins. Each
+/// lookup's longest match settles the protocol and port (rules for every
+/// protocol are the shortest entries).
+#[inline(always)]
+fn policy(peers: &Peers, owner: GroupsOf, dir: u8, pkt: &Packet) -> Option<u32> {
+    let q = POLICY_SCAN.get_ptr_mut(0)?;
+    let side = if dir == DIR_EGRESS {
+        peers.side_of_dst()
+    } else {
+        peers.side_of_src()
+    };
+    let owner = match owner {
+        GroupsOf::Hook => GROUPS_OF_HOOK as u32,
+        GroupsOf::Src => peers.side_of_src(),
+        GroupsOf::Dst => peers.side_of_dst(),
+    };
+    unsafe {
+        (*q).slot = peers.slot;
+        (*q).ifindex = peers.ifindex;
+        (*q).family = pkt.family;
+        (*q).proto = pkt.proto;
+        (*q).port = pkt.rule_port();
+    }
+    let rule = hw_policy(owner, dir as u32, side);
+    if rule > 0 { Some(rule as u32) } else { None }
+}
+
+/// `policy`'s lookups, for the question in `HW_POLICY_SCAN`: a global
+/// function, which the verifier checks once rather than at every path
+/// that reaches a decision, its loop over the pairs included. Its state
+/// lives in the per-CPU map: Linux 6.1 allows the program's frame and this
+/// one's 512 bytes together, each rounded up to 32.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn hw_policy(owner: u32, dir: u32, side: u32) -> i64 {
+    let Some(q) = POLICY_SCAN.get_ptr_mut(0) else {
+        return 0;
+    };
+    let q = unsafe { &mut *q };
+    let slot = q.slot & 1;
+    let owner = if owner >= GROUPS_OF_HOOK as u32 {
+        // The hook's endpoint: its interface's entry.
+        let found = unsafe {
+            if slot == 0 {
+                IFACE_0.get(&q.ifindex)
+            } else {
+                IFACE_1.get(&q.ifindex)
+            }
+        };
+        let Some(endpoint) = found else {
+            return 0;
+        };
+        for i in 0..MAX_GROUPS {
+            let group = endpoint.groups.ids[i];
+            q.groups[GROUPS_OF_HOOK][i] = group;
+            if group == 0 {
+                break;
+            }
+        }
+        GROUPS_OF_HOOK
+    } else {
+        owner as usize
+    };
+    let side = (side & 1) as usize;
+    let foreign = foreign_icmp(q.family, q.proto);
+    q.key.prefix_len = (size_of::<PolicyKey>() * 8) as u32;
+    q.key.data.dir = dir as u8;
+    q.key.data.foreign = foreign as u8;
+    q.key.data.proto = q.proto;
+    q.key.data.port_be = q.port.to_be_bytes();
+    // `_tail` stays as the map was created: zero.
+    // The lists end at their first 0 (no group or label is 0): a test of
+    // the value read, which tells the verifier nothing about the loop's
+    // counters, so that every round of the walk is checked once.
+    for i in 0..MAX_GROUPS {
+        let group = q.groups[owner][i];
+        if group == 0 {
+            break;
+        }
+        q.key.data.group = group;
+        for j in 0..MAX_PEER_LABELS {
+            let label = q.labels[side][j];
+            if label == 0 {
+                break;
+            }
+            q.key.data.label = label;
+            let found = if slot == 0 {
+                POLICY_0.get(&q.key)
+            } else {
+                POLICY_1.get(&q.key)
+            };
+            if let Some(v) = found {
+                return v.rule as i64;
+            }
+        }
+    }
+    0
+}
+
+/// Whose groups judge a direction of a flow: the hook's endpoint's, or
+/// those of a local endpoint at one of the packet's ends (none for any
+/// other address).
+#[derive(Clone, Copy)]
+enum GroupsOf {
+    Hook,
+    Src,
+    Dst,
+}
+
+/// `PolicyScan::groups` of the hook's endpoint.
+const GROUPS_OF_HOOK: usize = 2;
+
+/// Step 6's question and the state of its walk (`HW_POLICY_SCAN`, per CPU).
+#[repr(C)]
+pub struct PolicyScan {
+    key: Key<PolicyKey>,
+    /// The address `hw_peer` looks up, as the key of its family's trie.
+    peer4: Key<[u8; 4]>,
+    peer6: Key<[u8; 16]>,
+    /// The labels of the packet's two ends, by `Peers` side; a list ends
+    /// at its first 0.
+    labels: [[u32; MAX_PEER_LABELS]; 2],
+    /// The groups of the packet's two ends (a local endpoint's, else
+    /// none), by side, then those of the hook's endpoint (from its
+    /// interface's entry); a list ends at its first 0.
+    groups: [[u32; MAX_GROUPS]; 3],
+    slot: u32,
+    ifindex: u32,
+    family: u8,
+    proto: u8,
+    port: u16,
 }
 
 /// Conntrack key of a packet in its own direction. An echo reply is keyed

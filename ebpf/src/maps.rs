@@ -17,8 +17,8 @@ pub static ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 #[map(name = "HW_SETTINGS")]
 pub static SETTINGS: Array<Settings> = Array::with_max_entries(2, 0);
 
-/// Slot: ifindex of an endpoint's host-side interface -> the endpoint and
-/// its policy id. Written by the agent.
+/// Slot: ifindex of an endpoint's host-side interface -> the endpoint, its
+/// MAC and its groups. Written by the agent.
 #[map(name = "HW_IFACE_0")]
 pub static IFACE_0: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINT_INTERFACES, 0);
 #[map(name = "HW_IFACE_1")]
@@ -39,21 +39,22 @@ pub static LOCAL_0: HashMap<LocalKey, LocalAddr> = HashMap::with_max_entries(MAX
 #[map(name = "HW_LOCAL_1")]
 pub static LOCAL_1: HashMap<LocalKey, LocalAddr> = HashMap::with_max_entries(MAX_LOCAL_ENTRIES, 0);
 
-/// Slot: IPv4 prefix -> peer class (and local endpoint, host flag).
-/// Written by the agent.
+/// Slot: IPv4 prefix -> the labels rules may name its addresses by (and
+/// local endpoint, host flag). Written by the agent.
 #[map(name = "HW_PEER4_0")]
 pub static PEER4_0: LpmTrie<[u8; 4], PeerInfo> = LpmTrie::with_max_entries(MAX_PEER_ENTRIES, 0);
 #[map(name = "HW_PEER4_1")]
 pub static PEER4_1: LpmTrie<[u8; 4], PeerInfo> = LpmTrie::with_max_entries(MAX_PEER_ENTRIES, 0);
 
-/// Slot: IPv6 prefix -> peer class. Written by the agent.
+/// Slot: IPv6 prefix -> its labels. Written by the agent.
 #[map(name = "HW_PEER6_0")]
 pub static PEER6_0: LpmTrie<[u8; 16], PeerInfo> = LpmTrie::with_max_entries(MAX_PEER_ENTRIES, 0);
 #[map(name = "HW_PEER6_1")]
 pub static PEER6_1: LpmTrie<[u8; 16], PeerInfo> = LpmTrie::with_max_entries(MAX_PEER_ENTRIES, 0);
 
-/// Slot: (policy, peer class, direction, protocol, port prefix) -> rule.
-/// Port ranges are split into disjoint prefix-aligned blocks by the agent.
+/// Slot: (group, peer label, direction, protocol, port prefix) -> rule: one
+/// entry per rule, label of its peers and prefix-aligned block of its port
+/// range. Written by the agent.
 #[map(name = "HW_POLICY_0")]
 pub static POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
 #[map(name = "HW_POLICY_1")]
@@ -83,6 +84,10 @@ pub static MIDSTREAM: Array<u64> = Array::with_max_entries(2, 0);
 /// IP datagrams whose first fragment passed. Written by the programs.
 #[map(name = "HW_FRAGS")]
 pub static FRAGS: LruHashMap<FragKey, u64> = LruHashMap::with_max_entries(MAX_FRAGMENT_ENTRIES, 0);
+
+/// Per CPU: step 6's question to `hw_policy` and the state of its walk.
+#[map(name = "HW_POLICY_SCAN")]
+pub static POLICY_SCAN: PerCpuArray<crate::judge::PolicyScan> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per rule id: packets and bytes of the flows the rule admitted.
 #[map(name = "HW_RULE_STATS")]

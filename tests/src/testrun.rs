@@ -390,6 +390,25 @@ impl Fixture {
         })
     }
 
+    /// Mean ns per run of `frame` sent by the endpoint behind `iface`, run
+    /// `repeat` times; with the program's verdict (passed or dropped).
+    pub fn time_from(&self, iface: &str, frame: &Frame, repeat: u32) -> (bool, f64) {
+        let frame = with_mac(frame, self.mac(iface));
+        let prog: &SchedClassifier = self.dp.ebpf.program(PROG_FROM_ENDPOINT).unwrap().try_into().unwrap();
+        let ifindex = self.ifindex(iface);
+        let mut ctx = [0u8; SKB_CTX_SIZE];
+        ctx[SKB_IFINDEX_OFFSET..SKB_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[SKB_INGRESS_IFINDEX_OFFSET..SKB_INGRESS_IFINDEX_OFFSET + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(&frame.0);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+        // The counters moved under this call; the next `run` starts afresh.
+        *self.counters.borrow_mut() = None;
+        (r.return_value == TC_ACT_UNSPEC, r.duration.as_nanos() as f64)
+    }
+
     /// The interface a frame's source address belongs to (0: the host's or
     /// no one's).
     fn owner_of_source(&self, frame: &Frame) -> u32 {

@@ -672,6 +672,54 @@ fn map_sizes_are_configurable_and_a_policy_that_does_not_fit_is_refused() {
     assert!(err.contains("HW_POLICY") && err.contains("which holds 16"), "{err}");
 }
 
+/// Past `--max-map-memory`, a policy is refused with the map it needs most
+/// and the flag named, and the last good policy stays enforced.
+#[test]
+fn a_policy_past_the_memory_ceiling_is_refused_naming_the_map_and_the_flag() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let _web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let _api = host.add_container("api", "hw-api", 12).expect("adding api");
+    let agent = Agent::start(&host, POLICY).expect("starting the agent");
+    let memory = agent.status().expect("status")["map_memory"].clone();
+    let (used, max) = (memory["bytes"].as_u64(), memory["max"].as_u64());
+    assert_eq!(max, Some(512 << 20), "the default ceiling: {memory}");
+    let used = used
+        .filter(|b| *b > 0)
+        .unwrap_or_else(|| panic!("no map memory in status: {memory}"));
+    drop(agent);
+
+    // A ceiling 1 MiB above what the small policy takes: 5,000 rules for
+    // api, each of a port range, need more.
+    let ceiling = used + (1 << 20);
+    let opts = hostwall_tests::AgentOptions {
+        args: vec!["--max-map-memory".into(), ceiling.to_string()],
+        ..Default::default()
+    };
+    let agent = Agent::start_with(&host, POLICY, &opts).expect("starting the agent under a tight ceiling");
+    let hash = agent.policy_hash().expect("policy hash");
+    let mut big = POLICY.to_string();
+    let rules: String = (0..5_000)
+        .map(|i| {
+            format!(
+                "      - {{proto: tcp, ports: \"1000-1999\", from: [{{cidr: 10.{}.{}.0/24}}]}}\n",
+                i / 250,
+                i % 250
+            )
+        })
+        .collect();
+    big = big.replacen("    ingress:\n", &format!("    ingress:\n{rules}"), 1);
+    let (_, err) = cli_fails(&agent, &["apply", &write_temp(&agent, &big)]);
+    assert!(
+        err.contains("--max-map-memory") && err.contains("HW_POLICY"),
+        "the refusal names the flag and the map: {err}"
+    );
+    assert_eq!(
+        agent.policy_hash().expect("policy hash"),
+        hash,
+        "a refused update changed the policy"
+    );
+}
+
 fn write_temp(agent: &Agent, text: &str) -> String {
     let path = agent.scratch_path("wide.yaml").expect("a scratch path");
     std::fs::write(&path, text).expect("writing the policy");

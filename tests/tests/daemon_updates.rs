@@ -1,4 +1,5 @@
-//! Policy updates under traffic: a hundred updates in a row neither cut an
+//! Policy updates under traffic: a hundred updates in a row, between a
+//! policy of a few entries and one of thousands more, neither cut an
 //! allowed flow nor open, even for one packet, a path that both the old
 //! and the new policy deny; a removed rule stops new connections while
 //! established ones continue (`keep`) or end (`revalidate`).
@@ -53,10 +54,31 @@ groups:
     )
 }
 
+/// Rules of a group only s holds in policy B, on ports no probe uses: B's
+/// maps hold thousands of entries more than A's, broad peers among them,
+/// so that every other update grows them and every other one shrinks them.
+fn bulk_rules() -> String {
+    const PEERS: [&str; 4] = ["0.0.0.0/0", "10.0.0.0/8", "::/0", "192.0.2.0/24"];
+    (0..3_000)
+        .map(|i| {
+            format!(
+                "      - {{proto: tcp, ports: \"{}-{}\", to: [{{cidr: \"{}\"}}]}}\n",
+                20_000 + i * 10,
+                20_000 + i * 10 + 5,
+                PEERS[i % PEERS.len()]
+            )
+        })
+        .collect()
+}
+
 fn policy_b() -> String {
+    let endpoints = ENDPOINTS.replace("groups: [sender]}", "groups: [sender, bulk]}");
     format!(
         r#"version: 1
 groups:
+  bulk:
+    egress:
+{bulk}
   sender:
     egress:
       - {{proto: tcp, ports: {STREAM_TCP}, to: [{{group: receiver}}]}}
@@ -73,7 +95,8 @@ groups:
   zr:
     ingress:
       - {{proto: udp, ports: {Z_PORT}, from: [{{group: zs}}]}}
-{ENDPOINTS}"#
+{endpoints}"#,
+        bulk = bulk_rules()
     )
 }
 
@@ -132,10 +155,24 @@ fn hundred_updates_neither_cut_allowed_flows_nor_open_denied_ones() {
         let c = Check::allowed(&r, Probe::Udp(Y_PORT), s.v4).labelled("s (Y)");
         if allowed { c } else { c.expecting(Expect::Denied) }
     };
+    let policy_entries = || {
+        let status = agent.status().expect("status");
+        status["maps"]
+            .as_array()
+            .and_then(|maps| maps.iter().find(|m| m["map"] == "HW_POLICY"))
+            .and_then(|m| m["entries"].as_u64())
+            .unwrap_or_else(|| panic!("no HW_POLICY entries in status: {status}"))
+    };
     assert_checks("policy A", &[x_allowed(true), y_allowed(false)]);
     let hash_a = agent.policy_hash().expect("status");
+    let entries_a = policy_entries();
     apply(&file_b);
     assert_checks("policy B", &[x_allowed(false), y_allowed(true)]);
+    let entries_b = policy_entries();
+    assert!(
+        entries_a < 100 && entries_b > 3_000,
+        "policy B is the larger by thousands of entries: A {entries_a}, B {entries_b}"
+    );
     let hash_b = agent.policy_hash().expect("status");
     assert_ne!(hash_a, hash_b, "policies A and B have the same hash");
     apply(&file_a);

@@ -40,7 +40,7 @@ enum Cmd {
         quick: bool,
         /// Only these sections (comma-separated); the report goes to
         /// bench/out/only/ (bench/out/quick/ with --quick).
-        #[arg(long, value_enum, value_delimiter = ',')]
+        #[arg(long, visible_alias = "section", value_enum, value_delimiter = ',')]
         only: Vec<bench::Section>,
         /// The revision whose eBPF object this build's is compared with.
         #[arg(long, value_name = "REV", default_value = bench::baseline::DEFAULT_REVISION)]

@@ -22,11 +22,18 @@ pub struct Args {
     /// A group whose members may use the control API besides root.
     #[arg(long)]
     admin_group: Option<String>,
-    /// Capacity of the policy map (rule entries); a restart with another
-    /// size needs `hostwall uninstall` first.
+    /// Kernel memory all of hostwall's maps may take together (both policy
+    /// slots full, conntrack included): a policy that needs more is
+    /// refused. Bytes, or with K, M, G (KiB, MiB, GiB).
+    #[arg(long, default_value = "512MiB", value_parser = hostwall::datapath::memory::parse_size)]
+    max_map_memory: u64,
+    /// Overrides the policy map's capacity (rule entries; by default a
+    /// ceiling that costs nothing until used). A restart with another size
+    /// needs `hostwall uninstall` first.
     #[arg(long, default_value_t = hostwall_common::MAX_POLICY_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     policy_entries: u32,
-    /// Capacity of each peer map (prefixes and addresses per family).
+    /// Overrides each peer map's capacity (prefixes and addresses per
+    /// family).
     #[arg(long, default_value_t = hostwall_common::MAX_PEER_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     peer_entries: u32,
     /// Detach and remove everything hostwall pinned, then exit.
@@ -62,6 +69,7 @@ pub fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
         map_sizes: hostwall::datapath::MapSizes {
             policy: args.policy_entries,
             peer: args.peer_entries,
+            max_memory: args.max_map_memory,
         },
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

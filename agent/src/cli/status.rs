@@ -51,6 +51,13 @@ pub fn run(ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
                 m["capacity"]
             );
         }
+        if let (Some(bytes), Some(max)) = (v["map_memory"]["bytes"].as_u64(), v["map_memory"]["max"].as_u64()) {
+            println!(
+                "  kernel memory    {} of {} (--max-map-memory)",
+                hostwall::datapath::memory::human(bytes),
+                hostwall::datapath::memory::human(max)
+            );
+        }
         match v["last_error"].as_str() {
             Some(e) => println!("last error {e}"),
             None => println!("last error none"),

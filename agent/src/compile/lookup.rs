@@ -1,10 +1,13 @@
 //! Reading a compiled policy the way the datapath does, in userspace: used
-//! to re-judge tracked flows after a policy change.
+//! to re-judge tracked flows after a policy change, and by the tests.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use hostwall_common::{CLASS_WORLD, CtKey, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, POLICY_FIXED_BITS, PeerInfo, PolicyKey};
+use hostwall_common::{
+    CtKey, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, Groups, POLICY_FIXED_BITS, POLICY_PROTO_BITS, PeerInfo, PolicyKey,
+    foreign_icmp,
+};
 
 use super::Compiled;
 
@@ -13,6 +16,8 @@ use super::Compiled;
 pub struct Lookup {
     peer4: HashMap<(u32, [u8; 4]), PeerInfo>,
     peer6: HashMap<(u32, [u8; 16]), PeerInfo>,
+    /// By endpoint id: the groups in its interface's entry.
+    groups: HashMap<u32, Groups>,
     policy: HashMap<(u32, PolicyKey), u32>,
 }
 
@@ -25,68 +30,61 @@ fn mask<const N: usize>(addr: [u8; N], len: u32) -> [u8; N] {
     out
 }
 
-const WORLD: PeerInfo = PeerInfo {
-    class: CLASS_WORLD,
-    local_policy: 0,
-    local_endpoint: 0,
-    flags: 0,
-};
-
 impl Lookup {
     pub fn new(c: &Compiled) -> Lookup {
         Lookup {
             peer4: c.peer4.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
             peer6: c.peer6.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
+            groups: c.endpoints.iter().map(|e| (e.info.endpoint, e.info.groups)).collect(),
             policy: c.policy.iter().map(|(len, k, v)| ((*len, *k), v.rule)).collect(),
         }
     }
 
+    /// An address's peer entry (`PeerInfo::NONE` when no prefix covers it).
     pub fn peer(&self, addr: IpAddr) -> PeerInfo {
         match addr {
             IpAddr::V4(a) => (0..=32)
                 .rev()
                 .find_map(|len| self.peer4.get(&(len, mask(a.octets(), len))).copied())
-                .unwrap_or(WORLD),
+                .unwrap_or(PeerInfo::NONE),
             IpAddr::V6(a) => (0..=128)
                 .rev()
                 .find_map(|len| self.peer6.get(&(len, mask(a.octets(), len))).copied())
-                .unwrap_or(WORLD),
+                .unwrap_or(PeerInfo::NONE),
         }
     }
 
-    /// The rule allowing (policy, class, direction, protocol, port), as the
-    /// datapath's two policy lookups find it.
-    pub fn rule(&self, policy: u32, class: u32, dir: u8, proto: u8, port: u16) -> Option<u32> {
-        if policy == 0 || class == CLASS_WORLD {
-            return None;
+    /// A local endpoint's groups, as its interface's entry holds them (none
+    /// when it has none).
+    pub fn groups(&self, endpoint: u32) -> Groups {
+        self.groups.get(&endpoint).copied().unwrap_or_default()
+    }
+
+    /// The rule allowing (direction, family, protocol, port) for an
+    /// endpoint of `groups` and a peer of `peer`'s labels, as the
+    /// datapath's lookups find it: the first hit over the pairs of a group
+    /// and a label, each the longest match.
+    pub fn rule(&self, groups: &Groups, peer: &PeerInfo, dir: u8, family: u8, proto: u8, port: u16) -> Option<u32> {
+        let foreign = foreign_icmp(family, proto);
+        for &group in &groups.ids[..groups.n as usize] {
+            for &label in &peer.labels[..peer.n_labels as usize] {
+                let key = |proto: u8, port: u16| PolicyKey::entry(group, label, dir, proto, port);
+                let specific = (!foreign)
+                    .then(|| {
+                        (0..=16).rev().find_map(|bits| {
+                            let m = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
+                            self.policy
+                                .get(&(POLICY_PROTO_BITS + bits, key(proto, port & m)))
+                                .copied()
+                        })
+                    })
+                    .flatten();
+                if let Some(rule) = specific.or_else(|| self.policy.get(&(POLICY_FIXED_BITS, key(0, 0))).copied()) {
+                    return Some(rule);
+                }
+            }
         }
-        let exact = (0..=16).rev().find_map(|bits| {
-            let m = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
-            let key = PolicyKey {
-                policy,
-                class,
-                dir,
-                any_proto: 0,
-                proto,
-                _pad: 0,
-                port_be: (port & m).to_be_bytes(),
-                _tail: [0; 2],
-            };
-            self.policy.get(&(POLICY_FIXED_BITS + bits, key)).copied()
-        });
-        exact.or_else(|| {
-            let key = PolicyKey {
-                policy,
-                class,
-                dir,
-                any_proto: 1,
-                proto: 0,
-                _pad: 0,
-                port_be: [0; 2],
-                _tail: [0; 2],
-            };
-            self.policy.get(&(POLICY_FIXED_BITS, key)).copied()
-        })
+        None
     }
 
     /// Whether the rules allow the flow that opened conntrack entry `key`
@@ -107,17 +105,16 @@ impl Lookup {
         } else {
             key.dport
         };
-        if src.local_policy == 0 && dst.local_policy == 0 {
+        if src.local_endpoint == 0 && dst.local_endpoint == 0 {
             return false;
         }
-        let egress_ok = src.local_policy == 0
-            || self
-                .rule(src.local_policy, dst.class, DIR_EGRESS, key.proto, port)
-                .is_some();
-        let ingress_ok = dst.local_policy == 0
-            || self
-                .rule(dst.local_policy, src.class, DIR_INGRESS, key.proto, port)
-                .is_some();
-        egress_ok && ingress_ok
+        // A local endpoint's groups come with its address's entry.
+        let judge = |owner: &PeerInfo, other: &PeerInfo, dir: u8| {
+            owner.local_endpoint == 0
+                || self
+                    .rule(&owner.groups, other, dir, key.family, key.proto, port)
+                    .is_some()
+        };
+        judge(&src, &dst, DIR_EGRESS) && judge(&dst, &src, DIR_INGRESS)
     }
 }

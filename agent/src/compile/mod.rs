@@ -1,40 +1,43 @@
 //! Compiles a validated policy into the contents of the datapath's maps.
 //!
-//! The compiled form answers "does a rule allow this packet?" with a fixed
-//! number of lookups, whatever the number of rules:
+//! The compiled form is linear in what the file says and answers "does a
+//! rule allow this packet?" with a fixed number of lookups:
 //!
-//! - Addresses are sorted into peer classes: two addresses are in the same
-//!   class when exactly the same rule peers (CIDRs, prefix lists, groups,
-//!   the host) match them. Each prefix that any peer names becomes an LPM
-//!   entry whose class already includes every shorter prefix around it,
-//!   so the longest match alone is exact even when CIDRs overlap.
-//! - Rules become LPM entries keyed by (policy, class, direction,
-//!   protocol, port prefix). Overlapping port ranges are first split into
-//!   disjoint intervals, each credited to the first rule (in file order)
-//!   that covers it, then into prefix-aligned blocks.
+//! - Every address is given its *labels* (`HW_PEER4`/`HW_PEER6`, LPM): the
+//!   groups named as peers that its endpoint belongs to, `host` for the
+//!   host's own addresses, and the chain of the policy's CIDRs that contain
+//!   it, nearest first ([`peers`]).
+//! - Each rule becomes one `HW_POLICY` entry per label of its own peers
+//!   (a group counts once, not per member; a CIDR once, however many
+//!   addresses it covers) and per prefix-aligned block of its port range,
+//!   keyed by the group that holds it.
+//! - A new flow looks up every pair of the deciding endpoint's groups and
+//!   the peer's labels; the longest match of each lookup settles protocol
+//!   and port, so overlapping ranges and CIDRs need no splitting.
+//!
+//! [`legacy`] keeps the earlier form (peer classes and one policy id per
+//! set of groups) for eBPF objects of earlier builds, which the benchmark
+//! runs side by side with this one.
 
-mod classes;
+pub mod legacy;
 mod lookup;
+mod peers;
 mod ports;
 pub mod synthetic;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use hostwall_common::{
-    DIR_EGRESS, DIR_INGRESS, EndpointInfo, FAMILY_V4, FAMILY_V6, LOCAL_LINK_ONLY, LOCAL_NO_PATH, LocalAddr, LocalKey,
-    MAX_ENDPOINT_INTERFACES, MAX_LOCAL_ENTRIES, MAX_PEER_ENTRIES, MAX_POLICY_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES,
-    POLICY_FIXED_BITS, PeerInfo, PolicyKey, PolicyValue, Settings, SrcKey,
+    DIR_EGRESS, DIR_INGRESS, EndpointInfo, FAMILY_V4, FAMILY_V6, Groups, LOCAL_LINK_ONLY, LOCAL_NO_PATH, LocalAddr,
+    LocalKey, MAX_ENDPOINT_INTERFACES, MAX_GROUPS, MAX_LOCAL_ENTRIES, MAX_PEER_ENTRIES, MAX_POLICY_ENTRIES, MAX_RULES,
+    MAX_SRC_ENTRIES, POLICY_FIXED_BITS, POLICY_PROTO_BITS, PeerInfo, PolicyKey, PolicyValue, Settings, SrcKey,
 };
 
 use crate::policy::{Direction, Midstream, Peer, Policy, Proto, Rule};
-pub use classes::Label;
-use classes::PeerClasses;
 pub use lookup::Lookup;
+use peers::Prefixes;
 pub use ports::{PortBlock, port_blocks};
-
-/// An inclusive port range and the rule that allows it.
-type PortRangeRule = (u16, u16, u32);
 
 /// Where a rule id comes from: the n-th rule of a group's ingress or egress.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -67,10 +70,15 @@ pub struct Compiled {
     pub policy: Vec<(u32, PolicyKey, PolicyValue)>,
     /// Every rule with its id, in policy order.
     pub rules: Vec<(u32, RuleRef)>,
+    /// Group ids (`PolicyKey::group`, `LABEL_GROUP`), by name.
+    pub group_ids: BTreeMap<String, u32>,
     pub settings: Settings,
     /// `settings.conntrack.midstream`; `HW_MIDSTREAM` is written from it
     /// and the agent's start.
     pub midstream: Midstream,
+    /// The same policy in the form of earlier builds' objects, when asked
+    /// for ([`legacy::compile_both`]).
+    pub legacy: Option<Box<legacy::Legacy>>,
 }
 
 impl Compiled {
@@ -181,9 +189,15 @@ pub fn compile_with(
 pub enum Mutation {
     /// Port ranges of more than one port lose their last port.
     OffByOneRange,
-    /// A prefix's class leaves out the peers of the shorter prefixes
-    /// around it, so a longest match forgets the CIDRs that contain it.
+    /// An address's labels leave out the CIDRs around it (a prefix the
+    /// policy names keeps only its own), so a lookup forgets the CIDRs
+    /// that contain it.
     DropShorterPrefix,
+    /// A chain of CIDRs longer than a peer entry holds loses its closure
+    /// label: the CIDRs beyond the room are skipped.
+    SkipClosure,
+    /// An endpoint's groups after its first are never looked up.
+    FirstGroupOnly,
 }
 
 /// [`compile_with`] with `mutation` planted in it.
@@ -198,18 +212,13 @@ pub fn compile_with_mutation(
     compile_inner(policy, host, limits, rule_ids, Some(mutation))
 }
 
-fn compile_inner(
+/// The rules and their ids, checked against `limits`.
+fn rules_with_ids(
     policy: &Policy,
-    host: &HostView<'_>,
     limits: &Limits,
     rule_ids: &BTreeMap<RuleRef, u32>,
-    mutation: Option<Mutation>,
-) -> Result<Compiled, CompileError> {
-    let mut out = Compiled {
-        settings: settings(policy),
-        midstream: policy.settings.conntrack.midstream,
-        ..Default::default()
-    };
+) -> Result<Vec<(u32, RuleRef)>, CompileError> {
+    let mut out = Vec::new();
     for (name, group) in &policy.groups {
         for (direction, rules) in [(Direction::Ingress, &group.ingress), (Direction::Egress, &group.egress)] {
             for index in 0..rules.len() {
@@ -230,15 +239,24 @@ fn compile_inner(
                         capacity: limits.rules,
                     });
                 }
-                out.rules.push((id, r));
+                out.push((id, r));
             }
         }
     }
-    check("HW_RULE_STATS", out.rules.len(), limits.rules)?;
+    check("HW_RULE_STATS", out.len(), limits.rules)?;
+    Ok(out)
+}
 
-    // Local endpoints and their policy ids (one per distinct set of groups).
-    let mut policy_ids: BTreeMap<BTreeSet<&str>, u32> = BTreeMap::new();
-    let mut local_policy: BTreeMap<usize, (u32, u32)> = BTreeMap::new();
+/// Local endpoints with their interfaces, source guard and the host's
+/// addresses: what both compiled forms share. Returns the endpoints' ids
+/// by index in `policy.endpoints`.
+fn locals(
+    policy: &Policy,
+    host: &HostView<'_>,
+    limits: &Limits,
+    out: &mut Compiled,
+) -> Result<BTreeMap<usize, u32>, CompileError> {
+    let mut ids: BTreeMap<usize, u32> = BTreeMap::new();
     // Endpoint addresses win over the host's: a packet from one must come
     // through that endpoint's interface.
     let mut local: HashMap<LocalKey, LocalAddr> = HashMap::new();
@@ -260,19 +278,14 @@ fn compile_inner(
         if !ep.is_local(host.node) {
             continue;
         }
-        let groups: BTreeSet<&str> = ep.groups.iter().map(String::as_str).collect();
-        let next = policy_ids.len() as u32 + 1;
-        let pid = *policy_ids.entry(groups).or_insert(next);
         let endpoint_id = i as u32 + 1;
-        local_policy.insert(i, (pid, endpoint_id));
+        ids.insert(i, endpoint_id);
         let interface = ep.interface.clone().unwrap_or_default();
         let ifindex = (host.ifindex)(&interface);
-        let info = EndpointInfo {
-            policy: pid,
-            endpoint: endpoint_id,
-            mac: ifindex.and_then(|i| host.macs.get(&i).copied()).unwrap_or([0; 6]),
-            _pad: [0; 2],
-        };
+        let info = EndpointInfo::new(
+            endpoint_id,
+            ifindex.and_then(|i| host.macs.get(&i).copied()).unwrap_or([0; 6]),
+        );
         if ifindex.is_none() {
             // An endpoint whose interface is not there yet: its addresses
             // come by no path at all.
@@ -336,28 +349,61 @@ fn compile_inner(
     out.local = local.into_iter().collect();
     out.local.sort_by_key(|(k, _)| (k.family, k.addr));
     check("HW_LOCAL", out.local.len(), limits.local_entries)?;
+    Ok(ids)
+}
 
-    // Peer classes.
-    let classes = PeerClasses::build(
-        policy,
-        host.host_addresses,
-        mutation == Some(Mutation::DropShorterPrefix),
-    );
-    for (net, labels_class) in classes.prefixes() {
-        let mut info = PeerInfo {
-            class: labels_class.class,
-            local_policy: 0,
-            local_endpoint: 0,
-            flags: 0,
-        };
-        if labels_class.host {
-            info.flags |= hostwall_common::PEER_HOST;
+fn compile_inner(
+    policy: &Policy,
+    host: &HostView<'_>,
+    limits: &Limits,
+    rule_ids: &BTreeMap<RuleRef, u32>,
+    mutation: Option<Mutation>,
+) -> Result<Compiled, CompileError> {
+    let mut out = Compiled {
+        settings: settings(policy),
+        midstream: policy.settings.conntrack.midstream,
+        ..Default::default()
+    };
+    out.rules = rules_with_ids(policy, limits, rule_ids)?;
+    out.group_ids = policy
+        .groups
+        .keys()
+        .enumerate()
+        .map(|(i, name)| (name.clone(), i as u32 + 1))
+        .collect();
+    let endpoint_ids = locals(policy, host, limits, &mut out)?;
+
+    // Each local endpoint's groups that hold rules: the first half of every
+    // policy lookup's key, in its interface's entry and in its addresses'
+    // peer entries.
+    let mut groups_of: BTreeMap<u32, Groups> = BTreeMap::new();
+    for (&index, &id) in &endpoint_ids {
+        let ep = &policy.endpoints[index];
+        let mut groups = Groups::default();
+        let with_rules = ep.groups.iter().filter(|g| {
+            policy
+                .groups
+                .get(*g)
+                .is_some_and(|g| !g.ingress.is_empty() || !g.egress.is_empty())
+        });
+        for g in with_rules.take(MAX_GROUPS) {
+            groups.ids[groups.n as usize] = out.group_ids[g];
+            groups.n += 1;
+            if mutation == Some(Mutation::FirstGroupOnly) {
+                break;
+            }
         }
-        if let Some(owner) = labels_class.endpoint
-            && let Some((pid, eid)) = local_policy.get(&owner)
-        {
-            info.local_policy = *pid;
-            info.local_endpoint = *eid;
+        groups_of.insert(id, groups);
+    }
+    for ep in &mut out.endpoints {
+        ep.info.groups = groups_of[&ep.info.endpoint];
+    }
+
+    // Labels of every address.
+    let prefixes = Prefixes::build(policy, host.host_addresses, &out.group_ids, &endpoint_ids, mutation);
+    for (net, mut info) in prefixes.entries().iter().copied() {
+        if let Some(groups) = groups_of.get(&info.local_endpoint) {
+            info.groups = *groups;
         }
         match net {
             ipnet::IpNet::V4(n) => out.peer4.push((n.prefix_len() as u32, n.network().octets(), info)),
@@ -367,72 +413,32 @@ fn compile_inner(
     check("HW_PEER4", out.peer4.len(), limits.peer_entries)?;
     check("HW_PEER6", out.peer6.len(), limits.peer_entries)?;
 
-    // What each rule contributes to a bucket, worked out once although
-    // every policy id whose groups hold the rule uses it.
-    let mut compiled_rules: HashMap<(&str, Direction, usize), CompiledRule> = HashMap::new();
-
-    // Rules, per policy id, direction and peer class.
-    for (groups, pid) in &policy_ids {
-        for direction in [Direction::Ingress, Direction::Egress] {
-            // ((class, any_proto, proto), (first, last, rule id))
-            let mut buckets: Vec<((u32, u8, u8), PortRangeRule)> = Vec::new();
-            for group in groups {
-                let Some(g) = policy.groups.get(*group) else { continue };
-                let rules = match direction {
-                    Direction::Ingress => &g.ingress,
-                    Direction::Egress => &g.egress,
-                };
-                for (index, rule) in rules.iter().enumerate() {
-                    let r = compiled_rules.entry((group, direction, index)).or_insert_with(|| {
-                        let id = rule_ids[&RuleRef {
-                            group: group.to_string(),
-                            direction,
-                            index,
-                        }];
-                        let (first, mut last) = rule_range(rule);
-                        if mutation == Some(Mutation::OffByOneRange) && rule.ports.is_some() && last > first {
-                            last -= 1;
-                        }
-                        let (any, proto) = match rule.proto {
-                            Proto::All => (1, 0),
-                            Proto::Number(n) => (0, n),
-                        };
-                        CompiledRule {
-                            classes: classes.matching(&peer_labels(policy, rule), family_of(rule.proto)),
-                            range: (first, last, id),
-                            any,
-                            proto,
-                        }
-                    });
-                    buckets.extend(r.classes.iter().map(|class| ((*class, r.any, r.proto), r.range)));
-                }
-            }
-            let dir = match direction {
-                Direction::Ingress => DIR_INGRESS,
-                Direction::Egress => DIR_EGRESS,
-            };
-            // Stable: within a bucket the rules stay in policy order, and
-            // the first rule covering a port is the one credited.
-            buckets.sort_by_key(|(bucket, _)| *bucket);
-            for chunk in buckets.chunk_by(|a, b| a.0 == b.0) {
-                let (class, any_proto, proto) = chunk[0].0;
-                let ranges: Vec<PortRangeRule> = chunk.iter().map(|(_, r)| *r).collect();
-                for block in port_blocks(&ranges) {
-                    let key = PolicyKey {
-                        policy: *pid,
-                        class,
-                        dir,
-                        any_proto,
-                        proto,
-                        _pad: 0,
-                        port_be: block.start.to_be_bytes(),
-                        _tail: [0; 2],
-                    };
-                    out.policy.push((
-                        POLICY_FIXED_BITS + block.prefix_bits,
-                        key,
-                        PolicyValue { rule: block.rule },
-                    ));
+    // One entry per rule, label of its peers and port block, for the groups
+    // a local endpoint holds (no lookup names another group). Where two
+    // rules of a group make the same entry, the first keeps it.
+    let held: std::collections::BTreeSet<u32> = groups_of
+        .values()
+        .flat_map(|g| g.ids[..g.n as usize].to_vec())
+        .collect();
+    let mut seen: HashMap<(u32, PolicyKey), ()> = HashMap::new();
+    for (id, r) in &out.rules {
+        if !held.contains(&out.group_ids[&r.group]) {
+            continue;
+        }
+        let g = &policy.groups[&r.group];
+        let rule = match r.direction {
+            Direction::Ingress => &g.ingress[r.index],
+            Direction::Egress => &g.egress[r.index],
+        };
+        let dir = match r.direction {
+            Direction::Ingress => DIR_INGRESS,
+            Direction::Egress => DIR_EGRESS,
+        };
+        let group = out.group_ids[&r.group];
+        for label in prefixes.rule_labels(policy, rule) {
+            for (len, key) in rule_keys(rule, group, label, dir, mutation) {
+                if seen.insert((len, key), ()).is_none() {
+                    out.policy.push((len, key, PolicyValue { rule: *id }));
                 }
             }
         }
@@ -441,13 +447,52 @@ fn compile_inner(
     Ok(out)
 }
 
-/// One rule, ready to go into the buckets of the policy ids that hold it.
-struct CompiledRule {
-    /// The peer classes its peers match.
-    classes: Vec<u32>,
-    range: PortRangeRule,
-    any: u8,
-    proto: u8,
+/// A rule's entries under one label: (prefix length, key) per port block.
+fn rule_keys(rule: &Rule, group: u32, label: u32, dir: u8, mutation: Option<Mutation>) -> Vec<(u32, PolicyKey)> {
+    let key = |proto: u8, port: u16| PolicyKey::entry(group, label, dir, proto, port);
+    let Proto::Number(proto) = rule.proto else {
+        return vec![(POLICY_FIXED_BITS, key(0, 0))];
+    };
+    let (first, mut last) = rule_range(rule);
+    if mutation == Some(Mutation::OffByOneRange) && rule.ports.is_some() && last > first {
+        last -= 1;
+    }
+    port_blocks(&[(first, last, 0)])
+        .into_iter()
+        .map(|b| (POLICY_PROTO_BITS + b.prefix_bits, key(proto, b.start)))
+        .collect()
+}
+
+/// The prefix-aligned blocks a rule's entries take under one label.
+fn rule_blocks(rule: &Rule) -> usize {
+    match rule.proto {
+        Proto::All => 1,
+        Proto::Number(_) => {
+            let (first, last) = rule_range(rule);
+            port_blocks(&[(first, last, 0)]).len()
+        }
+    }
+}
+
+/// The number the compiled form's size is bounded by: over all rules, the
+/// rule's port blocks times its own peers (a CIDR or prefix-list entry
+/// counts 1, a group 1, `host` 1).
+pub fn linear_size(policy: &Policy) -> usize {
+    let mut total = 0;
+    for group in policy.groups.values() {
+        for rule in group.ingress.iter().chain(&group.egress) {
+            let peers: usize = rule
+                .peers
+                .iter()
+                .map(|p| match p {
+                    Peer::PrefixList(name) => policy.prefix_lists.get(name).map_or(0, |l| l.len()),
+                    _ => 1,
+                })
+                .sum();
+            total += peers * rule_blocks(rule);
+        }
+    }
+    total
 }
 
 fn check(map: &'static str, needed: usize, capacity: usize) -> Result<(), CompileError> {
@@ -457,41 +502,8 @@ fn check(map: &'static str, needed: usize, capacity: usize) -> Result<(), Compil
     Ok(())
 }
 
-/// The labels a rule's peers stand for.
-fn peer_labels(policy: &Policy, rule: &Rule) -> BTreeSet<Label> {
-    let mut labels = BTreeSet::new();
-    for peer in &rule.peers {
-        match peer {
-            Peer::Group(g) => {
-                labels.insert(Label::Group(g.clone()));
-            }
-            Peer::Cidr(net) => {
-                labels.insert(Label::Cidr(net.trunc()));
-            }
-            Peer::PrefixList(name) => {
-                for net in policy.prefix_lists.get(name).into_iter().flatten() {
-                    labels.insert(Label::Cidr(net.trunc()));
-                }
-            }
-            Peer::Host => {
-                labels.insert(Label::Host);
-            }
-        }
-    }
-    labels
-}
-
-/// ICMP rules match their own IP family only.
-fn family_of(proto: Proto) -> Option<u8> {
-    match proto {
-        Proto::ICMP => Some(FAMILY_V4),
-        Proto::ICMPV6 => Some(FAMILY_V6),
-        _ => None,
-    }
-}
-
 /// The inclusive range of the key's port field a rule covers.
-fn rule_range(rule: &Rule) -> (u16, u16) {
+pub(crate) fn rule_range(rule: &Rule) -> (u16, u16) {
     if let Some(p) = rule.ports {
         return (p.first, p.last);
     }

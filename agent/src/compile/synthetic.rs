@@ -24,8 +24,7 @@ pub struct Shape {
     pub rules: usize,
     pub prefix_lists: usize,
     /// Percent of CIDR peers that cover every endpoint (0.0.0.0/0,
-    /// 10.0.0.0/8, ::/0). Each such rule needs a policy entry per peer
-    /// class, so these decide whether a policy fits.
+    /// 10.0.0.0/8, ::/0).
     pub broad: u64,
     pub seed: u64,
 }
@@ -215,10 +214,192 @@ pub fn policy(shape: &Shape) -> Policy {
     }
 }
 
+/// An AWS-like fleet policy, the mix operators write: endpoints in one to
+/// five groups, peers 45% groups, 15% prefix lists, 10% `host`, 10%
+/// specific CIDRs (/20 to /32) and `broad` percent CIDRs that cover most
+/// endpoints (`0.0.0.0/0`, `::/0`, `10.0.0.0/8`, `10.0.0.0/16`,
+/// `fd00::/8`; below 20% the rest are groups); ports 70% single, 15%
+/// ranges, the rest ICMP and every protocol.
+#[derive(Clone, Copy, Debug)]
+pub struct Fleet {
+    pub rules: usize,
+    pub groups: usize,
+    pub endpoints: usize,
+    /// Endpoints on [`NODE`]; the rest are spread over `nodes` other nodes.
+    pub local: usize,
+    pub nodes: usize,
+    /// Percent of peers that are broad CIDRs.
+    pub broad: u64,
+    pub prefix_lists: usize,
+    /// CIDRs per prefix list: up to this many.
+    pub list_entries: usize,
+    /// CIDRs of one more prefix list, `pl-large` (none when 0), that one rule
+    /// in 5,000 names.
+    pub large_list: usize,
+    pub seed: u64,
+}
+
+impl Fleet {
+    /// 10,000 rules over 200 groups and 1,000 endpoints (50 on this node,
+    /// the rest on 20 others).
+    pub const fn mix(rules: usize, broad: u64) -> Fleet {
+        Fleet {
+            rules,
+            groups: 200,
+            endpoints: 1_000,
+            local: 50,
+            nodes: 20,
+            broad,
+            prefix_lists: 40,
+            list_entries: 20,
+            large_list: 0,
+            seed: 7,
+        }
+    }
+}
+
+/// Endpoint `i`'s addresses: 10.0.x.y (inside 10.0.0.0/16) and, for every
+/// other one, fd00::x:y.
+fn fleet_addresses(i: usize) -> Vec<IpAddr> {
+    let (hi, lo) = ((i / 250) as u8, (i % 250) as u8 + 1);
+    let mut out = vec![IpAddr::V4(Ipv4Addr::new(10, (i / 62_500) as u8, hi, lo))];
+    if i.is_multiple_of(2) {
+        out.push(IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, hi as u16, lo as u16)));
+    }
+    out
+}
+
+fn fleet_specific(rng: &mut Rng, endpoints: usize) -> IpNet {
+    let base = fleet_addresses(rng.below(endpoints))[0];
+    let len = 20 + rng.below(13) as u8;
+    IpNet::new(base, len).expect("valid length").trunc()
+}
+
+fn fleet_listed(rng: &mut Rng) -> IpNet {
+    let a = rng.next() as u32;
+    if rng.chance(50) {
+        // Inside the fleet's range.
+        IpNet::new(
+            IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (a & 0x00ff_ffff))),
+            16 + rng.below(13) as u8,
+        )
+    } else {
+        // Offices, partners, the internet.
+        IpNet::new(IpAddr::V4(Ipv4Addr::from(a | 0x0100_0000)), 12 + rng.below(21) as u8)
+    }
+    .expect("valid length")
+    .trunc()
+}
+
+/// A policy of the fleet mix.
+pub fn fleet(shape: &Fleet) -> Policy {
+    const BROAD: [&str; 5] = ["0.0.0.0/0", "::/0", "10.0.0.0/8", "10.0.0.0/16", "fd00::/8"];
+    const RANGES: [(u16, u16); 5] = [(8000, 8100), (30000, 32767), (1024, 65535), (9000, 9999), (6000, 6063)];
+    const SINGLE: [u16; 12] = [22, 53, 80, 443, 2379, 3306, 5432, 6379, 8080, 8443, 9090, 9200];
+    let mut rng = Rng(shape.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let groups = shape.groups.max(1);
+    let group_names: Vec<String> = (0..groups).map(|g| format!("sg-{g:04}")).collect();
+
+    let mut prefix_lists = BTreeMap::new();
+    for l in 0..shape.prefix_lists {
+        let nets = (0..1 + rng.below(shape.list_entries))
+            .map(|_| fleet_listed(&mut rng))
+            .collect();
+        prefix_lists.insert(format!("pl-{l:04}"), nets);
+    }
+    let list_names: Vec<String> = prefix_lists.keys().cloned().collect();
+    if shape.large_list > 0 {
+        let nets: std::collections::BTreeSet<IpNet> = (0..shape.large_list as u32)
+            .map(|i| IpNet::new(IpAddr::V4(Ipv4Addr::from(0x6400_0000 + (i << 8))), 24).expect("valid length"))
+            .collect();
+        prefix_lists.insert("pl-large".to_string(), nets.into_iter().collect());
+    }
+
+    let endpoints: Vec<Endpoint> = (0..shape.endpoints)
+        .map(|i| {
+            let mut groups = vec![group_names[i % groups].clone()];
+            for _ in 0..rng.below(5) {
+                let extra = group_names[rng.below(group_names.len())].clone();
+                if !groups.contains(&extra) {
+                    groups.push(extra);
+                }
+            }
+            let node = if i < shape.local {
+                NODE.to_string()
+            } else {
+                format!("node-{}", 1 + i % shape.nodes.max(1))
+            };
+            Endpoint {
+                name: format!("i-{i:06}"),
+                node: Some(node),
+                interface: Some(format!("eni{i:06}")),
+                mac: None,
+                addresses: fleet_addresses(i),
+                groups,
+            }
+        })
+        .collect();
+
+    let mut out: BTreeMap<String, Group> = group_names.iter().map(|g| (g.clone(), Group::default())).collect();
+    let broad = shape.broad.min(20);
+    for r in 0..shape.rules {
+        let name = &group_names[r % groups];
+        let peers: Vec<Peer> = if shape.large_list > 0 && r % 5_000 == 0 {
+            vec![Peer::PrefixList("pl-large".to_string())]
+        } else {
+            (0..1 + rng.below(2))
+                .map(|_| match rng.below(100) as u64 {
+                    n if n < 45 + (20 - broad) => Peer::Group(group_names[rng.below(groups)].clone()),
+                    n if n < 60 + (20 - broad) && !list_names.is_empty() => {
+                        Peer::PrefixList(list_names[rng.below(list_names.len())].clone())
+                    }
+                    n if n < 70 + (20 - broad) => Peer::Host,
+                    n if n < 80 + (20 - broad) => Peer::Cidr(fleet_specific(&mut rng, shape.endpoints.max(1))),
+                    _ => Peer::Cidr(BROAD[rng.below(BROAD.len())].parse().expect("valid CIDR")),
+                })
+                .collect()
+        };
+        let tcp_or_udp = if rng.chance(80) { Proto::TCP } else { Proto::UDP };
+        let (proto, ports, icmp) = match rng.below(100) {
+            0..70 => {
+                let p = SINGLE[rng.below(SINGLE.len())];
+                (tcp_or_udp, Some(PortRange { first: p, last: p }), None)
+            }
+            70..85 => {
+                let (first, last) = RANGES[rng.below(RANGES.len())];
+                (tcp_or_udp, Some(PortRange { first, last }), None)
+            }
+            85..90 => (Proto::ICMP, None, Some(IcmpMatch { ty: 8, code: None })),
+            90..93 => (Proto::ICMPV6, None, Some(IcmpMatch { ty: 128, code: None })),
+            _ => (Proto::All, None, None),
+        };
+        let rule = Rule {
+            proto,
+            ports,
+            icmp,
+            peers,
+            description: None,
+        };
+        let group = out.get_mut(name).expect("group exists");
+        if rng.chance(60) {
+            group.ingress.push(rule);
+        } else {
+            group.egress.push(rule);
+        }
+    }
+
+    Policy {
+        prefix_lists,
+        groups: out,
+        endpoints,
+        settings: Settings::default(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::compile::{CompileError, HostView, Limits, compile};
+    use crate::compile::{CompileError, HostView, Limits, compile, compile_with, linear_size, positional_ids};
     use crate::policy::{parse_str, to_yaml};
 
     fn view<'a>(host: &'a [IpAddr], ifindex: &'a dyn Fn(&str) -> Option<u32>) -> HostView<'a> {
@@ -315,26 +496,86 @@ mod tests {
             "the policy needs 5000 entries in HW_IFACE, which holds 4096 (904 too many)"
         );
 
-        // The same fleet where 5% of the CIDR peers cover every endpoint:
-        // each such rule needs an entry per peer class of its family, more
-        // than the policy map holds.
-        let broad = policy(&Shape {
-            broad: 5,
-            ..Shape::LARGE
-        });
-        let err = compile(&broad, &view(&host, &ifindex)).unwrap_err();
+        // A policy map too small for what a policy needs is named too.
+        let large = policy(&Shape::LARGE);
+        let small = Limits {
+            policy_entries: 1_000,
+            ..Limits::default()
+        };
+        let err = compile_with(&large, &view(&host, &ifindex), &small, &positional_ids(&large)).unwrap_err();
         let CompileError::MapFull { map, needed, capacity } = err else {
             panic!("{err}");
         };
-        assert_eq!((map, capacity), ("HW_POLICY", 262_144));
-        assert!(needed > capacity);
+        assert_eq!((map, capacity), ("HW_POLICY", 1_000));
         assert_eq!(
             err.to_string(),
             format!(
-                "the policy needs {needed} entries in HW_POLICY, which holds 262144 ({} too many)",
+                "the policy needs {needed} entries in HW_POLICY, which holds 1000 ({} too many)",
                 needed - capacity
             )
         );
+    }
+
+    #[test]
+    fn the_fleet_mix_stays_within_the_bound_with_every_share_of_broad_peers() {
+        for broad in [0, 10, 20] {
+            let p = fleet(&Fleet::mix(10_000, broad));
+            assert_eq!(parse_str(&to_yaml(&p), "fleet.yaml").expect("valid"), p);
+            let host = host();
+            let c = compile(&p, &view(&host, &ifindex)).expect("fits the default maps");
+            let bound = linear_size(&p);
+            assert_eq!(c.rules.len(), 10_000);
+            assert_eq!(c.endpoints.len(), 50);
+            assert!(
+                c.policy.len() <= bound,
+                "{broad}% broad: {} entries, more than {bound}",
+                c.policy.len()
+            );
+            // Not trivially: the rules of the groups this node's endpoints
+            // hold are written.
+            assert!(c.policy.len() > 10_000, "{broad}% broad: {} entries", c.policy.len());
+        }
+    }
+
+    #[test]
+    fn fifty_thousand_rules_and_a_prefix_list_of_fifty_thousand_cidrs_fit_the_defaults() {
+        let p = fleet(&Fleet {
+            endpoints: 5_000,
+            local: 500,
+            large_list: 50_000,
+            ..Fleet::mix(50_000, 20)
+        });
+        assert_eq!(p.prefix_lists["pl-large"].len(), 50_000);
+        let host = host();
+        let c = compile(&p, &view(&host, &ifindex)).expect("fits the default maps");
+        assert_eq!(c.endpoints.len(), 500);
+        assert!(c.policy.len() <= linear_size(&p));
+        assert!(c.peer4.len() > 50_000, "{} IPv4 peer entries", c.peer4.len());
+        // Both slots, as the kernel counts LPM entries, and conntrack's two
+        // tables: well under the default --max-map-memory.
+        let lpm = |n: usize, key: usize, value: usize| 2 * crate::datapath::memory::lpm(n, key, value);
+        let policy = lpm(c.policy.len(), 16, 4) + lpm(c.peer4.len(), 4, 96) + lpm(c.peer6.len(), 16, 96);
+        assert!(
+            policy + (36 << 20) < crate::datapath::memory::DEFAULT_MAX_MAP_MEMORY / 2,
+            "{policy} bytes"
+        );
+    }
+
+    #[test]
+    fn broad_peers_cost_what_they_say() {
+        // CIDRs that cover every endpoint are written once per rule, peer
+        // and port block, like any other peer: at most one entry each.
+        for broad in [0, 10, 20] {
+            let p = policy(&Shape { broad, ..Shape::LARGE });
+            let host = host();
+            let c = compile(&p, &view(&host, &ifindex)).expect("fits");
+            let bound = linear_size(&p);
+            assert!(
+                c.policy.len() <= bound,
+                "{broad}% broad: {} entries, more than {bound}",
+                c.policy.len()
+            );
+        }
     }
 
     #[test]

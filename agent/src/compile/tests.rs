@@ -32,23 +32,34 @@ fn peer(c: &Compiled, addr: &str) -> PeerInfo {
     Lookup::new(c).peer(addr.parse().unwrap())
 }
 
-/// The rule the datapath's two policy lookups find.
-fn rule(c: &Compiled, policy: u32, class: u32, dir: u8, proto: u8, port: u16) -> Option<u32> {
-    Lookup::new(c).rule(policy, class, dir, proto, port)
+/// The rule the datapath's policy lookups find for local endpoint
+/// `endpoint` and the other end `other`.
+fn rule(c: &Compiled, endpoint: &str, other: &str, dir: u8, proto: u8, port: u16) -> Option<u32> {
+    let lookup = Lookup::new(c);
+    let other: IpAddr = other.parse().unwrap();
+    let family = if other.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 };
+    lookup.rule(
+        &lookup.groups(endpoint_id(c, endpoint)),
+        &lookup.peer(other),
+        dir,
+        family,
+        proto,
+        port,
+    )
 }
 
-fn policy_of(c: &Compiled, endpoint: &str) -> u32 {
-    c.endpoints.iter().find(|e| e.name == endpoint).unwrap().info.policy
+fn endpoint_id(c: &Compiled, endpoint: &str) -> u32 {
+    c.endpoints.iter().find(|e| e.name == endpoint).unwrap().info.endpoint
 }
 
 /// Does `from` (an address) reach local endpoint `to` on `proto`/`port`,
 /// by `to`'s ingress rules alone?
 fn ingress_allows(c: &Compiled, to: &str, from: &str, proto: u8, port: u16) -> bool {
-    rule(c, policy_of(c, to), peer(c, from).class, DIR_INGRESS, proto, port).is_some()
+    rule(c, to, from, DIR_INGRESS, proto, port).is_some()
 }
 
 fn egress_allows(c: &Compiled, from: &str, to: &str, proto: u8, port: u16) -> bool {
-    rule(c, policy_of(c, from), peer(c, to).class, DIR_EGRESS, proto, port).is_some()
+    rule(c, from, to, DIR_EGRESS, proto, port).is_some()
 }
 
 const OVERLAP: &str = r#"
@@ -191,8 +202,8 @@ fn group_peers_cover_both_families_and_remote_endpoints() {
         egress_allows(&c, "api-1", "fd00:20::5", 132, 9),
         "proto all covers every protocol"
     );
-    assert_eq!(peer(&c, "10.20.0.5").local_policy, 0);
-    assert_ne!(peer(&c, "10.10.0.21").local_policy, 0);
+    assert_eq!(peer(&c, "10.20.0.5").local_endpoint, 0);
+    assert_ne!(peer(&c, "10.10.0.21").local_endpoint, 0);
 }
 
 #[test]
@@ -241,9 +252,36 @@ fn prefix_lists_match_by_address_whoever_owns_it() {
 #[test]
 fn endpoint_without_groups_gets_no_rules() {
     let c = compile_yaml(SHOP, &[]);
-    let p = policy_of(&c, "lonely");
-    assert!(c.policy.iter().all(|(_, k, _)| k.policy != p));
+    let id = endpoint_id(&c, "lonely");
+    let lonely = c.endpoints.iter().find(|e| e.info.endpoint == id).unwrap();
+    assert_eq!(lonely.info.groups.n, 0);
+    assert_eq!(lonely.info.groups.ids, [0; hostwall_common::MAX_GROUPS]);
     assert!(!egress_allows(&c, "lonely", "10.10.0.21", 6, 8080));
+}
+
+#[test]
+fn a_local_endpoints_groups_are_in_its_interface_and_address_entries() {
+    let c = compile_yaml(SHOP, &[]);
+    for ep in &c.endpoints {
+        if ep.info.groups.n == 0 {
+            continue;
+        }
+        let entries: Vec<PeerInfo> = c
+            .peer4
+            .iter()
+            .map(|(_, _, i)| *i)
+            .chain(c.peer6.iter().map(|(_, _, i)| *i))
+            .filter(|i| i.local_endpoint == ep.info.endpoint)
+            .collect();
+        assert!(!entries.is_empty(), "{} has no address entry", ep.name);
+        for info in entries {
+            assert_eq!(info.groups, ep.info.groups, "{}", ep.name);
+        }
+    }
+    let remote = c.peer4.iter().filter(|(_, _, i)| i.local_endpoint == 0);
+    for (_, _, info) in remote {
+        assert_eq!(info.groups.n, 0);
+    }
 }
 
 #[test]

@@ -26,6 +26,8 @@ pub enum ApplyError {
     Compile(#[from] CompileError),
     #[error("writing the policy maps; the last good policy stays enforced")]
     Slots(#[from] SlotError),
+    #[error(transparent)]
+    Memory(#[from] crate::datapath::MemoryError),
     #[error("the policy has more rules than the {max} rule ids the datapath holds")]
     RuleIds { max: u32 },
     #[error("the policy was applied but writing it back to {path} failed; the previous policy was restored")]
@@ -170,15 +172,14 @@ impl Agent {
                 name: format!("quarantine:{name}"),
                 interface: name.clone(),
                 ifindex: Some(*ifindex),
-                info: hostwall_common::EndpointInfo {
-                    policy: 0,
-                    endpoint: QUARANTINED,
-                    mac: [0; 6],
-                    _pad: [0; 2],
-                },
+                info: hostwall_common::EndpointInfo::new(QUARANTINED, [0; 6]),
             });
         }
 
+        if let Err(e) = self.datapath.slots.check_memory(&compiled) {
+            self.macs = macs_before;
+            return Err(e.into());
+        }
         self.prepare_rule_counters(assignment);
         if let Err(e) = self.datapath.slots.apply(&compiled) {
             self.macs = macs_before;

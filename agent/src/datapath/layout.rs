@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 /// The layout this build writes.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Overrides the layout version; used by the upgrade test to play a newer
 /// agent.

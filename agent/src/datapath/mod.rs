@@ -4,6 +4,7 @@
 mod attach;
 pub mod conntrack;
 pub mod layout;
+pub mod memory;
 mod slots;
 pub mod stats;
 
@@ -13,7 +14,7 @@ use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 
 pub use attach::{AttachError, Attachments, HookKind, pinned_links, remove_all};
 pub use layout::Layout;
-pub use slots::{SlotError, Slots};
+pub use slots::{MemoryError, SlotError, Slots};
 
 /// Names of the programs in the eBPF object.
 pub const PROG_FROM_ENDPOINT: &str = "hostwall_from_endpoint";
@@ -22,7 +23,7 @@ pub const PROG_UPLINK: &str = "hostwall_uplink";
 pub const PROGRAMS: [&str; 3] = [PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK];
 
 /// Every map of the eBPF object; all are pinned.
-pub const MAPS: [&str; 26] = [
+pub const MAPS: [&str; 27] = [
     "HW_ACTIVE",
     "HW_SETTINGS",
     "HW_IFACE_0",
@@ -31,6 +32,7 @@ pub const MAPS: [&str; 26] = [
     "HW_SRC_1",
     "HW_LOCAL_0",
     "HW_LOCAL_1",
+    "HW_POLICY_SCAN",
     "HW_PEER4_0",
     "HW_PEER4_1",
     "HW_PEER6_0",
@@ -83,16 +85,20 @@ pub enum LoadError {
     },
 }
 
-/// Capacities of the policy maps that depend on the policy's size; chosen
-/// when the agent starts (`--policy-entries`, `--peer-entries`). Pinned maps
-/// keep their size: a restart with other sizes needs `hostwall uninstall`
-/// first.
+/// Capacities of the policy maps that depend on the policy's size. The
+/// LPM tries allocate entries as they are written, so their capacities
+/// are ceilings that cost nothing until used (`--policy-entries`,
+/// `--peer-entries` override them); `max_memory` (`--max-map-memory`) is
+/// what bounds a policy. Pinned maps keep their capacities: other ones
+/// take `hostwall uninstall` and a fresh start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
-    /// `HW_POLICY_0`/`_1`: rule entries (rules × peer classes × port blocks).
+    /// `HW_POLICY_0`/`_1`: rule entries (rules × own peers × port blocks).
     pub policy: u32,
     /// `HW_PEER4_*`/`HW_PEER6_*`: prefixes and addresses per family.
     pub peer: u32,
+    /// Kernel memory all maps together may take, both slots full.
+    pub max_memory: u64,
 }
 
 impl Default for MapSizes {
@@ -100,6 +106,7 @@ impl Default for MapSizes {
         MapSizes {
             policy: hostwall_common::MAX_POLICY_ENTRIES,
             peer: hostwall_common::MAX_PEER_ENTRIES,
+            max_memory: memory::DEFAULT_MAX_MAP_MEMORY,
         }
     }
 }
@@ -148,6 +155,7 @@ impl Datapath {
         })?;
         let mut datapath = Datapath::with_programs(ebpf)?;
         datapath.slots.set_sizes(*sizes);
+        datapath.slots.set_fixed_memory(memory::fixed());
         Ok(datapath)
     }
 
@@ -203,7 +211,8 @@ impl Datapath {
             name: PROG_UPLINK,
             source,
         })?;
-        let slots = Slots::take(&mut ebpf)?;
+        let mut slots = Slots::take(&mut ebpf)?;
+        slots.set_fixed_memory(memory::fixed());
         Ok(Datapath { ebpf, slots })
     }
 

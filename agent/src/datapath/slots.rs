@@ -16,7 +16,7 @@ use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 use aya::{
-    Ebpf,
+    Ebpf, Pod,
     maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
 };
 use hostwall_common::{
@@ -26,6 +26,7 @@ use hostwall_common::{
 
 use super::LoadError;
 use crate::compile::Compiled;
+use crate::compile::legacy::{LegacyPeerInfo, LegacyPolicyKey};
 use crate::policy::Midstream;
 
 /// How long a slot must have been inactive before it may be rewritten:
@@ -42,33 +43,94 @@ pub enum SlotError {
         #[source]
         source: MapError,
     },
+    #[error("the eBPF object is of a build before layout 5 and needs the policy compiled in its form too")]
+    OlderForm,
 }
 
 /// What one slot's maps hold, as written by this agent.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Contents {
-    iface: StdHashMap<u32, EndpointInfo>,
+    /// By ifindex: the endpoint and, for objects before layout 5, its
+    /// policy id.
+    iface: StdHashMap<u32, (EndpointInfo, u32)>,
     src: StdHashMap<SrcKey, u32>,
     local: StdHashMap<LocalKey, LocalAddr>,
-    peer4: StdHashMap<(u32, [u8; 4]), PeerInfo>,
-    peer6: StdHashMap<(u32, [u8; 16]), PeerInfo>,
-    policy: StdHashMap<(u32, PolicyKey), PolicyValue>,
+    tables: Tables,
+}
+
+/// The peer and policy maps' contents, in the form of the slot's object.
+#[derive(Clone, Debug, PartialEq)]
+enum Tables {
+    Current {
+        peer4: StdHashMap<(u32, [u8; 4]), PeerInfo>,
+        peer6: StdHashMap<(u32, [u8; 16]), PeerInfo>,
+        policy: StdHashMap<(u32, PolicyKey), PolicyValue>,
+    },
+    Legacy {
+        peer4: StdHashMap<(u32, [u8; 4]), LegacyPeerInfo>,
+        peer6: StdHashMap<(u32, [u8; 16]), LegacyPeerInfo>,
+        policy: StdHashMap<(u32, LegacyPolicyKey), PolicyValue>,
+    },
+}
+
+impl Tables {
+    /// The kernel memory the LPM tries take for these contents.
+    fn memory(&self) -> u64 {
+        use super::memory::lpm;
+        use std::mem::size_of;
+        match self {
+            Tables::Current { peer4, peer6, policy } => {
+                lpm(peer4.len(), 4, size_of::<PeerInfo>())
+                    + lpm(peer6.len(), 16, size_of::<PeerInfo>())
+                    + lpm(policy.len(), size_of::<PolicyKey>(), size_of::<PolicyValue>())
+            }
+            Tables::Legacy { .. } => 0,
+        }
+    }
+}
+
+impl Default for Tables {
+    fn default() -> Self {
+        Tables::Current {
+            peer4: Default::default(),
+            peer6: Default::default(),
+            policy: Default::default(),
+        }
+    }
 }
 
 impl Contents {
-    fn of(c: &Compiled) -> Contents {
-        Contents {
+    fn of(c: &Compiled, legacy: bool) -> Result<Contents, SlotError> {
+        let tables = if legacy {
+            let l = c.legacy.as_deref().ok_or(SlotError::OlderForm)?;
+            Tables::Legacy {
+                peer4: l.peer4.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
+                peer6: l.peer6.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
+                policy: l.policy.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
+            }
+        } else {
+            Tables::Current {
+                peer4: c.peer4.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
+                peer6: c.peer6.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
+                policy: c.policy.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
+            }
+        };
+        let policy_id = |endpoint: u32| {
+            c.legacy
+                .as_deref()
+                .and_then(|l| l.policy_ids.get(&endpoint).copied())
+                .unwrap_or(0)
+        };
+        Ok(Contents {
             iface: c
                 .endpoints
                 .iter()
-                .filter_map(|ep| ep.ifindex.map(|i| (i, ep.info)))
+                .filter_map(|ep| ep.ifindex.map(|i| (i, (ep.info, policy_id(ep.info.endpoint)))))
                 .collect(),
             src: c.src.iter().map(|k| (*k, ep_of(c, k))).collect(),
             local: c.local.iter().copied().collect(),
-            peer4: c.peer4.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
-            peer6: c.peer6.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
-            policy: c.policy.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
-        }
+            tables,
+        })
     }
 }
 
@@ -86,14 +148,83 @@ fn delta<'a, K: Eq + Hash + Copy, V: PartialEq + Copy>(
     (gone, write)
 }
 
+fn write_error(map: &'static str) -> impl Fn(MapError) -> SlotError {
+    move |source| SlotError::Write { map, source }
+}
+
+/// Brings hash map `map` from `old` to `new`, removals first so that a full
+/// map has room for what replaces them.
+fn sync_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+    old: &StdHashMap<K, V>,
+    new: &StdHashMap<K, V>,
+) -> Result<(), SlotError> {
+    let (gone, write) = delta(old, new);
+    for k in gone {
+        map.remove(&k).map_err(write_error(name))?;
+    }
+    for (k, v) in write {
+        map.insert(&k, &v, 0).map_err(write_error(name))?;
+    }
+    Ok(())
+}
+
+/// As `sync_hash`, for an LPM trie keyed by (prefix length, data).
+fn sync_lpm<K: Pod + Eq + Hash, V: Pod + PartialEq>(
+    map: &mut LpmTrie<MapData, K, V>,
+    name: &'static str,
+    old: &StdHashMap<(u32, K), V>,
+    new: &StdHashMap<(u32, K), V>,
+) -> Result<(), SlotError> {
+    let (gone, write) = delta(old, new);
+    for (len, k) in gone {
+        map.remove(&Key::new(len, k)).map_err(write_error(name))?;
+    }
+    for ((len, k), v) in write {
+        map.insert(&Key::new(len, k), &v, 0).map_err(write_error(name))?;
+    }
+    Ok(())
+}
+
+fn clear_hash<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>, name: &'static str) -> Result<(), SlotError> {
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    for k in keys {
+        map.remove(&k).map_err(write_error(name))?;
+    }
+    Ok(())
+}
+
+fn clear_lpm<K: Pod, V: Pod>(map: &mut LpmTrie<MapData, K, V>, name: &'static str) -> Result<(), SlotError> {
+    let keys: Vec<Key<K>> = map.keys().filter_map(Result::ok).collect();
+    for k in keys {
+        map.remove(&k).map_err(write_error(name))?;
+    }
+    Ok(())
+}
+
 struct Slot {
     iface: IfaceMap,
     src: HashMap<MapData, SrcKey, u32>,
     /// `HW_LOCAL_s`; absent only in objects of earlier builds.
     local: Option<HashMap<MapData, LocalKey, LocalAddr>>,
-    peer4: LpmTrie<MapData, [u8; 4], PeerInfo>,
-    peer6: LpmTrie<MapData, [u8; 16], PeerInfo>,
-    policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    maps: TableMaps,
+}
+
+/// The peer and policy maps, in this build's form or, in objects of builds
+/// before layout 5 (which the benchmark loads as its baseline), the older
+/// one.
+enum TableMaps {
+    Current {
+        peer4: LpmTrie<MapData, [u8; 4], PeerInfo>,
+        peer6: LpmTrie<MapData, [u8; 16], PeerInfo>,
+        policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    },
+    Legacy {
+        peer4: LpmTrie<MapData, [u8; 4], LegacyPeerInfo>,
+        peer6: LpmTrie<MapData, [u8; 16], LegacyPeerInfo>,
+        policy: LpmTrie<MapData, LegacyPolicyKey, PolicyValue>,
+    },
 }
 
 pub struct Slots {
@@ -114,30 +245,61 @@ pub struct Slots {
     flipped_at: Instant,
     /// The capacities the maps were created with.
     sizes: super::MapSizes,
+    /// Kernel memory of the maps whose size does not depend on the policy.
+    fixed_memory: u64,
 }
 
-/// `HW_IFACE_s`, or in objects of builds before endpoints had MACs (which
-/// the benchmark loads as its baseline) its shorter form.
+/// A policy whose maps would take more kernel memory than
+/// `--max-map-memory` allows.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error(
+    "the policy needs {} of kernel memory in maps with both slots written, more than --max-map-memory allows ({}); {map} alone takes {} for {entries} entries",
+    super::memory::human(*needed),
+    super::memory::human(*ceiling),
+    super::memory::human(*map_bytes)
+)]
+pub struct MemoryError {
+    pub needed: u64,
+    pub ceiling: u64,
+    /// The largest of the policy's maps.
+    pub map: &'static str,
+    pub map_bytes: u64,
+    pub entries: usize,
+}
+
+/// `HW_IFACE_s`, or in objects of earlier builds (which the benchmark loads
+/// as its baseline) their forms: with a policy id, and before endpoints had
+/// MACs without one.
 enum IfaceMap {
     Current(HashMap<MapData, u32, EndpointInfo>),
+    WithPolicy(HashMap<MapData, u32, [u32; 4]>),
     WithoutMac(HashMap<MapData, u32, [u32; 2]>),
 }
 
 impl IfaceMap {
     fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<IfaceMap, LoadError> {
         let map = ebpf.take_map(name).ok_or(LoadError::Missing { name })?;
-        let short = value_size(&map) == Some(std::mem::size_of::<[u32; 2]>());
+        let size = value_size(&map);
         let err = |source| LoadError::MapType { name, source };
-        Ok(if short {
+        Ok(if size == Some(std::mem::size_of::<[u32; 2]>()) {
             IfaceMap::WithoutMac(HashMap::try_from(map).map_err(err)?)
+        } else if size == Some(std::mem::size_of::<[u32; 4]>()) {
+            IfaceMap::WithPolicy(HashMap::try_from(map).map_err(err)?)
         } else {
             IfaceMap::Current(HashMap::try_from(map).map_err(err)?)
         })
     }
 
+    /// Whether the object is of a build before layout 5, whose peer and
+    /// policy maps have the older form.
+    fn legacy(&self) -> bool {
+        !matches!(self, IfaceMap::Current(_))
+    }
+
     fn keys(&self) -> Vec<u32> {
         match self {
             IfaceMap::Current(m) => m.keys().filter_map(Result::ok).collect(),
+            IfaceMap::WithPolicy(m) => m.keys().filter_map(Result::ok).collect(),
             IfaceMap::WithoutMac(m) => m.keys().filter_map(Result::ok).collect(),
         }
     }
@@ -145,14 +307,21 @@ impl IfaceMap {
     fn remove(&mut self, k: &u32) -> Result<(), MapError> {
         match self {
             IfaceMap::Current(m) => m.remove(k),
+            IfaceMap::WithPolicy(m) => m.remove(k),
             IfaceMap::WithoutMac(m) => m.remove(k),
         }
     }
 
-    fn insert(&mut self, k: &u32, v: &EndpointInfo) -> Result<(), MapError> {
+    /// `policy`: the endpoint's policy id, for the older forms.
+    fn insert(&mut self, k: &u32, v: &EndpointInfo, policy: u32) -> Result<(), MapError> {
         match self {
             IfaceMap::Current(m) => m.insert(k, v, 0),
-            IfaceMap::WithoutMac(m) => m.insert(k, &[v.policy, v.endpoint], 0),
+            IfaceMap::WithPolicy(m) => {
+                let mac = |i: usize| u32::from_ne_bytes([v.mac[i], v.mac[i + 1], v.mac[i + 2], v.mac[i + 3]]);
+                let tail = u32::from_ne_bytes([v.mac[4], v.mac[5], 0, 0]);
+                m.insert(k, &[policy, v.endpoint, mac(0), tail], 0)
+            }
+            IfaceMap::WithoutMac(m) => m.insert(k, &[policy, v.endpoint], 0),
         }
     }
 }
@@ -239,96 +408,113 @@ impl Slot {
             ],
         ];
         let [iface, src, local, peer4, peer6, policy] = NAMES[n];
+        let iface = IfaceMap::take(ebpf, iface)?;
+        let maps = if iface.legacy() {
+            TableMaps::Legacy {
+                peer4: take(ebpf, peer4)?,
+                peer6: take(ebpf, peer6)?,
+                policy: take(ebpf, policy)?,
+            }
+        } else {
+            TableMaps::Current {
+                peer4: take(ebpf, peer4)?,
+                peer6: take(ebpf, peer6)?,
+                policy: take(ebpf, policy)?,
+            }
+        };
         Ok(Slot {
-            iface: IfaceMap::take(ebpf, iface)?,
+            iface,
             src: take(ebpf, src)?,
             local: take(ebpf, local).ok(),
-            peer4: take(ebpf, peer4)?,
-            peer6: take(ebpf, peer6)?,
-            policy: take(ebpf, policy)?,
+            maps,
         })
     }
 
+    fn legacy(&self) -> bool {
+        matches!(self.maps, TableMaps::Legacy { .. })
+    }
+
     fn clear(&mut self) -> Result<(), SlotError> {
-        let w = |map: &'static str| move |source| SlotError::Write { map, source };
         for k in self.iface.keys() {
-            self.iface.remove(&k).map_err(w("HW_IFACE"))?;
+            self.iface.remove(&k).map_err(write_error("HW_IFACE"))?;
         }
-        let keys: Vec<SrcKey> = self.src.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            self.src.remove(&k).map_err(w("HW_SRC"))?;
-        }
+        clear_hash(&mut self.src, "HW_SRC")?;
         if let Some(local) = &mut self.local {
-            let keys: Vec<LocalKey> = local.keys().filter_map(Result::ok).collect();
-            for k in keys {
-                local.remove(&k).map_err(w("HW_LOCAL"))?;
+            clear_hash(local, "HW_LOCAL")?;
+        }
+        match &mut self.maps {
+            TableMaps::Current { peer4, peer6, policy } => {
+                clear_lpm(peer4, "HW_PEER4")?;
+                clear_lpm(peer6, "HW_PEER6")?;
+                clear_lpm(policy, "HW_POLICY")?;
             }
-        }
-        let keys: Vec<Key<[u8; 4]>> = self.peer4.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            self.peer4.remove(&k).map_err(w("HW_PEER4"))?;
-        }
-        let keys: Vec<Key<[u8; 16]>> = self.peer6.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            self.peer6.remove(&k).map_err(w("HW_PEER6"))?;
-        }
-        let keys: Vec<Key<PolicyKey>> = self.policy.keys().filter_map(Result::ok).collect();
-        for k in keys {
-            self.policy.remove(&k).map_err(w("HW_POLICY"))?;
+            TableMaps::Legacy { peer4, peer6, policy } => {
+                clear_lpm(peer4, "HW_PEER4")?;
+                clear_lpm(peer6, "HW_PEER6")?;
+                clear_lpm(policy, "HW_POLICY")?;
+            }
         }
         Ok(())
     }
 
     /// Writes the difference between `old` (what the slot holds) and `new`.
-    /// Removals come first, so that a full map has room for what replaces
-    /// them.
     fn write(&mut self, old: &Contents, new: &Contents) -> Result<(), SlotError> {
-        let w = |map: &'static str| move |source| SlotError::Write { map, source };
         let (gone, write) = delta(&old.iface, &new.iface);
         for k in gone {
-            self.iface.remove(&k).map_err(w("HW_IFACE"))?;
+            self.iface.remove(&k).map_err(write_error("HW_IFACE"))?;
         }
-        let (gone_src, write_src) = delta(&old.src, &new.src);
-        for k in gone_src {
-            self.src.remove(&k).map_err(w("HW_SRC"))?;
+        for (k, (info, policy)) in write {
+            self.iface.insert(&k, &info, policy).map_err(write_error("HW_IFACE"))?;
         }
-        let (gone_local, write_local) = delta(&old.local, &new.local);
+        sync_hash(&mut self.src, "HW_SRC", &old.src, &new.src)?;
         if let Some(local) = &mut self.local {
-            for k in gone_local {
-                local.remove(&k).map_err(w("HW_LOCAL"))?;
+            sync_hash(local, "HW_LOCAL", &old.local, &new.local)?;
+        }
+        let empty = Tables::default();
+        // A slot whose contents were unknown was cleared: nothing of the
+        // older form is held.
+        let old_tables = if std::mem::discriminant(&old.tables) == std::mem::discriminant(&new.tables) {
+            &old.tables
+        } else {
+            &empty
+        };
+        match (&mut self.maps, old_tables, &new.tables) {
+            (
+                TableMaps::Current { peer4, peer6, policy },
+                Tables::Current {
+                    peer4: o4,
+                    peer6: o6,
+                    policy: op,
+                },
+                Tables::Current {
+                    peer4: n4,
+                    peer6: n6,
+                    policy: np,
+                },
+            ) => {
+                sync_lpm(peer4, "HW_PEER4", o4, n4)?;
+                sync_lpm(peer6, "HW_PEER6", o6, n6)?;
+                sync_lpm(policy, "HW_POLICY", op, np)?;
             }
-        }
-        let (gone4, write4) = delta(&old.peer4, &new.peer4);
-        for (len, a) in gone4 {
-            self.peer4.remove(&Key::new(len, a)).map_err(w("HW_PEER4"))?;
-        }
-        let (gone6, write6) = delta(&old.peer6, &new.peer6);
-        for (len, a) in gone6 {
-            self.peer6.remove(&Key::new(len, a)).map_err(w("HW_PEER6"))?;
-        }
-        let (gone_policy, write_policy) = delta(&old.policy, &new.policy);
-        for (len, k) in gone_policy {
-            self.policy.remove(&Key::new(len, k)).map_err(w("HW_POLICY"))?;
-        }
-        for (k, v) in write {
-            self.iface.insert(&k, &v).map_err(w("HW_IFACE"))?;
-        }
-        for (k, v) in write_src {
-            self.src.insert(&k, &v, 0).map_err(w("HW_SRC"))?;
-        }
-        if let Some(local) = &mut self.local {
-            for (k, v) in write_local {
-                local.insert(&k, &v, 0).map_err(w("HW_LOCAL"))?;
+            (
+                TableMaps::Legacy { peer4, peer6, policy },
+                old,
+                Tables::Legacy {
+                    peer4: n4,
+                    peer6: n6,
+                    policy: np,
+                },
+            ) => {
+                let none = (StdHashMap::new(), StdHashMap::new(), StdHashMap::new());
+                let (o4, o6, op) = match old {
+                    Tables::Legacy { peer4, peer6, policy } => (peer4, peer6, policy),
+                    Tables::Current { .. } => (&none.0, &none.1, &none.2),
+                };
+                sync_lpm(peer4, "HW_PEER4", o4, n4)?;
+                sync_lpm(peer6, "HW_PEER6", o6, n6)?;
+                sync_lpm(policy, "HW_POLICY", op, np)?;
             }
-        }
-        for ((len, a), v) in write4 {
-            self.peer4.insert(&Key::new(len, a), &v, 0).map_err(w("HW_PEER4"))?;
-        }
-        for ((len, a), v) in write6 {
-            self.peer6.insert(&Key::new(len, a), &v, 0).map_err(w("HW_PEER6"))?;
-        }
-        for ((len, k), v) in write_policy {
-            self.policy.insert(&Key::new(len, k), &v, 0).map_err(w("HW_POLICY"))?;
+            _ => return Err(SlotError::OlderForm),
         }
         Ok(())
     }
@@ -352,7 +538,7 @@ impl Slots {
     pub fn fill(&self) -> Vec<(&'static str, usize, u32)> {
         use hostwall_common::*;
         let s = &self.slots[self.current as usize];
-        vec![
+        let mut fill = vec![
             ("HW_IFACE", s.iface.keys().len(), MAX_ENDPOINT_INTERFACES),
             ("HW_SRC", s.src.keys().count(), MAX_SRC_ENTRIES),
             (
@@ -360,10 +546,20 @@ impl Slots {
                 s.local.as_ref().map_or(0, |m| m.keys().count()),
                 MAX_LOCAL_ENTRIES,
             ),
-            ("HW_PEER4", s.peer4.keys().count(), self.sizes.peer),
-            ("HW_PEER6", s.peer6.keys().count(), self.sizes.peer),
-            ("HW_POLICY", s.policy.keys().count(), self.sizes.policy),
-        ]
+        ];
+        match &s.maps {
+            TableMaps::Current { peer4, peer6, policy } => fill.extend([
+                ("HW_PEER4", peer4.keys().count(), self.sizes.peer),
+                ("HW_PEER6", peer6.keys().count(), self.sizes.peer),
+                ("HW_POLICY", policy.keys().count(), self.sizes.policy),
+            ]),
+            TableMaps::Legacy { peer4, peer6, policy } => fill.extend([
+                ("HW_PEER4", peer4.keys().count(), self.sizes.peer),
+                ("HW_PEER6", peer6.keys().count(), self.sizes.peer),
+                ("HW_POLICY", policy.keys().count(), self.sizes.policy),
+            ]),
+        }
+        fill
     }
 
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Slots, LoadError> {
@@ -379,6 +575,7 @@ impl Slots {
             // before it stopped.
             flipped_at: Instant::now(),
             sizes: super::MapSizes::default(),
+            fixed_memory: 0,
         }
         .with_current())
     }
@@ -409,6 +606,66 @@ impl Slots {
         self
     }
 
+    pub(super) fn set_fixed_memory(&mut self, bytes: u64) {
+        self.fixed_memory = bytes;
+    }
+
+    /// Kernel memory of every map now (bytes), and `--max-map-memory`. The
+    /// LPM tries' share is worked out from what each slot holds (kernels
+    /// before 6.4 report a trie's memory from its capacity, not its
+    /// entries).
+    pub fn memory(&self) -> (u64, u64) {
+        let lpm: u64 = self.held.iter().flatten().map(|c| c.tables.memory()).sum();
+        (self.fixed_memory + lpm, self.sizes.max_memory)
+    }
+
+    /// Whether writing `compiled` keeps the maps' kernel memory under
+    /// `--max-map-memory`: the maps of fixed size, the active slot's policy
+    /// (when the active slot's contents are unknown, as after a restart, as
+    /// much again as `compiled`'s) and `compiled` in the other slot.
+    pub fn check_memory(&self, compiled: &Compiled) -> Result<u64, MemoryError> {
+        use super::memory;
+        use std::mem::size_of;
+        if self.slots[self.current as usize].legacy() {
+            return Ok(0);
+        }
+        let parts = [
+            (
+                "HW_POLICY",
+                compiled.policy.len(),
+                memory::lpm(compiled.policy.len(), size_of::<PolicyKey>(), size_of::<PolicyValue>()),
+            ),
+            (
+                "HW_PEER4",
+                compiled.peer4.len(),
+                memory::lpm(compiled.peer4.len(), 4, size_of::<PeerInfo>()),
+            ),
+            (
+                "HW_PEER6",
+                compiled.peer6.len(),
+                memory::lpm(compiled.peer6.len(), 16, size_of::<PeerInfo>()),
+            ),
+        ];
+        let new: u64 = parts.iter().map(|p| p.2).sum();
+        let held = match &self.held[self.current as usize] {
+            Some(c) => c.tables.memory(),
+            None => new,
+        };
+        let needed = self.fixed_memory + held + new;
+        let ceiling = self.sizes.max_memory;
+        if needed > ceiling {
+            let (map, entries, map_bytes) = parts.into_iter().max_by_key(|p| p.2).expect("three maps");
+            return Err(MemoryError {
+                needed,
+                ceiling,
+                map,
+                map_bytes,
+                entries,
+            });
+        }
+        Ok(needed)
+    }
+
     /// Writes `compiled` into the inactive slot and makes it the active one.
     /// If writing fails, the active slot is untouched and stays enforced.
     pub fn apply(&mut self, compiled: &Compiled) -> Result<(), SlotError> {
@@ -417,8 +674,8 @@ impl Slots {
         if !wait.is_zero() {
             std::thread::sleep(wait);
         }
-        let new = Contents::of(compiled);
         let slot = &mut self.slots[next as usize];
+        let new = Contents::of(compiled, slot.legacy())?;
         // Until the write completes, what the slot holds is unknown.
         let old = match self.held[next as usize].take() {
             Some(old) => old,

@@ -738,6 +738,16 @@ fn validate_endpoints(raw: Vec<RawEndpoint>, known: &Known) -> Result<Vec<Endpoi
         }
 
         let groups = ep.groups.unwrap_or_default();
+        if groups.len() > hostwall_common::MAX_GROUPS {
+            return Err(fault(
+                format!("{path}.groups"),
+                format!(
+                    "{} groups, more than the {} an endpoint may have",
+                    groups.len(),
+                    hostwall_common::MAX_GROUPS
+                ),
+            ));
+        }
         for (i, group) in groups.iter().enumerate() {
             let group_path = format!("{path}.groups[{i}]");
             if !known.groups.contains(group) {
@@ -1958,6 +1968,23 @@ settings:
     }
 
     #[test]
+    fn an_endpoint_has_at_most_eight_groups() {
+        let names: Vec<String> = (0..9).map(|i| format!("g{i}")).collect();
+        let groups: String = names.iter().map(|n| format!("  {n}:\n")).collect();
+        let text = |n: usize| {
+            format!(
+                "version: 1\ngroups:\n{groups}endpoints:\n  - {{name: a, addresses: [10.0.0.1], groups: [{}]}}\n",
+                names[..n].join(", ")
+            )
+        };
+        assert!(parse_str(&text(8), "test.yaml").is_ok());
+        assert_eq!(
+            invalid(&text(9)),
+            "test.yaml: endpoints[0].groups: 9 groups, more than the 8 an endpoint may have"
+        );
+    }
+
+    #[test]
     fn addresses_belong_to_one_endpoint() {
         assert_eq!(
             invalid(&with_endpoints(
@@ -2311,7 +2338,7 @@ settings:
     fn flow_cap_must_fit_the_table() {
         assert_eq!(
             timeouts("{max_per_endpoint: 0}"),
-            Err("test.yaml: settings.conntrack.max_per_endpoint: 0 is not between 1 and 262144 (the conntrack table's size)".into())
+            Err("test.yaml: settings.conntrack.max_per_endpoint: 0 is not between 1 and 131072 (the conntrack table's size)".into())
         );
         assert!(timeouts("{max_per_endpoint: 9999999}").is_err());
     }

@@ -468,7 +468,30 @@ fn cidr() -> impl Strategy<Value = CidrSpec> {
         1 => any::<usize>().prop_map(AnchorSpec::Host),
         2 => addr().prop_map(AnchorSpec::Addr),
     ];
-    (anchor, 0u8..=128).prop_map(|(anchor, len)| CidrSpec { anchor, len })
+    // Broad peers are the most common there are: `0.0.0.0/0`, `::/0` and
+    // short prefixes around endpoints, which cover most of them.
+    let len = prop_oneof![
+        4 => 0u8..=128,
+        1 => Just(0u8),
+        2 => 1u8..=16,
+    ];
+    (anchor, len).prop_map(|(anchor, len)| CidrSpec { anchor, len })
+}
+
+/// A prefix list: a few CIDRs anywhere, or a chain of four to six CIDRs
+/// nested around one endpoint's address.
+fn prefix_list() -> impl Strategy<Value = Vec<CidrSpec>> {
+    prop_oneof![
+        3 => vec(cidr(), 1..=4),
+        1 => (any::<usize>(), any::<usize>(), vec(0u8..=128, 4..=6)).prop_map(|(e, a, lens)| {
+            lens.into_iter()
+                .map(|len| CidrSpec {
+                    anchor: AnchorSpec::Endpoint(e, a),
+                    len,
+                })
+                .collect()
+        }),
+    ]
 }
 
 fn proto() -> impl Strategy<Value = Proto> {
@@ -489,11 +512,20 @@ fn icmp_type() -> impl Strategy<Value = u8> {
 }
 
 fn rule() -> impl Strategy<Value = RuleSpec> {
+    // Every shape of range: single ports, prefix-aligned blocks, unaligned
+    // ranges, the ephemeral ports and all but port 0.
     let ports = prop_oneof![
         1 => Just(None),
         2 => port().prop_map(|p| Some((p, p))),
         3 => (port(), port()).prop_map(|(a, b)| Some((a.min(b), a.max(b)))),
         1 => (port(), 0u16..16).prop_map(|(a, w)| Some((a, a.saturating_add(w)))),
+        1 => (0u32..16, 0u32..16).prop_map(|(k, bits)| {
+            let size = 1u32 << bits;
+            let first = (k * size) % 65536;
+            Some((first as u16, (first + size - 1).min(65535) as u16))
+        }),
+        1 => Just(Some((1024, 65535))),
+        1 => Just(Some((1, 65535))),
     ];
     let icmp = prop_oneof![
         1 => Just(None),
@@ -647,7 +679,7 @@ pub fn case(packets: std::ops::RangeInclusive<usize>, timeouts: bool) -> impl St
     };
     (
         1usize..=4,
-        vec(vec(cidr(), 1..=4), 0..=3),
+        vec(prefix_list(), 0..=3),
         rules,
         vec(endpoint(), 1..=6),
         vec(addr(), 0..=3),

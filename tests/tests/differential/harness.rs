@@ -113,6 +113,19 @@ pub struct Coverage {
     /// An address of the packet lies in two or more of the policy's CIDRs
     /// (which then nest).
     pub nested_cidrs: u64,
+    /// ... in four or more.
+    pub deeply_nested: u64,
+    /// An address of the packet lies in a `/0` of the policy, or in a
+    /// broad prefix (`/1` to `/8` for IPv4, `/1` to `/16` for IPv6).
+    pub world_peer: u64,
+    pub broad_peer: u64,
+    /// The destination port lies in a rule's range of the packet's
+    /// protocol of each shape: one port, a prefix-aligned block, an
+    /// unaligned range, 1024-65535, 1-65535.
+    pub range_shapes: [u64; 5],
+    /// The packet is judged at a local endpoint that shares a group with
+    /// another local endpoint.
+    pub shared_groups: u64,
     /// An address of the packet is the first or last of one of the
     /// policy's CIDRs, or one beyond.
     pub cidr_edges: u64,
@@ -157,6 +170,13 @@ impl Coverage {
             self.edge_ports[i] += o.edge_ports[i];
         }
         self.nested_cidrs += o.nested_cidrs;
+        self.deeply_nested += o.deeply_nested;
+        self.world_peer += o.world_peer;
+        self.broad_peer += o.broad_peer;
+        for (a, b) in self.range_shapes.iter_mut().zip(o.range_shapes) {
+            *a += b;
+        }
+        self.shared_groups += o.shared_groups;
         self.cidr_edges += o.cidr_edges;
         self.group_peer_v4 += o.group_peer_v4;
         self.group_peer_v6 += o.group_peer_v6;
@@ -241,12 +261,62 @@ impl Coverage {
             }
         }
 
+        if matches!(proto, 6 | 17 | 132) {
+            let ranges = facts.ranges.get(&proto).map(Vec::as_slice).unwrap_or_default();
+            for p in ranges.iter().filter(|p| p.first <= dport && dport <= p.last) {
+                let size = p.last as u32 - p.first as u32 + 1;
+                let shape = match (p.first, p.last) {
+                    (1, 65535) => 4,
+                    (1024, 65535) => 3,
+                    _ if size == 1 => 0,
+                    _ if size.is_power_of_two() && (p.first as u32).is_multiple_of(size) => 1,
+                    _ => 2,
+                };
+                self.range_shapes[shape] += 1;
+            }
+        }
+
         let cidrs = &facts.cidrs;
-        if [pkt.src, pkt.dst]
-            .iter()
-            .any(|a| cidrs.iter().filter(|n| n.contains(a)).count() >= 2)
-        {
+        let around = |a: &IpAddr| cidrs.iter().filter(|n| n.contains(a)).count();
+        if [pkt.src, pkt.dst].iter().any(|a| around(a) >= 2) {
             self.nested_cidrs += 1;
+        }
+        if [pkt.src, pkt.dst].iter().any(|a| around(a) >= 4) {
+            self.deeply_nested += 1;
+        }
+        let covering = |short: &dyn Fn(&ipnet::IpNet) -> bool| {
+            [pkt.src, pkt.dst]
+                .iter()
+                .any(|a| cidrs.iter().any(|n| short(n) && n.contains(a)))
+        };
+        if covering(&|n| n.prefix_len() == 0) {
+            self.world_peer += 1;
+        }
+        if covering(&|n| n.prefix_len() > 0 && n.prefix_len() <= if n.addr().is_ipv4() { 8 } else { 16 }) {
+            self.broad_peer += 1;
+        }
+        let interface = match &pkt.at {
+            At::From(i) | At::To(i) | At::ToVia(i, _) => Some(i.as_str()),
+            At::Uplink => None,
+        };
+        if let Some(interface) = interface {
+            let local = |e: &&hostwall::policy::Endpoint| e.is_local(NODE);
+            let me = case
+                .policy
+                .endpoints
+                .iter()
+                .filter(local)
+                .find(|e| e.interface.as_deref() == Some(interface));
+            if let Some(me) = me
+                && case
+                    .policy
+                    .endpoints
+                    .iter()
+                    .filter(local)
+                    .any(|o| o.name != me.name && o.groups.iter().any(|g| me.groups.contains(g)))
+            {
+                self.shared_groups += 1;
+            }
         }
         let at_edge = |a: IpAddr, n: &ipnet::IpNet| {
             let bits = |x: IpAddr| match x {
@@ -303,7 +373,8 @@ impl Coverage {
              {} aimed at a rule, {:.1}% of them allowed\n\
              drops {:?}\nhooks {:?}\nfamilies {:?}\nprotocols {:?}\n\
              range boundaries {} ({:.1}%), one beyond {} ({:.1}%), ports 0/1/65535 {:?}\n\
-             nested CIDRs {} ({:.1}%), CIDR edges {} ({:.1}%), group peers v4 {} v6 {}\n\
+             nested CIDRs {} ({:.1}%), four deep {}, in /0 {}, in a broad prefix {}, CIDR edges {} ({:.1}%), group peers v4 {} v6 {}\n\
+             range shapes (single, aligned, unaligned, 1024-65535, 1-65535) {:?}, sharing a group {}\n\
              established {}, replies {}, expired {}, reverse {}, replies dropped {}",
             self.policies,
             self.packets,
@@ -324,10 +395,15 @@ impl Coverage {
             self.edge_ports,
             self.nested_cidrs,
             100.0 * self.share(self.nested_cidrs),
+            self.deeply_nested,
+            self.world_peer,
+            self.broad_peer,
             self.cidr_edges,
             100.0 * self.share(self.cidr_edges),
             self.group_peer_v4,
             self.group_peer_v6,
+            self.range_shapes,
+            self.shared_groups,
             self.established,
             self.replies,
             self.expired,
@@ -375,6 +451,16 @@ impl Coverage {
             at_least(port, self.edge_ports[i], 0.002);
         }
         at_least("nested CIDRs", self.nested_cidrs, 0.1);
+        at_least("CIDRs nested four deep", self.deeply_nested, 0.02);
+        at_least("in a /0 peer", self.world_peer, 0.05);
+        at_least("in a broad prefix", self.broad_peer, 0.05);
+        for (i, shape) in ["single-port", "prefix-aligned", "unaligned", "1024-65535", "1-65535"]
+            .iter()
+            .enumerate()
+        {
+            at_least(&format!("{shape} ranges"), self.range_shapes[i], 0.01);
+        }
+        at_least("local endpoints sharing a group", self.shared_groups, 0.1);
         at_least("CIDR edges", self.cidr_edges, 0.05);
         at_least("group peers over IPv4", self.group_peer_v4, 0.01);
         at_least("group peers over IPv6", self.group_peer_v6, 0.01);

@@ -77,7 +77,11 @@ fn the_datapath_agrees_with_the_reference() {
 /// a few dozen policies.
 #[test]
 fn planted_compiler_bugs_are_found() {
-    for mutation in [Mutation::OffByOneRange, Mutation::DropShorterPrefix] {
+    for mutation in [
+        Mutation::OffByOneRange,
+        Mutation::DropShorterPrefix,
+        Mutation::FirstGroupOnly,
+    ] {
         let report = harness::run(&Plan {
             seed: seed(),
             first: 0,

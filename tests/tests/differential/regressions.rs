@@ -75,8 +75,8 @@ endpoints:
     disagree(Mutation::OffByOneRange, yaml, &[], &packets);
 }
 
-/// An endpoint's own address inside ::/0: its class must carry the
-/// CIDR's label although the address is a longer prefix of its own.
+/// An endpoint's own address inside ::/0: its entry must carry the CIDR's
+/// label although the address is a longer prefix of its own.
 #[test]
 fn drop_shorter_prefix_shrunk() {
     let yaml = r#"
@@ -101,4 +101,39 @@ endpoints:
     )];
     agree(yaml, &[], &packets);
     disagree(Mutation::DropShorterPrefix, yaml, &[], &packets);
+}
+
+/// An address inside 24 nested CIDRs, more than a peer entry holds: the
+/// least used of them share a closure label, and the one only the TCP rule
+/// names (10.0.0.0/8) is reached through it.
+#[test]
+fn skip_closure_deep_chain() {
+    let nets: Vec<String> = (9..32).map(|len| format!("\"10.0.0.0/{len}\"")).collect();
+    let yaml = format!(
+        r#"
+version: 1
+prefix_lists:
+  nested: [{}]
+groups:
+  g0:
+    egress:
+      - {{proto: tcp, ports: 80, to: [{{cidr: "10.0.0.0/8"}}]}}
+      - {{proto: udp, ports: "1-65535", to: [{{prefix_list: nested}}]}}
+endpoints:
+  - {{name: e0, interface: hwd0, addresses: ["192.168.0.1"], groups: [g0]}}
+"#,
+        nets.join(", ")
+    );
+    let packets = [pkt(
+        At::From("hwd0".into()),
+        "192.168.0.1",
+        "10.0.0.5",
+        Transport::Tcp {
+            sport: 20004,
+            dport: 80,
+            flags: SYN,
+        },
+    )];
+    agree(&yaml, &[], &packets);
+    disagree(Mutation::SkipClosure, &yaml, &[], &packets);
 }

@@ -11,6 +11,7 @@
 
 pub mod baseline;
 mod compare;
+mod fleet;
 mod hooks;
 mod plot;
 mod policy;
@@ -76,20 +77,27 @@ pub enum Section {
     Hooks,
     /// This build's eBPF object against the baseline revision's.
     Baseline,
+    /// The compiled form of fleet policies: entries, memory, compile and
+    /// apply times.
+    Fleet,
 }
 
-pub const SECTIONS: [Section; 5] = [
+pub const SECTIONS: [Section; 6] = [
     Section::Progrun,
     Section::Traffic,
     Section::Updates,
     Section::Hooks,
     Section::Baseline,
+    Section::Fleet,
 ];
 
 impl Section {
     /// Whether the section runs the release binaries.
     fn needs_binaries(self) -> bool {
-        matches!(self, Section::Traffic | Section::Updates | Section::Hooks)
+        matches!(
+            self,
+            Section::Traffic | Section::Updates | Section::Hooks | Section::Fleet
+        )
     }
 }
 
@@ -252,6 +260,10 @@ pub fn run(root: &Path, opts: &Options) -> anyhow::Result<()> {
                 step(&format!("eBPF object against {} (BPF_PROG_TEST_RUN)", plan.baseline));
                 let object = baseline_object.take().context("the baseline object")?;
                 report.compare = Some(compare::run(root, &plan, object)?);
+            }
+            Section::Fleet => {
+                step("fleet policies: entries, memory, compile and apply");
+                report.fleet = Some(fleet::run(&plan, tools()?)?);
             }
         }
     }

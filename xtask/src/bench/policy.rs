@@ -218,7 +218,7 @@ pub fn hostwall_yaml(spec: &Spec) -> String {
     }
     // The connection-rate test opens more flows than the default share of
     // one endpoint; the benchmark measures rules, not that cap.
-    y.push_str("settings:\n  conntrack: {max_per_endpoint: 262144}\n");
+    y.push_str("settings:\n  conntrack: {max_per_endpoint: 131072}\n");
     y
 }
 

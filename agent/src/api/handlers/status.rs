@@ -70,6 +70,10 @@ pub fn get(agent: &mut Agent) -> Reply {
             "endpoints": endpoints,
             "quarantined": quarantined,
             "maps": crate::datapath::stats::fill_levels(agent),
+            "map_memory": {
+                "bytes": agent.datapath.slots.memory().0,
+                "max": agent.datapath.slots.memory().1,
+            },
             "last_error": agent.last_error,
         }),
     )

@@ -44,9 +44,7 @@ pub struct PeerClasses {
 }
 
 impl PeerClasses {
-    /// `only_own`: each prefix's class holds its own labels only (a
-    /// planted bug, see `Mutation::DropShorterPrefix`).
-    pub fn build(policy: &Policy, host_addresses: &[IpAddr], only_own: bool) -> PeerClasses {
+    pub fn build(policy: &Policy, host_addresses: &[IpAddr]) -> PeerClasses {
         // Only what some rule names can tell addresses apart: a group no
         // rule names, or the host when no rule names it, would only split
         // classes (and multiply policy entries) for nothing.
@@ -118,14 +116,14 @@ impl PeerClasses {
                 enclosing.pop();
             }
             let mut set = match enclosing.last() {
-                Some((_, inherited)) if !only_own => inherited.clone(),
+                Some((_, inherited)) => inherited.clone(),
                 _ => Vec::new(),
             };
             set.extend(&o.labels);
             set.sort_unstable();
             set.dedup();
             let class = if set.is_empty() {
-                hostwall_common::CLASS_WORLD
+                0
             } else {
                 let family = family(net);
                 *ids.entry((family, set.clone())).or_insert_with(|| {
