@@ -37,6 +37,9 @@ pub struct AgentOptions {
     /// Environment variables for the agent (e.g. `NOTIFY_SOCKET`,
     /// `HOSTWALL_LAYOUT_VERSION`).
     pub env: Vec<(String, String)>,
+    /// How long the first policy may take to apply; default
+    /// [`START_TIMEOUT`].
+    pub start_timeout: Option<Duration>,
 }
 
 #[derive(Default)]
@@ -104,7 +107,7 @@ impl Agent {
 
         agent.spawn()?;
         agent
-            .wait_for_log("policy applied", 1, START_TIMEOUT)
+            .wait_for_log("policy applied", 1, opts.start_timeout.unwrap_or(START_TIMEOUT))
             .context("the agent did not start")?;
         Ok(agent)
     }

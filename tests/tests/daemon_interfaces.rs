@@ -594,3 +594,121 @@ fn a_mac_is_read_once_the_containers_side_is_in_place() {
         agent.log()
     );
 }
+
+/// A fleet-sized control file on a busy node: 50,000 rules, 5,000
+/// endpoints of which 500 are local with their interfaces present, and a
+/// prefix list of 50,000 CIDRs, applied by an agent started with its
+/// defaults. Every local interface is attached and enforced, the maps stay
+/// under the default ceiling, and two more endpoints' traffic is judged by
+/// the rules.
+#[test]
+fn fleet_policy_applies_with_defaults_and_five_hundred_interfaces_attached() {
+    use hostwall::compile::synthetic::{self, Fleet};
+    use hostwall::policy::{Endpoint, Group, Peer, PortRange, Proto, Rule, to_yaml};
+
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let api = host.add_container("api", "hw-api", 12).expect("adding api");
+    let _server = api.serve(&[], &[8053, 9053]).expect("echo servers in api");
+
+    let mut policy = synthetic::fleet(&Fleet {
+        endpoints: 5_000,
+        local: 500,
+        large_list: 50_000,
+        ..Fleet::mix(50_000, 20)
+    });
+    // The fleet's local endpoints' interfaces, as a container runtime
+    // leaves them: one veth pair each, in the host namespace.
+    let local: Vec<String> = policy
+        .endpoints
+        .iter()
+        .filter(|e| e.node.as_deref() == Some(synthetic::NODE))
+        .filter_map(|e| e.interface.clone())
+        .collect();
+    assert_eq!(local.len(), 500);
+    let batch: String = local
+        .iter()
+        .enumerate()
+        .map(|(i, iface)| format!("link add {iface} type veth peer name hwx{i}\nlink set {iface} up\n"))
+        .collect();
+    let script = std::env::temp_dir().join(format!("hostwall-veths-{}.batch", std::process::id()));
+    std::fs::write(&script, batch).expect("writing the ip batch");
+    let made = host.ns().ip(&format!("-batch {}", script.display()));
+    let _ = std::fs::remove_file(&script);
+    made.expect("creating 500 veth pairs");
+
+    let udp = |port: u16, peer: &str| Rule {
+        proto: Proto::UDP,
+        ports: Some(PortRange {
+            first: port,
+            last: port,
+        }),
+        icmp: None,
+        peers: vec![Peer::Group(peer.into())],
+        description: None,
+    };
+    policy.groups.insert(
+        "web".into(),
+        Group {
+            egress: vec![udp(8053, "api")],
+            ..Group::default()
+        },
+    );
+    policy.groups.insert(
+        "api".into(),
+        Group {
+            ingress: vec![udp(8053, "web")],
+            ..Group::default()
+        },
+    );
+    for (c, group) in [(&web, "web"), (&api, "api")] {
+        policy.endpoints.push(Endpoint {
+            name: c.name.clone(),
+            node: Some(synthetic::NODE.into()),
+            interface: Some(c.iface.clone()),
+            mac: None,
+            addresses: vec![c.v4.into(), c.v6.into()],
+            groups: vec![group.into()],
+        });
+    }
+    // The test binaries are debug builds, which parse and compile a policy
+    // this size many times slower than a release agent.
+    let opts = hostwall_tests::AgentOptions {
+        node: Some(synthetic::NODE.into()),
+        start_timeout: Some(std::time::Duration::from_secs(600)),
+        ..Default::default()
+    };
+    let agent = Agent::start_with(&host, &to_yaml(&policy), &opts).expect("starting the agent with the fleet policy");
+
+    let status = agent.status().expect("hostwall status");
+    let endpoints = status["endpoints"].as_array().cloned().unwrap_or_default();
+    let enforced: Vec<&str> = endpoints
+        .iter()
+        .filter(|e| e["state"] == "enforced")
+        .filter_map(|e| e["interface"].as_str())
+        .collect();
+    assert_eq!(enforced.len(), 502, "every local interface is enforced");
+    for iface in &local {
+        assert!(enforced.contains(&iface.as_str()), "{iface} is not enforced");
+    }
+    let memory = &status["map_memory"];
+    let (used, max) = (
+        memory["bytes"].as_u64().unwrap_or(0),
+        memory["max"].as_u64().unwrap_or(0),
+    );
+    assert!(
+        used > 0 && used <= max,
+        "map memory within the default ceiling: {memory}"
+    );
+
+    let before = agent.stats().expect("reading counters");
+    assert_checks(
+        "two endpoints beside the fleet",
+        &[
+            Check::allowed(&web, Probe::Udp(8053), api.v4).labelled("api"),
+            Check::allowed(&web, Probe::Udp(8053), api.v6).labelled("api"),
+            Check::denied(&web, Probe::Udp(9053), api.v4).labelled("api"),
+        ],
+    );
+    agent.assert_dropped_since(&before, DropReason::EgressDenied, 1);
+}

@@ -554,7 +554,8 @@ mod tests {
         // Both slots, as the kernel counts LPM entries, and conntrack's two
         // tables: well under the default --max-map-memory.
         let lpm = |n: usize, key: usize, value: usize| 2 * crate::datapath::memory::lpm(n, key, value);
-        let policy = lpm(c.policy.len(), 16, 4) + lpm(c.peer4.len(), 4, 96) + lpm(c.peer6.len(), 16, 96);
+        let peer = std::mem::size_of::<hostwall_common::PeerInfo>();
+        let policy = lpm(c.policy.len(), 16, 4) + lpm(c.peer4.len(), 4, peer) + lpm(c.peer6.len(), 16, peer);
         assert!(
             policy + (36 << 20) < crate::datapath::memory::DEFAULT_MAX_MAP_MEMORY / 2,
             "{policy} bytes"

@@ -30,6 +30,10 @@ pub struct Row {
     /// Kernel memory of every map (bytes), by map name, after both slots
     /// were written.
     pub maps: BTreeMap<String, u64>,
+    /// Growth of the measuring process's resident memory (bytes) while it
+    /// holds what the agent holds for the policy: the parsed policy, its
+    /// compiled form and what each slot was written with.
+    pub rss_growth: u64,
 }
 
 impl Row {
@@ -90,14 +94,16 @@ pub fn run(plan: &Plan, tools: &Tools) -> anyhow::Result<Results> {
                 compile_ms: v["compile_ms"].as_f64().unwrap_or(f64::NAN),
                 apply_ms: v["apply_ms"].as_f64().unwrap_or(f64::NAN),
                 maps,
+                rss_growth: v["rss_growth"].as_u64().unwrap_or(0),
             };
             println!(
-                "bench: fleet {rules} rules, {broad}% broad: {} policy entries (bound {}), compile {:.1} ms, apply {:.1} ms, maps {:.1} MiB",
+                "bench: fleet {rules} rules, {broad}% broad: {} policy entries (bound {}), compile {:.1} ms, apply {:.1} ms, maps {:.1} MiB, {} bytes of memory per rule",
                 r.policy_entries,
                 r.bound,
                 r.compile_ms,
                 r.apply_ms,
-                r.total_memory() as f64 / (1 << 20) as f64
+                r.total_memory() as f64 / (1 << 20) as f64,
+                r.rss_growth / rules.max(1) as u64
             );
             rows.push(r);
         }
