@@ -92,6 +92,13 @@ fn run(rules: usize, broad: u64, rounds: usize) -> anyhow::Result<serde_json::Va
     // What the agent holds for a policy: the parsed policy, its compiled
     // form and what each slot was written with.
     let held = parse_str(&text, "fleet.yaml")?;
+    // As the agent does after each apply: freed memory goes back to the
+    // kernel, so that what is resident is what is held.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of glibc's heap.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let rss_held = rss();
     let maps = map_memory();
     Ok(serde_json::json!({
