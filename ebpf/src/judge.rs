@@ -1148,17 +1148,23 @@ fn active_slot() -> u32 {
     }
 }
 
-/// The endpoint behind an interface (`HW_IFACE_s`), without its groups,
-/// which only step 6 reads (`hw_policy`).
+/// An interface's entry in `HW_IFACE_s`.
 #[inline(always)]
-fn iface(slot: u32, ifindex: u32) -> Option<Endpoint> {
-    let found = unsafe {
+fn iface_entry(slot: u32, ifindex: u32) -> Option<&'static EndpointInfo> {
+    unsafe {
         if slot == 0 {
             IFACE_0.get(&ifindex)
         } else {
             IFACE_1.get(&ifindex)
         }
-    }?;
+    }
+}
+
+/// The endpoint behind an interface (`HW_IFACE_s`), without its groups,
+/// which only step 6 reads (`hw_policy`).
+#[inline(always)]
+fn iface(slot: u32, ifindex: u32) -> Option<Endpoint> {
+    let found = iface_entry(slot, ifindex)?;
     Some(Endpoint {
         endpoint: found.endpoint,
         mac: found.mac,
@@ -1300,8 +1306,8 @@ fn labelled_peer(slot: u32, family: u8, addr: &[u8; 16], side: u32) -> Peer {
 /// `labelled_peer`'s lookup of the address in `HW_POLICY_SCAN`: its entry's
 /// endpoint and flags (`flags << 32 | local_endpoint`), -1 when no prefix
 /// covers it; its labels and (a local endpoint's) groups are copied to the
-/// scratch's `side`. A global
-/// function, checked once, its copy loop included.
+/// scratch's `side`. A global function, checked once, its copy loops
+/// included.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn hw_peer(side: u32) -> i64 {
@@ -1392,14 +1398,7 @@ pub extern "C" fn hw_policy(owner: u32, dir: u32, side: u32) -> i64 {
     let slot = q.slot & 1;
     let owner = if owner >= GROUPS_OF_HOOK as u32 {
         // The hook's endpoint: its interface's entry.
-        let found = unsafe {
-            if slot == 0 {
-                IFACE_0.get(&q.ifindex)
-            } else {
-                IFACE_1.get(&q.ifindex)
-            }
-        };
-        let Some(endpoint) = found else {
+        let Some(endpoint) = iface_entry(slot, q.ifindex) else {
             return 0;
         };
         for i in 0..MAX_GROUPS {

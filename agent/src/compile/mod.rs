@@ -418,9 +418,9 @@ fn compile_inner(
     // rules of a group make the same entry, the first keeps it.
     let held: std::collections::BTreeSet<u32> = groups_of
         .values()
-        .flat_map(|g| g.ids[..g.n as usize].to_vec())
+        .flat_map(|g| g.ids[..g.n as usize].iter().copied())
         .collect();
-    let mut seen: HashMap<(u32, PolicyKey), ()> = HashMap::new();
+    let mut seen: std::collections::HashSet<(u32, PolicyKey)> = std::collections::HashSet::new();
     for (id, r) in &out.rules {
         if !held.contains(&out.group_ids[&r.group]) {
             continue;
@@ -437,7 +437,7 @@ fn compile_inner(
         let group = out.group_ids[&r.group];
         for label in prefixes.rule_labels(policy, rule) {
             for (len, key) in rule_keys(rule, group, label, dir, mutation) {
-                if seen.insert((len, key), ()).is_none() {
+                if seen.insert((len, key)) {
                     out.policy.push((len, key, PolicyValue { rule: *id }));
                 }
             }

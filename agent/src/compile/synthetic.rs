@@ -553,9 +553,8 @@ mod tests {
         assert!(c.peer4.len() > 50_000, "{} IPv4 peer entries", c.peer4.len());
         // Both slots, as the kernel counts LPM entries, and conntrack's two
         // tables: well under the default --max-map-memory.
-        let lpm = |n: usize, key: usize, value: usize| 2 * crate::datapath::memory::lpm(n, key, value);
-        let peer = std::mem::size_of::<hostwall_common::PeerInfo>();
-        let policy = lpm(c.policy.len(), 16, 4) + lpm(c.peer4.len(), 4, peer) + lpm(c.peer6.len(), 16, peer);
+        let tries = crate::datapath::memory::policy_tries(c.policy.len(), c.peer4.len(), c.peer6.len());
+        let policy: u64 = 2 * tries.iter().map(|t| t.2).sum::<u64>();
         assert!(
             policy + (36 << 20) < crate::datapath::memory::DEFAULT_MAX_MAP_MEMORY / 2,
             "{policy} bytes"

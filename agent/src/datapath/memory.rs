@@ -51,6 +51,22 @@ pub fn lpm(entries: usize, key: usize, value: usize) -> u64 {
     entries as u64 * (LPM_NODE_BYTES + key as u64 + value as u64)
 }
 
+/// The policy's LPM tries in one slot holding `policy`, `peer4` and `peer6`
+/// entries: (map, entries, kernel memory) of each.
+pub fn policy_tries(policy: usize, peer4: usize, peer6: usize) -> [(&'static str, usize, u64); 3] {
+    use hostwall_common::{PeerInfo, PolicyKey, PolicyValue};
+    use std::mem::size_of;
+    [
+        (
+            "HW_POLICY",
+            policy,
+            lpm(policy, size_of::<PolicyKey>(), size_of::<PolicyValue>()),
+        ),
+        ("HW_PEER4", peer4, lpm(peer4, 4, size_of::<PeerInfo>())),
+        ("HW_PEER6", peer6, lpm(peer6, 16, size_of::<PeerInfo>())),
+    ]
+}
+
 /// `1.5 MiB`-style.
 pub fn human(bytes: u64) -> String {
     let b = bytes as f64;

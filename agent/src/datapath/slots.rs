@@ -76,13 +76,12 @@ enum Tables {
 impl Tables {
     /// The kernel memory the LPM tries take for these contents.
     fn memory(&self) -> u64 {
-        use super::memory::lpm;
-        use std::mem::size_of;
         match self {
             Tables::Current { peer4, peer6, policy } => {
-                lpm(peer4.len(), 4, size_of::<PeerInfo>())
-                    + lpm(peer6.len(), 16, size_of::<PeerInfo>())
-                    + lpm(policy.len(), size_of::<PolicyKey>(), size_of::<PolicyValue>())
+                super::memory::policy_tries(policy.len(), peer4.len(), peer6.len())
+                    .iter()
+                    .map(|t| t.2)
+                    .sum()
             }
             Tables::Legacy { .. } => 0,
         }
@@ -624,28 +623,10 @@ impl Slots {
     /// (when the active slot's contents are unknown, as after a restart, as
     /// much again as `compiled`'s) and `compiled` in the other slot.
     pub fn check_memory(&self, compiled: &Compiled) -> Result<u64, MemoryError> {
-        use super::memory;
-        use std::mem::size_of;
         if self.slots[self.current as usize].legacy() {
             return Ok(0);
         }
-        let parts = [
-            (
-                "HW_POLICY",
-                compiled.policy.len(),
-                memory::lpm(compiled.policy.len(), size_of::<PolicyKey>(), size_of::<PolicyValue>()),
-            ),
-            (
-                "HW_PEER4",
-                compiled.peer4.len(),
-                memory::lpm(compiled.peer4.len(), 4, size_of::<PeerInfo>()),
-            ),
-            (
-                "HW_PEER6",
-                compiled.peer6.len(),
-                memory::lpm(compiled.peer6.len(), 16, size_of::<PeerInfo>()),
-            ),
-        ];
+        let parts = super::memory::policy_tries(compiled.policy.len(), compiled.peer4.len(), compiled.peer6.len());
         let new: u64 = parts.iter().map(|p| p.2).sum();
         let held = match &self.held[self.current as usize] {
             Some(c) => c.tables.memory(),
