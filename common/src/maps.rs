@@ -14,15 +14,13 @@ pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;
 
 /// Groups one endpoint may belong to at most (the validator refuses more):
-/// a new flow makes one policy lookup per pair of the deciding endpoint's
-/// groups and the peer's labels.
+/// a new flow makes a fixed number of policy lookups per group of the
+/// deciding endpoint.
 pub const MAX_GROUPS: usize = 8;
 
 /// Labels one peer entry holds at most: the groups named as peers that the
-/// address's endpoint belongs to, `host`, and the CIDRs around it, nearest
-/// first. In a deeper chain of CIDRs the nearest share a closure label
-/// (see `LABEL_CIDRS_FROM`).
-pub const MAX_PEER_LABELS: usize = 20;
+/// address's endpoint belongs to, and `host`.
+pub const MAX_PEER_LABELS: usize = MAX_GROUPS + 1;
 
 /// A label's kind, in its top four bits; the rest is an id.
 pub const LABEL_KIND_MASK: u32 = 0xf000_0000;
@@ -30,12 +28,6 @@ pub const LABEL_KIND_MASK: u32 = 0xf000_0000;
 pub const LABEL_GROUP: u32 = 0x1000_0000;
 /// The host's own addresses (the `host` peer).
 pub const LABEL_HOST: u32 = 0x2000_0000;
-/// One CIDR, by its prefix id: rules that name exactly this CIDR.
-pub const LABEL_CIDR: u32 = 0x3000_0000;
-/// Several CIDRs, by closure id: the first label of an address whose
-/// chain of enclosing CIDRs is longer than a peer entry has room for,
-/// standing for its nearest CIDRs.
-pub const LABEL_CIDRS_FROM: u32 = 0x4000_0000;
 
 /// Bits of a `PolicyKey` that are always compared exactly: group, label
 /// and direction. A rule for every protocol is an entry of exactly these
@@ -46,7 +38,8 @@ pub const POLICY_FIXED_BITS: u32 = 9 * 8;
 pub const POLICY_PROTO_BITS: u32 = POLICY_FIXED_BITS + 16;
 
 /// Key of the policy LPM trie (`HW_POLICY_{0,1}`): one entry per rule, per
-/// label of its peers and per prefix-aligned block of its port range.
+/// group or `host` among its peers and per prefix-aligned block of its
+/// port range.
 ///
 /// `group` is the group that holds the rule, `label` one of its peers
 /// (`LABEL_*`). `foreign` is 0 in every entry; a packet's key sets it for
@@ -91,6 +84,88 @@ pub fn foreign_icmp(family: u8, proto: u8) -> bool {
 }
 const _: () = assert!(core::mem::offset_of!(PolicyKey, foreign) * 8 == POLICY_FIXED_BITS as usize);
 const _: () = assert!(core::mem::offset_of!(PolicyKey, port_be) * 8 == POLICY_PROTO_BITS as usize);
+
+/// Tiers of the CIDR tries (`HW_CIDR4_{0,1}`, `HW_CIDR6_{0,1}`), in
+/// `CidrKey::tier`: rules whose peers are CIDRs or prefix lists, by the
+/// shape of their protocol and ports.
+///
+/// One port, or one ICMP type and code: the key holds it, and the longest
+/// match over the address settles the rest.
+pub const TIER_EXACT: u8 = 1;
+/// Every protocol: the key holds no protocol or port.
+pub const TIER_ANY: u8 = 2;
+/// Any other range of one protocol: the key holds the protocol, and the
+/// entry of a CIDR lists the port runs of its own rules and of the CIDRs
+/// around it (`CidrValue`). Tiers above it continue a list that did not
+/// fit (`CidrValue::next`).
+pub const TIER_RANGES: u8 = 3;
+/// Entries a range walk visits at most: the compiler refuses a policy
+/// whose runs along one chain of CIDRs need more.
+pub const MAX_RANGE_STEPS: usize = 8;
+/// Port runs one range entry holds.
+pub const MAX_CIDR_RUNS: usize = 8;
+
+/// Bits of a `CidrKey` compared exactly, before the address: group, tier,
+/// direction, `foreign`, protocol and port (zero where the tier has none).
+pub const CIDR_FIXED_BITS: u32 = 10 * 8;
+
+/// Key of a CIDR trie: `N` is 4 (IPv4) or 16 (IPv6). Entries are
+/// `CIDR_FIXED_BITS` plus the CIDR's prefix length long; `foreign` is 0
+/// in every entry and in a key of `TIER_ANY` (see `PolicyKey`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CidrKey<const N: usize> {
+    pub group: u32,
+    pub tier: u8,
+    pub dir: u8,
+    pub foreign: u8,
+    pub proto: u8,
+    pub port_be: [u8; 2],
+    pub addr: [u8; N],
+    /// Beyond every prefix; always zero.
+    pub _tail: [u8; 2],
+}
+const _: () = assert!(size_of::<CidrKey<4>>() == 16);
+const _: () = assert!(size_of::<CidrKey<16>>() == 28);
+const _: () = assert!(core::mem::offset_of!(CidrKey<4>, addr) * 8 == CIDR_FIXED_BITS as usize);
+
+impl<const N: usize> CidrKey<N> {
+    pub const fn entry(group: u32, tier: u8, dir: u8, proto: u8, port: u16, addr: [u8; N]) -> CidrKey<N> {
+        CidrKey {
+            group,
+            tier,
+            dir,
+            foreign: 0,
+            proto,
+            port_be: port.to_be_bytes(),
+            addr,
+            _tail: [0; 2],
+        }
+    }
+}
+
+/// An inclusive run of the port field and the rule that allows it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortRun {
+    pub first: u16,
+    pub last: u16,
+    pub rule: u32,
+}
+
+/// Value of a CIDR trie. `TIER_EXACT` and `TIER_ANY` entries give `rule`;
+/// a range entry gives its first `n_runs` runs (disjoint), and `next`,
+/// when not 0, the entry that holds the rest: `tier << 8 | (prefix length
+/// of its address + 1)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CidrValue {
+    pub rule: u32,
+    pub n_runs: u32,
+    pub next: u32,
+    pub runs: [PortRun; MAX_CIDR_RUNS],
+}
+const _: () = assert!(size_of::<CidrValue>() == 12 + 8 * MAX_CIDR_RUNS);
 
 /// Value of the policy trie: the rule that allows the matching packets,
 /// an index into `HW_RULE_STATS`.
@@ -295,6 +370,9 @@ mod pod {
     use super::*;
     unsafe impl aya::Pod for PolicyKey {}
     unsafe impl aya::Pod for PolicyValue {}
+    unsafe impl aya::Pod for CidrKey<4> {}
+    unsafe impl aya::Pod for CidrKey<16> {}
+    unsafe impl aya::Pod for CidrValue {}
     unsafe impl aya::Pod for PeerInfo {}
     unsafe impl aya::Pod for Groups {}
     unsafe impl aya::Pod for SrcKey {}

@@ -1287,10 +1287,14 @@ fn labelled_peer(slot: u32, family: u8, addr: &[u8; 16], side: u32) -> Peer {
         (*q).family = family;
         // The key, written here: copies in `hw_peer` would be calls to
         // `memcpy`, a frame more than Linux 6.1's stack allows.
+        let s = (side & 1) as usize;
         if family == FAMILY_V4 {
-            (*q).peer4 = Key::new(32, [addr[0], addr[1], addr[2], addr[3]]);
+            let a = [addr[0], addr[1], addr[2], addr[3]];
+            (*q).peer4 = Key::new(32, a);
+            (*q).cidr4[s].data.addr = a;
         } else {
             (*q).peer6 = Key::new(128, *addr);
+            (*q).cidr6[s].data.addr = *addr;
         }
     }
     let found = hw_peer(side);
@@ -1355,10 +1359,12 @@ pub extern "C" fn hw_peer(side: u32) -> i64 {
 /// The rule that allows `pkt` in direction `dir` for the local endpoint
 /// whose groups `owner` names, judged against the other end (the
 /// destination for egress, the source for ingress); `peers` must have
-/// looked up the ends it reads. One `HW_POLICY` lookup per pair of the
-/// owner's groups and the other end's labels, the first hit wins. Each
-/// lookup's longest match settles the protocol and port (rules for every
-/// protocol are the shortest entries).
+/// looked up the ends it reads. For each of the owner's groups: one
+/// `HW_POLICY` lookup per label of the other end (its groups, `host`), then
+/// the other end's address in the CIDR trie, one lookup per tier (the
+/// range tier a short walk when its runs did not fit one entry); the first
+/// hit wins. Each lookup's longest match settles the protocol and port, or
+/// the address, so overlapping ranges and CIDRs need no splitting.
 #[inline(always)]
 fn policy(peers: &Peers, owner: GroupsOf, dir: u8, pkt: &Packet) -> Option<u32> {
     let q = POLICY_SCAN.get_ptr_mut(0)?;
@@ -1385,7 +1391,7 @@ fn policy(peers: &Peers, owner: GroupsOf, dir: u8, pkt: &Packet) -> Option<u32> 
 
 /// `policy`'s lookups, for the question in `HW_POLICY_SCAN`: a global
 /// function, which the verifier checks once rather than at every path
-/// that reaches a decision, its loop over the pairs included. Its state
+/// that reaches a decision, its loop over the groups included. Its state
 /// lives in the per-CPU map: Linux 6.1 allows the program's frame and this
 /// one's 512 bytes together, each rounded up to 32.
 #[unsafe(no_mangle)]
@@ -1435,7 +1441,7 @@ pub extern "C" fn hw_policy(owner: u32, dir: u32, side: u32) -> i64 {
                 break;
             }
             q.key.data.label = label;
-            let found = if slot == 0 {
+            let found = if q.slot & 1 == 0 {
                 POLICY_0.get(&q.key)
             } else {
                 POLICY_1.get(&q.key)
@@ -1444,8 +1450,107 @@ pub extern "C" fn hw_policy(owner: u32, dir: u32, side: u32) -> i64 {
                 return v.rule as i64;
             }
         }
+        // The group and direction are read back from the key: fewer
+        // values live across the calls, a smaller frame.
+        let rule = hw_cidr(q.key.data.group, q.key.data.dir as u32, side as u32);
+        if rule > 0 {
+            return rule;
+        }
     }
     0
+}
+
+/// The CIDR tries' answer for one group (the question in
+/// `HW_POLICY_SCAN`, the address that of `side`): the tier of one port,
+/// that of every protocol, then the range tier's walk. A global function
+/// called by `hw_policy`, so that the verifier checks it once rather than
+/// for each group; its frame and `hw_policy`'s are what the programs'
+/// frames leave of the 512 bytes.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn hw_cidr(group: u32, dir: u32, side: u32) -> i64 {
+    let Some(q) = POLICY_SCAN.get_ptr_mut(0) else {
+        return 0;
+    };
+    let q = unsafe { &mut *q };
+    let side = (side & 1) as usize;
+    // Few values live across the lookups (the frame is what is left of
+    // Linux 6.1's 512 bytes): the rest is read back from the scratch.
+    q.cidr_map = (q.slot & 1) | if q.family == FAMILY_V4 { 0 } else { 2 };
+    q.cidr_foreign = foreign_icmp(q.family, q.proto) as u8;
+    q.cidr4[side].data.group = group;
+    q.cidr4[side].data.dir = dir as u8;
+    q.cidr6[side].data.group = group;
+    q.cidr6[side].data.dir = dir as u8;
+    // One port (or ICMP type and code).
+    cidr_tier(q, side, TIER_EXACT, q.cidr_foreign, q.proto, q.port);
+    if let Some(v) = cidr_entry(q, side) {
+        return v.rule as i64;
+    }
+    // Every protocol.
+    cidr_tier(q, side, TIER_ANY, 0, 0, 0);
+    if let Some(v) = cidr_entry(q, side) {
+        return v.rule as i64;
+    }
+    // Ranges: each entry lists runs; `next` names the entry that holds the
+    // rest of its chain.
+    cidr_tier(q, side, TIER_RANGES, q.cidr_foreign, q.proto, 0);
+    for _ in 0..MAX_RANGE_STEPS {
+        let Some(v) = cidr_entry(q, side) else {
+            return 0;
+        };
+        // The runs end at the first without a rule (ids start at 1): a
+        // test of the value read, not of a count (see `hw_policy`).
+        for r in 0..MAX_CIDR_RUNS {
+            let run = &v.runs[r];
+            if run.rule == 0 {
+                break;
+            }
+            if run.first <= q.port && q.port <= run.last {
+                return run.rule as i64;
+            }
+        }
+        if v.next == 0 {
+            return 0;
+        }
+        let len = CIDR_FIXED_BITS + (v.next & 0xff) - 1;
+        let tier = (v.next >> 8) as u8;
+        q.cidr4[side].prefix_len = len;
+        q.cidr4[side].data.tier = tier;
+        q.cidr6[side].prefix_len = len;
+        q.cidr6[side].data.tier = tier;
+    }
+    0
+}
+
+/// Sets the tier's part of `side`'s CIDR keys, the whole address long.
+#[inline(always)]
+fn cidr_tier(q: &mut PolicyScan, side: usize, tier: u8, foreign: u8, proto: u8, port: u16) {
+    let port_be = port.to_be_bytes();
+    let k4 = &mut q.cidr4[side];
+    k4.prefix_len = CIDR_FIXED_BITS + 32;
+    k4.data.tier = tier;
+    k4.data.foreign = foreign;
+    k4.data.proto = proto;
+    k4.data.port_be = port_be;
+    let k6 = &mut q.cidr6[side];
+    k6.prefix_len = CIDR_FIXED_BITS + 128;
+    k6.data.tier = tier;
+    k6.data.foreign = foreign;
+    k6.data.proto = proto;
+    k6.data.port_be = port_be;
+}
+
+/// `side`'s key looked up in the CIDR trie of the scratch's slot and
+/// family.
+#[inline(always)]
+fn cidr_entry(q: &PolicyScan, side: usize) -> Option<&'static CidrValue> {
+    match q.cidr_map {
+        0 => CIDR4_0.get(&q.cidr4[side]),
+        1 => CIDR4_1.get(&q.cidr4[side]),
+        2 => CIDR6_0.get(&q.cidr6[side]),
+        _ => CIDR6_1.get(&q.cidr6[side]),
+    }
 }
 
 /// Whose groups judge a direction of a flow: the hook's endpoint's, or
@@ -1468,6 +1573,13 @@ pub struct PolicyScan {
     /// The address `hw_peer` looks up, as the key of its family's trie.
     peer4: Key<[u8; 4]>,
     peer6: Key<[u8; 16]>,
+    /// The CIDR tries' keys for the address of each side.
+    cidr4: [Key<CidrKey<4>>; 2],
+    cidr6: [Key<CidrKey<16>>; 2],
+    /// The CIDR trie `hw_policy` looks up: slot | 2 for IPv6.
+    cidr_map: u32,
+    /// `foreign` of the packet's key in the tiers of one protocol.
+    cidr_foreign: u8,
     /// The labels of the packet's two ends, by `Peers` side; a list ends
     /// at its first 0.
     labels: [[u32; MAX_PEER_LABELS]; 2],

@@ -39,8 +39,9 @@ pub static LOCAL_0: HashMap<LocalKey, LocalAddr> = HashMap::with_max_entries(MAX
 #[map(name = "HW_LOCAL_1")]
 pub static LOCAL_1: HashMap<LocalKey, LocalAddr> = HashMap::with_max_entries(MAX_LOCAL_ENTRIES, 0);
 
-/// Slot: IPv4 prefix -> the labels rules may name its addresses by (and
-/// local endpoint, host flag). Written by the agent.
+/// Slot: IPv4 address (or prefix of addresses) of an endpoint or of the
+/// host -> the labels rules may name it by (its groups named as peers,
+/// `host`), and its local endpoint and host flag. Written by the agent.
 #[map(name = "HW_PEER4_0")]
 pub static PEER4_0: LpmTrie<[u8; 4], PeerInfo> = LpmTrie::with_max_entries(MAX_PEER_ENTRIES, 0);
 #[map(name = "HW_PEER4_1")]
@@ -53,12 +54,28 @@ pub static PEER6_0: LpmTrie<[u8; 16], PeerInfo> = LpmTrie::with_max_entries(MAX_
 pub static PEER6_1: LpmTrie<[u8; 16], PeerInfo> = LpmTrie::with_max_entries(MAX_PEER_ENTRIES, 0);
 
 /// Slot: (group, peer label, direction, protocol, port prefix) -> rule: one
-/// entry per rule, label of its peers and prefix-aligned block of its port
-/// range. Written by the agent.
+/// entry per rule, group or `host` among its peers and prefix-aligned
+/// block of its port range. Written by the agent.
 #[map(name = "HW_POLICY_0")]
 pub static POLICY_0: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
 #[map(name = "HW_POLICY_1")]
 pub static POLICY_1: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+
+/// Slot: (group, tier, direction, protocol, port, IPv4 prefix) -> the
+/// rule (or, for `TIER_RANGES`, the port runs) of rules whose peers are
+/// CIDRs or prefix lists: one entry per rule, CIDR and port for single
+/// ports and for every protocol, one per group, direction, protocol and
+/// CIDR for ranges. Written by the agent.
+#[map(name = "HW_CIDR4_0")]
+pub static CIDR4_0: LpmTrie<CidrKey<4>, CidrValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+#[map(name = "HW_CIDR4_1")]
+pub static CIDR4_1: LpmTrie<CidrKey<4>, CidrValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+
+/// Slot: the same for IPv6 prefixes. Written by the agent.
+#[map(name = "HW_CIDR6_0")]
+pub static CIDR6_0: LpmTrie<CidrKey<16>, CidrValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
+#[map(name = "HW_CIDR6_1")]
+pub static CIDR6_1: LpmTrie<CidrKey<16>, CidrValue> = LpmTrie::with_max_entries(MAX_POLICY_ENTRIES, 0);
 
 /// Tracked flows local endpoints opened (made at the sender's interface).
 /// Written by the programs; read and flushed by the agent.

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use hostwall_common::{
-    CtKey, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, Groups, POLICY_FIXED_BITS, POLICY_PROTO_BITS, PeerInfo, PolicyKey,
-    foreign_icmp,
+    CIDR_FIXED_BITS, CidrKey, CidrValue, CtKey, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, Groups, MAX_RANGE_STEPS,
+    POLICY_FIXED_BITS, POLICY_PROTO_BITS, PeerInfo, PolicyKey, TIER_ANY, TIER_EXACT, TIER_RANGES, foreign_icmp,
 };
 
 use super::Compiled;
@@ -19,6 +19,8 @@ pub struct Lookup {
     /// By endpoint id: the groups in its interface's entry.
     groups: HashMap<u32, Groups>,
     policy: HashMap<(u32, PolicyKey), u32>,
+    cidr4: HashMap<(u32, CidrKey<4>), CidrValue>,
+    cidr6: HashMap<(u32, CidrKey<16>), CidrValue>,
 }
 
 fn mask<const N: usize>(addr: [u8; N], len: u32) -> [u8; N] {
@@ -37,6 +39,8 @@ impl Lookup {
             peer6: c.peer6.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
             groups: c.endpoints.iter().map(|e| (e.info.endpoint, e.info.groups)).collect(),
             policy: c.policy.iter().map(|(len, k, v)| ((*len, *k), v.rule)).collect(),
+            cidr4: c.cidr4.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
+            cidr6: c.cidr6.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
         }
     }
 
@@ -61,10 +65,20 @@ impl Lookup {
     }
 
     /// The rule allowing (direction, family, protocol, port) for an
-    /// endpoint of `groups` and a peer of `peer`'s labels, as the
-    /// datapath's lookups find it: the first hit over the pairs of a group
-    /// and a label, each the longest match.
-    pub fn rule(&self, groups: &Groups, peer: &PeerInfo, dir: u8, family: u8, proto: u8, port: u16) -> Option<u32> {
+    /// endpoint of `groups` and a peer at `addr` with `peer`'s labels, as
+    /// the datapath's lookups find it: for each group, the labels, then the
+    /// CIDR tiers; the first hit wins, each lookup the longest match.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rule(
+        &self,
+        groups: &Groups,
+        peer: &PeerInfo,
+        addr: IpAddr,
+        dir: u8,
+        family: u8,
+        proto: u8,
+        port: u16,
+    ) -> Option<u32> {
         let foreign = foreign_icmp(family, proto);
         for &group in &groups.ids[..groups.n as usize] {
             for &label in &peer.labels[..peer.n_labels as usize] {
@@ -83,6 +97,51 @@ impl Lookup {
                     return Some(rule);
                 }
             }
+            if let Some(rule) = self.cidr_rule(group, addr, dir, foreign, proto, port) {
+                return Some(rule);
+            }
+        }
+        None
+    }
+
+    /// The CIDR tiers' answer for one group, as `hw_cidr` finds it.
+    fn cidr_rule(&self, group: u32, addr: IpAddr, dir: u8, foreign: bool, proto: u8, port: u16) -> Option<u32> {
+        // The longest entry of (tier, foreign, proto, port) at most
+        // `max_len` bits of address long that holds `addr`.
+        let find = |tier: u8, foreign: u8, proto: u8, port: u16, max_len: u32| -> Option<CidrValue> {
+            match addr {
+                IpAddr::V4(a) => (0..=max_len.min(32)).rev().find_map(|len| {
+                    let mut k = CidrKey::entry(group, tier, dir, proto, port, mask(a.octets(), len));
+                    k.foreign = foreign;
+                    self.cidr4.get(&(CIDR_FIXED_BITS + len, k)).copied()
+                }),
+                IpAddr::V6(a) => (0..=max_len.min(128)).rev().find_map(|len| {
+                    let mut k = CidrKey::entry(group, tier, dir, proto, port, mask(a.octets(), len));
+                    k.foreign = foreign;
+                    self.cidr6.get(&(CIDR_FIXED_BITS + len, k)).copied()
+                }),
+            }
+        };
+        if let Some(v) = find(TIER_EXACT, foreign as u8, proto, port, 128) {
+            return Some(v.rule);
+        }
+        if let Some(v) = find(TIER_ANY, 0, 0, 0, 128) {
+            return Some(v.rule);
+        }
+        let (mut tier, mut max_len) = (TIER_RANGES, 128);
+        for _ in 0..MAX_RANGE_STEPS {
+            let v = find(tier, foreign as u8, proto, 0, max_len)?;
+            if let Some(run) = v.runs[..v.n_runs as usize]
+                .iter()
+                .find(|r| r.first <= port && port <= r.last)
+            {
+                return Some(run.rule);
+            }
+            if v.next == 0 {
+                return None;
+            }
+            tier = (v.next >> 8) as u8;
+            max_len = (v.next & 0xff) - 1;
         }
         None
     }
@@ -109,12 +168,12 @@ impl Lookup {
             return false;
         }
         // A local endpoint's groups come with its address's entry.
-        let judge = |owner: &PeerInfo, other: &PeerInfo, dir: u8| {
+        let judge = |owner: &PeerInfo, other: &PeerInfo, other_addr: IpAddr, dir: u8| {
             owner.local_endpoint == 0
                 || self
-                    .rule(&owner.groups, other, dir, key.family, key.proto, port)
+                    .rule(&owner.groups, other, other_addr, dir, key.family, key.proto, port)
                     .is_some()
         };
-        judge(&src, &dst, DIR_EGRESS) && judge(&dst, &src, DIR_INGRESS)
+        judge(&src, &dst, addr(&key.dst), DIR_EGRESS) && judge(&dst, &src, addr(&key.src), DIR_INGRESS)
     }
 }

@@ -1,24 +1,32 @@
 //! Compiles a validated policy into the contents of the datapath's maps.
 //!
 //! The compiled form is linear in what the file says and answers "does a
-//! rule allow this packet?" with a fixed number of lookups:
+//! rule allow this packet?" with a fixed number of lookups per group of the
+//! deciding endpoint:
 //!
-//! - Every address is given its *labels* (`HW_PEER4`/`HW_PEER6`, LPM): the
-//!   groups named as peers that its endpoint belongs to, `host` for the
-//!   host's own addresses, and the chain of the policy's CIDRs that contain
-//!   it, nearest first ([`peers`]).
-//! - Each rule becomes one `HW_POLICY` entry per label of its own peers
-//!   (a group counts once, not per member; a CIDR once, however many
-//!   addresses it covers) and per prefix-aligned block of its port range,
-//!   keyed by the group that holds it.
-//! - A new flow looks up every pair of the deciding endpoint's groups and
-//!   the peer's labels; the longest match of each lookup settles protocol
-//!   and port, so overlapping ranges and CIDRs need no splitting.
+//! - Every endpoint address and every address of the host is given its
+//!   *labels* (`HW_PEER4`/`HW_PEER6`): the groups named as peers that its
+//!   endpoint belongs to, and `host` for the host's own addresses
+//!   ([`peers`]).
+//! - A rule's group and `host` peers make one `HW_POLICY` entry per label
+//!   (a group counts once, not per member) and per prefix-aligned block of
+//!   its port range, keyed by the group that holds it; the longest match of
+//!   a lookup settles protocol and port, so overlapping ranges need no
+//!   splitting.
+//! - A rule's CIDR and prefix-list peers are entries of the CIDR tries
+//!   (`HW_CIDR4`/`HW_CIDR6`), keyed by the group that holds it, a tier and
+//!   the CIDR itself: the longest match over the other end's address
+//!   answers for every CIDR of the group at once, nested CIDRs included
+//!   ([`cidrs`]).
+//! - A new flow looks up, for each of the deciding endpoint's groups, each
+//!   label of the other end (at most `MAX_PEER_LABELS`) and the three CIDR
+//!   tiers; the first hit wins.
 //!
 //! [`legacy`] keeps the earlier form (peer classes and one policy id per
 //! set of groups) for eBPF objects of earlier builds, which the benchmark
 //! runs side by side with this one.
 
+mod cidrs;
 pub mod legacy;
 mod lookup;
 mod peers;
@@ -29,15 +37,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use hostwall_common::{
-    DIR_EGRESS, DIR_INGRESS, EndpointInfo, FAMILY_V4, FAMILY_V6, Groups, LOCAL_LINK_ONLY, LOCAL_NO_PATH, LocalAddr,
-    LocalKey, MAX_ENDPOINT_INTERFACES, MAX_GROUPS, MAX_LOCAL_ENTRIES, MAX_PEER_ENTRIES, MAX_POLICY_ENTRIES, MAX_RULES,
-    MAX_SRC_ENTRIES, POLICY_FIXED_BITS, POLICY_PROTO_BITS, PeerInfo, PolicyKey, PolicyValue, Settings, SrcKey,
+    CidrKey, CidrValue, DIR_EGRESS, DIR_INGRESS, EndpointInfo, FAMILY_V4, FAMILY_V6, Groups, LOCAL_LINK_ONLY,
+    LOCAL_NO_PATH, LocalAddr, LocalKey, MAX_ENDPOINT_INTERFACES, MAX_GROUPS, MAX_LOCAL_ENTRIES, MAX_PEER_ENTRIES,
+    MAX_POLICY_ENTRIES, MAX_RULES, MAX_SRC_ENTRIES, POLICY_FIXED_BITS, POLICY_PROTO_BITS, PeerInfo, PolicyKey,
+    PolicyValue, Settings, SrcKey,
 };
 
 use crate::policy::{Direction, Midstream, Peer, Policy, Proto, Rule};
 pub use lookup::Lookup;
 use peers::Prefixes;
-pub use ports::{PortBlock, port_blocks};
+pub use ports::{PortBlock, port_blocks, port_runs};
 
 /// Where a rule id comes from: the n-th rule of a group's ingress or egress.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -68,6 +77,9 @@ pub struct Compiled {
     pub peer4: Vec<(u32, [u8; 4], PeerInfo)>,
     pub peer6: Vec<(u32, [u8; 16], PeerInfo)>,
     pub policy: Vec<(u32, PolicyKey, PolicyValue)>,
+    /// The CIDR tries' entries (prefix length, key, value) by family.
+    pub cidr4: Vec<(u32, CidrKey<4>, CidrValue)>,
+    pub cidr6: Vec<(u32, CidrKey<16>, CidrValue)>,
     /// Every rule with its id, in policy order.
     pub rules: Vec<(u32, RuleRef)>,
     /// Group ids (`PolicyKey::group`, `LABEL_GROUP`), by name.
@@ -82,6 +94,12 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Entries of the policy maps one slot holds (`HW_POLICY`, `HW_CIDR4`,
+    /// `HW_CIDR6`): what the linear bound counts.
+    pub fn policy_entries(&self) -> usize {
+        self.policy.len() + self.cidr4.len() + self.cidr6.len()
+    }
+
     pub fn rule_id(&self, rule: &RuleRef) -> Option<u32> {
         self.rules.iter().find(|(_, r)| r == rule).map(|(id, _)| *id)
     }
@@ -98,6 +116,19 @@ pub enum CompileError {
         group: String,
         direction: Direction,
         index: usize,
+    },
+    #[error(
+        "the {} {} rules of group {group} need a walk of {steps} entries over nested CIDRs, more than {max}: \
+         fewer disjoint port ranges on CIDRs inside one another",
+        direction.as_str(),
+        crate::policy::Proto::Number(*proto).name(),
+        max = hostwall_common::MAX_RANGE_STEPS
+    )]
+    RangeWalk {
+        group: String,
+        direction: Direction,
+        proto: u8,
+        steps: usize,
     },
     #[error("the policy needs {needed} entries in {map}, which holds {capacity} ({} too many)", needed - capacity)]
     MapFull {
@@ -189,13 +220,14 @@ pub fn compile_with(
 pub enum Mutation {
     /// Port ranges of more than one port lose their last port.
     OffByOneRange,
-    /// An address's labels leave out the CIDRs around it (a prefix the
-    /// policy names keeps only its own), so a lookup forgets the CIDRs
-    /// that contain it.
-    DropShorterPrefix,
-    /// A chain of CIDRs longer than a peer entry holds loses its closure
-    /// label: the CIDRs beyond the room are skipped.
-    SkipClosure,
+    /// A CIDR's range entry leaves out the ranges of the CIDRs around it,
+    /// so a lookup forgets the CIDRs that contain the nearest one.
+    RangesUnmerged,
+    /// A range entry whose runs did not fit names no next entry: the rest
+    /// of its chain is skipped.
+    RangeWalkCut,
+    /// The CIDR tries' tier for every protocol is left empty.
+    AnyTierSkipped,
     /// An endpoint's groups after its first are never looked up.
     FirstGroupOnly,
 }
@@ -400,7 +432,7 @@ fn compile_inner(
     }
 
     // Labels of every address.
-    let prefixes = Prefixes::build(policy, host.host_addresses, &out.group_ids, &endpoint_ids, mutation);
+    let prefixes = Prefixes::build(policy, host.host_addresses, &out.group_ids, &endpoint_ids);
     for (net, mut info) in prefixes.entries().iter().copied() {
         if let Some(groups) = groups_of.get(&info.local_endpoint) {
             info.groups = *groups;
@@ -413,7 +445,7 @@ fn compile_inner(
     check("HW_PEER4", out.peer4.len(), limits.peer_entries)?;
     check("HW_PEER6", out.peer6.len(), limits.peer_entries)?;
 
-    // One entry per rule, label of its peers and port block, for the groups
+    // One entry per rule, group or `host` peer and port block, for the groups
     // a local endpoint holds (no lookup names another group). Where two
     // rules of a group make the same entry, the first keeps it.
     let held: std::collections::BTreeSet<u32> = groups_of
@@ -435,7 +467,7 @@ fn compile_inner(
             Direction::Egress => DIR_EGRESS,
         };
         let group = out.group_ids[&r.group];
-        for label in prefixes.rule_labels(policy, rule) {
+        for label in prefixes.rule_labels(rule) {
             for (len, key) in rule_keys(rule, group, label, dir, mutation) {
                 if seen.insert((len, key)) {
                     out.policy.push((len, key, PolicyValue { rule: *id }));
@@ -444,6 +476,13 @@ fn compile_inner(
         }
     }
     check("HW_POLICY", out.policy.len(), limits.policy_entries)?;
+
+    // Rules' CIDR and prefix-list peers.
+    let cidrs = cidrs::build(policy, &out.rules, &out.group_ids, &held, mutation)?;
+    out.cidr4 = cidrs.v4;
+    out.cidr6 = cidrs.v6;
+    check("HW_CIDR4", out.cidr4.len(), limits.policy_entries)?;
+    check("HW_CIDR6", out.cidr6.len(), limits.policy_entries)?;
     Ok(out)
 }
 

@@ -16,6 +16,20 @@ pub fn port_blocks(ranges: &[(u16, u16, u32)]) -> Vec<PortBlock> {
     if let [(first, last, rule)] = ranges {
         return blocks(&[(*first as u32, *last as u32, *rule)]);
     }
+    blocks(&runs(ranges))
+}
+
+/// Overlapping inclusive ranges `(first, last, rule)` as disjoint runs in
+/// ascending order, adjacent runs of one rule merged. A port covered by
+/// several ranges is credited to the range listed first.
+pub fn port_runs(ranges: &[(u16, u16, u32)]) -> Vec<(u16, u16, u32)> {
+    runs(ranges)
+        .into_iter()
+        .map(|(lo, hi, rule)| (lo as u16, hi as u16, rule))
+        .collect()
+}
+
+fn runs(ranges: &[(u16, u16, u32)]) -> Vec<(u32, u32, u32)> {
     // Elementary intervals between all range boundaries.
     let mut bounds: Vec<u32> = Vec::with_capacity(ranges.len() * 2);
     for &(first, last, _) in ranges {
@@ -37,8 +51,7 @@ pub fn port_blocks(ranges: &[(u16, u16, u32)]) -> Vec<PortBlock> {
             _ => runs.push((lo, hi, rule)),
         }
     }
-
-    blocks(&runs)
+    runs
 }
 
 /// Disjoint runs `(first, last, rule)` as prefix-aligned blocks.

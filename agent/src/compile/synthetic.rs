@@ -462,11 +462,13 @@ mod tests {
         let limits = Limits::default();
         assert_eq!(c.endpoints.len(), 100);
         assert!(c.policy.len() <= limits.policy_entries, "{}", c.policy.len());
+        assert!(c.cidr4.len() <= limits.policy_entries, "{}", c.cidr4.len());
+        assert!(c.cidr6.len() <= limits.policy_entries, "{}", c.cidr6.len());
         assert!(c.peer4.len() <= limits.peer_entries);
         assert!(c.peer6.len() <= limits.peer_entries);
         assert_eq!(c.rules.len(), 10_000);
         // Not trivially: the policy fills a good part of the policy map.
-        assert!(c.policy.len() > 10_000, "{} policy entries", c.policy.len());
+        assert!(c.policy_entries() > 10_000, "{} policy entries", c.policy_entries());
     }
 
     #[test]
@@ -527,13 +529,17 @@ mod tests {
             assert_eq!(c.rules.len(), 10_000);
             assert_eq!(c.endpoints.len(), 50);
             assert!(
-                c.policy.len() <= bound,
+                c.policy_entries() <= bound,
                 "{broad}% broad: {} entries, more than {bound}",
-                c.policy.len()
+                c.policy_entries()
             );
             // Not trivially: the rules of the groups this node's endpoints
             // hold are written.
-            assert!(c.policy.len() > 10_000, "{broad}% broad: {} entries", c.policy.len());
+            assert!(
+                c.policy_entries() > 10_000,
+                "{broad}% broad: {} entries",
+                c.policy_entries()
+            );
         }
     }
 
@@ -549,11 +555,17 @@ mod tests {
         let host = host();
         let c = compile(&p, &view(&host, &ifindex)).expect("fits the default maps");
         assert_eq!(c.endpoints.len(), 500);
-        assert!(c.policy.len() <= linear_size(&p));
-        assert!(c.peer4.len() > 50_000, "{} IPv4 peer entries", c.peer4.len());
+        assert!(c.policy_entries() <= linear_size(&p));
+        assert!(c.cidr4.len() > 50_000, "{} IPv4 CIDR entries", c.cidr4.len());
         // Both slots, as the kernel counts LPM entries, and conntrack's two
         // tables: well under the default --max-map-memory.
-        let tries = crate::datapath::memory::policy_tries(c.policy.len(), c.peer4.len(), c.peer6.len());
+        let tries = crate::datapath::memory::policy_tries(
+            c.policy.len(),
+            c.peer4.len(),
+            c.peer6.len(),
+            c.cidr4.len(),
+            c.cidr6.len(),
+        );
         let policy: u64 = 2 * tries.iter().map(|t| t.2).sum::<u64>();
         assert!(
             policy + (36 << 20) < crate::datapath::memory::DEFAULT_MAX_MAP_MEMORY / 2,
@@ -571,9 +583,9 @@ mod tests {
             let c = compile(&p, &view(&host, &ifindex)).expect("fits");
             let bound = linear_size(&p);
             assert!(
-                c.policy.len() <= bound,
+                c.policy_entries() <= bound,
                 "{broad}% broad: {} entries, more than {bound}",
-                c.policy.len()
+                c.policy_entries()
             );
         }
     }

@@ -41,6 +41,7 @@ fn rule(c: &Compiled, endpoint: &str, other: &str, dir: u8, proto: u8, port: u16
     lookup.rule(
         &lookup.groups(endpoint_id(c, endpoint)),
         &lookup.peer(other),
+        other,
         dir,
         family,
         proto,
@@ -391,5 +392,56 @@ endpoints:
         lookup.peer("10.10.0.23".parse().unwrap()).local_endpoint,
         0,
         "a remote endpoint"
+    );
+}
+
+/// Nested CIDRs with more disjoint ranges than one range entry holds: the
+/// walk reaches every range of the chain, and a chain whose walk would be
+/// longer than the datapath makes is refused with its group named.
+#[test]
+fn range_walks_reach_every_range_of_a_chain_and_are_bounded() {
+    // Depth CIDRs 10.0.0.0/8, /9, ... each with 8 disjoint UDP ranges: no
+    // entry has room for a neighbour's, so a walk visits one per CIDR.
+    let chain = |depth: usize| -> String {
+        let mut rules = String::new();
+        for d in 0..depth {
+            for r in 0..8 {
+                let first = 1000 + (d * 8 + r) * 100;
+                rules.push_str(&format!(
+                    "      - {{proto: udp, ports: \"{first}-{}\", to: [{{cidr: \"10.0.0.0/{}\"}}]}}\n",
+                    first + 10,
+                    8 + d
+                ));
+            }
+        }
+        format!(
+            "version: 1\ngroups:\n  web:\n    egress:\n{rules}endpoints:\n  - {{name: w, interface: w0, addresses: [\"192.168.0.1\"], groups: [web]}}\n"
+        )
+    };
+    let c = compile_yaml(&chain(8), &[]);
+    // The outermost CIDR's last range, from inside the innermost.
+    assert!(egress_allows(&c, "w", "10.0.0.1", 17, 1000 + 7 * 100 + 10));
+    assert!(egress_allows(&c, "w", "10.0.0.1", 17, 1000 + 63 * 100));
+    assert!(!egress_allows(&c, "w", "10.0.0.1", 17, 1000 + 63 * 100 + 11));
+    // Outside the /15, only the outer CIDRs' ranges.
+    assert!(!egress_allows(&c, "w", "10.2.0.1", 17, 1000 + 63 * 100));
+    assert!(egress_allows(&c, "w", "10.2.0.1", 17, 1000));
+
+    let policy = parse_str(&chain(9), "test.yaml").unwrap();
+    let view = HostView {
+        node: "n1",
+        host_addresses: &[],
+        ifindex: &fake_ifindex,
+        macs: &Default::default(),
+    };
+    let err = compile(&policy, &view).unwrap_err();
+    assert!(
+        matches!(&err, CompileError::RangeWalk { group, steps: 9, .. } if group == "web"),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "the egress udp rules of group web need a walk of 9 entries over nested CIDRs, more than 8: fewer \
+         disjoint port ranges on CIDRs inside one another"
     );
 }

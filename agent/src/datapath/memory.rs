@@ -51,10 +51,16 @@ pub fn lpm(entries: usize, key: usize, value: usize) -> u64 {
     entries as u64 * (LPM_NODE_BYTES + key as u64 + value as u64)
 }
 
-/// The policy's LPM tries in one slot holding `policy`, `peer4` and `peer6`
-/// entries: (map, entries, kernel memory) of each.
-pub fn policy_tries(policy: usize, peer4: usize, peer6: usize) -> [(&'static str, usize, u64); 3] {
-    use hostwall_common::{PeerInfo, PolicyKey, PolicyValue};
+/// The policy's LPM tries in one slot holding `policy`, `peer4`, `peer6`,
+/// `cidr4` and `cidr6` entries: (map, entries, kernel memory) of each.
+pub fn policy_tries(
+    policy: usize,
+    peer4: usize,
+    peer6: usize,
+    cidr4: usize,
+    cidr6: usize,
+) -> [(&'static str, usize, u64); 5] {
+    use hostwall_common::{CidrKey, CidrValue, PeerInfo, PolicyKey, PolicyValue};
     use std::mem::size_of;
     [
         (
@@ -64,6 +70,16 @@ pub fn policy_tries(policy: usize, peer4: usize, peer6: usize) -> [(&'static str
         ),
         ("HW_PEER4", peer4, lpm(peer4, 4, size_of::<PeerInfo>())),
         ("HW_PEER6", peer6, lpm(peer6, 16, size_of::<PeerInfo>())),
+        (
+            "HW_CIDR4",
+            cidr4,
+            lpm(cidr4, size_of::<CidrKey<4>>(), size_of::<CidrValue>()),
+        ),
+        (
+            "HW_CIDR6",
+            cidr6,
+            lpm(cidr6, size_of::<CidrKey<16>>(), size_of::<CidrValue>()),
+        ),
     ]
 }
 

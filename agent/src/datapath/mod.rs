@@ -23,7 +23,7 @@ pub const PROG_UPLINK: &str = "hostwall_uplink";
 pub const PROGRAMS: [&str; 3] = [PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK];
 
 /// Every map of the eBPF object; all are pinned.
-pub const MAPS: [&str; 27] = [
+pub const MAPS: [&str; 31] = [
     "HW_ACTIVE",
     "HW_SETTINGS",
     "HW_IFACE_0",
@@ -39,6 +39,10 @@ pub const MAPS: [&str; 27] = [
     "HW_PEER6_1",
     "HW_POLICY_0",
     "HW_POLICY_1",
+    "HW_CIDR4_0",
+    "HW_CIDR4_1",
+    "HW_CIDR6_0",
+    "HW_CIDR6_1",
     "HW_CONNTRACK",
     "HW_CT_INBOUND",
     "HW_MIDSTREAM",
@@ -93,7 +97,8 @@ pub enum LoadError {
 /// take `hostwall uninstall` and a fresh start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
-    /// `HW_POLICY_0`/`_1`: rule entries (rules × own peers × port blocks).
+    /// `HW_POLICY_0`/`_1` and each of `HW_CIDR4_*`/`HW_CIDR6_*`: rule
+    /// entries (rules × own peers × port blocks).
     pub policy: u32,
     /// `HW_PEER4_*`/`HW_PEER6_*`: prefixes and addresses per family.
     pub peer: u32,
@@ -139,7 +144,14 @@ impl Datapath {
             source,
         })?;
         let mut loader = EbpfLoader::new();
-        for name in ["HW_POLICY_0", "HW_POLICY_1"] {
+        for name in [
+            "HW_POLICY_0",
+            "HW_POLICY_1",
+            "HW_CIDR4_0",
+            "HW_CIDR4_1",
+            "HW_CIDR6_0",
+            "HW_CIDR6_1",
+        ] {
             loader.map_max_entries(name, sizes.policy);
         }
         for name in ["HW_PEER4_0", "HW_PEER4_1", "HW_PEER6_0", "HW_PEER6_1"] {

@@ -20,8 +20,8 @@ use aya::{
     maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
 };
 use hostwall_common::{
-    EndpointInfo, LocalAddr, LocalKey, MIDSTREAM_ALWAYS, MIDSTREAM_NEVER, PeerInfo, PolicyKey, PolicyValue, Settings,
-    SrcKey,
+    CidrKey, CidrValue, EndpointInfo, LocalAddr, LocalKey, MIDSTREAM_ALWAYS, MIDSTREAM_NEVER, PeerInfo, PolicyKey,
+    PolicyValue, Settings, SrcKey,
 };
 
 use super::LoadError;
@@ -65,6 +65,8 @@ enum Tables {
         peer4: StdHashMap<(u32, [u8; 4]), PeerInfo>,
         peer6: StdHashMap<(u32, [u8; 16]), PeerInfo>,
         policy: StdHashMap<(u32, PolicyKey), PolicyValue>,
+        cidr4: StdHashMap<(u32, CidrKey<4>), CidrValue>,
+        cidr6: StdHashMap<(u32, CidrKey<16>), CidrValue>,
     },
     Legacy {
         peer4: StdHashMap<(u32, [u8; 4]), LegacyPeerInfo>,
@@ -77,12 +79,16 @@ impl Tables {
     /// The kernel memory the LPM tries take for these contents.
     fn memory(&self) -> u64 {
         match self {
-            Tables::Current { peer4, peer6, policy } => {
-                super::memory::policy_tries(policy.len(), peer4.len(), peer6.len())
-                    .iter()
-                    .map(|t| t.2)
-                    .sum()
-            }
+            Tables::Current {
+                peer4,
+                peer6,
+                policy,
+                cidr4,
+                cidr6,
+            } => super::memory::policy_tries(policy.len(), peer4.len(), peer6.len(), cidr4.len(), cidr6.len())
+                .iter()
+                .map(|t| t.2)
+                .sum(),
             Tables::Legacy { .. } => 0,
         }
     }
@@ -94,6 +100,8 @@ impl Default for Tables {
             peer4: Default::default(),
             peer6: Default::default(),
             policy: Default::default(),
+            cidr4: Default::default(),
+            cidr6: Default::default(),
         }
     }
 }
@@ -112,6 +120,8 @@ impl Contents {
                 peer4: c.peer4.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
                 peer6: c.peer6.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
                 policy: c.policy.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
+                cidr4: c.cidr4.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
+                cidr6: c.cidr6.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
             }
         };
         let policy_id = |endpoint: u32| {
@@ -213,11 +223,14 @@ struct Slot {
 /// The peer and policy maps, in this build's form or, in objects of builds
 /// before layout 5 (which the benchmark loads as its baseline), the older
 /// one.
+#[allow(clippy::large_enum_variant)]
 enum TableMaps {
     Current {
         peer4: LpmTrie<MapData, [u8; 4], PeerInfo>,
         peer6: LpmTrie<MapData, [u8; 16], PeerInfo>,
         policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+        cidr4: LpmTrie<MapData, CidrKey<4>, CidrValue>,
+        cidr6: LpmTrie<MapData, CidrKey<16>, CidrValue>,
     },
     Legacy {
         peer4: LpmTrie<MapData, [u8; 4], LegacyPeerInfo>,
@@ -388,7 +401,7 @@ fn take<T: TryFrom<aya::maps::Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'s
 
 impl Slot {
     fn take(ebpf: &mut Ebpf, n: usize) -> Result<Slot, LoadError> {
-        const NAMES: [[&str; 6]; 2] = [
+        const NAMES: [[&str; 8]; 2] = [
             [
                 "HW_IFACE_0",
                 "HW_SRC_0",
@@ -396,6 +409,8 @@ impl Slot {
                 "HW_PEER4_0",
                 "HW_PEER6_0",
                 "HW_POLICY_0",
+                "HW_CIDR4_0",
+                "HW_CIDR6_0",
             ],
             [
                 "HW_IFACE_1",
@@ -404,9 +419,11 @@ impl Slot {
                 "HW_PEER4_1",
                 "HW_PEER6_1",
                 "HW_POLICY_1",
+                "HW_CIDR4_1",
+                "HW_CIDR6_1",
             ],
         ];
-        let [iface, src, local, peer4, peer6, policy] = NAMES[n];
+        let [iface, src, local, peer4, peer6, policy, cidr4, cidr6] = NAMES[n];
         let iface = IfaceMap::take(ebpf, iface)?;
         let maps = if iface.legacy() {
             TableMaps::Legacy {
@@ -419,6 +436,8 @@ impl Slot {
                 peer4: take(ebpf, peer4)?,
                 peer6: take(ebpf, peer6)?,
                 policy: take(ebpf, policy)?,
+                cidr4: take(ebpf, cidr4)?,
+                cidr6: take(ebpf, cidr6)?,
             }
         };
         Ok(Slot {
@@ -442,10 +461,18 @@ impl Slot {
             clear_hash(local, "HW_LOCAL")?;
         }
         match &mut self.maps {
-            TableMaps::Current { peer4, peer6, policy } => {
+            TableMaps::Current {
+                peer4,
+                peer6,
+                policy,
+                cidr4,
+                cidr6,
+            } => {
                 clear_lpm(peer4, "HW_PEER4")?;
                 clear_lpm(peer6, "HW_PEER6")?;
                 clear_lpm(policy, "HW_POLICY")?;
+                clear_lpm(cidr4, "HW_CIDR4")?;
+                clear_lpm(cidr6, "HW_CIDR6")?;
             }
             TableMaps::Legacy { peer4, peer6, policy } => {
                 clear_lpm(peer4, "HW_PEER4")?;
@@ -479,21 +506,33 @@ impl Slot {
         };
         match (&mut self.maps, old_tables, &new.tables) {
             (
-                TableMaps::Current { peer4, peer6, policy },
+                TableMaps::Current {
+                    peer4,
+                    peer6,
+                    policy,
+                    cidr4,
+                    cidr6,
+                },
                 Tables::Current {
                     peer4: o4,
                     peer6: o6,
                     policy: op,
+                    cidr4: oc4,
+                    cidr6: oc6,
                 },
                 Tables::Current {
                     peer4: n4,
                     peer6: n6,
                     policy: np,
+                    cidr4: nc4,
+                    cidr6: nc6,
                 },
             ) => {
                 sync_lpm(peer4, "HW_PEER4", o4, n4)?;
                 sync_lpm(peer6, "HW_PEER6", o6, n6)?;
                 sync_lpm(policy, "HW_POLICY", op, np)?;
+                sync_lpm(cidr4, "HW_CIDR4", oc4, nc4)?;
+                sync_lpm(cidr6, "HW_CIDR6", oc6, nc6)?;
             }
             (
                 TableMaps::Legacy { peer4, peer6, policy },
@@ -547,10 +586,18 @@ impl Slots {
             ),
         ];
         match &s.maps {
-            TableMaps::Current { peer4, peer6, policy } => fill.extend([
+            TableMaps::Current {
+                peer4,
+                peer6,
+                policy,
+                cidr4,
+                cidr6,
+            } => fill.extend([
                 ("HW_PEER4", peer4.keys().count(), self.sizes.peer),
                 ("HW_PEER6", peer6.keys().count(), self.sizes.peer),
                 ("HW_POLICY", policy.keys().count(), self.sizes.policy),
+                ("HW_CIDR4", cidr4.keys().count(), self.sizes.policy),
+                ("HW_CIDR6", cidr6.keys().count(), self.sizes.policy),
             ]),
             TableMaps::Legacy { peer4, peer6, policy } => fill.extend([
                 ("HW_PEER4", peer4.keys().count(), self.sizes.peer),
@@ -626,7 +673,13 @@ impl Slots {
         if self.slots[self.current as usize].legacy() {
             return Ok(0);
         }
-        let parts = super::memory::policy_tries(compiled.policy.len(), compiled.peer4.len(), compiled.peer6.len());
+        let parts = super::memory::policy_tries(
+            compiled.policy.len(),
+            compiled.peer4.len(),
+            compiled.peer6.len(),
+            compiled.cidr4.len(),
+            compiled.cidr6.len(),
+        );
         let new: u64 = parts.iter().map(|p| p.2).sum();
         let held = match &self.held[self.current as usize] {
             Some(c) => c.tables.memory(),

@@ -105,7 +105,7 @@ fn run(rules: usize, broad: u64, rounds: usize) -> anyhow::Result<serde_json::Va
         "rules": rules,
         "broad": broad,
         "endpoints": policy.endpoints.len(),
-        "policy_entries": c.policy.len(),
+        "policy_entries": c.policy_entries(),
         "peer_entries": c.peer4.len() + c.peer6.len(),
         "bound": compile::linear_size(&policy),
         "compile_ms": median(compile_ms),
@@ -267,7 +267,7 @@ fn testrun(rules: usize, repeat: u32, rounds: usize) -> anyhow::Result<serde_jso
             }
         }
     }
-    Ok(serde_json::json!({ "rules": rules, "policy_entries": compiled.policy.len(), "cases": cases }))
+    Ok(serde_json::json!({ "rules": rules, "policy_entries": compiled.policy_entries(), "cases": cases }))
 }
 
 /// Three numbers, or `None`.

@@ -75,65 +75,70 @@ endpoints:
     disagree(Mutation::OffByOneRange, yaml, &[], &packets);
 }
 
-/// An endpoint's own address inside ::/0: its entry must carry the CIDR's
-/// label although the address is a longer prefix of its own.
+/// A port range on a CIDR inside another that a range rule names: the
+/// nearest CIDR's entry must carry the ranges of the CIDR around it.
 #[test]
-fn drop_shorter_prefix_shrunk() {
+fn ranges_unmerged_nested_cidrs() {
     let yaml = r#"
 version: 1
 groups:
   g0:
     egress:
-      - {proto: icmpv6, to: [{cidr: "::/0"}]}
+      - {proto: tcp, ports: "1000-2000", to: [{cidr: "10.0.0.0/8"}]}
+      - {proto: tcp, ports: "3000-4000", to: [{cidr: "10.0.0.0/24"}]}
 endpoints:
-  - {name: e0, interface: hwd0, addresses: ["fd00::"], groups: [g0]}
+  - {name: e0, interface: hwd0, addresses: ["192.168.0.1"], groups: [g0]}
 "#;
-    let packets = [pkt(
-        At::From("hwd0".into()),
-        "fd00::",
-        "fd00::",
-        Transport::Icmp {
-            proto: 58,
-            ty: 128,
-            code: 0,
-            id: 0,
-        },
-    )];
-    agree(yaml, &[], &packets);
-    disagree(Mutation::DropShorterPrefix, yaml, &[], &packets);
-}
-
-/// An address inside 24 nested CIDRs, more than a peer entry holds: the
-/// least used of them share a closure label, and the one only the TCP rule
-/// names (10.0.0.0/8) is reached through it.
-#[test]
-fn skip_closure_deep_chain() {
-    let nets: Vec<String> = (9..32).map(|len| format!("\"10.0.0.0/{len}\"")).collect();
-    let yaml = format!(
-        r#"
-version: 1
-prefix_lists:
-  nested: [{}]
-groups:
-  g0:
-    egress:
-      - {{proto: tcp, ports: 80, to: [{{cidr: "10.0.0.0/8"}}]}}
-      - {{proto: udp, ports: "1-65535", to: [{{prefix_list: nested}}]}}
-endpoints:
-  - {{name: e0, interface: hwd0, addresses: ["192.168.0.1"], groups: [g0]}}
-"#,
-        nets.join(", ")
-    );
     let packets = [pkt(
         At::From("hwd0".into()),
         "192.168.0.1",
         "10.0.0.5",
         Transport::Tcp {
             sport: 20004,
-            dport: 80,
+            dport: 1500,
             flags: SYN,
         },
     )];
+    agree(yaml, &[], &packets);
+    disagree(Mutation::RangesUnmerged, yaml, &[], &packets);
+}
+
+/// More disjoint ranges on a chain of CIDRs than one entry holds: the walk
+/// goes on from the nearest CIDR's entry to the entries of the CIDR around
+/// it, the last port range reached only there.
+#[test]
+fn range_walk_cut_long_chain() {
+    let outer: Vec<String> = (0..9)
+        .map(|i| {
+            format!(
+                "      - {{proto: udp, ports: \"{}-{}\", to: [{{cidr: \"10.0.0.0/8\"}}]}}",
+                1000 + i * 100,
+                1010 + i * 100
+            )
+        })
+        .collect();
+    let yaml = format!(
+        r#"
+version: 1
+groups:
+  g0:
+    egress:
+{}
+      - {{proto: udp, ports: "5000-5010", to: [{{cidr: "10.0.0.0/24"}}]}}
+endpoints:
+  - {{name: e0, interface: hwd0, addresses: ["192.168.0.1"], groups: [g0]}}
+"#,
+        outer.join("\n")
+    );
+    let packets = [pkt(
+        At::From("hwd0".into()),
+        "192.168.0.1",
+        "10.0.0.5",
+        Transport::Udp {
+            sport: 20004,
+            dport: 1805,
+        },
+    )];
     agree(&yaml, &[], &packets);
-    disagree(Mutation::SkipClosure, &yaml, &[], &packets);
+    disagree(Mutation::RangeWalkCut, &yaml, &[], &packets);
 }

@@ -109,7 +109,7 @@ fn in_private_netns(plan: &Plan) -> anyhow::Result<Results> {
         let mut compiled = test_run_policy(plan, rules, false)?;
         out.entries.push((
             rules,
-            compiled.policy.len(),
+            compiled.policy_entries(),
             compiled.peer4.len() + compiled.peer6.len(),
         ));
         // Every measurement starts from freshly loaded maps.

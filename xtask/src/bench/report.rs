@@ -972,8 +972,9 @@ impl Report {
                 &format!("fleet TEST_RUN: a new flow at {large} rules within 1.3× of {small} rules"),
                 format!("worst {r:.2}× ({case})"),
                 r <= 1.3,
-                "a new flow makes one HW_POLICY lookup per pair of the endpoint's groups and the peer's labels, and \
-                 a fleet address carries many labels (its groups and every CIDR around it); a denied flow tries them all",
+                "a new flow makes the same lookups at any size (per group of the endpoint: the peer's labels, then \
+                 three CIDR tiers); what grows is the depth of the LPM tries those lookups walk, and the cache \
+                 misses of larger maps",
             );
         }
         let within = f.rows.iter().all(|r| r.policy_entries <= r.bound);
@@ -983,10 +984,10 @@ impl Report {
             .map(|r| r.policy_entries as f64 / r.bound.max(1) as f64)
             .fold(0.0, f64::max);
         self.goal(
-            "fleet: HW_POLICY holds at most Σ port blocks × own peers per slot",
+            "fleet: HW_POLICY and the CIDR tries hold at most Σ port blocks × own peers per slot",
             format!("at most {worst:.2} × the bound"),
             within,
-            "a peer entry's chain of CIDRs longer than its room writes the closure's rules again",
+            "an entry per rule, peer and port block, or fewer",
         );
         let at_10k: Vec<&fleet::Row> = f.rows.iter().filter(|r| r.rules == 10_000).collect();
         if !at_10k.is_empty() {
