@@ -154,18 +154,18 @@ pub struct PortRun {
 }
 
 /// Value of a CIDR trie. `TIER_EXACT` and `TIER_ANY` entries give `rule`;
-/// a range entry gives its first `n_runs` runs (disjoint), and `next`,
-/// when not 0, the entry that holds the rest: `tier << 8 | (prefix length
-/// of its address + 1)`.
+/// a range entry gives its runs (disjoint; the list ends at the first
+/// whose `rule` is 0, rule ids start at 1), and `next`, when not 0, the
+/// entry that holds the rest: `tier << 8 | (prefix length of its address +
+/// 1)`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CidrValue {
     pub rule: u32,
-    pub n_runs: u32,
     pub next: u32,
     pub runs: [PortRun; MAX_CIDR_RUNS],
 }
-const _: () = assert!(size_of::<CidrValue>() == 12 + 8 * MAX_CIDR_RUNS);
+const _: () = assert!(size_of::<CidrValue>() == 8 + 8 * MAX_CIDR_RUNS);
 
 /// Value of the policy trie: the rule that allows the matching packets,
 /// an index into `HW_RULE_STATS`.

@@ -43,9 +43,9 @@ pub fn rule_cidrs(policy: &Policy, rule: &Rule) -> Vec<IpNet> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for peer in &rule.peers {
-        let nets: Box<dyn Iterator<Item = &IpNet>> = match peer {
-            Peer::Cidr(net) => Box::new(std::iter::once(net)),
-            Peer::PrefixList(name) => Box::new(policy.prefix_lists.get(name).into_iter().flatten()),
+        let nets: &[IpNet] = match peer {
+            Peer::Cidr(net) => std::slice::from_ref(net),
+            Peer::PrefixList(name) => policy.prefix_lists.get(name).map_or(&[], Vec::as_slice),
             Peer::Group(_) | Peer::Host => continue,
         };
         for net in nets {
@@ -62,40 +62,29 @@ pub fn rule_cidrs(policy: &Policy, rule: &Rule) -> Vec<IpNet> {
 /// ranges its own rules allow, in rule order.
 type RangeSet = BTreeMap<IpNet, Vec<(u16, u16, u32)>>;
 
-impl CidrEntries {
-    fn push(&mut self, net: IpNet, key: impl Fn(Addr) -> Key, value: CidrValue) {
-        match net {
-            IpNet::V4(n) => {
-                let Key::V4(k) = key(Addr::V4(n.network().octets())) else {
-                    unreachable!()
-                };
-                self.v4.push((CIDR_FIXED_BITS + n.prefix_len() as u32, k, value));
-            }
-            IpNet::V6(n) => {
-                let Key::V6(k) = key(Addr::V6(n.network().octets())) else {
-                    unreachable!()
-                };
-                self.v6.push((CIDR_FIXED_BITS + n.prefix_len() as u32, k, value));
-            }
-        }
+/// What an entry's key holds besides its CIDR.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct At {
+    group: u32,
+    tier: u8,
+    dir: u8,
+    proto: u8,
+    port: u16,
+}
+
+impl At {
+    fn key<const N: usize>(self, addr: [u8; N]) -> CidrKey<N> {
+        CidrKey::entry(self.group, self.tier, self.dir, self.proto, self.port, addr)
     }
 }
 
-#[derive(Clone, Copy)]
-enum Addr {
-    V4([u8; 4]),
-    V6([u8; 16]),
-}
-
-enum Key {
-    V4(CidrKey<4>),
-    V6(CidrKey<16>),
-}
-
-fn key(group: u32, tier: u8, dir: u8, proto: u8, port: u16) -> impl Fn(Addr) -> Key {
-    move |addr| match addr {
-        Addr::V4(a) => Key::V4(CidrKey::entry(group, tier, dir, proto, port, a)),
-        Addr::V6(a) => Key::V6(CidrKey::entry(group, tier, dir, proto, port, a)),
+impl CidrEntries {
+    fn push(&mut self, net: IpNet, at: At, value: CidrValue) {
+        let len = CIDR_FIXED_BITS + net.prefix_len() as u32;
+        match net {
+            IpNet::V4(n) => self.v4.push((len, at.key(n.network().octets()), value)),
+            IpNet::V6(n) => self.v6.push((len, at.key(n.network().octets()), value)),
+        }
     }
 }
 
@@ -109,7 +98,7 @@ pub fn build(
     mutation: Option<Mutation>,
 ) -> Result<CidrEntries, CompileError> {
     let mut out = CidrEntries::default();
-    let mut seen: HashSet<(u8, u32, u32, u8, u8, u16, IpNet)> = HashSet::new();
+    let mut seen: HashSet<(At, IpNet)> = HashSet::new();
     let mut ranges: BTreeMap<(u32, u8, u8), RangeSet> = BTreeMap::new();
     for (id, r) in rules {
         let group = group_ids[&r.group];
@@ -129,34 +118,41 @@ pub fn build(
             rule: *id,
             ..Default::default()
         };
-        match rule.proto {
-            Proto::All => {
-                if mutation == Some(Mutation::AnyTierSkipped) {
-                    continue;
-                }
-                for net in nets {
-                    if seen.insert((TIER_ANY, group, 0, dir, 0, 0, net)) {
-                        out.push(net, key(group, TIER_ANY, dir, 0, 0), value);
-                    }
-                }
-            }
+        // One entry per CIDR, the first rule keeping an entry two make.
+        let at = match rule.proto {
+            Proto::All if mutation == Some(Mutation::AnyTierSkipped) => continue,
+            Proto::All => At {
+                group,
+                tier: TIER_ANY,
+                dir,
+                proto: 0,
+                port: 0,
+            },
             Proto::Number(proto) => {
                 let (first, mut last) = rule_range(rule);
                 if first == last {
+                    At {
+                        group,
+                        tier: TIER_EXACT,
+                        dir,
+                        proto,
+                        port: first,
+                    }
+                } else {
+                    if mutation == Some(Mutation::OffByOneRange) && rule.ports.is_some() {
+                        last -= 1;
+                    }
+                    let set = ranges.entry((group, dir, proto)).or_default();
                     for net in nets {
-                        if seen.insert((TIER_EXACT, group, 0, dir, proto, first, net)) {
-                            out.push(net, key(group, TIER_EXACT, dir, proto, first), value);
-                        }
+                        set.entry(net).or_default().push((first, last, *id));
                     }
                     continue;
                 }
-                if mutation == Some(Mutation::OffByOneRange) && rule.ports.is_some() {
-                    last -= 1;
-                }
-                let set = ranges.entry((group, dir, proto)).or_default();
-                for net in nets {
-                    set.entry(net).or_default().push((first, last, *id));
-                }
+            }
+        };
+        for net in nets {
+            if seen.insert((at, net)) {
+                out.push(net, at, value);
             }
         }
     }
@@ -182,15 +178,8 @@ pub fn build(
     Ok(out)
 }
 
-/// Disjoint runs of `ranges`, each credited to a rule that allows all of
-/// it (a rule's counters count only what it allows).
-fn joined_runs(ranges: &[(u16, u16, u32)]) -> Vec<(u16, u16, u32)> {
-    port_runs(ranges)
-}
-
 fn value(runs: &[(u16, u16, u32)], next: u32) -> CidrValue {
     let mut v = CidrValue {
-        n_runs: runs.len() as u32,
         next,
         ..Default::default()
     };
@@ -217,6 +206,13 @@ fn range_entries(
     set: &RangeSet,
     mutation: Option<Mutation>,
 ) -> Result<(), usize> {
+    let ranges_at = At {
+        group,
+        tier: TIER_RANGES,
+        dir,
+        proto,
+        port: 0,
+    };
     let nets: Vec<_> = set.iter().collect();
     // Each CIDR after every CIDR around it (shorter first at one address):
     // a stack holds the chain of CIDRs around the current one.
@@ -229,7 +225,7 @@ fn range_entries(
         while around.last().is_some_and(|&o| !nets[o].0.contains(*net)) {
             around.pop();
         }
-        let own_runs = joined_runs(own);
+        let own_runs = port_runs(own);
         if own_runs.len() > MAX_CIDR_RUNS {
             // Its own runs over several tiers; the last continues with the
             // CIDR around it.
@@ -246,7 +242,10 @@ fn range_entries(
                 };
                 out.push(
                     **net,
-                    key(group, TIER_RANGES + k as u8, dir, proto, 0),
+                    At {
+                        tier: TIER_RANGES + k as u8,
+                        ..ranges_at
+                    },
                     value(
                         chunk,
                         if mutation == Some(Mutation::RangeWalkCut) {
@@ -267,7 +266,7 @@ fn range_entries(
                 for &o in around.iter().rev() {
                     let mut more = merged.clone();
                     more.extend_from_slice(nets[o].1);
-                    let more_runs = joined_runs(&more);
+                    let more_runs = port_runs(&more);
                     if more_runs.len() > MAX_CIDR_RUNS {
                         rest = Some(o);
                         break;
@@ -280,7 +279,7 @@ fn range_entries(
                 Some(o) if mutation != Some(Mutation::RangeWalkCut) => next_of(o),
                 _ => 0,
             };
-            out.push(**net, key(group, TIER_RANGES, dir, proto, 0), value(&runs, next));
+            out.push(**net, ranges_at, value(&runs, next));
             steps[i] = 1 + rest.map_or(0, |o| steps[o]);
         }
         longest = longest.max(steps[i]);

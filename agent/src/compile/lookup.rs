@@ -131,8 +131,10 @@ impl Lookup {
         let (mut tier, mut max_len) = (TIER_RANGES, 128);
         for _ in 0..MAX_RANGE_STEPS {
             let v = find(tier, foreign as u8, proto, 0, max_len)?;
-            if let Some(run) = v.runs[..v.n_runs as usize]
+            if let Some(run) = v
+                .runs
                 .iter()
+                .take_while(|r| r.rule != 0)
                 .find(|r| r.first <= port && port <= r.last)
             {
                 return Some(run.rule);

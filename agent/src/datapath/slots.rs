@@ -61,13 +61,7 @@ struct Contents {
 /// The peer and policy maps' contents, in the form of the slot's object.
 #[derive(Clone, Debug, PartialEq)]
 enum Tables {
-    Current {
-        peer4: StdHashMap<(u32, [u8; 4]), PeerInfo>,
-        peer6: StdHashMap<(u32, [u8; 16]), PeerInfo>,
-        policy: StdHashMap<(u32, PolicyKey), PolicyValue>,
-        cidr4: StdHashMap<(u32, CidrKey<4>), CidrValue>,
-        cidr6: StdHashMap<(u32, CidrKey<16>), CidrValue>,
-    },
+    Current(Current),
     Legacy {
         peer4: StdHashMap<(u32, [u8; 4]), LegacyPeerInfo>,
         peer6: StdHashMap<(u32, [u8; 16]), LegacyPeerInfo>,
@@ -75,20 +69,45 @@ enum Tables {
     },
 }
 
+/// The peer, policy and CIDR tries' contents in this build's form.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Current {
+    peer4: StdHashMap<(u32, [u8; 4]), PeerInfo>,
+    peer6: StdHashMap<(u32, [u8; 16]), PeerInfo>,
+    policy: StdHashMap<(u32, PolicyKey), PolicyValue>,
+    cidr4: StdHashMap<(u32, CidrKey<4>), CidrValue>,
+    cidr6: StdHashMap<(u32, CidrKey<16>), CidrValue>,
+}
+
+impl Current {
+    fn of(c: &Compiled) -> Current {
+        fn by_key<K: Copy + Eq + Hash, V: Copy>(entries: &[(u32, K, V)]) -> StdHashMap<(u32, K), V> {
+            entries.iter().map(|(len, k, v)| ((*len, *k), *v)).collect()
+        }
+        Current {
+            peer4: by_key(&c.peer4),
+            peer6: by_key(&c.peer6),
+            policy: by_key(&c.policy),
+            cidr4: by_key(&c.cidr4),
+            cidr6: by_key(&c.cidr6),
+        }
+    }
+}
+
 impl Tables {
     /// The kernel memory the LPM tries take for these contents.
     fn memory(&self) -> u64 {
         match self {
-            Tables::Current {
-                peer4,
-                peer6,
-                policy,
-                cidr4,
-                cidr6,
-            } => super::memory::policy_tries(policy.len(), peer4.len(), peer6.len(), cidr4.len(), cidr6.len())
-                .iter()
-                .map(|t| t.2)
-                .sum(),
+            Tables::Current(t) => super::memory::policy_tries(
+                t.policy.len(),
+                t.peer4.len(),
+                t.peer6.len(),
+                t.cidr4.len(),
+                t.cidr6.len(),
+            )
+            .iter()
+            .map(|t| t.2)
+            .sum(),
             Tables::Legacy { .. } => 0,
         }
     }
@@ -96,13 +115,7 @@ impl Tables {
 
 impl Default for Tables {
     fn default() -> Self {
-        Tables::Current {
-            peer4: Default::default(),
-            peer6: Default::default(),
-            policy: Default::default(),
-            cidr4: Default::default(),
-            cidr6: Default::default(),
-        }
+        Tables::Current(Current::default())
     }
 }
 
@@ -116,13 +129,7 @@ impl Contents {
                 policy: l.policy.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
             }
         } else {
-            Tables::Current {
-                peer4: c.peer4.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
-                peer6: c.peer6.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
-                policy: c.policy.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
-                cidr4: c.cidr4.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
-                cidr6: c.cidr6.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
-            }
+            Tables::Current(Current::of(c))
         };
         let policy_id = |endpoint: u32| {
             c.legacy
@@ -225,18 +232,50 @@ struct Slot {
 /// one.
 #[allow(clippy::large_enum_variant)]
 enum TableMaps {
-    Current {
-        peer4: LpmTrie<MapData, [u8; 4], PeerInfo>,
-        peer6: LpmTrie<MapData, [u8; 16], PeerInfo>,
-        policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
-        cidr4: LpmTrie<MapData, CidrKey<4>, CidrValue>,
-        cidr6: LpmTrie<MapData, CidrKey<16>, CidrValue>,
-    },
+    Current(CurrentMaps),
     Legacy {
         peer4: LpmTrie<MapData, [u8; 4], LegacyPeerInfo>,
         peer6: LpmTrie<MapData, [u8; 16], LegacyPeerInfo>,
         policy: LpmTrie<MapData, LegacyPolicyKey, PolicyValue>,
     },
+}
+
+/// The peer, policy and CIDR tries of this build's object.
+struct CurrentMaps {
+    peer4: LpmTrie<MapData, [u8; 4], PeerInfo>,
+    peer6: LpmTrie<MapData, [u8; 16], PeerInfo>,
+    policy: LpmTrie<MapData, PolicyKey, PolicyValue>,
+    cidr4: LpmTrie<MapData, CidrKey<4>, CidrValue>,
+    cidr6: LpmTrie<MapData, CidrKey<16>, CidrValue>,
+}
+
+impl CurrentMaps {
+    fn clear(&mut self) -> Result<(), SlotError> {
+        clear_lpm(&mut self.peer4, "HW_PEER4")?;
+        clear_lpm(&mut self.peer6, "HW_PEER6")?;
+        clear_lpm(&mut self.policy, "HW_POLICY")?;
+        clear_lpm(&mut self.cidr4, "HW_CIDR4")?;
+        clear_lpm(&mut self.cidr6, "HW_CIDR6")
+    }
+
+    fn sync(&mut self, old: &Current, new: &Current) -> Result<(), SlotError> {
+        sync_lpm(&mut self.peer4, "HW_PEER4", &old.peer4, &new.peer4)?;
+        sync_lpm(&mut self.peer6, "HW_PEER6", &old.peer6, &new.peer6)?;
+        sync_lpm(&mut self.policy, "HW_POLICY", &old.policy, &new.policy)?;
+        sync_lpm(&mut self.cidr4, "HW_CIDR4", &old.cidr4, &new.cidr4)?;
+        sync_lpm(&mut self.cidr6, "HW_CIDR6", &old.cidr6, &new.cidr6)
+    }
+
+    /// (map, entries, capacity) of each.
+    fn fill(&self, sizes: &super::MapSizes) -> [(&'static str, usize, u32); 5] {
+        [
+            ("HW_PEER4", self.peer4.keys().count(), sizes.peer),
+            ("HW_PEER6", self.peer6.keys().count(), sizes.peer),
+            ("HW_POLICY", self.policy.keys().count(), sizes.policy),
+            ("HW_CIDR4", self.cidr4.keys().count(), sizes.policy),
+            ("HW_CIDR6", self.cidr6.keys().count(), sizes.policy),
+        ]
+    }
 }
 
 pub struct Slots {
@@ -432,13 +471,13 @@ impl Slot {
                 policy: take(ebpf, policy)?,
             }
         } else {
-            TableMaps::Current {
+            TableMaps::Current(CurrentMaps {
                 peer4: take(ebpf, peer4)?,
                 peer6: take(ebpf, peer6)?,
                 policy: take(ebpf, policy)?,
                 cidr4: take(ebpf, cidr4)?,
                 cidr6: take(ebpf, cidr6)?,
-            }
+            })
         };
         Ok(Slot {
             iface,
@@ -461,19 +500,7 @@ impl Slot {
             clear_hash(local, "HW_LOCAL")?;
         }
         match &mut self.maps {
-            TableMaps::Current {
-                peer4,
-                peer6,
-                policy,
-                cidr4,
-                cidr6,
-            } => {
-                clear_lpm(peer4, "HW_PEER4")?;
-                clear_lpm(peer6, "HW_PEER6")?;
-                clear_lpm(policy, "HW_POLICY")?;
-                clear_lpm(cidr4, "HW_CIDR4")?;
-                clear_lpm(cidr6, "HW_CIDR6")?;
-            }
+            TableMaps::Current(maps) => maps.clear()?,
             TableMaps::Legacy { peer4, peer6, policy } => {
                 clear_lpm(peer4, "HW_PEER4")?;
                 clear_lpm(peer6, "HW_PEER6")?;
@@ -505,35 +532,7 @@ impl Slot {
             &empty
         };
         match (&mut self.maps, old_tables, &new.tables) {
-            (
-                TableMaps::Current {
-                    peer4,
-                    peer6,
-                    policy,
-                    cidr4,
-                    cidr6,
-                },
-                Tables::Current {
-                    peer4: o4,
-                    peer6: o6,
-                    policy: op,
-                    cidr4: oc4,
-                    cidr6: oc6,
-                },
-                Tables::Current {
-                    peer4: n4,
-                    peer6: n6,
-                    policy: np,
-                    cidr4: nc4,
-                    cidr6: nc6,
-                },
-            ) => {
-                sync_lpm(peer4, "HW_PEER4", o4, n4)?;
-                sync_lpm(peer6, "HW_PEER6", o6, n6)?;
-                sync_lpm(policy, "HW_POLICY", op, np)?;
-                sync_lpm(cidr4, "HW_CIDR4", oc4, nc4)?;
-                sync_lpm(cidr6, "HW_CIDR6", oc6, nc6)?;
-            }
+            (TableMaps::Current(maps), Tables::Current(old), Tables::Current(new)) => maps.sync(old, new)?,
             (
                 TableMaps::Legacy { peer4, peer6, policy },
                 old,
@@ -546,7 +545,7 @@ impl Slot {
                 let none = (StdHashMap::new(), StdHashMap::new(), StdHashMap::new());
                 let (o4, o6, op) = match old {
                     Tables::Legacy { peer4, peer6, policy } => (peer4, peer6, policy),
-                    Tables::Current { .. } => (&none.0, &none.1, &none.2),
+                    Tables::Current(_) => (&none.0, &none.1, &none.2),
                 };
                 sync_lpm(peer4, "HW_PEER4", o4, n4)?;
                 sync_lpm(peer6, "HW_PEER6", o6, n6)?;
@@ -586,19 +585,7 @@ impl Slots {
             ),
         ];
         match &s.maps {
-            TableMaps::Current {
-                peer4,
-                peer6,
-                policy,
-                cidr4,
-                cidr6,
-            } => fill.extend([
-                ("HW_PEER4", peer4.keys().count(), self.sizes.peer),
-                ("HW_PEER6", peer6.keys().count(), self.sizes.peer),
-                ("HW_POLICY", policy.keys().count(), self.sizes.policy),
-                ("HW_CIDR4", cidr4.keys().count(), self.sizes.policy),
-                ("HW_CIDR6", cidr6.keys().count(), self.sizes.policy),
-            ]),
+            TableMaps::Current(maps) => fill.extend(maps.fill(&self.sizes)),
             TableMaps::Legacy { peer4, peer6, policy } => fill.extend([
                 ("HW_PEER4", peer4.keys().count(), self.sizes.peer),
                 ("HW_PEER6", peer6.keys().count(), self.sizes.peer),
