@@ -688,9 +688,10 @@ fn a_policy_past_the_memory_ceiling_is_refused_naming_the_map_and_the_flag() {
         .unwrap_or_else(|| panic!("no map memory in status: {memory}"));
     drop(agent);
 
-    // A ceiling 1 MiB above what the small policy takes: 5,000 rules for
-    // api, each of a port range, need more.
-    let ceiling = used + (1 << 20);
+    // A ceiling 256 KiB above what the small policy takes: 5,000 rules for
+    // api, each of a port range on a CIDR of its own, need more (an entry
+    // each in HW_CIDR4, in both slots).
+    let ceiling = used + (256 << 10);
     let opts = hostwall_tests::AgentOptions {
         args: vec!["--max-map-memory".into(), ceiling.to_string()],
         ..Default::default()
@@ -710,7 +711,7 @@ fn a_policy_past_the_memory_ceiling_is_refused_naming_the_map_and_the_flag() {
     big = big.replacen("    ingress:\n", &format!("    ingress:\n{rules}"), 1);
     let (_, err) = cli_fails(&agent, &["apply", &write_temp(&agent, &big)]);
     assert!(
-        err.contains("--max-map-memory") && err.contains("HW_POLICY"),
+        err.contains("--max-map-memory") && err.contains("HW_CIDR4 alone takes") && err.contains("for 5000 entries"),
         "the refusal names the flag and the map: {err}"
     );
     assert_eq!(

@@ -155,13 +155,19 @@ fn hundred_updates_neither_cut_allowed_flows_nor_open_denied_ones() {
         let c = Check::allowed(&r, Probe::Udp(Y_PORT), s.v4).labelled("s (Y)");
         if allowed { c } else { c.expecting(Expect::Denied) }
     };
+    // Entries of the policy tries: by group (HW_POLICY) and by CIDR.
     let policy_entries = || {
         let status = agent.status().expect("status");
-        status["maps"]
-            .as_array()
-            .and_then(|maps| maps.iter().find(|m| m["map"] == "HW_POLICY"))
-            .and_then(|m| m["entries"].as_u64())
-            .unwrap_or_else(|| panic!("no HW_POLICY entries in status: {status}"))
+        ["HW_POLICY", "HW_CIDR4", "HW_CIDR6"]
+            .iter()
+            .map(|name| {
+                status["maps"]
+                    .as_array()
+                    .and_then(|maps| maps.iter().find(|m| m["map"] == *name))
+                    .and_then(|m| m["entries"].as_u64())
+                    .unwrap_or_else(|| panic!("no {name} entries in status: {status}"))
+            })
+            .sum::<u64>()
     };
     assert_checks("policy A", &[x_allowed(true), y_allowed(false)]);
     let hash_a = agent.policy_hash().expect("status");

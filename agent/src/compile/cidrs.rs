@@ -14,11 +14,14 @@
 //!   lists the port runs of its own rules and of the CIDRs around it. Where
 //!   they do not fit one entry (`MAX_CIDR_RUNS`), the entry names the next
 //!   entry of the chain (`CidrValue::next`); a walk visits at most
-//!   `MAX_RANGE_STEPS` entries.
+//!   `MAX_RANGE_STEPS` entries. Where a chain of nested CIDRs holds more
+//!   runs than such a walk reaches, its narrowest ranges (up to
+//!   `MAX_SPREAD_WIDTH` ports) become `TIER_EXACT` entries, one per port.
 //!
-//! Each entry is one rule and CIDR (single ports, every protocol) or one
-//! group, direction, protocol and CIDR (ranges): never more entries than
-//! rules × CIDRs.
+//! Each entry is one rule and CIDR (single ports, every protocol), one
+//! group, direction, protocol and CIDR (ranges) or one port of a spread
+//! range and CIDR: never more entries than rules × CIDRs ×
+//! `MAX_SPREAD_WIDTH`, and rules × CIDRs where no walk is too long.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -157,7 +160,7 @@ pub fn build(
         }
     }
     for ((group, dir, proto), set) in &ranges {
-        range_entries(&mut out, *group, *dir, *proto, set, mutation).map_err(|steps| {
+        range_tier(&mut out, &mut seen, *group, *dir, *proto, set, mutation).map_err(|steps| {
             let name = group_ids
                 .iter()
                 .find(|(_, id)| **id == *group)
@@ -176,6 +179,83 @@ pub fn build(
         })?;
     }
     Ok(out)
+}
+
+/// Ranges at most this many ports wide go to `TIER_EXACT`, one entry per
+/// port, where the runs of one chain of nested CIDRs would otherwise need
+/// a walk longer than `MAX_RANGE_STEPS`.
+pub const MAX_SPREAD_WIDTH: u32 = 256;
+
+/// One range set's entries. Where a walk would be too long, the narrowest
+/// ranges (up to 2, 4, 8, ... `MAX_SPREAD_WIDTH` ports) become single-port
+/// entries, found by one longest match whatever the CIDRs around them,
+/// until the rest fits. Err: the longest walk of what is left.
+fn range_tier(
+    out: &mut CidrEntries,
+    seen: &mut HashSet<(At, IpNet)>,
+    group: u32,
+    dir: u8,
+    proto: u8,
+    set: &RangeSet,
+    mutation: Option<Mutation>,
+) -> Result<(), usize> {
+    let mut set = std::borrow::Cow::Borrowed(set);
+    let mut width = 1u32;
+    loop {
+        let mut entries = CidrEntries::default();
+        let steps = match range_entries(&mut entries, group, dir, proto, &set, mutation) {
+            Ok(()) => {
+                out.v4.append(&mut entries.v4);
+                out.v6.append(&mut entries.v6);
+                return Ok(());
+            }
+            Err(steps) => steps,
+        };
+        // Spread the narrowest ranges left, the next width up that has any.
+        let narrowest = set
+            .values()
+            .flatten()
+            .map(|&(first, last, _)| u32::from(last) - u32::from(first) + 1)
+            .min()
+            .unwrap_or(u32::MAX);
+        while width < narrowest {
+            width *= 2;
+        }
+        if width > MAX_SPREAD_WIDTH {
+            return Err(steps);
+        }
+        let mut rest = RangeSet::new();
+        for (net, own) in set.iter() {
+            let (narrow, wide): (Vec<_>, Vec<_>) = own
+                .iter()
+                .partition(|&&(first, last, _)| u32::from(last) - u32::from(first) < width);
+            for (first, last, rule) in narrow {
+                for port in first..=last {
+                    let at = At {
+                        group,
+                        tier: TIER_EXACT,
+                        dir,
+                        proto,
+                        port,
+                    };
+                    if seen.insert((at, *net)) {
+                        out.push(
+                            *net,
+                            at,
+                            CidrValue {
+                                rule,
+                                ..Default::default()
+                            },
+                        );
+                    }
+                }
+            }
+            if !wide.is_empty() {
+                rest.insert(*net, wide);
+            }
+        }
+        set = std::borrow::Cow::Owned(rest);
+    }
 }
 
 fn value(runs: &[(u16, u16, u32)], next: u32) -> CidrValue {

@@ -119,10 +119,11 @@ pub enum CompileError {
     },
     #[error(
         "the {} {} rules of group {group} need a walk of {steps} entries over nested CIDRs, more than {max}: \
-         fewer disjoint port ranges on CIDRs inside one another",
+         fewer disjoint port ranges wider than {spread} ports on CIDRs inside one another",
         direction.as_str(),
         crate::policy::Proto::Number(*proto).name(),
-        max = hostwall_common::MAX_RANGE_STEPS
+        max = hostwall_common::MAX_RANGE_STEPS,
+        spread = cidrs::MAX_SPREAD_WIDTH
     )]
     RangeWalk {
         group: String,

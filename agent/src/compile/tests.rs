@@ -396,20 +396,22 @@ endpoints:
 }
 
 /// Nested CIDRs with more disjoint ranges than one range entry holds: the
-/// walk reaches every range of the chain, and a chain whose walk would be
-/// longer than the datapath makes is refused with its group named.
+/// walk reaches every range of the chain; narrow ranges that would make the
+/// walk too long become single-port entries; a chain of wide ranges whose
+/// walk would be longer than the datapath makes is refused with its group
+/// named.
 #[test]
 fn range_walks_reach_every_range_of_a_chain_and_are_bounded() {
     // Depth CIDRs 10.0.0.0/8, /9, ... each with 8 disjoint UDP ranges: no
     // entry has room for a neighbour's, so a walk visits one per CIDR.
-    let chain = |depth: usize| -> String {
+    let chain = |depth: usize, width: usize| -> String {
         let mut rules = String::new();
         for d in 0..depth {
             for r in 0..8 {
-                let first = 1000 + (d * 8 + r) * 100;
+                let first = 1000 + (d * 8 + r) * 600;
                 rules.push_str(&format!(
                     "      - {{proto: udp, ports: \"{first}-{}\", to: [{{cidr: \"10.0.0.0/{}\"}}]}}\n",
-                    first + 10,
+                    first + width,
                     8 + d
                 ));
             }
@@ -418,16 +420,26 @@ fn range_walks_reach_every_range_of_a_chain_and_are_bounded() {
             "version: 1\ngroups:\n  web:\n    egress:\n{rules}endpoints:\n  - {{name: w, interface: w0, addresses: [\"192.168.0.1\"], groups: [web]}}\n"
         )
     };
-    let c = compile_yaml(&chain(8), &[]);
-    // The outermost CIDR's last range, from inside the innermost.
-    assert!(egress_allows(&c, "w", "10.0.0.1", 17, 1000 + 7 * 100 + 10));
-    assert!(egress_allows(&c, "w", "10.0.0.1", 17, 1000 + 63 * 100));
-    assert!(!egress_allows(&c, "w", "10.0.0.1", 17, 1000 + 63 * 100 + 11));
-    // Outside the /15, only the outer CIDRs' ranges.
-    assert!(!egress_allows(&c, "w", "10.2.0.1", 17, 1000 + 63 * 100));
-    assert!(egress_allows(&c, "w", "10.2.0.1", 17, 1000));
+    for (depth, width) in [(8, 300), (9, 10), (12, 255)] {
+        let c = compile_yaml(&chain(depth, width), &[]);
+        let last = 1000 + (depth * 8 - 1) * 600;
+        let (first, last) = (last as u16, (last + width) as u16);
+        // The outermost CIDR's ranges, from inside the innermost.
+        assert!(egress_allows(&c, "w", "10.0.0.1", 17, 1000), "{depth}x{width}");
+        assert!(egress_allows(&c, "w", "10.0.0.1", 17, 1000 + 7 * 600 + width as u16));
+        // The innermost CIDR's last range, its ends and beyond them.
+        assert!(egress_allows(&c, "w", "10.0.0.1", 17, first), "{depth}x{width}");
+        assert!(egress_allows(&c, "w", "10.0.0.1", 17, last), "{depth}x{width}");
+        assert!(!egress_allows(&c, "w", "10.0.0.1", 17, first - 1), "{depth}x{width}");
+        assert!(!egress_allows(&c, "w", "10.0.0.1", 17, last + 1), "{depth}x{width}");
+        assert!(!egress_allows(&c, "w", "10.0.0.1", 6, first), "{depth}x{width}");
+        // Outside the innermost CIDR, only the outer CIDRs' ranges.
+        assert!(!egress_allows(&c, "w", "10.128.0.1", 17, first), "{depth}x{width}");
+        assert!(egress_allows(&c, "w", "10.128.0.1", 17, 1000), "{depth}x{width}");
+        assert!(!egress_allows(&c, "w", "11.0.0.1", 17, 1000), "{depth}x{width}");
+    }
 
-    let policy = parse_str(&chain(9), "test.yaml").unwrap();
+    let policy = parse_str(&chain(9, 300), "test.yaml").unwrap();
     let view = HostView {
         node: "n1",
         host_addresses: &[],
@@ -442,6 +454,40 @@ fn range_walks_reach_every_range_of_a_chain_and_are_bounded() {
     assert_eq!(
         err.to_string(),
         "the egress udp rules of group web need a walk of 9 entries over nested CIDRs, more than 8: fewer \
-         disjoint port ranges on CIDRs inside one another"
+         disjoint port ranges wider than 256 ports on CIDRs inside one another"
     );
+}
+
+/// Thousands of narrow ranges on broad, nested peers of both families (a
+/// common shape: one rule per service's small port block, to anywhere, the
+/// VPC and a partner network) compile, and allow exactly their ports.
+#[test]
+fn many_narrow_ranges_on_nested_cidrs_allow_exactly_their_ports() {
+    let mut rules = String::new();
+    for i in 0..3000u32 {
+        let first = 20000 + i * 10;
+        rules.push_str(&format!(
+            "      - {{proto: tcp, ports: \"{first}-{}\", to: [{{cidr: \"0.0.0.0/0\"}}, {{cidr: \"10.0.0.0/8\"}}, {{cidr: \"::/0\"}}, {{cidr: \"192.0.2.0/24\"}}]}}\n",
+            first + 5
+        ));
+    }
+    let yaml = format!(
+        "version: 1\ngroups:\n  bulk:\n    egress:\n{rules}      - {{proto: tcp, ports: \"1000-1999\", to: [{{cidr: \"10.1.0.0/16\"}}]}}\nendpoints:\n  - {{name: w, interface: w0, addresses: [\"192.168.0.1\", \"fd00::1\"], groups: [bulk]}}\n"
+    );
+    let c = compile_yaml(&yaml, &[]);
+    for peer in ["10.1.2.3", "10.9.9.9", "192.0.2.7", "198.51.100.1", "2001:db8::1"] {
+        for i in [0u16, 1, 1499, 2999] {
+            let first = 20000 + i * 10;
+            for port in first..=first + 5 {
+                assert!(egress_allows(&c, "w", peer, 6, port), "{peer} port {port}");
+            }
+            assert!(!egress_allows(&c, "w", peer, 6, first + 6), "{peer} port {}", first + 6);
+            assert!(!egress_allows(&c, "w", peer, 6, first + 9), "{peer} port {}", first + 9);
+            assert!(!egress_allows(&c, "w", peer, 17, first), "{peer} udp {first}");
+        }
+        assert!(!egress_allows(&c, "w", peer, 6, 19999), "{peer}");
+    }
+    // The wide range on the innermost CIDR stays reachable.
+    assert!(egress_allows(&c, "w", "10.1.2.3", 6, 1500));
+    assert!(!egress_allows(&c, "w", "10.2.2.3", 6, 1500));
 }

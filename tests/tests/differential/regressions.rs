@@ -142,3 +142,70 @@ endpoints:
     agree(&yaml, &[], &packets);
     disagree(Mutation::RangeWalkCut, &yaml, &[], &packets);
 }
+
+/// More narrow disjoint ranges on a chain of nine nested CIDRs than a walk
+/// reaches: the compiler moves them to single-port entries, and every
+/// port of each range, and none beside it, is allowed from inside each
+/// CIDR of the chain as the reference says.
+#[test]
+fn narrow_ranges_past_the_walk_spread_to_single_ports() {
+    let mut rules = Vec::new();
+    for d in 0..9u16 {
+        for r in 0..8u16 {
+            let first = 1000 + (d * 8 + r) * 600;
+            rules.push(format!(
+                "      - {{proto: udp, ports: \"{first}-{}\", to: [{{cidr: \"10.0.0.0/{}\"}}]}}",
+                first + 10,
+                8 + d
+            ));
+        }
+    }
+    let yaml = format!(
+        r#"
+version: 1
+groups:
+  g0:
+    egress:
+{}
+      - {{proto: udp, ports: "60000-61000", to: [{{cidr: "10.0.0.0/12"}}]}}
+endpoints:
+  - {{name: e0, interface: hwd0, addresses: ["192.168.0.1"], groups: [g0]}}
+"#,
+        rules.join("\n")
+    );
+    let mut packets = Vec::new();
+    // 10.0.0.5 is in all nine CIDRs, 10.0.128.5 in all but the /16,
+    // 10.8.0.5 in the /8 to /12, 10.128.0.5 in the /8 only, 11.0.0.5 in none.
+    for dst in ["10.0.0.5", "10.0.128.5", "10.8.0.5", "10.128.0.5", "11.0.0.5"] {
+        for d in [0u16, 4, 8] {
+            let first = 1000 + (d * 8 + 7) * 600;
+            for dport in [first - 1, first, first + 5, first + 10, first + 11] {
+                packets.push(pkt(
+                    At::From("hwd0".into()),
+                    "192.168.0.1",
+                    dst,
+                    Transport::Udp { sport: 20004, dport },
+                ));
+            }
+        }
+        for dport in [59999, 60000, 61000, 61001] {
+            packets.push(pkt(
+                At::From("hwd0".into()),
+                "192.168.0.1",
+                dst,
+                Transport::Udp { sport: 20004, dport },
+            ));
+        }
+        packets.push(pkt(
+            At::From("hwd0".into()),
+            "192.168.0.1",
+            dst,
+            Transport::Tcp {
+                sport: 20004,
+                dport: 1000,
+                flags: SYN,
+            },
+        ));
+    }
+    agree(&yaml, &[], &packets);
+}
