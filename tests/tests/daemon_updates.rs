@@ -362,9 +362,16 @@ fn removed_rule_refuses_new_connections_and_keeps_established_ones() {
 
 #[test]
 fn removed_rule_ends_established_flows_with_revalidate() {
-    let policy = format!("{REMOVAL_POLICY}settings:\n  on_policy_change: revalidate\n");
+    // A third rule, by CIDR, that keeps a's IPv6 connections to b allowed.
+    let policy = format!("{REMOVAL_POLICY}settings:\n  on_policy_change: revalidate\n").replacen(
+        "      - {proto: udp, ports: 8053, to: [{group: server}]}\n",
+        "      - {proto: udp, ports: 8053, to: [{group: server}]}\n      - {proto: tcp, ports: 8080, to: [{cidr: \"fd00:77::/64\"}]}\n",
+        1,
+    );
     let (agent, server, a, b, _host) = removal_setup(&policy);
     let mut tcp = TcpStreamer::start(&a, SocketAddr::new(b.v4.into(), 8080)).expect("starting the TCP stream");
+    let mut kept = TcpStreamer::start(&a, SocketAddr::new(b.v6.into(), 8080)).expect("starting the IPv6 TCP stream");
+    kept.assert_flowing(16 * 1024, "before the removal (IPv6)");
     let udp = UdpSeqSender::start(&a, SocketAddr::new(b.v4.into(), 8053), 50).expect("starting the UDP stream");
     tcp.assert_flowing(16 * 1024, "before the removal");
     server.wait_for_seqs(8053, 10, DEADLINE);
@@ -374,6 +381,7 @@ fn removed_rule_ends_established_flows_with_revalidate() {
         "both flows are tracked"
     );
 
+    let kept_before = flows(&agent, &["--addr", &a.v6.to_string()]);
     let before = agent.stats().expect("reading counters");
     remove_client_rules(&agent);
     // Revalidation ran before the update returned, and nothing the rules
@@ -383,6 +391,15 @@ fn removed_rule_ends_established_flows_with_revalidate() {
         left.is_empty(),
         "flows the new policy denies are still tracked: {left:?}"
     );
+    // The flow a remaining rule allows is still tracked under the entry
+    // its SYN made (one ended and taken up again would name the rule that
+    // took it up), and flows.
+    let kept_flows = flows(&agent, &["--addr", &a.v6.to_string()]);
+    assert!(
+        kept_flows.len() == 1 && kept_flows[0]["rule_egress"] == kept_before[0]["rule_egress"],
+        "the IPv6 flow the CIDR rule allows was not kept: {kept_flows:?}, before {kept_before:?}"
+    );
+    kept.assert_flowing(16 * 1024, "after the removal (IPv6, allowed by the CIDR rule)");
 
     // The flows' next packets are dropped.
     wait_for("the ended flows' packets are dropped", DEADLINE, || {
@@ -408,4 +425,6 @@ fn removed_rule_ends_established_flows_with_revalidate() {
         panic!("the UDP flow did not end at one point: {gaps}");
     }
     wait_new_connections_refused(&a, &b);
+    kept.finish()
+        .expect("the IPv6 connection a remaining rule allows continued through revalidation");
 }

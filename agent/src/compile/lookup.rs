@@ -1,26 +1,51 @@
 //! Reading a compiled policy the way the datapath does, in userspace: used
 //! to re-judge tracked flows after a policy change, and by the tests.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 
 use hostwall_common::{
     CIDR_FIXED_BITS, CidrKey, CidrValue, CtKey, DIR_EGRESS, DIR_INGRESS, FAMILY_V4, Groups, MAX_RANGE_STEPS,
-    POLICY_FIXED_BITS, POLICY_PROTO_BITS, PeerInfo, PolicyKey, TIER_ANY, TIER_EXACT, TIER_RANGES, foreign_icmp,
+    POLICY_FIXED_BITS, POLICY_PROTO_BITS, PeerInfo, PolicyKey, PolicyValue, TIER_ANY, TIER_EXACT, TIER_RANGES,
+    foreign_icmp,
 };
 
 use super::Compiled;
 
-/// Hash indexes over a `Compiled`, for longest-prefix lookups by probing
-/// each prefix length.
-pub struct Lookup {
-    peer4: HashMap<(u32, [u8; 4]), PeerInfo>,
-    peer6: HashMap<(u32, [u8; 16]), PeerInfo>,
+/// The peer, policy and CIDR tries' entries by (prefix length, key): what
+/// a slot was written with, and what `Lookup` probes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tables {
+    pub peer4: HashMap<(u32, [u8; 4]), PeerInfo>,
+    pub peer6: HashMap<(u32, [u8; 16]), PeerInfo>,
+    pub policy: HashMap<(u32, PolicyKey), PolicyValue>,
+    pub cidr4: HashMap<(u32, CidrKey<4>), CidrValue>,
+    pub cidr6: HashMap<(u32, CidrKey<16>), CidrValue>,
+}
+
+impl Tables {
+    pub fn of(c: &Compiled) -> Tables {
+        fn by_key<K: Copy + Eq + Hash, V: Copy>(entries: &[(u32, K, V)]) -> HashMap<(u32, K), V> {
+            entries.iter().map(|(len, k, v)| ((*len, *k), *v)).collect()
+        }
+        Tables {
+            peer4: by_key(&c.peer4),
+            peer6: by_key(&c.peer6),
+            policy: by_key(&c.policy),
+            cidr4: by_key(&c.cidr4),
+            cidr6: by_key(&c.cidr6),
+        }
+    }
+}
+
+/// Longest-prefix lookups over a policy's tables, by probing each prefix
+/// length.
+pub struct Lookup<'a> {
+    tables: Cow<'a, Tables>,
     /// By endpoint id: the groups in its interface's entry.
     groups: HashMap<u32, Groups>,
-    policy: HashMap<(u32, PolicyKey), u32>,
-    cidr4: HashMap<(u32, CidrKey<4>), CidrValue>,
-    cidr6: HashMap<(u32, CidrKey<16>), CidrValue>,
 }
 
 fn mask<const N: usize>(addr: [u8; N], len: u32) -> [u8; N] {
@@ -32,15 +57,26 @@ fn mask<const N: usize>(addr: [u8; N], len: u32) -> [u8; N] {
     out
 }
 
-impl Lookup {
-    pub fn new(c: &Compiled) -> Lookup {
+fn groups_of(c: &Compiled) -> HashMap<u32, Groups> {
+    c.endpoints.iter().map(|e| (e.info.endpoint, e.info.groups)).collect()
+}
+
+impl Lookup<'static> {
+    /// Over `c`'s own entries.
+    pub fn new(c: &Compiled) -> Lookup<'static> {
         Lookup {
-            peer4: c.peer4.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
-            peer6: c.peer6.iter().map(|(len, a, i)| ((*len, *a), *i)).collect(),
-            groups: c.endpoints.iter().map(|e| (e.info.endpoint, e.info.groups)).collect(),
-            policy: c.policy.iter().map(|(len, k, v)| ((*len, *k), v.rule)).collect(),
-            cidr4: c.cidr4.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
-            cidr6: c.cidr6.iter().map(|(len, k, v)| ((*len, *k), *v)).collect(),
+            tables: Cow::Owned(Tables::of(c)),
+            groups: groups_of(c),
+        }
+    }
+}
+
+impl<'a> Lookup<'a> {
+    /// Over `tables`, the entries `c` was written as (`c`'s endpoints).
+    pub fn over(tables: &'a Tables, c: &Compiled) -> Lookup<'a> {
+        Lookup {
+            tables: Cow::Borrowed(tables),
+            groups: groups_of(c),
         }
     }
 
@@ -49,11 +85,11 @@ impl Lookup {
         match addr {
             IpAddr::V4(a) => (0..=32)
                 .rev()
-                .find_map(|len| self.peer4.get(&(len, mask(a.octets(), len))).copied())
+                .find_map(|len| self.tables.peer4.get(&(len, mask(a.octets(), len))).copied())
                 .unwrap_or(PeerInfo::NONE),
             IpAddr::V6(a) => (0..=128)
                 .rev()
-                .find_map(|len| self.peer6.get(&(len, mask(a.octets(), len))).copied())
+                .find_map(|len| self.tables.peer6.get(&(len, mask(a.octets(), len))).copied())
                 .unwrap_or(PeerInfo::NONE),
         }
     }
@@ -87,13 +123,16 @@ impl Lookup {
                     .then(|| {
                         (0..=16).rev().find_map(|bits| {
                             let m = if bits == 0 { 0 } else { u16::MAX << (16 - bits) };
-                            self.policy
+                            self.tables
+                                .policy
                                 .get(&(POLICY_PROTO_BITS + bits, key(proto, port & m)))
-                                .copied()
+                                .map(|v| v.rule)
                         })
                     })
                     .flatten();
-                if let Some(rule) = specific.or_else(|| self.policy.get(&(POLICY_FIXED_BITS, key(0, 0))).copied()) {
+                if let Some(rule) =
+                    specific.or_else(|| self.tables.policy.get(&(POLICY_FIXED_BITS, key(0, 0))).map(|v| v.rule))
+                {
                     return Some(rule);
                 }
             }
@@ -113,12 +152,12 @@ impl Lookup {
                 IpAddr::V4(a) => (0..=max_len.min(32)).rev().find_map(|len| {
                     let mut k = CidrKey::entry(group, tier, dir, proto, port, mask(a.octets(), len));
                     k.foreign = foreign;
-                    self.cidr4.get(&(CIDR_FIXED_BITS + len, k)).copied()
+                    self.tables.cidr4.get(&(CIDR_FIXED_BITS + len, k)).copied()
                 }),
                 IpAddr::V6(a) => (0..=max_len.min(128)).rev().find_map(|len| {
                     let mut k = CidrKey::entry(group, tier, dir, proto, port, mask(a.octets(), len));
                     k.foreign = foreign;
-                    self.cidr6.get(&(CIDR_FIXED_BITS + len, k)).copied()
+                    self.tables.cidr6.get(&(CIDR_FIXED_BITS + len, k)).copied()
                 }),
             }
         };

@@ -44,7 +44,7 @@ use hostwall_common::{
 };
 
 use crate::policy::{Direction, Midstream, Peer, Policy, Proto, Rule};
-pub use lookup::Lookup;
+pub use lookup::{Lookup, Tables};
 use peers::Prefixes;
 pub use ports::{PortBlock, port_blocks, port_runs};
 
@@ -94,6 +94,16 @@ pub struct Compiled {
 }
 
 impl Compiled {
+    /// Drops the entries of the peer, policy and CIDR tries (the slot they
+    /// were written to holds them), keeping what the agent reads.
+    pub fn release_tables(&mut self) {
+        self.peer4 = Vec::new();
+        self.peer6 = Vec::new();
+        self.policy = Vec::new();
+        self.cidr4 = Vec::new();
+        self.cidr6 = Vec::new();
+    }
+
     /// Entries of the policy maps one slot holds (`HW_POLICY`, `HW_CIDR4`,
     /// `HW_CIDR6`): what the linear bound counts.
     pub fn policy_entries(&self) -> usize {

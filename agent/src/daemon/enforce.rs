@@ -242,6 +242,9 @@ impl Agent {
             }
         }
         self.quarantined = quarantine;
+        if self.datapath.slots.active_tables().is_some() {
+            compiled.release_tables();
+        }
         Ok(compiled)
     }
 
@@ -313,7 +316,10 @@ impl Agent {
     /// Ends tracked flows the enforced policy does not allow; returns how
     /// many.
     pub fn revalidate_flows(&mut self) -> usize {
-        let lookup = Lookup::new(&self.compiled);
+        let lookup = match self.datapath.slots.active_tables() {
+            Some(tables) => Lookup::over(tables, &self.compiled),
+            None => Lookup::new(&self.compiled),
+        };
         let doomed: Vec<_> = conntrack::flows(&self.datapath.ebpf)
             .into_iter()
             .filter(|f| !lookup.allows(&f.allowed()))

@@ -70,29 +70,7 @@ enum Tables {
 }
 
 /// The peer, policy and CIDR tries' contents in this build's form.
-#[derive(Clone, Debug, Default, PartialEq)]
-struct Current {
-    peer4: StdHashMap<(u32, [u8; 4]), PeerInfo>,
-    peer6: StdHashMap<(u32, [u8; 16]), PeerInfo>,
-    policy: StdHashMap<(u32, PolicyKey), PolicyValue>,
-    cidr4: StdHashMap<(u32, CidrKey<4>), CidrValue>,
-    cidr6: StdHashMap<(u32, CidrKey<16>), CidrValue>,
-}
-
-impl Current {
-    fn of(c: &Compiled) -> Current {
-        fn by_key<K: Copy + Eq + Hash, V: Copy>(entries: &[(u32, K, V)]) -> StdHashMap<(u32, K), V> {
-            entries.iter().map(|(len, k, v)| ((*len, *k), *v)).collect()
-        }
-        Current {
-            peer4: by_key(&c.peer4),
-            peer6: by_key(&c.peer6),
-            policy: by_key(&c.policy),
-            cidr4: by_key(&c.cidr4),
-            cidr6: by_key(&c.cidr6),
-        }
-    }
-}
+use crate::compile::Tables as Current;
 
 impl Tables {
     /// The kernel memory the LPM tries take for these contents.
@@ -641,6 +619,15 @@ impl Slots {
 
     pub(super) fn set_fixed_memory(&mut self, bytes: u64) {
         self.fixed_memory = bytes;
+    }
+
+    /// What the active slot was written with, when this agent wrote it in
+    /// this build's form.
+    pub fn active_tables(&self) -> Option<&crate::compile::Tables> {
+        match &self.held[self.current as usize].as_ref()?.tables {
+            Tables::Current(t) => Some(t),
+            Tables::Legacy { .. } => None,
+        }
     }
 
     /// Kernel memory of every map now (bytes), and `--max-map-memory`. The

@@ -43,8 +43,22 @@ fn rss() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
+/// Bytes of this process's heap in use (glibc: small blocks and mapped
+/// ones), 0 where that is not known.
+fn heap() -> u64 {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallinfo2 only reads the allocator's counters.
+    unsafe {
+        let m = libc::mallinfo2();
+        return (m.uordblks + m.hblkhd) as u64;
+    }
+    #[allow(unreachable_code)]
+    0
+}
+
 fn run(rules: usize, broad: u64, rounds: usize) -> anyhow::Result<serde_json::Value> {
     let rss_start = rss();
+    let heap_start = heap();
     let policy = synthetic::fleet(&Fleet::mix(rules, broad));
     let text = to_yaml(&policy);
     let host: Vec<std::net::IpAddr> = vec!["10.255.0.1".parse().expect("an address")];
@@ -65,6 +79,9 @@ fn run(rules: usize, broad: u64, rounds: usize) -> anyhow::Result<serde_json::Va
         Ok(compile::compile(&p, &view)?)
     };
 
+    // The policy the agent keeps, parsed before it is compiled, as the
+    // agent does.
+    let held = parse_str(&text, "fleet.yaml")?;
     let mut compile_ms = Vec::new();
     for _ in 0..rounds {
         let t = Instant::now();
@@ -87,11 +104,19 @@ fn run(rules: usize, broad: u64, rounds: usize) -> anyhow::Result<serde_json::Va
         apply_ms.push(t.elapsed().as_secs_f64() * 1e3);
         last = Some(c);
     }
-    let c = last.context("no round ran")?;
+    let mut c = last.context("no round ran")?;
     dp.slots.apply(&c)?;
     // What the agent holds for a policy: the parsed policy, its compiled
-    // form and what each slot was written with.
-    let held = parse_str(&text, "fleet.yaml")?;
+    // form (as the agent keeps it, without the entries the slots hold) and
+    // what each slot was written with; not the generator's policy or the
+    // file's text.
+    let (policy_entries, peer_entries) = (c.policy_entries(), c.peer4.len() + c.peer6.len());
+    if dp.slots.active_tables().is_some() {
+        c.release_tables();
+    }
+    let (endpoints, bound) = (policy.endpoints.len(), compile::linear_size(&policy));
+    drop(policy);
+    drop(text);
     // As the agent does after each apply: freed memory goes back to the
     // kernel, so that what is resident is what is held.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -100,18 +125,20 @@ fn run(rules: usize, broad: u64, rounds: usize) -> anyhow::Result<serde_json::Va
         libc::malloc_trim(0);
     }
     let rss_held = rss();
+    let heap_held = heap();
     let maps = map_memory();
     Ok(serde_json::json!({
         "rules": rules,
         "broad": broad,
-        "endpoints": policy.endpoints.len(),
-        "policy_entries": c.policy_entries(),
-        "peer_entries": c.peer4.len() + c.peer6.len(),
-        "bound": compile::linear_size(&policy),
+        "endpoints": endpoints,
+        "policy_entries": policy_entries,
+        "peer_entries": peer_entries,
+        "bound": bound,
         "compile_ms": median(compile_ms),
         "apply_ms": median(apply_ms),
         "maps": maps,
         "rss_growth": rss_held.saturating_sub(rss_start),
+        "heap_growth": heap_held.saturating_sub(heap_start),
         "policy_rules": held.groups.values().map(|g| g.ingress.len() + g.egress.len()).sum::<usize>(),
     }))
 }

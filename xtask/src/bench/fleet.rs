@@ -34,6 +34,8 @@ pub struct Row {
     /// holds what the agent holds for the policy: the parsed policy, its
     /// compiled form and what each slot was written with.
     pub rss_growth: u64,
+    /// Growth of its heap in use (bytes, glibc's count) over the same span.
+    pub heap_growth: u64,
 }
 
 impl Row {
@@ -95,15 +97,17 @@ pub fn run(plan: &Plan, tools: &Tools) -> anyhow::Result<Results> {
                 apply_ms: v["apply_ms"].as_f64().unwrap_or(f64::NAN),
                 maps,
                 rss_growth: v["rss_growth"].as_u64().unwrap_or(0),
+                heap_growth: v["heap_growth"].as_u64().unwrap_or(0),
             };
             println!(
-                "bench: fleet {rules} rules, {broad}% broad: {} policy entries (bound {}), compile {:.1} ms, apply {:.1} ms, maps {:.1} MiB, {} bytes of memory per rule",
+                "bench: fleet {rules} rules, {broad}% broad: {} policy entries (bound {}), compile {:.1} ms, apply {:.1} ms, maps {:.1} MiB, {} bytes resident and {} of heap in use per rule",
                 r.policy_entries,
                 r.bound,
                 r.compile_ms,
                 r.apply_ms,
                 r.total_memory() as f64 / (1 << 20) as f64,
-                r.rss_growth / rules.max(1) as u64
+                r.rss_growth / rules.max(1) as u64,
+                r.heap_growth / rules.max(1) as u64
             );
             rows.push(r);
         }

@@ -918,16 +918,17 @@ impl Report {
              every map (the `memlock` of each map's descriptor) with both slots holding the policy \
              and conntrack at its default size. *Memory per rule*: how much the measuring process's \
              resident memory grew, from its start (the eBPF object loaded and the maps created included) \
-             to holding the parsed policy, its compiled form and what each slot holds, over the rules. Medians of 5 rounds.\n\n",
+             to holding the parsed policy, its compiled form (without the entries the slots hold) and what each slot holds, over the rules; \
+             *heap per rule*: the same for its heap in use (glibc's count). Medians of 5 rounds.\n\n",
         );
         md.push_str(
-            "| rules | broad | HW_POLICY entries | bound | HW_PEER entries | compile | apply | maps | memory per rule |\n\
-             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            "| rules | broad | policy entries | bound | HW_PEER entries | compile | apply | maps | memory per rule | heap per rule |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for r in &f.rows {
             let _ = writeln!(
                 md,
-                "| {} | {}% | {} | {} | {} | {:.1} ms | {:.1} ms | {} | {} B |",
+                "| {} | {}% | {} | {} | {} | {:.1} ms | {:.1} ms | {} | {} B | {} B |",
                 r.rules,
                 r.broad,
                 r.policy_entries,
@@ -936,7 +937,8 @@ impl Report {
                 r.compile_ms,
                 r.apply_ms,
                 mib(r.total_memory()),
-                r.rss_growth / r.rules.max(1) as u64
+                r.rss_growth / r.rules.max(1) as u64,
+                r.heap_growth / r.rules.max(1) as u64
             );
         }
         if let Some(r) = f.rows.iter().max_by_key(|r| r.total_memory()) {
@@ -1009,14 +1011,21 @@ impl Report {
                     Some(big.rss_growth.saturating_sub(small.rss_growth) as f64 / (big.rules - small.rules) as f64)
                 })
                 .fold(None, |w: Option<f64>, x| Some(w.map_or(x, |w| w.max(x))));
+            let heap_per_rule = at_10k
+                .iter()
+                .filter_map(|big| {
+                    let small = f.rows.iter().find(|r| r.rules == 1_000 && r.broad == big.broad)?;
+                    Some(big.heap_growth.saturating_sub(small.heap_growth) as f64 / (big.rules - small.rules) as f64)
+                })
+                .fold(0.0, f64::max);
             if let Some(per_rule) = per_rule {
                 self.goal(
                     "fleet at 10,000 rules: the agent's own memory ≤ 1 KiB per rule",
                     format!(
-                        "{per_rule:.0} bytes per rule (resident memory a policy of 10,000 rules holds beyond one of 1,000 with the same endpoints: the parsed policy, its compiled form and both slots' contents)"
+                        "{per_rule:.0} bytes per rule resident, {heap_per_rule:.0} of heap in use (what a policy of 10,000 rules holds beyond one of 1,000 with the same endpoints: the parsed policy, its compiled form without the entries, each slot's contents)"
                     ),
                     per_rule <= 1024.0,
-                    "the agent keeps the parsed policy, its compiled form and a copy of what each slot holds, to write the next policy as a difference",
+                    "the heap in use is under 1 KiB per rule, but glibc keeps the pages that an apply's many small temporaries spread the held policy over (malloc_trim returns only whole free pages): the resident memory is about three times the heap in use",
                 );
             }
             self.goal(
