@@ -5,7 +5,8 @@
 //! a flipped slot, and the kernel memory of every map once both policy
 //! slots hold the policy. The measuring is done by the release binary
 //! `hostwall-fleet`, one process per policy, so that each starts with no
-//! other maps open.
+//! other maps open. Then new connections per second under a fleet policy
+//! for hostwall, iptables and nftables (`fleetrate.rs`).
 
 use std::collections::BTreeMap;
 
@@ -58,6 +59,8 @@ pub struct Results {
     pub flows: Vec<Flow>,
     /// The rule counts the TEST_RUN cases compare: the small and the large.
     pub flow_rules: (usize, usize),
+    /// New connections per second under a fleet policy, by variant.
+    pub rates: super::fleetrate::Results,
 }
 
 /// The sizes the section measures.
@@ -140,9 +143,11 @@ pub fn run(plan: &Plan, tools: &Tools) -> anyhow::Result<Results> {
             flows.push(Flow { rules, case, ns });
         }
     }
+    let rates = super::fleetrate::run(plan, tools)?;
     Ok(Results {
         rows,
         flows,
         flow_rules,
+        rates,
     })
 }

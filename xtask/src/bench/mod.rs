@@ -12,6 +12,7 @@
 pub mod baseline;
 mod compare;
 mod fleet;
+mod fleetrate;
 mod hooks;
 mod plot;
 mod policy;

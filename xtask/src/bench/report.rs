@@ -979,6 +979,36 @@ impl Report {
                  misses of larger maps",
             );
         }
+        let rates = &f.rates;
+        let _ = writeln!(
+            md,
+            "New connections (connect, one request, close; two client threads) from `client` to `server` under a \
+             fleet policy of {} rules with 10% broad peers, which the two join with a group each, the rule that \
+             allows them last (`fleetrate.rs`): iptables with an ipset per group and prefix list, nftables with \
+             named sets, each with one rule per policy rule and IPv4 peer of the groups with members on this host, \
+             egress then ingress, conntrack first. Each variant first proves that it filters.\n\n\
+             | variant | rules given | check | connections/s | hostwall ÷ variant |\n| --- | ---: | --- | ---: | ---: |",
+            rates.policy_rules
+        );
+        let hostwall = rates
+            .rates
+            .iter()
+            .find(|r| r.variant == traffic::Variant::Hostwall && r.broken.is_none())
+            .map(|r| r.crr_per_s);
+        for r in &rates.rates {
+            let (rate, vs) = match (&r.broken, hostwall) {
+                (Some(why), _) => (format!("not timed: {why}"), "-".to_string()),
+                (None, Some(h)) => (format!("{:.0}", r.crr_per_s), format!("{:.2}", ratio(h, r.crr_per_s))),
+                (None, None) => (format!("{:.0}", r.crr_per_s), "-".to_string()),
+            };
+            let given = if r.variant == traffic::Variant::None {
+                "-".to_string()
+            } else {
+                r.rules.to_string()
+            };
+            let _ = writeln!(md, "| {} | {given} | {} | {rate} | {vs} |", r.variant.name(), r.check);
+        }
+        md.push('\n');
         let within = f.rows.iter().all(|r| r.policy_entries <= r.bound);
         let worst = f
             .rows

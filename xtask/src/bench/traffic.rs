@@ -222,7 +222,7 @@ fn word(passed: bool) -> &'static str {
 }
 
 /// Whether one request from `from` to the server's `port` is answered.
-fn check(bed: &Testbed, from: policy::Ep, port: u16) -> anyhow::Result<bool> {
+pub(super) fn check(bed: &Testbed, from: policy::Ep, port: u16) -> anyhow::Result<bool> {
     let target = SocketAddr::new(SERVER.v4().into(), port);
     let mut cmd = in_netns(bed.container(from).ns.name(), &bed.tools.load.to_string_lossy());
     cmd.args(["check", &target.to_string(), "--timeout", "1000"]);
@@ -249,7 +249,7 @@ fn iperf(bed: &Testbed, secs: f64) -> anyhow::Result<f64> {
     topology::iperf(bed.container(CLIENT).ns.name(), SERVER.v4().into(), IPERF_PORT, secs)
 }
 
-fn load(bed: &Testbed, mode: &str, args: &[&str]) -> anyhow::Result<Value> {
+pub(super) fn load(bed: &Testbed, mode: &str, args: &[&str]) -> anyhow::Result<Value> {
     let target = SocketAddr::new(SERVER.v4().into(), LOAD_PORT);
     let mut cmd = in_netns(bed.container(CLIENT).ns.name(), &bed.tools.load.to_string_lossy());
     cmd.arg(mode).arg(target.to_string()).args(args);
