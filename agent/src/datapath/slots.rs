@@ -26,6 +26,8 @@ use hostwall_common::{
 
 use super::LoadError;
 use crate::compile::Compiled;
+// The peer, policy and CIDR tries' contents in this build's form.
+use crate::compile::Tables as Current;
 use crate::compile::legacy::{LegacyPeerInfo, LegacyPolicyKey};
 use crate::policy::Midstream;
 
@@ -68,9 +70,6 @@ enum Tables {
         policy: StdHashMap<(u32, LegacyPolicyKey), PolicyValue>,
     },
 }
-
-/// The peer, policy and CIDR tries' contents in this build's form.
-use crate::compile::Tables as Current;
 
 impl Tables {
     /// The kernel memory the LPM tries take for these contents.
@@ -623,7 +622,7 @@ impl Slots {
 
     /// What the active slot was written with, when this agent wrote it in
     /// this build's form.
-    pub fn active_tables(&self) -> Option<&crate::compile::Tables> {
+    pub fn active_tables(&self) -> Option<&Current> {
         match &self.held[self.current as usize].as_ref()?.tables {
             Tables::Current(t) => Some(t),
             Tables::Legacy { .. } => None,

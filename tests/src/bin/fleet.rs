@@ -44,15 +44,17 @@ fn rss() -> u64 {
 }
 
 /// Bytes of this process's heap in use (glibc: small blocks and mapped
-/// ones), 0 where that is not known.
+/// ones).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn heap() -> u64 {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallinfo2 only reads the allocator's counters.
-    unsafe {
-        let m = libc::mallinfo2();
-        return (m.uordblks + m.hblkhd) as u64;
-    }
-    #[allow(unreachable_code)]
+    let m = unsafe { libc::mallinfo2() };
+    (m.uordblks + m.hblkhd) as u64
+}
+
+/// Not known without glibc.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn heap() -> u64 {
     0
 }
 

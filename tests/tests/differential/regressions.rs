@@ -174,31 +174,19 @@ endpoints:
         rules.join("\n")
     );
     let mut packets = Vec::new();
+    let from_e0 = |dst: &str, l4: Transport| pkt(At::From("hwd0".into()), "192.168.0.1", dst, l4);
     // 10.0.0.5 is in all nine CIDRs, 10.0.128.5 in all but the /16,
     // 10.8.0.5 in the /8 to /12, 10.128.0.5 in the /8 only, 11.0.0.5 in none.
     for dst in ["10.0.0.5", "10.0.128.5", "10.8.0.5", "10.128.0.5", "11.0.0.5"] {
+        let mut dports = vec![59999, 60000, 61000, 61001];
         for d in [0u16, 4, 8] {
             let first = 1000 + (d * 8 + 7) * 600;
-            for dport in [first - 1, first, first + 5, first + 10, first + 11] {
-                packets.push(pkt(
-                    At::From("hwd0".into()),
-                    "192.168.0.1",
-                    dst,
-                    Transport::Udp { sport: 20004, dport },
-                ));
-            }
+            dports.extend([first - 1, first, first + 5, first + 10, first + 11]);
         }
-        for dport in [59999, 60000, 61000, 61001] {
-            packets.push(pkt(
-                At::From("hwd0".into()),
-                "192.168.0.1",
-                dst,
-                Transport::Udp { sport: 20004, dport },
-            ));
+        for dport in dports {
+            packets.push(from_e0(dst, Transport::Udp { sport: 20004, dport }));
         }
-        packets.push(pkt(
-            At::From("hwd0".into()),
-            "192.168.0.1",
+        packets.push(from_e0(
             dst,
             Transport::Tcp {
                 sport: 20004,

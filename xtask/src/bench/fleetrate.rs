@@ -16,12 +16,12 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use hostwall::compile::synthetic::{self, Fleet};
 use hostwall::policy::{Endpoint, Group, Peer, Policy, PortRange, Proto, Rule, to_yaml};
 use hostwall_tests::{Agent, AgentOptions};
 
-use super::policy::{CLIENT, DENIED_PORT, ENDPOINTS, FLOOD, LOAD_PORT, SERVER};
+use super::policy::{DENIED_PORT, ENDPOINTS, LOAD_PORT, SERVER};
 use super::topology::Testbed;
 use super::traffic::{VARIANTS, Variant, num};
 use super::{Plan, Tools, in_netns, output};
@@ -119,13 +119,6 @@ fn local_rules(p: &Policy) -> Vec<(&str, bool, &Rule)> {
     out
 }
 
-fn v4_members<'a>(p: &'a Policy, group: &'a str) -> impl Iterator<Item = IpAddr> + 'a {
-    p.endpoints
-        .iter()
-        .filter(move |e| e.groups.iter().any(|g| g == group))
-        .flat_map(|e| e.addresses.iter().copied().filter(IpAddr::is_ipv4))
-}
-
 fn host_addresses() -> Vec<IpAddr> {
     ENDPOINTS.iter().map(|e| e.gw4().into()).collect()
 }
@@ -134,9 +127,8 @@ fn set_name(kind: &str, name: &str) -> String {
     format!("hw_{kind}_{}", name.replace('-', "_"))
 }
 
-/// A rule's protocol match, or `None` for a rule iptables and nftables
-/// cannot meet with IPv4 packets (ICMPv6).
-fn proto_match(r: &Rule, nft: bool) -> Option<String> {
+/// A rule's protocol match.
+fn proto_match(r: &Rule, nft: bool) -> String {
     let ports = r.ports.map(|p| {
         if p.first == p.last {
             p.first.to_string()
@@ -146,9 +138,8 @@ fn proto_match(r: &Rule, nft: bool) -> Option<String> {
             format!("{}:{}", p.first, p.last)
         }
     });
-    Some(match r.proto {
+    match r.proto {
         Proto::All => String::new(),
-        Proto::Number(58) => return None,
         Proto::Number(1) => match (&r.icmp, nft) {
             (None, false) => "-p icmp".into(),
             (None, true) => "meta l4proto icmp".into(),
@@ -177,45 +168,87 @@ fn proto_match(r: &Rule, nft: bool) -> Option<String> {
                 (None, _, true) => format!("meta l4proto {n}"),
             }
         }
-    })
+    }
+}
+
+/// An address set the baselines match on: its name, whether it holds
+/// networks, and its IPv4 members.
+struct AddrSet {
+    name: String,
+    nets: bool,
+    members: BTreeSet<String>,
+}
+
+/// Every group's members, every prefix list, the host's addresses
+/// (`hw_host`) and those of the endpoints on this host (`hw_local`).
+fn addr_sets(p: &Policy) -> Vec<AddrSet> {
+    let v4 = |addrs: &mut dyn Iterator<Item = &IpAddr>| -> BTreeSet<String> {
+        addrs.filter(|a| a.is_ipv4()).map(IpAddr::to_string).collect()
+    };
+    let mut out: Vec<AddrSet> = p
+        .groups
+        .keys()
+        .map(|g| AddrSet {
+            name: set_name("g", g),
+            nets: false,
+            members: v4(&mut p
+                .endpoints
+                .iter()
+                .filter(|e| e.groups.contains(g))
+                .flat_map(|e| &e.addresses)),
+        })
+        .collect();
+    out.extend(p.prefix_lists.iter().map(|(name, nets)| {
+        AddrSet {
+            name: set_name("pl", name),
+            nets: true,
+            members: nets
+                .iter()
+                .filter(|n| n.addr().is_ipv4())
+                .map(|n| n.to_string())
+                .collect(),
+        }
+    }));
+    out.push(AddrSet {
+        name: "hw_host".into(),
+        nets: false,
+        members: v4(&mut host_addresses().iter()),
+    });
+    out.push(AddrSet {
+        name: "hw_local".into(),
+        nets: false,
+        members: v4(&mut p.endpoints.iter().filter(|e| is_local(e)).flat_map(|e| &e.addresses)),
+    });
+    out
+}
+
+/// The baselines' rules: each rule of `local_rules` once per peer, without
+/// what IPv4 packets never meet (ICMPv6 rules, IPv6 CIDRs): (group,
+/// ingress?, rule, peer).
+fn rule_peers(p: &Policy) -> Vec<(&str, bool, &Rule, &Peer)> {
+    local_rules(p)
+        .into_iter()
+        .filter(|(_, _, r)| r.proto != Proto::ICMPV6)
+        .flat_map(|(group, ingress, r)| {
+            r.peers
+                .iter()
+                .filter(|peer| !matches!(peer, Peer::Cidr(n) if !n.addr().is_ipv4()))
+                .map(move |peer| (group, ingress, r, peer))
+        })
+        .collect()
 }
 
 /// The ipset restore file, the iptables-restore file and its number of
 /// rules from the policy.
 pub fn iptables(p: &Policy) -> (String, String, usize) {
     let mut sets = String::new();
-    let mut set = |name: &str, kind: &str, members: &mut dyn Iterator<Item = String>| {
-        let _ = writeln!(sets, "create {name} {kind} family inet maxelem 1048576");
-        for m in members {
-            let _ = writeln!(sets, "add {name} {m}");
+    for set in addr_sets(p) {
+        let kind = if set.nets { "hash:net" } else { "hash:ip" };
+        let _ = writeln!(sets, "create {} {kind} family inet maxelem 1048576", set.name);
+        for m in &set.members {
+            let _ = writeln!(sets, "add {} {m}", set.name);
         }
-    };
-    for g in p.groups.keys() {
-        set(
-            &set_name("g", g),
-            "hash:ip",
-            &mut v4_members(p, g).map(|a| a.to_string()),
-        );
     }
-    for (name, nets) in &p.prefix_lists {
-        set(
-            &set_name("pl", name),
-            "hash:net",
-            &mut nets.iter().filter(|n| n.addr().is_ipv4()).map(|n| n.to_string()),
-        );
-    }
-    set(
-        "hw_host",
-        "hash:ip",
-        &mut host_addresses().into_iter().map(|a| a.to_string()),
-    );
-    let local: Vec<IpAddr> = p
-        .endpoints
-        .iter()
-        .filter(|e| is_local(e))
-        .flat_map(|e| e.addresses.iter().copied().filter(IpAddr::is_ipv4))
-        .collect();
-    set("hw_local", "hash:ip", &mut local.iter().map(|a| a.to_string()));
 
     let mut t = String::from(
         "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n:hw-egress - [0:0]\n:hw-ingress - [0:0]\n",
@@ -226,34 +259,31 @@ pub fn iptables(p: &Policy) -> (String, String, usize) {
     t.push_str("-A hw-ingress -m set ! --match-set hw_local dst -j ACCEPT\n");
     let mut egress = String::new();
     let mut ingress = String::new();
-    let mut n = 0;
-    for (group, is_ingress, r) in local_rules(p) {
-        let Some(proto) = proto_match(r, false) else {
-            continue;
-        };
+    let rules = rule_peers(p);
+    for &(group, is_ingress, r, peer) in &rules {
         let (own, other) = if is_ingress { ("dst", "src") } else { ("src", "dst") };
-        for peer in &r.peers {
-            let peer = match peer {
-                Peer::Group(g) => format!("-m set --match-set {} {other}", set_name("g", g)),
-                Peer::PrefixList(l) => format!("-m set --match-set {} {other}", set_name("pl", l)),
-                Peer::Host => format!("-m set --match-set hw_host {other}"),
-                Peer::Cidr(n) if n.addr().is_ipv4() => format!("-{} {n}", if is_ingress { 's' } else { 'd' }),
-                Peer::Cidr(_) => continue,
-            };
-            let line = format!("-m set --match-set {} {own} {peer} {proto}", set_name("g", group));
-            n += 1;
-            if is_ingress {
-                let _ = writeln!(ingress, "-A hw-ingress {line} -j ACCEPT");
-            } else {
-                let _ = writeln!(egress, "-A hw-egress {line} -j hw-ingress");
-            }
+        let peer = match peer {
+            Peer::Group(g) => format!("-m set --match-set {} {other}", set_name("g", g)),
+            Peer::PrefixList(l) => format!("-m set --match-set {} {other}", set_name("pl", l)),
+            Peer::Host => format!("-m set --match-set hw_host {other}"),
+            Peer::Cidr(n) => format!("-{} {n}", if is_ingress { 's' } else { 'd' }),
+        };
+        let line = format!(
+            "-m set --match-set {} {own} {peer} {}",
+            set_name("g", group),
+            proto_match(r, false)
+        );
+        if is_ingress {
+            let _ = writeln!(ingress, "-A hw-ingress {line} -j ACCEPT");
+        } else {
+            let _ = writeln!(egress, "-A hw-egress {line} -j hw-ingress");
         }
     }
     t.push_str(&egress);
     t.push_str("-A hw-egress -j DROP\n");
     t.push_str(&ingress);
     t.push_str("-A hw-ingress -j DROP\nCOMMIT\n");
-    (sets, t, n)
+    (sets, t, rules.len())
 }
 
 pub const NFT_TABLE: &str = "ip hwfleet";
@@ -261,71 +291,39 @@ pub const NFT_TABLE: &str = "ip hwfleet";
 /// The nft script (it replaces its table atomically) and its number of
 /// rules from the policy.
 pub fn nft(p: &Policy) -> (String, usize) {
-    let mut count = 0;
     let mut n = format!("table {NFT_TABLE}\ndelete table {NFT_TABLE}\ntable {NFT_TABLE} {{\n");
-    let mut set = |name: &str, interval: bool, members: Vec<String>| {
-        let _ = write!(n, "  set {name} {{\n    type ipv4_addr\n");
-        if interval {
+    for set in addr_sets(p) {
+        let _ = write!(n, "  set {} {{\n    type ipv4_addr\n", set.name);
+        if set.nets {
             n.push_str("    flags interval\n    auto-merge\n");
         }
-        if !members.is_empty() {
+        if !set.members.is_empty() {
+            let members: Vec<&str> = set.members.iter().map(String::as_str).collect();
             let _ = writeln!(n, "    elements = {{ {} }}", members.join(", "));
         }
         n.push_str("  }\n");
-    };
-    for g in p.groups.keys() {
-        let members: BTreeSet<String> = v4_members(p, g).map(|a| a.to_string()).collect();
-        set(&set_name("g", g), false, members.into_iter().collect());
     }
-    for (name, nets) in &p.prefix_lists {
-        set(
-            &set_name("pl", name),
-            true,
-            nets.iter()
-                .filter(|n| n.addr().is_ipv4())
-                .map(|n| n.to_string())
-                .collect(),
-        );
-    }
-    set(
-        "hw_host",
-        false,
-        host_addresses().iter().map(|a| a.to_string()).collect(),
-    );
-    let local: BTreeSet<String> = p
-        .endpoints
-        .iter()
-        .filter(|e| is_local(e))
-        .flat_map(|e| e.addresses.iter().filter(|a| a.is_ipv4()).map(|a| a.to_string()))
-        .collect();
-    set("hw_local", false, local.into_iter().collect());
 
     let mut egress = String::new();
     let mut ingress = String::new();
-    for (group, is_ingress, r) in local_rules(p) {
-        let Some(proto) = proto_match(r, true) else {
-            continue;
-        };
+    let rules = rule_peers(p);
+    for &(group, is_ingress, r, peer) in &rules {
         let (own, other) = if is_ingress {
             ("daddr", "saddr")
         } else {
             ("saddr", "daddr")
         };
-        for peer in &r.peers {
-            let peer = match peer {
-                Peer::Group(g) => format!("ip {other} @{}", set_name("g", g)),
-                Peer::PrefixList(l) => format!("ip {other} @{}", set_name("pl", l)),
-                Peer::Host => format!("ip {other} @hw_host"),
-                Peer::Cidr(c) if c.addr().is_ipv4() => format!("ip {other} {c}"),
-                Peer::Cidr(_) => continue,
-            };
-            let line = format!("ip {own} @{} {peer} {proto}", set_name("g", group));
-            count += 1;
-            if is_ingress {
-                let _ = writeln!(ingress, "    {line} accept");
-            } else {
-                let _ = writeln!(egress, "    {line} jump ingress");
-            }
+        let peer = match peer {
+            Peer::Group(g) => format!("ip {other} @{}", set_name("g", g)),
+            Peer::PrefixList(l) => format!("ip {other} @{}", set_name("pl", l)),
+            Peer::Host => format!("ip {other} @hw_host"),
+            Peer::Cidr(c) => format!("ip {other} {c}"),
+        };
+        let line = format!("ip {own} @{} {peer} {}", set_name("g", group), proto_match(r, true));
+        if is_ingress {
+            let _ = writeln!(ingress, "    {line} accept");
+        } else {
+            let _ = writeln!(egress, "    {line} jump ingress");
         }
     }
     n.push_str("  chain ingress {\n    ip daddr != @hw_local accept\n");
@@ -336,7 +334,7 @@ pub fn nft(p: &Policy) -> (String, usize) {
     n.push_str("  chain forward {\n    type filter hook forward priority filter; policy drop;\n");
     n.push_str("    ct state vmap { established : accept, related : accept }\n");
     n.push_str("    ip saddr != @hw_local jump ingress\n    jump egress\n  }\n}\n");
-    (n, count)
+    (n, rules.len())
 }
 
 /// Installs a variant's filter (removed with the testbed; hostwall's agent
@@ -405,31 +403,15 @@ fn run_one(plan: &Plan, tools: &Tools, p: &Policy, v: Variant) -> anyhow::Result
     let _load = bed.load_server(SERVER, LOAD_PORT)?;
     let _other = bed.load_server(SERVER, DENIED_PORT)?;
     let (agent, rules) = install(&bed, p, v)?;
-    let allowed = super::traffic::check(&bed, CLIENT, LOAD_PORT)?;
-    let denied_peer = super::traffic::check(&bed, FLOOD, LOAD_PORT)?;
-    let denied_port = super::traffic::check(&bed, CLIENT, DENIED_PORT)?;
-    let word = |passed: bool| if passed { "passed" } else { "dropped" };
+    let (check, broken) = super::traffic::prove_it_filters(&bed, v)?;
     let mut rate = Rate {
         variant: v,
-        broken: None,
-        check: format!(
-            "client→server:{LOAD_PORT} {}, flood→server:{LOAD_PORT} {}, client→server:{DENIED_PORT} {}",
-            word(allowed),
-            word(denied_peer),
-            word(denied_port)
-        ),
+        broken,
+        check,
         crr_per_s: 0.0,
         rules,
     };
-    if v == Variant::None {
-        if !(allowed && denied_peer && denied_port) {
-            bail!("without a filter every check must get through: {}", rate.check);
-        }
-    } else if !allowed {
-        rate.broken = Some(format!("blocks the allowed pair ({})", rate.check));
-        return Ok(rate);
-    } else if denied_peer || denied_port {
-        rate.broken = Some(format!("lets a denied pair through ({})", rate.check));
+    if rate.broken.is_some() {
         return Ok(rate);
     }
     let secs = plan.secs.to_string();

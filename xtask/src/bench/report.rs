@@ -1033,21 +1033,19 @@ impl Report {
             let apply = at_10k.iter().map(|r| r.apply_ms).fold(0.0, f64::max);
             let compile = at_10k.iter().map(|r| r.compile_ms).fold(0.0, f64::max);
             // Per rule: what a policy of 10,000 rules holds beyond one of
-            // 1,000 with the same endpoints, over the rules it adds.
-            let per_rule = at_10k
-                .iter()
-                .filter_map(|big| {
-                    let small = f.rows.iter().find(|r| r.rules == 1_000 && r.broad == big.broad)?;
-                    Some(big.rss_growth.saturating_sub(small.rss_growth) as f64 / (big.rules - small.rules) as f64)
-                })
-                .fold(None, |w: Option<f64>, x| Some(w.map_or(x, |w| w.max(x))));
-            let heap_per_rule = at_10k
-                .iter()
-                .filter_map(|big| {
-                    let small = f.rows.iter().find(|r| r.rules == 1_000 && r.broad == big.broad)?;
-                    Some(big.heap_growth.saturating_sub(small.heap_growth) as f64 / (big.rules - small.rules) as f64)
-                })
-                .fold(0.0, f64::max);
+            // 1,000 with the same endpoints, over the rules it adds (the
+            // largest over the broad shares).
+            let per_added_rule = |growth: fn(&fleet::Row) -> u64| {
+                at_10k
+                    .iter()
+                    .filter_map(|big| {
+                        let small = f.rows.iter().find(|r| r.rules == 1_000 && r.broad == big.broad)?;
+                        Some(growth(big).saturating_sub(growth(small)) as f64 / (big.rules - small.rules) as f64)
+                    })
+                    .fold(None, |w: Option<f64>, x| Some(w.map_or(x, |w| w.max(x))))
+            };
+            let per_rule = per_added_rule(|r| r.rss_growth);
+            let heap_per_rule = per_added_rule(|r| r.heap_growth).unwrap_or(0.0);
             if let Some(per_rule) = per_rule {
                 self.goal(
                     "fleet at 10,000 rules: the agent's own memory ≤ 1 KiB per rule",

@@ -153,25 +153,8 @@ fn run_one(plan: &Plan, tools: &Tools, rules: usize, v: Variant) -> anyhow::Resu
         ..Run::default()
     };
 
-    // The same allow/deny check for every variant before anything is timed.
-    let allowed = check(&bed, CLIENT, LOAD_PORT)?;
-    let denied_peer = check(&bed, FLOOD, LOAD_PORT)?;
-    let denied_port = check(&bed, CLIENT, DENIED_PORT)?;
-    run.check = format!(
-        "client→server:{LOAD_PORT} {}, flood→server:{LOAD_PORT} {}, client→server:{DENIED_PORT} {}",
-        word(allowed),
-        word(denied_peer),
-        word(denied_port)
-    );
-    if v == Variant::None {
-        if !(allowed && denied_peer && denied_port) {
-            bail!("without a filter every check must get through: {}", run.check);
-        }
-    } else if !allowed {
-        run.broken = Some(format!("blocks the allowed pair ({})", run.check));
-        return Ok(run);
-    } else if denied_peer || denied_port {
-        run.broken = Some(format!("lets a denied pair through ({})", run.check));
+    (run.check, run.broken) = prove_it_filters(&bed, v)?;
+    if run.broken.is_some() {
         return Ok(run);
     }
 
@@ -221,8 +204,36 @@ fn word(passed: bool) -> &'static str {
     if passed { "passed" } else { "dropped" }
 }
 
+/// The same allow/deny check for every variant before anything is timed:
+/// what it saw, and why the variant is not to be timed (`None`: it
+/// filters). Without a filter, every check must get through.
+pub(super) fn prove_it_filters(bed: &Testbed, v: Variant) -> anyhow::Result<(String, Option<String>)> {
+    let allowed = check(bed, CLIENT, LOAD_PORT)?;
+    let denied_peer = check(bed, FLOOD, LOAD_PORT)?;
+    let denied_port = check(bed, CLIENT, DENIED_PORT)?;
+    let seen = format!(
+        "client→server:{LOAD_PORT} {}, flood→server:{LOAD_PORT} {}, client→server:{DENIED_PORT} {}",
+        word(allowed),
+        word(denied_peer),
+        word(denied_port)
+    );
+    let broken = if v == Variant::None {
+        if !(allowed && denied_peer && denied_port) {
+            bail!("without a filter every check must get through: {seen}");
+        }
+        None
+    } else if !allowed {
+        Some(format!("blocks the allowed pair ({seen})"))
+    } else if denied_peer || denied_port {
+        Some(format!("lets a denied pair through ({seen})"))
+    } else {
+        None
+    };
+    Ok((seen, broken))
+}
+
 /// Whether one request from `from` to the server's `port` is answered.
-pub(super) fn check(bed: &Testbed, from: policy::Ep, port: u16) -> anyhow::Result<bool> {
+fn check(bed: &Testbed, from: policy::Ep, port: u16) -> anyhow::Result<bool> {
     let target = SocketAddr::new(SERVER.v4().into(), port);
     let mut cmd = in_netns(bed.container(from).ns.name(), &bed.tools.load.to_string_lossy());
     cmd.args(["check", &target.to_string(), "--timeout", "1000"]);
