@@ -9,7 +9,9 @@
 //! one of the fleet's local endpoints, under a fleet policy of RULES rules
 //! (with 20% broad peers) holding the rules the cases need: IPv4 and IPv6,
 //! TCP, UDP and ICMP echo, to a peer a specific rule names and to one only
-//! broad rules name, allowed and denied.
+//! broad rules name, allowed and denied. Whatever RULES, the endpoint's
+//! groups each hold a rule and every group of the two peers is named, so
+//! that a case makes the same lookups at any size.
 //!
 //! ```text
 //! hostwall-fleet RULES BROAD_PERCENT ROUNDS
@@ -219,8 +221,9 @@ fn planted(specific: &[IpAddr], broad_ok: bool) -> Vec<Rule> {
 }
 
 fn testrun(rules: usize, repeat: u32, rounds: usize) -> anyhow::Result<serde_json::Value> {
-    // 8 rules for the cases, the rest the fleet's own.
-    let mut policy = synthetic::fleet(&Fleet::mix(rules.saturating_sub(8), 20));
+    // 8 rules for the cases, one per group of the endpoint, the rest the
+    // fleet's own.
+    let mut policy = synthetic::fleet(&Fleet::mix(rules.saturating_sub(8 + 5), 20));
     let me = policy.endpoints[0].clone();
     // A remote endpoint with addresses of both families the specific rules
     // name; another that only the broad ones cover.
@@ -237,6 +240,35 @@ fn testrun(rules: usize, repeat: u32, rounds: usize) -> anyhow::Result<serde_jso
     let g = policy.groups.get_mut(&group).expect("the endpoint's group");
     planted.append(&mut g.egress);
     g.egress = planted;
+    // What a new flow's lookups depend on besides the tries' contents: the
+    // endpoint's groups that hold rules, and the labels of the other end
+    // (its groups that some rule names). One rule in each of the
+    // endpoint's groups, on a port no case uses, names every group of both
+    // peers, so that these are the same at any size and the comparison is
+    // of the number of rules alone.
+    let labels: Vec<Peer> = specific
+        .groups
+        .iter()
+        .chain(&broad.groups)
+        .map(|g| Peer::Group(g.clone()))
+        .collect();
+    for name in &me.groups {
+        let g = policy.groups.get_mut(name).expect("the endpoint's group");
+        g.egress.insert(
+            0,
+            Rule {
+                proto: Proto::TCP,
+                ports: Some(PortRange {
+                    first: 19999,
+                    last: 19999,
+                }),
+                icmp: None,
+                peers: labels.clone(),
+                description: None,
+            },
+        );
+    }
+    let policy_rules: usize = policy.groups.values().map(|g| g.ingress.len() + g.egress.len()).sum();
 
     let iface = me.interface.clone().expect("a local endpoint's interface");
     let mut f = Fixture::with_interfaces(&[&iface]);
@@ -296,7 +328,13 @@ fn testrun(rules: usize, repeat: u32, rounds: usize) -> anyhow::Result<serde_jso
             }
         }
     }
-    Ok(serde_json::json!({ "rules": rules, "policy_entries": compiled.policy_entries(), "cases": cases }))
+    Ok(serde_json::json!({
+        "rules": policy_rules,
+        "groups": me.groups.len(),
+        "labels": labels.len(),
+        "policy_entries": compiled.policy_entries(),
+        "cases": cases,
+    }))
 }
 
 /// Three numbers, or `None`.

@@ -59,6 +59,9 @@ pub struct Results {
     pub flows: Vec<Flow>,
     /// The rule counts the TEST_RUN cases compare: the small and the large.
     pub flow_rules: (usize, usize),
+    /// The TEST_RUN endpoint's groups and the peers' labels, the same at
+    /// both sizes.
+    pub flow_shape: (u64, u64),
     /// New connections per second under a fleet policy, by variant.
     pub rates: super::fleetrate::Results,
 }
@@ -115,17 +118,27 @@ pub fn run(plan: &Plan, tools: &Tools) -> anyhow::Result<Results> {
             rows.push(r);
         }
     }
-    let flow_rules = if plan.quick { (10, 1_000) } else { (10, 10_000) };
+    let asked = if plan.quick { (10, 1_000) } else { (10, 10_000) };
     let (repeat, rounds) = if plan.quick { (1_000, 1) } else { (200_000, 5) };
     let mut flows = Vec::new();
-    for rules in [flow_rules.0, flow_rules.1] {
+    let mut flow_rules = asked;
+    let mut flow_shape = (0, 0);
+    for asked in [asked.0, asked.1] {
         let out = super::output(std::process::Command::new(&fleet).args([
             "testrun".to_string(),
-            rules.to_string(),
+            asked.to_string(),
             repeat.to_string(),
             rounds.to_string(),
         ]))?;
         let v: serde_json::Value = serde_json::from_str(out.trim()).context("hostwall-fleet testrun's output")?;
+        // The policy holds a few rules more than asked: those the cases need.
+        let rules = v["rules"].as_u64().unwrap_or(asked as u64) as usize;
+        if asked == flow_rules.0 {
+            flow_rules.0 = rules;
+        } else {
+            flow_rules.1 = rules;
+        }
+        flow_shape = (v["groups"].as_u64().unwrap_or(0), v["labels"].as_u64().unwrap_or(0));
         for c in v["cases"].as_array().into_iter().flatten() {
             let case = format!(
                 "{} {} {} {}",
@@ -148,6 +161,7 @@ pub fn run(plan: &Plan, tools: &Tools) -> anyhow::Result<Results> {
         rows,
         flows,
         flow_rules,
+        flow_shape,
         rates,
     })
 }

@@ -951,11 +951,14 @@ impl Report {
         }
         md.push('\n');
         let (small, large) = f.flow_rules;
+        let (groups, labels) = f.flow_shape;
         let _ = writeln!(
             md,
-            "New flows through BPF_PROG_TEST_RUN from a local endpoint of the fleet (5 groups or fewer) at {small} \
-             and {large} rules (each policy holds the 8 rules the cases need; every run is a new flow, its entry \
-             expired at once):\n\n| case | {small} rules | {large} rules | ratio |\n| --- | ---: | ---: | ---: |"
+            "New flows through BPF_PROG_TEST_RUN from the local endpoint of the fleet with the most groups ({groups}) \
+             at {small} and {large} rules. Each policy holds the 8 rules the cases need and, in each of the \
+             endpoint's groups, a rule naming every group of the two peers ({labels} labels), so that a case makes \
+             the same lookups at both sizes: what differs is only how many rules the maps hold. Every run is a new \
+             flow, its entry expired at once.\n\n| case | {small} rules | {large} rules | ratio |\n| --- | ---: | ---: | ---: |"
         );
         let mut worst: Option<(f64, String)> = None;
         for a in f.flows.iter().filter(|x| x.rules == small) {
