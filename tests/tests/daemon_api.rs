@@ -385,3 +385,86 @@ fn systemd_unit_verifies() {
         out.status
     );
 }
+
+/// `(status, body)` of `method path` with a JSON `body`.
+fn send_json(socket: &Path, method: &str, path: &str, body: &str) -> (u16, serde_json::Value) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let (status, text) = raw(socket, request.as_bytes());
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: not JSON ({e}): {text}"));
+    (status, v)
+}
+
+#[test]
+fn misspelled_fields_and_query_keys_are_refused_and_change_nothing() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let api = host.add_container("api", "hw-api", 12).expect("adding api");
+    let _server = hostwall_tests::Node::serve(&api, &[], &[8053, 9053]).expect("echo servers in api");
+    let agent = Agent::start(&host, POLICY).expect("starting the agent");
+    let socket = agent.socket().to_path_buf();
+    let generation = || agent.status().expect("status")["generation"].as_u64();
+    let before = generation();
+    let flows = || {
+        let (status, v) = send_json(&socket, "GET", "/v1/conntrack", "");
+        assert_eq!(status, 200, "{v}");
+        v["flows"].as_array().map_or(0, Vec::len)
+    };
+    assert_checks(
+        "before the requests",
+        &[
+            Check::allowed(&web, Probe::Udp(8053), api.v4).labelled("api"),
+            Check::denied(&web, Probe::Udp(9053), api.v4).labelled("api"),
+        ],
+    );
+    let tracked = flows();
+    assert!(tracked > 0, "the allowed exchange is tracked");
+
+    // `port` for `ports`: read as "no ports", this would allow every port.
+    for (group, direction, peer) in [("web", "egress", "group:api"), ("api", "ingress", "group:web")] {
+        let body = format!(
+            r#"{{"group": "{group}", "direction": "{direction}", "proto": "udp", "port": 9053, "peer": "{peer}"}}"#
+        );
+        let (status, v) = send_json(&socket, "POST", "/v1/rules", &body);
+        assert_eq!(status, 422, "{v}");
+        let message = v["error"].as_str().unwrap_or_default();
+        assert!(message.contains("unknown field `port`"), "{message}");
+    }
+    // A removal that names a field no removal has.
+    let (status, v) = send_json(&socket, "DELETE", "/v1/rules", r#"{"id": 1, "groupe": "web"}"#);
+    assert_eq!(status, 422, "{v}");
+    // `adr` for `addr`: read as "no filter", this would end every flow.
+    let (status, v) = send_json(&socket, "DELETE", "/v1/conntrack?adr=10.99.99.99", "");
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("\"adr\""), "{v}");
+    let (status, v) = send_json(&socket, "GET", "/v1/status?verbose=1", "");
+    assert_eq!(status, 400, "{v}");
+
+    assert_eq!(generation(), before, "a refused request changes no policy");
+    assert_eq!(flows(), tracked, "a refused flush ends no flow");
+    assert_checks(
+        "after the refused requests",
+        &[Check::denied(&web, Probe::Udp(9053), api.v4).labelled("api")],
+    );
+
+    // Control: the same requests spelled right do what they say.
+    for (group, direction, peer) in [("web", "egress", "group:api"), ("api", "ingress", "group:web")] {
+        let body = format!(
+            r#"{{"group": "{group}", "direction": "{direction}", "proto": "udp", "ports": 9053, "peer": "{peer}"}}"#
+        );
+        let (status, v) = send_json(&socket, "POST", "/v1/rules", &body);
+        assert_eq!(status, 200, "{v}");
+    }
+    assert_checks(
+        "the rules spelled right",
+        &[
+            Check::allowed(&web, Probe::Udp(9053), api.v4).labelled("api"),
+            Check::denied(&web, Probe::Udp(9054), api.v4).labelled("api"),
+        ],
+    );
+    let (status, v) = send_json(&socket, "DELETE", "/v1/conntrack?addr=10.77.0.12", "");
+    assert_eq!(status, 200, "{v}");
+    assert!(v["flushed"].as_u64().unwrap_or(0) > 0, "{v}");
+}

@@ -5,6 +5,7 @@ pub mod client;
 pub mod handlers;
 pub mod http;
 pub mod server;
+pub mod types;
 
 use serde_json::{Value, json};
 

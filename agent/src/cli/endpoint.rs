@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
+use hostwall::api::types::EndpointAdd;
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -37,9 +38,13 @@ pub fn run(ctx: &super::Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
             groups,
             node,
         } => {
-            let body = json!({
-                "name": name, "interface": interface, "mac": mac,
-                "addresses": addresses, "groups": groups, "node": node,
+            let body = json!(EndpointAdd {
+                name,
+                interface,
+                mac,
+                addresses,
+                groups,
+                node,
             });
             ctx.call("POST", "/v1/endpoints", &[], Some(body.to_string().as_bytes()))?
         }

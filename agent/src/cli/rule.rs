@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::{Subcommand, ValueEnum};
-use serde_json::{Map, Value, json};
+use hostwall::api::types::{DirectionName, RuleAdd, RuleRemove, Scalar};
+use serde_json::{Value, json};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Dir {
@@ -61,59 +62,60 @@ pub struct RemoveArgs {
     peer: Option<String>,
 }
 
-fn body(a: &RuleArgs) -> Value {
-    let mut m = Map::new();
-    m.insert("group".into(), json!(a.group));
-    m.insert(
-        "direction".into(),
-        json!(match a.direction {
-            Dir::Ingress => "ingress",
-            Dir::Egress => "egress",
-        }),
-    );
-    m.insert("proto".into(), json!(a.proto));
-    m.insert("peer".into(), json!(a.peer));
-    if let Some(p) = &a.ports {
-        m.insert("ports".into(), json!(p));
+fn direction(d: Dir) -> DirectionName {
+    match d {
+        Dir::Ingress => DirectionName::Ingress,
+        Dir::Egress => DirectionName::Egress,
     }
-    if let Some(t) = a.icmp_type {
-        m.insert("icmp_type".into(), json!(t));
-    }
-    if let Some(c) = a.icmp_code {
-        m.insert("icmp_code".into(), json!(c));
-    }
-    if let Some(d) = &a.description {
-        m.insert("description".into(), json!(d));
-    }
-    Value::Object(m)
+}
+
+fn add_body(a: RuleArgs) -> Value {
+    json!(RuleAdd {
+        group: a.group,
+        direction: direction(a.direction),
+        proto: Scalar::Text(a.proto),
+        ports: a.ports.map(Scalar::Text),
+        icmp_type: a.icmp_type.map(|t| Scalar::Number(t.into())),
+        icmp_code: a.icmp_code.map(|c| Scalar::Number(c.into())),
+        peer: a.peer,
+        description: a.description,
+    })
 }
 
 pub fn run(ctx: &super::Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
     let (method, body, what) = match cmd {
-        Cmd::Add(a) => ("POST", body(&a), "rule added"),
-        Cmd::Remove(RemoveArgs { id: Some(id), .. }) => ("DELETE", json!({ "id": id }), "rule removed"),
+        Cmd::Add(a) => ("POST", add_body(a), "rule added"),
+        Cmd::Remove(RemoveArgs { id: Some(id), .. }) => (
+            "DELETE",
+            json!(RuleRemove {
+                id: Some(id.into()),
+                ..Default::default()
+            }),
+            "rule removed",
+        ),
         Cmd::Remove(RemoveArgs {
             id: None,
             group: Some(group),
-            direction: Some(direction),
+            direction: Some(dir),
             proto: Some(proto),
             ports,
             icmp_type,
             icmp_code,
             peer: Some(peer),
-        }) => {
-            let a = RuleArgs {
-                group,
-                direction,
-                proto,
-                ports,
-                icmp_type,
-                icmp_code,
-                peer,
-                description: None,
-            };
-            ("DELETE", body(&a), "rule removed")
-        }
+        }) => (
+            "DELETE",
+            json!(RuleRemove {
+                id: None,
+                group: Some(group),
+                direction: Some(direction(dir)),
+                proto: Some(Scalar::Text(proto)),
+                ports: ports.map(Scalar::Text),
+                icmp_type: icmp_type.map(|t| Scalar::Number(t.into())),
+                icmp_code: icmp_code.map(|c| Scalar::Number(c.into())),
+                peer: Some(peer),
+            }),
+            "rule removed",
+        ),
         Cmd::Remove(_) => anyhow::bail!("name the rule: --id N, or GROUP DIRECTION --proto P --peer PEER [--ports ..]"),
     };
     let v = ctx.call(method, "/v1/rules", &[], Some(body.to_string().as_bytes()))?;

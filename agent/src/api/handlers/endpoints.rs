@@ -4,56 +4,37 @@
 //! Body: `{"name", "interface", "mac", "addresses": [..], "groups": [..],
 //! "node"}`.
 
-use serde_json::Value;
-
 use crate::api::http::Request;
+use crate::api::types::{self, EndpointAdd};
 use crate::api::{Caller, Reply, error};
 use crate::daemon::Agent;
 use crate::policy::{Endpoint, parse_str};
 
-fn strings(v: Option<&Value>, name: &str) -> Result<Vec<String>, Reply> {
-    match v {
-        None => Ok(Vec::new()),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|i| {
-                i.as_str()
-                    .map(str::to_owned)
-                    .ok_or_else(|| error(422, format!("{name}: a list of strings")))
-            })
-            .collect(),
-        Some(_) => Err(error(422, format!("{name}: a list of strings"))),
-    }
-}
-
 pub fn add(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
-    let body = match super::json_body(req) {
+    let body: EndpointAdd = match types::body(req) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let text = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_owned);
-    let Some(name) = text("name") else {
-        return error(422, "name: missing");
-    };
-    let (addresses, groups) = match (
-        strings(body.get("addresses"), "addresses"),
-        strings(body.get("groups"), "groups"),
-    ) {
-        (Ok(a), Ok(g)) => (a, g),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
+    let EndpointAdd {
+        name,
+        interface,
+        mac,
+        addresses,
+        groups,
+        node,
+    } = body;
     // Parsed as a one-endpoint control file, so addresses and names get the
     // same checks (and messages) as in a file.
     let quote = |s: &str| serde_json::to_string(s).expect("strings serialize");
     let list = |v: &[String]| v.iter().map(|s| quote(s)).collect::<Vec<_>>().join(", ");
     let mut doc = format!("version: 1\nendpoints:\n  - name: {}\n", quote(&name));
-    if let Some(i) = text("interface") {
+    if let Some(i) = interface {
         doc.push_str(&format!("    interface: {}\n", quote(&i)));
     }
-    if let Some(m) = text("mac") {
+    if let Some(m) = mac {
         doc.push_str(&format!("    mac: {}\n", quote(&m)));
     }
-    if let Some(n) = text("node") {
+    if let Some(n) = node {
         doc.push_str(&format!("    node: {}\n", quote(&n)));
     }
     doc.push_str(&format!("    addresses: [{}]\n", list(&addresses)));

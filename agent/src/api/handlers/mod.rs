@@ -10,15 +10,16 @@ mod rules;
 mod stats;
 mod status;
 
-use serde_json::Value;
-
 use super::http::Request;
-use super::{Caller, Reply, error};
+use super::{Caller, Reply, error, types};
 use crate::daemon::Agent;
 use crate::policy::{Policy, parse_str, to_yaml};
 
 pub fn handle(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
     let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+    if let Err(r) = types::check_query(req, types::query_keys(&req.method, &segments)) {
+        return r;
+    }
     match (req.method.as_str(), segments.as_slice()) {
         ("GET", ["v1", "status"]) => status::get(agent),
         ("GET", ["v1", "policy"]) => policy::get(agent),
@@ -42,15 +43,6 @@ pub fn handle(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
             ],
         ) => error(405, format!("{} is not allowed on {}", req.method, req.path)),
         _ => error(404, format!("no such API path: {}", req.path)),
-    }
-}
-
-/// A JSON request body as an object.
-fn json_body(req: &Request) -> Result<serde_json::Map<String, Value>, Reply> {
-    match serde_json::from_slice::<Value>(&req.body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(error(400, "the request body must be a JSON object")),
-        Err(e) => Err(error(400, format!("the request body is not JSON: {e}"))),
     }
 }
 

@@ -5,27 +5,16 @@
 //! `group:NAME`, `cidr:CIDR`, `prefix-list:NAME` or `host`. A removal
 //! names the same fields, or just `{"id": N}` from `GET /v1/policy`.
 
-use serde_json::{Map, Value};
-
 use crate::api::http::Request;
+use crate::api::types::{self, DirectionName, RuleAdd, RuleRemove, Scalar};
 use crate::api::{Caller, Reply, error};
 use crate::daemon::Agent;
 use crate::policy::{Direction, Peer, Rule, parse_rule};
 
-fn field(body: &Map<String, Value>, name: &str) -> Option<String> {
-    match body.get(name)? {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    }
-}
-
-fn direction(body: &Map<String, Value>) -> Result<Direction, Reply> {
-    match field(body, "direction").as_deref() {
-        Some("ingress") => Ok(Direction::Ingress),
-        Some("egress") => Ok(Direction::Egress),
-        Some(other) => Err(error(422, format!("direction: \"{other}\" is not ingress or egress"))),
-        None => Err(error(422, "direction: missing (ingress or egress)")),
+fn direction(d: DirectionName) -> Direction {
+    match d {
+        DirectionName::Ingress => Direction::Ingress,
+        DirectionName::Egress => Direction::Egress,
     }
 }
 
@@ -58,43 +47,58 @@ fn peer_yaml(spec: &str) -> Result<String, Reply> {
     Ok(format!("{{{key}: {}}}", quote(value)))
 }
 
+/// What a request says of one rule.
+struct Fields<'a> {
+    proto: &'a Scalar,
+    ports: Option<&'a Scalar>,
+    icmp_type: Option<&'a Scalar>,
+    icmp_code: Option<&'a Scalar>,
+    peer: &'a str,
+    description: Option<&'a str>,
+}
+
 /// The rule a request describes, parsed and validated like a rule of a
 /// control file.
-fn rule_from(agent: &Agent, body: &Map<String, Value>, group: &str, dir: Direction) -> Result<Rule, Reply> {
-    let proto = field(body, "proto").ok_or_else(|| error(422, "proto: missing"))?;
-    let peer = field(body, "peer").ok_or_else(|| error(422, "peer: missing"))?;
-    let mut parts = vec![format!("proto: {}", quote(&proto))];
-    if let Some(ports) = field(body, "ports") {
-        parts.push(format!("ports: {}", quote(&ports)));
+fn rule_from(agent: &Agent, f: &Fields, group: &str, dir: Direction) -> Result<Rule, Reply> {
+    let mut parts = vec![format!("proto: {}", quote(&f.proto.to_string()))];
+    if let Some(ports) = f.ports {
+        parts.push(format!("ports: {}", quote(&ports.to_string())));
     }
-    match (field(body, "icmp_type"), field(body, "icmp_code")) {
-        (Some(t), Some(c)) => parts.push(format!("icmp: {{type: {}, code: {}}}", quote(&t), quote(&c))),
-        (Some(t), None) => parts.push(format!("icmp: {{type: {}}}", quote(&t))),
+    match (f.icmp_type, f.icmp_code) {
+        (Some(t), Some(c)) => parts.push(format!(
+            "icmp: {{type: {}, code: {}}}",
+            quote(&t.to_string()),
+            quote(&c.to_string())
+        )),
+        (Some(t), None) => parts.push(format!("icmp: {{type: {}}}", quote(&t.to_string()))),
         (None, Some(_)) => return Err(error(422, "icmp_code: needs icmp_type")),
         (None, None) => {}
     }
     let key = if dir == Direction::Ingress { "from" } else { "to" };
-    parts.push(format!("{key}: [{}]", peer_yaml(&peer)?));
-    if let Some(d) = field(body, "description") {
-        parts.push(format!("description: {}", quote(&d)));
+    parts.push(format!("{key}: [{}]", peer_yaml(f.peer)?));
+    if let Some(d) = f.description {
+        parts.push(format!("description: {}", quote(d)));
     }
     let text = format!("{{{}}}", parts.join(", "));
     parse_rule(&agent.policy, group, dir, &text, "the rule").map_err(|e| error(422, e))
 }
 
 pub fn add(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
-    let body = match super::json_body(req) {
+    let body: RuleAdd = match types::body(req) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Some(group) = field(&body, "group") else {
-        return error(422, "group: missing");
+    let dir = direction(body.direction);
+    let fields = Fields {
+        proto: &body.proto,
+        ports: body.ports.as_ref(),
+        icmp_type: body.icmp_type.as_ref(),
+        icmp_code: body.icmp_code.as_ref(),
+        peer: &body.peer,
+        description: body.description.as_deref(),
     };
-    let dir = match direction(&body) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    let rule = match rule_from(agent, &body, &group, dir) {
+    let group = body.group.clone();
+    let rule = match rule_from(agent, &fields, &group, dir) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -121,13 +125,25 @@ fn same_match(a: &Rule, b: &Rule) -> bool {
 }
 
 pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
-    let body = match super::json_body(req) {
+    let body: RuleRemove = match types::body(req) {
         Ok(b) => b,
         Err(r) => return r,
     };
     let mut edited = agent.policy.clone();
-    if let Some(id) = body.get("id") {
-        let Some(id) = id.as_u64().and_then(|i| u32::try_from(i).ok()) else {
+    if let Some(id) = body.id {
+        let named = [
+            ("group", body.group.is_some()),
+            ("direction", body.direction.is_some()),
+            ("proto", body.proto.is_some()),
+            ("ports", body.ports.is_some()),
+            ("icmp_type", body.icmp_type.is_some()),
+            ("icmp_code", body.icmp_code.is_some()),
+            ("peer", body.peer.is_some()),
+        ];
+        if let Some((field, _)) = named.iter().find(|(_, given)| *given) {
+            return error(422, format!("{field}: give a rule's id or its fields, not both"));
+        }
+        let Some(id) = u32::try_from(id).ok() else {
             return error(422, "id: not a rule id");
         };
         let Some(r) = agent.compiled.rule(id).cloned() else {
@@ -145,14 +161,27 @@ pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
         rules.remove(r.index);
         return super::commit(agent, edited, "rule remove", caller);
     }
-    let Some(group) = field(&body, "group") else {
+    let Some(group) = body.group.clone() else {
         return error(422, "group: missing (or give id)");
     };
-    let dir = match direction(&body) {
-        Ok(d) => d,
-        Err(r) => return r,
+    let Some(dir) = body.direction.map(direction) else {
+        return error(422, "direction: missing (ingress or egress)");
     };
-    let target = match rule_from(agent, &body, &group, dir) {
+    let Some(proto) = body.proto.as_ref() else {
+        return error(422, "proto: missing");
+    };
+    let Some(peer) = body.peer.as_deref() else {
+        return error(422, "peer: missing");
+    };
+    let fields = Fields {
+        proto,
+        ports: body.ports.as_ref(),
+        icmp_type: body.icmp_type.as_ref(),
+        icmp_code: body.icmp_code.as_ref(),
+        peer,
+        description: None,
+    };
+    let target = match rule_from(agent, &fields, &group, dir) {
         Ok(r) => r,
         Err(r) => return r,
     };
