@@ -206,6 +206,43 @@ settings:
         };
         assert!(q.matches("c1-abc-x"));
         assert!(!q.matches("c12-abc-x"));
+        for (pattern, name, matches) in [
+            ("*", "", true),
+            ("", "", true),
+            ("", "a", false),
+            ("?", "", false),
+            ("a*b*c", "aXbYc", true),
+            ("a*b*c", "abcab", false),
+            ("*ab", "aab", true),
+            ("*a*a*a", "aaa", true),
+            ("*a*a*a", "aa", false),
+            ("veth**", "veth1", true),
+            ("*?", "", false),
+        ] {
+            let q = Quarantine {
+                interfaces: pattern.into(),
+            };
+            assert_eq!(q.matches(name), matches, "{pattern:?} against {name:?}");
+        }
+    }
+
+    /// A pattern of many stars that does not match took exponential time
+    /// (and the agent's event loop with it); it is answered at once now. In
+    /// a thread, so that a matcher that never returns fails the test.
+    #[test]
+    fn quarantine_globs_with_many_stars_answer() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let q = Quarantine {
+                interfaces: format!("{}x", "*".repeat(40)),
+            };
+            let star_runs = Quarantine {
+                interfaces: "*a*a*a*a*a*a*a*a*a*a*a*a*a*a*a*b".into(),
+            };
+            let _ = tx.send((q.matches("aaaaaaaaaaaaaaa"), star_runs.matches("aaaaaaaaaaaaaaa")));
+        });
+        let answered = rx.recv_timeout(std::time::Duration::from_secs(30));
+        assert_eq!(answered, Ok((false, false)));
     }
 
     /// Found by the policy fuzz target (`fuzz/seeds/policy/escapes.yaml`):
