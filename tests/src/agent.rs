@@ -354,7 +354,7 @@ impl Agent {
 
     /// Replaces the control file with one the agent must refuse, sends
     /// SIGHUP and waits for it to log `policy refused`.
-    pub fn reload_refused(&mut self, policy: &str) -> anyhow::Result<()> {
+    pub fn reload_refused(&mut self, policy: impl AsRef<[u8]>) -> anyhow::Result<()> {
         let applied = self.count_log(&["policy applied"]);
         let before = self.count_log(&["policy refused"]);
         self.write_config(policy)?;
@@ -372,7 +372,7 @@ impl Agent {
     /// Replaces the control file the way configuration management does
     /// (a new file renamed over the old), so the agent's file watch never
     /// sees half a file.
-    pub fn write_config(&self, policy: &str) -> anyhow::Result<()> {
+    pub fn write_config(&self, policy: impl AsRef<[u8]>) -> anyhow::Result<()> {
         let tmp = self.dir.join(".policy.yaml.new");
         std::fs::write(&tmp, policy)?;
         std::fs::rename(&tmp, &self.config)?;

@@ -496,7 +496,7 @@ fn a_bad_mac_is_refused_at_validate_and_apply() {
 
     // In the control file: refused, the last good policy stays.
     agent
-        .reload_refused(&with_mac("\"ff:ff:ff:ff:ff:ff\""))
+        .reload_refused(with_mac("\"ff:ff:ff:ff:ff:ff\""))
         .expect("the agent refuses the file");
     let status = agent.status().expect("status");
     let error = status["last_error"].as_str().unwrap_or_default();

@@ -122,21 +122,47 @@ fn sighup_applies_valid_policies_and_refuses_invalid_ones() {
     };
     old_policy("the first policy");
 
-    let invalid = [
+    let wider = BASE_POLICY.replace(
+        "      - {proto: tcp, ports: 8080, to: [{group: api}]}\n",
+        "      - {proto: tcp, ports: 8080, to: [{group: api}]}\n      - {proto: tcp, ports: 9090, to: [{group: api}]}\n",
+    )
+    .replace(
+        "      - {proto: tcp, ports: 8080, from: [{group: web}]}\n",
+        "      - {proto: tcp, ports: 8080, from: [{group: web}]}\n      - {proto: tcp, ports: 9090, from: [{group: web}]}\n",
+    );
+    // The wider policy with a byte that is not UTF-8 in a comment: read
+    // with the byte replaced, it would apply.
+    let mut latin1 = b"# caf\xe9\n".to_vec();
+    latin1.extend_from_slice(wider.as_bytes());
+    let invalid: [(&str, Vec<u8>, &str); 5] = [
         (
             "a YAML syntax error",
-            "version: 1\ngroups: [\n".to_string(),
+            b"version: 1\ngroups: [\n".to_vec(),
             "invalid YAML",
         ),
         (
             "an unknown group",
-            BASE_POLICY.replace("to: [{group: api}]", "to: [{group: nosuch}]"),
+            BASE_POLICY
+                .replace("to: [{group: api}]", "to: [{group: nosuch}]")
+                .into_bytes(),
             "groups.web.egress[0]",
         ),
         (
             "a port out of range",
-            BASE_POLICY.replace("ports: 8080, from", "ports: 70000, from"),
+            BASE_POLICY
+                .replace("ports: 8080, from", "ports: 70000, from")
+                .into_bytes(),
             "groups.api.ingress[0]",
+        ),
+        (
+            "a byte that is not UTF-8",
+            latin1,
+            "not UTF-8 text: an invalid byte at line 1 column 6",
+        ),
+        (
+            "100,000 nested flow sequences",
+            format!("version: 1\ngroups: {}{}\n", "[".repeat(100_000), "]".repeat(100_000)).into_bytes(),
+            "nested deeper than 64 levels at line 2 column 73",
         ),
     ];
     for (what, text, message) in &invalid {
@@ -156,14 +182,6 @@ fn sighup_applies_valid_policies_and_refuses_invalid_ones() {
         old_policy(&format!("after refusing {what}, the first policy still holds"));
     }
 
-    let wider = BASE_POLICY.replace(
-        "      - {proto: tcp, ports: 8080, to: [{group: api}]}\n",
-        "      - {proto: tcp, ports: 8080, to: [{group: api}]}\n      - {proto: tcp, ports: 9090, to: [{group: api}]}\n",
-    )
-    .replace(
-        "      - {proto: tcp, ports: 8080, from: [{group: web}]}\n",
-        "      - {proto: tcp, ports: 8080, from: [{group: web}]}\n      - {proto: tcp, ports: 9090, from: [{group: web}]}\n",
-    );
     agent.reload(&wider).expect("reloading with a valid policy");
     let (code, stderr) = validate(&agent);
     assert_eq!(code, Some(0), "`hostwall validate` on the valid policy: {stderr}");
@@ -182,4 +200,20 @@ fn sighup_applies_valid_policies_and_refuses_invalid_ones() {
     // Taking the rule away again denies new connections again.
     agent.reload(BASE_POLICY).expect("reloading the first policy");
     old_policy("the first policy, reloaded");
+
+    // A start on a file that is not UTF-8 (the wider policy after a
+    // Latin-1 comment) is refused: the agent exits, and what it enforced
+    // stays.
+    agent.stop().expect("stopping the agent");
+    agent.write_config(&invalid[3].1).expect("writing the control file");
+    let refused = agent.restart();
+    assert!(refused.is_err(), "the agent started on a file that is not UTF-8");
+    assert!(
+        agent
+            .log()
+            .contains("not UTF-8 text: an invalid byte at line 1 column 6"),
+        "the refusal names the byte: {}",
+        agent.log()
+    );
+    old_policy("after a refused start, the first policy still holds");
 }

@@ -37,7 +37,7 @@ fn empty_policy() -> Policy {
 /// remove once it serves.
 pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
     let bytes = std::fs::read(&opts.config).with_context(|| format!("reading {}", opts.config.display()))?;
-    let policy = policy::parse_str(&String::from_utf8_lossy(&bytes), &opts.config.display().to_string())?;
+    let policy = policy::parse_bytes(&bytes, &opts.config.display().to_string())?;
     host::ensure_bpffs(&opts.bpffs).with_context(|| format!("preparing bpffs directory {}", opts.bpffs.display()))?;
 
     let layout = Layout::new(&opts.bpffs);

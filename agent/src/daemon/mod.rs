@@ -186,9 +186,8 @@ impl Agent {
             return;
         }
         self.file_hash = Some(hash);
-        let text = String::from_utf8_lossy(&bytes);
         let origin = self.opts.config.display().to_string();
-        match crate::policy::parse_str(&text, &origin) {
+        match crate::policy::parse_bytes(&bytes, &origin) {
             Ok(p) => match self.apply(p, "control file", None) {
                 Ok(change) => info!(changes = %change.summary(), "policy applied from the control file"),
                 Err(e) => self.fail(format!("{e:#}")),

@@ -73,15 +73,23 @@ pub fn load_file(path: &Path) -> Result<Policy, PolicyError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let origin = path.display().to_string();
-    let text = String::from_utf8(bytes).map_err(|err| PolicyError::Syntax {
-        origin: origin.clone(),
-        message: format!(
-            "not UTF-8 text (invalid byte at offset {})",
-            err.utf8_error().valid_up_to()
-        ),
+    parse_bytes(&bytes, &path.display().to_string())
+}
+
+/// Parses and validates a control file's bytes, which must be UTF-8 text;
+/// `origin` starts every error message.
+pub fn parse_bytes(bytes: &[u8], origin: &str) -> Result<Policy, PolicyError> {
+    let text = std::str::from_utf8(bytes).map_err(|err| {
+        let at = err.valid_up_to();
+        let before = &bytes[..at];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = at - before.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1) + 1;
+        PolicyError::Syntax {
+            origin: origin.to_owned(),
+            message: format!("not UTF-8 text: an invalid byte at line {line} column {column} (offset {at})"),
+        }
     })?;
-    parse_str(&text, &origin)
+    parse_str(text, origin)
 }
 
 /// Parses and validates a control file's text; `origin` (a file name, say)
@@ -91,6 +99,12 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         origin: origin.to_owned(),
         message,
     };
+    if let Some((line, column)) = super::nesting::too_deep(text, super::nesting::MAX_FLOW_DEPTH) {
+        return Err(syntax(format!(
+            "invalid YAML: flow collections ([...], {{...}}) nested deeper than {} levels at line {line} column {column}",
+            super::nesting::MAX_FLOW_DEPTH
+        )));
+    }
     // The text is read into a generic value first so that syntax errors,
     // which carry line and column, are told apart from format errors, which
     // carry a field path.
@@ -2451,7 +2465,10 @@ settings:
         let err = load_file(&path).unwrap_err();
         assert_eq!(
             err.to_string(),
-            format!("{}: not UTF-8 text (invalid byte at offset 16)", path.display())
+            format!(
+                "{}: not UTF-8 text: an invalid byte at line 2 column 6 (offset 16)",
+                path.display()
+            )
         );
         std::fs::remove_file(&path).unwrap();
     }

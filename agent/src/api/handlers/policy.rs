@@ -7,7 +7,7 @@ use crate::api::http::Request;
 use crate::api::{Caller, Reply, error};
 use crate::compile::RuleRef;
 use crate::daemon::Agent;
-use crate::policy::{Direction, Policy, format_mac, parse_str, peer_flow, rule_flow, to_yaml};
+use crate::policy::{Direction, Policy, format_mac, parse_bytes, peer_flow, rule_flow, to_yaml};
 
 /// The applied policy, with the id of every rule.
 pub fn get(agent: &mut Agent) -> Reply {
@@ -66,8 +66,7 @@ pub fn get(agent: &mut Agent) -> Reply {
 }
 
 fn body_policy(req: &Request) -> Result<Policy, Reply> {
-    let text = std::str::from_utf8(&req.body).map_err(|_| error(400, "the policy must be UTF-8 text"))?;
-    parse_str(text, "the submitted policy").map_err(|e| error(422, e))
+    parse_bytes(&req.body, "the submitted policy").map_err(|e| error(422, e))
 }
 
 pub fn apply(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
