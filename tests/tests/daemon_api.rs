@@ -187,8 +187,8 @@ fn malformed_requests_get_http_errors_and_the_agent_keeps_serving() {
         ("garbage", b"\x16\x03\x01 hello\r\n\r\n".to_vec(), 400),
         ("no HTTP version", b"GET /v1/status\r\n\r\n".to_vec(), 400),
         (
-            "a declared body over 1 MiB",
-            b"PUT /v1/policy HTTP/1.1\r\nContent-Length: 2000000\r\n\r\n".to_vec(),
+            "a declared body over --max-request-bytes",
+            b"PUT /v1/policy HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n".to_vec(),
             413,
         ),
         ("headers over 1 MiB", vec![b'a'; (1 << 20) + 4096], 413),
@@ -467,4 +467,54 @@ fn misspelled_fields_and_query_keys_are_refused_and_change_nothing() {
     let (status, v) = send_json(&socket, "DELETE", "/v1/conntrack?addr=10.77.0.12", "");
     assert_eq!(status, 200, "{v}");
     assert!(v["flushed"].as_u64().unwrap_or(0) > 0, "{v}");
+}
+
+#[test]
+fn policies_above_a_mebibyte_apply_and_requests_past_the_limit_are_refused() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let api = host.add_container("api", "hw-api", 12).expect("adding api");
+    let _server = hostwall_tests::Node::serve(&api, &[], &[8053, 9053]).expect("echo servers in api");
+    let agent = Agent::start(&host, POLICY).expect("starting the agent");
+
+    // 20,000 more rules (about 2 MiB of text), the last of which opens
+    // 9053, through `hostwall apply`.
+    let mut text = POLICY.replace(
+        "      - {proto: udp, ports: 8053, from: [{group: web}]}\n",
+        "      - {proto: udp, ports: 8053, from: [{group: web}]}\n      - {proto: udp, ports: 9053, from: [{group: web}]}\n",
+    );
+    let mut bulk = String::from("  bulk:\n    egress:\n");
+    for i in 0..20_000u32 {
+        bulk.push_str(&format!(
+            "      - {{proto: tcp, ports: {}, to: [{{cidr: \"10.200.{}.{}/32\"}}], description: \"bulk rule {i} of the size test\"}}\n",
+            1 + i % 60_000,
+            i / 256,
+            i % 256
+        ));
+    }
+    text = text.replace("endpoints:\n", &format!("{bulk}endpoints:\n"));
+    text = text.replace(
+        "      - {proto: udp, ports: 8053, to: [{group: api}]}\n",
+        "      - {proto: udp, ports: 8053, to: [{group: api}]}\n      - {proto: udp, ports: 9053, to: [{group: api}]}\n",
+    );
+    assert!(text.len() > 2 << 20, "{} bytes", text.len());
+    let file = agent.scratch_path("large.yaml").expect("a scratch path");
+    std::fs::write(&file, &text).expect("writing the policy");
+    agent
+        .cli(&["apply", file.to_str().expect("a UTF-8 path")])
+        .expect("applying a policy of 2 MiB");
+    assert_checks(
+        "the large policy",
+        &[Check::allowed(&web, Probe::Udp(9053), api.v4).labelled("api")],
+    );
+
+    // Past the limit: refused by size, naming the flag, before the body is
+    // read.
+    let (status, body) = raw(
+        agent.socket(),
+        format!("PUT /v1/policy HTTP/1.1\r\nContent-Length: {}\r\n\r\n", (64 << 20) + 1).as_bytes(),
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("--max-request-bytes"), "{body}");
+    assert_serving(&agent, "after a request past the limit");
 }

@@ -5,8 +5,12 @@
 
 use std::fmt::Write as _;
 
-/// Largest request accepted, headers and body together.
-pub const MAX_REQUEST: usize = 1 << 20;
+/// Largest request accepted by default, headers and body together
+/// (`--max-request-bytes`): enough for `hostwall apply` of a policy of
+/// 50,000 rules.
+pub const DEFAULT_MAX_REQUEST: usize = 64 << 20;
+/// Largest request head (request line and headers), whatever the limit.
+pub const MAX_HEAD: usize = 1 << 20;
 const MAX_HEADERS: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,21 +30,79 @@ impl Request {
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
-    #[error("request larger than {limit} bytes")]
+    #[error("request larger than {limit} bytes (the agent's --max-request-bytes)")]
     TooLarge { limit: usize },
+    #[error("request head (request line and headers) larger than {limit} bytes")]
+    HeadTooLarge { limit: usize },
     #[error("malformed request: {what}")]
     Malformed { what: &'static str },
 }
 
-/// Decodes one request from `buf`. `Ok(None)`: more bytes are needed.
+/// Decodes one request from `buf` within the default limit.
 pub fn decode(buf: &[u8]) -> Result<Option<Request>, DecodeError> {
-    let Some(head_end) = find(buf, b"\r\n\r\n") else {
-        if buf.len() > MAX_REQUEST {
-            return Err(DecodeError::TooLarge { limit: MAX_REQUEST });
+    decode_within(buf, DEFAULT_MAX_REQUEST)
+}
+
+/// The length of the request that starts `buf` (head and body), once its
+/// head is complete; `Ok(None)`: more bytes are needed. A reader calls this
+/// until it knows how much to read, then decodes once.
+pub fn request_len(buf: &[u8], limit: usize) -> Result<Option<usize>, DecodeError> {
+    let Some(head_end) = find(&buf[..buf.len().min(MAX_HEAD + 4)], b"\r\n\r\n") else {
+        if buf.len() > MAX_HEAD {
+            return Err(DecodeError::HeadTooLarge { limit: MAX_HEAD });
         }
         return Ok(None);
     };
-    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| malformed("header is not UTF-8"))?;
+    let head = parse_head(&buf[..head_end])?;
+    let body_start = head_end + 4;
+    if head.content_length > limit.saturating_sub(body_start) {
+        return Err(DecodeError::TooLarge { limit });
+    }
+    Ok(Some(body_start + head.content_length))
+}
+
+/// Decodes one request from `buf`, at most `limit` bytes long. `Ok(None)`:
+/// more bytes are needed.
+pub fn decode_within(buf: &[u8], limit: usize) -> Result<Option<Request>, DecodeError> {
+    let Some(len) = request_len(buf, limit)? else {
+        return Ok(None);
+    };
+    if buf.len() < len {
+        return Ok(None);
+    }
+    let head_end = find(buf, b"\r\n\r\n").expect("request_len found the head");
+    let Head {
+        method,
+        target,
+        content_length,
+    } = parse_head(&buf[..head_end])?;
+    let body_start = head_end + 4;
+    let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
+    let path = percent_decode(raw_path).ok_or(malformed("bad percent-encoding in path"))?;
+    let mut query = Vec::new();
+    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let k = percent_decode(k).ok_or(malformed("bad percent-encoding in query"))?;
+        let v = percent_decode(v).ok_or(malformed("bad percent-encoding in query"))?;
+        query.push((k, v));
+    }
+    Ok(Some(Request {
+        method: method.to_string(),
+        path,
+        query,
+        body: buf[body_start..body_start + content_length].to_vec(),
+    }))
+}
+
+/// What the request line and headers say.
+struct Head<'a> {
+    method: &'a str,
+    target: &'a str,
+    content_length: usize,
+}
+
+fn parse_head(head: &[u8]) -> Result<Head<'_>, DecodeError> {
+    let head = std::str::from_utf8(head).map_err(|_| malformed("header is not UTF-8"))?;
     let mut lines = head.split("\r\n");
     let request_line = lines.next().ok_or(malformed("empty request"))?;
     let mut parts = request_line.split(' ');
@@ -69,28 +131,11 @@ pub fn decode(buf: &[u8]) -> Result<Option<Request>, DecodeError> {
             return Err(malformed("transfer-encoding is not supported; send content-length"));
         }
     }
-    let body_start = head_end + 4;
-    if content_length > MAX_REQUEST.saturating_sub(body_start) {
-        return Err(DecodeError::TooLarge { limit: MAX_REQUEST });
-    }
-    if buf.len() < body_start + content_length {
-        return Ok(None);
-    }
-    let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
-    let path = percent_decode(raw_path).ok_or(malformed("bad percent-encoding in path"))?;
-    let mut query = Vec::new();
-    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let k = percent_decode(k).ok_or(malformed("bad percent-encoding in query"))?;
-        let v = percent_decode(v).ok_or(malformed("bad percent-encoding in query"))?;
-        query.push((k, v));
-    }
-    Ok(Some(Request {
-        method: method.to_string(),
-        path,
-        query,
-        body: buf[body_start..body_start + content_length].to_vec(),
-    }))
+    Ok(Head {
+        method,
+        target,
+        content_length,
+    })
 }
 
 fn malformed(what: &'static str) -> DecodeError {
@@ -222,13 +267,22 @@ mod tests {
 
     #[test]
     fn caps_the_size() {
-        let big = format!("POST /x HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_REQUEST);
+        let head = "POST /x HTTP/1.1\r\nContent-Length: 1000\r\n\r\n";
         assert_eq!(
-            decode(big.as_bytes()),
-            Err(DecodeError::TooLarge { limit: MAX_REQUEST })
+            decode_within(head.as_bytes(), 1000),
+            Err(DecodeError::TooLarge { limit: 1000 })
         );
-        let endless = vec![b'a'; MAX_REQUEST + 1];
-        assert_eq!(decode(&endless), Err(DecodeError::TooLarge { limit: MAX_REQUEST }));
+        assert_eq!(request_len(head.as_bytes(), 2000), Ok(Some(head.len() + 1000)));
+        assert_eq!(decode_within(head.as_bytes(), 2000), Ok(None));
+        let declared = format!("POST /x HTTP/1.1\r\nContent-Length: {}\r\n\r\n", DEFAULT_MAX_REQUEST);
+        assert_eq!(
+            decode(declared.as_bytes()),
+            Err(DecodeError::TooLarge {
+                limit: DEFAULT_MAX_REQUEST
+            })
+        );
+        let endless = vec![b'a'; MAX_HEAD + 1];
+        assert_eq!(decode(&endless), Err(DecodeError::HeadTooLarge { limit: MAX_HEAD }));
     }
 
     #[test]

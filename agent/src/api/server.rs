@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::http::{self, DecodeError, MAX_REQUEST};
+use super::http::{self, DecodeError};
 use super::{Caller, Reply, error};
 use crate::daemon::ApiCall;
 
@@ -19,7 +19,6 @@ const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// After the response: how long and how much unread input is drained
 /// before the connection closes.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
-const DRAIN_LIMIT: usize = 2 * MAX_REQUEST;
 
 /// Binds the socket: mode 0600 (0660 and group-owned with an admin group).
 pub fn bind(path: &Path, admin_group: Option<u32>) -> std::io::Result<UnixListener> {
@@ -42,11 +41,19 @@ pub fn bind(path: &Path, admin_group: Option<u32>) -> std::io::Result<UnixListen
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, agent: mpsc::Sender<ApiCall>, admin_group: Option<u32>) {
+/// Who may call and how large a request may be.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub admin_group: Option<u32>,
+    /// `--max-request-bytes`: head and body together.
+    pub max_request: usize,
+}
+
+pub async fn serve(listener: UnixListener, agent: mpsc::Sender<ApiCall>, limits: Limits) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, agent.clone(), admin_group));
+                tokio::spawn(connection(stream, agent.clone(), limits));
             }
             Err(e) => {
                 warn!(error = %e, "accepting an API connection failed");
@@ -72,8 +79,8 @@ fn authorized(caller: &Caller, admin_group: Option<u32>) -> bool {
         .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
 }
 
-async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, admin_group: Option<u32>) {
-    let reply = match handle(&mut stream, agent, admin_group).await {
+async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, limits: Limits) {
+    let reply = match handle(&mut stream, agent, limits).await {
         Ok(r) => r,
         Err(r) => r,
     };
@@ -86,7 +93,7 @@ async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, admin_
     // limits.
     let drain = async {
         let mut sink = [0u8; 16384];
-        let mut left = DRAIN_LIMIT;
+        let mut left = 2 * limits.max_request;
         while left > 0 {
             match stream.read(&mut sink).await {
                 Ok(0) | Err(_) => break,
@@ -97,11 +104,7 @@ async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, admin_
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
 }
 
-async fn handle(
-    stream: &mut UnixStream,
-    agent: mpsc::Sender<ApiCall>,
-    admin_group: Option<u32>,
-) -> Result<Reply, Reply> {
+async fn handle(stream: &mut UnixStream, agent: mpsc::Sender<ApiCall>, limits: Limits) -> Result<Reply, Reply> {
     let cred = stream
         .peer_cred()
         .map_err(|e| error(500, format!("reading peer credentials: {e}")))?;
@@ -110,7 +113,7 @@ async fn handle(
         gid: cred.gid(),
         pid: cred.pid().unwrap_or(0),
     };
-    if !authorized(&caller, admin_group) {
+    if !authorized(&caller, limits.admin_group) {
         warn!(
             uid = caller.uid,
             pid = caller.pid,
@@ -118,7 +121,7 @@ async fn handle(
         );
         return Err(error(403, "only root and the admin group may use the hostwall API"));
     }
-    let request = tokio::time::timeout(READ_TIMEOUT, read_request(stream))
+    let request = tokio::time::timeout(READ_TIMEOUT, read_request(stream, limits.max_request))
         .await
         .map_err(|_| error(408, "the request did not arrive within 5 s"))??;
     debug!(method = %request.method, path = %request.path, uid = caller.uid, "API request");
@@ -134,15 +137,29 @@ async fn handle(
     rx.await.map_err(|_| error(500, "the agent dropped the request"))
 }
 
-async fn read_request(stream: &mut UnixStream) -> Result<http::Request, Reply> {
+/// Reads one request of at most `limit` bytes: the head until it says how
+/// long the request is, then exactly that, decoded once.
+async fn read_request(stream: &mut UnixStream, limit: usize) -> Result<http::Request, Reply> {
+    let refuse = |e: DecodeError| match e {
+        DecodeError::TooLarge { .. } | DecodeError::HeadTooLarge { .. } => error(413, e),
+        DecodeError::Malformed { .. } => error(400, e),
+    };
     let mut buf = Vec::with_capacity(4096);
-    let mut chunk = [0u8; 16384];
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut len = None;
     loop {
-        match http::decode(&buf) {
-            Ok(Some(req)) => return Ok(req),
-            Ok(None) => {}
-            Err(e @ DecodeError::TooLarge { .. }) => return Err(error(413, e)),
-            Err(e) => return Err(error(400, e)),
+        if len.is_none() {
+            len = http::request_len(&buf, limit).map_err(refuse)?;
+            if let Some(n) = len {
+                buf.reserve(n.saturating_sub(buf.len()));
+            }
+        }
+        if let Some(n) = len
+            && buf.len() >= n
+        {
+            return http::decode_within(&buf[..n], limit)
+                .map_err(refuse)?
+                .ok_or_else(|| error(400, "the request is shorter than its content-length"));
         }
         let n = stream
             .read(&mut chunk)
@@ -150,9 +167,6 @@ async fn read_request(stream: &mut UnixStream) -> Result<http::Request, Reply> {
             .map_err(|e| error(400, format!("reading the request: {e}")))?;
         if n == 0 {
             return Err(error(400, "the connection closed before the request was complete"));
-        }
-        if buf.len() + n > MAX_REQUEST + 4 {
-            return Err(error(413, format!("request larger than {MAX_REQUEST} bytes")));
         }
         buf.extend_from_slice(&chunk[..n]);
     }

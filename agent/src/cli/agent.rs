@@ -36,6 +36,10 @@ pub struct Args {
     /// family).
     #[arg(long, default_value_t = hostwall_common::MAX_PEER_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     peer_entries: u32,
+    /// Largest control API request, head and body together (`hostwall
+    /// apply` sends the whole file): bytes, or with K, M, G.
+    #[arg(long, default_value = "64MiB", value_parser = hostwall::datapath::memory::parse_size)]
+    max_request_bytes: u64,
     /// Detach and remove everything hostwall pinned, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -71,6 +75,7 @@ pub fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
             peer: args.peer_entries,
             max_memory: args.max_map_memory,
         },
+        max_request_bytes: usize::try_from(args.max_request_bytes).context("--max-request-bytes")?,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(daemon::run(opts))?;

@@ -38,6 +38,8 @@ pub struct Options {
     pub admin_group: Option<u32>,
     /// Capacities of the policy maps.
     pub map_sizes: crate::datapath::MapSizes,
+    /// Largest control API request (`--max-request-bytes`).
+    pub max_request_bytes: usize,
 }
 
 /// Fallback for missed events: interfaces and addresses are compared this
@@ -87,7 +89,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (api_tx, mut api_rx) = mpsc::channel::<ApiCall>(64);
     let server = api::server::bind(&agent.opts.socket, agent.opts.admin_group)
         .with_context(|| format!("serving the control API on {}", agent.opts.socket.display()))?;
-    tokio::spawn(api::server::serve(server, api_tx, agent.opts.admin_group));
+    let limits = api::server::Limits {
+        admin_group: agent.opts.admin_group,
+        max_request: agent.opts.max_request_bytes,
+    };
+    tokio::spawn(api::server::serve(server, api_tx, limits));
 
     let file_watch = Watch::control_file(&agent.opts.config).context("watching the control file")?;
     let link_watch = Watch::links().context("watching links over rtnetlink")?;
