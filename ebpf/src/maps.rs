@@ -123,11 +123,17 @@ pub static PASSES: PerCpuArray<Counter> = PerCpuArray::with_max_entries(PASS_REA
 #[map(name = "HW_CT_EVENTS")]
 pub static CT_EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
-/// Per rule id: a hash of the rule (group, direction, content) the id
+/// Per rule slot: a hash of the rule (group, direction, match) the slot
 /// stands for, 0 when unused. Written and read by the agent only, so that
 /// a restarted agent gives surviving rules their old ids (and counters).
 #[map(name = "HW_RULE_KEYS")]
 pub static RULE_KEYS: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
+
+/// Per rule id (counter slot): the id users see for the rule in it, which
+/// no other rule ever gets; [0] the next such id. Written and read by the
+/// agent only.
+#[map(name = "HW_RULE_IDS")]
+pub static RULE_IDS: Array<u64> = Array::with_max_entries(MAX_RULES, 0);
 
 /// Per local endpoint id: the flows it holds in `HW_CONNTRACK`. The
 /// programs count up as they insert; the agent recounts (and removes

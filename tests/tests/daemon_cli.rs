@@ -726,3 +726,96 @@ fn write_temp(agent: &Agent, text: &str) -> String {
     std::fs::write(&path, text).expect("writing the policy");
     path.display().to_string()
 }
+
+/// The id of the rule of `group`'s `direction` list for `ports`.
+fn id_for_ports(agent: &Agent, group: &str, direction: &str, ports: &str) -> Option<u64> {
+    rules_of(agent, group, direction)
+        .iter()
+        .find(|r| r["ports"] == ports)
+        .and_then(|r| r["id"].as_u64())
+}
+
+#[test]
+fn rule_ids_name_one_rule_forever() {
+    let s = setup(POLICY);
+    let mut agent = s.agent;
+    let add = |agent: &Agent, port: &str| {
+        cli(
+            agent,
+            &[
+                "rule",
+                "add",
+                "web",
+                "egress",
+                "--proto",
+                "tcp",
+                "--ports",
+                port,
+                "--peer",
+                "group:api",
+            ],
+        );
+        id_for_ports(agent, "web", "egress", port).unwrap_or_else(|| panic!("rule for {port} not listed"))
+    };
+    let removed = add(&agent, "9090");
+    cli(&agent, &["rule", "remove", "--id", &removed.to_string()]);
+    // An unrelated rule added next does not get the removed rule's id...
+    let unrelated = add(&agent, "9191");
+    assert!(unrelated > removed, "rule for 9191 got id {unrelated} after {removed}");
+    // ... so removing the old id again removes nothing.
+    let (_, stderr) = cli_fails(&agent, &["rule", "remove", "--id", &removed.to_string()]);
+    assert!(stderr.contains(&format!("no rule has id {removed}")), "{stderr}");
+    assert_eq!(id_for_ports(&agent, "web", "egress", "9191"), Some(unrelated));
+    // The removed rule added again is a new rule.
+    let again = add(&agent, "9090");
+    assert!(again > unrelated, "the re-added rule got id {again}");
+
+    // A description is not part of a rule: editing it keeps the rule's id
+    // and counter.
+    assert_checks(
+        "traffic for the first rule",
+        &[Check::allowed(&s.web, Probe::Tcp(8080), s.api.v4).labelled("api")],
+    );
+    let first = id_for_ports(&agent, "web", "egress", "8080").expect("the first rule");
+    let before = agent_stats_rule(&agent, first);
+    assert!(before > 0, "rule {first} counted nothing");
+    let text = std::fs::read_to_string(agent.config_path()).expect("reading the control file");
+    let described = text.replacen(
+        "{proto: tcp, ports: 8080, to: [{group: \"api\"}]}",
+        "{proto: tcp, ports: 8080, to: [{group: \"api\"}], description: \"the web tier's API calls\"}",
+        1,
+    );
+    assert_ne!(described, text, "the control file holds the rule as written: {text}");
+    agent.reload(&described).expect("reloading with a description");
+    assert_eq!(id_for_ports(&agent, "web", "egress", "8080"), Some(first));
+    assert!(
+        agent_stats_rule(&agent, first) >= before,
+        "rule {first}'s counter was reset by a new description"
+    );
+
+    // Ids survive a restart, and the next rule's is new.
+    let ids: Vec<u64> = rules_of(&agent, "web", "egress")
+        .iter()
+        .filter_map(|r| r["id"].as_u64())
+        .collect();
+    agent.stop().expect("stopping the agent");
+    agent.restart().expect("restarting the agent");
+    let after: Vec<u64> = rules_of(&agent, "web", "egress")
+        .iter()
+        .filter_map(|r| r["id"].as_u64())
+        .collect();
+    assert_eq!(after, ids, "ids changed across a restart");
+    let next = add(&agent, "9292");
+    assert!(next > again, "the first rule after the restart got id {next}");
+    drop(s.servers);
+}
+
+/// Packets rule `id` counted, from `hostwall stats --json`.
+fn agent_stats_rule(agent: &Agent, id: u64) -> u64 {
+    let v = cli_json(agent, &["stats"]);
+    v["rules"]
+        .as_array()
+        .and_then(|rules| rules.iter().find(|r| r["id"] == id))
+        .and_then(|r| r["packets"].as_u64())
+        .unwrap_or(0)
+}

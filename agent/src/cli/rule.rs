@@ -46,7 +46,7 @@ pub enum Cmd {
 pub struct RemoveArgs {
     /// A rule id from `hostwall get policy`.
     #[arg(long, conflicts_with_all = ["group", "direction", "proto", "peer"])]
-    id: Option<u32>,
+    id: Option<u64>,
     group: Option<String>,
     #[arg(value_enum)]
     direction: Option<Dir>,
@@ -88,7 +88,7 @@ pub fn run(ctx: &super::Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Remove(RemoveArgs { id: Some(id), .. }) => (
             "DELETE",
             json!(RuleRemove {
-                id: Some(id.into()),
+                id: Some(id),
                 ..Default::default()
             }),
             "rule removed",

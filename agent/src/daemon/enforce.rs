@@ -13,7 +13,7 @@ use tracing::{error, info, warn};
 
 use super::Agent;
 use super::macs::{self, Wanted};
-use super::rules::Assignment;
+use super::rules::{Assignment, Held};
 use crate::api::Caller;
 use crate::compile::{self, CompileError, Compiled, HostView, Lookup};
 use crate::datapath::{SlotError, conntrack};
@@ -28,7 +28,9 @@ pub enum ApplyError {
     Slots(#[from] SlotError),
     #[error(transparent)]
     Memory(#[from] crate::datapath::MemoryError),
-    #[error("the policy has more rules than the {max} rule ids the datapath holds")]
+    #[error(
+        "the policy has more rules than the {max} rule counters the datapath holds (counting those tracked flows still name)"
+    )]
     RuleIds { max: u32 },
     #[error("the policy was applied but writing it back to {path} failed; the previous policy was restored")]
     WriteBack {
@@ -55,7 +57,7 @@ impl Agent {
     /// Makes `new` the enforced policy: compiled, written to the inactive
     /// slot and switched to in one step. On error nothing changes.
     pub fn apply(&mut self, new: Policy, source: &str, caller: Option<&Caller>) -> Result<PolicyDiff, ApplyError> {
-        let assignment = self.registry.assign(&new).map_err(|max| ApplyError::RuleIds { max })?;
+        let assignment = self.assign(&new)?;
         let compiled = self.enforce(&new, &assignment)?;
         self.registry.commit(&assignment);
         let change = crate::policy::diff(&self.policy, &new);
@@ -117,9 +119,9 @@ impl Agent {
         }
         self.host_addresses = addresses;
         let policy = self.policy.clone();
-        let assignment = match self.registry.assign(&policy) {
+        let assignment = match self.assign(&policy) {
             Ok(a) => a,
-            Err(max) => return self.note_error(ApplyError::RuleIds { max }),
+            Err(e) => return self.note_error(e),
         };
         match self.enforce(&policy, &assignment) {
             Ok(compiled) => {
@@ -130,6 +132,22 @@ impl Agent {
                 );
             }
             Err(e) => self.note_error(e),
+        }
+    }
+
+    /// Slots and ids for `policy`'s rules. When every slot is taken or
+    /// named by a tracked flow, conntrack is read to release the slots no
+    /// flow names any more, once.
+    fn assign(&mut self, policy: &Policy) -> Result<Assignment, ApplyError> {
+        match self.registry.assign(policy) {
+            Ok(a) => Ok(a),
+            Err(_) => {
+                let referenced = conntrack::rule_slots(&self.datapath.ebpf);
+                self.registry.release_unreferenced(&referenced);
+                self.registry
+                    .assign(policy)
+                    .map_err(|e| ApplyError::RuleIds { max: e.max })
+            }
         }
     }
 
@@ -291,25 +309,35 @@ impl Agent {
             return;
         };
         let ncpus = aya::util::nr_cpus().map(|n| n.get() as usize).unwrap_or(1);
-        for (id, _) in &assignment.fresh {
+        for fresh in &assignment.fresh {
             if let Ok(zero) = PerCpuValues::try_from(vec![Counter::default(); ncpus]) {
-                let _ = stats.set(*id, zero, 0);
+                let _ = stats.set(fresh.slot, zero, 0);
             }
         }
     }
 
+    /// Each slot's rule in `HW_RULE_KEYS`, its id in `HW_RULE_IDS`, and
+    /// the next id at `HW_RULE_IDS[0]`.
     fn record_rule_keys(&mut self, assignment: &Assignment) {
-        let Some(map) = self.datapath.ebpf.map_mut("HW_RULE_KEYS") else {
-            return;
-        };
-        let Ok(mut keys) = Array::<&mut MapData, u64>::try_from(map) else {
-            return;
-        };
-        for id in &assignment.freed {
-            let _ = keys.set(*id, &0, 0);
-        }
-        for (id, key) in &assignment.fresh {
-            let _ = keys.set(*id, key, 0);
+        for (name, value) in [
+            ("HW_RULE_KEYS", (|h: &Held| h.key) as fn(&Held) -> u64),
+            ("HW_RULE_IDS", |h: &Held| h.id),
+        ] {
+            let Some(map) = self.datapath.ebpf.map_mut(name) else {
+                continue;
+            };
+            let Ok(mut map) = Array::<&mut MapData, u64>::try_from(map) else {
+                continue;
+            };
+            for slot in &assignment.freed {
+                let _ = map.set(*slot, &0, 0);
+            }
+            for fresh in &assignment.fresh {
+                let _ = map.set(fresh.slot, &value(fresh), 0);
+            }
+            if name == "HW_RULE_IDS" {
+                let _ = map.set(0, &assignment.next_id, 0);
+            }
         }
     }
 

@@ -11,7 +11,7 @@ use hostwall_common::{CT_FLIPPED, CT_ORIG_LOCAL, Counter, CtEntry, CtEntryV3, Ct
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use super::rules::RuleRegistry;
+use super::rules::{Held, RuleRegistry};
 use super::{Agent, Options};
 use crate::compile::Compiled;
 use crate::datapath::conntrack::{self, Table};
@@ -132,18 +132,30 @@ pub fn finish_upgrade(agent: &mut Agent, older: &[Layout]) {
     agent.adopt_from = None;
 }
 
+/// The rules' slots and ids an earlier agent left in `HW_RULE_KEYS` and
+/// `HW_RULE_IDS`, and the slots tracked flows name.
 fn read_rule_keys(datapath: &mut Datapath) -> RuleRegistry {
     let max = MAX_RULES - 1;
-    let Some(map) = datapath.ebpf.map("HW_RULE_KEYS") else {
+    let array = |name: &str| {
+        let map = datapath.ebpf.map(name)?;
+        let a = Array::<&MapData, u64>::try_from(map).ok()?;
+        Some((0..MAX_RULES).map(|i| a.get(&i, 0).unwrap_or(0)).collect::<Vec<u64>>())
+    };
+    let Some(keys) = array("HW_RULE_KEYS") else {
         return RuleRegistry::new(max);
     };
-    let Ok(keys) = Array::<&MapData, u64>::try_from(map) else {
-        return RuleRegistry::new(max);
-    };
-    let pairs: Vec<(u32, u64)> = (1..MAX_RULES)
-        .filter_map(|id| keys.get(&id, 0).ok().filter(|k| *k != 0).map(|k| (id, k)))
+    let ids = array("HW_RULE_IDS").unwrap_or_default();
+    let id = |slot: u32| ids.get(slot as usize).copied().unwrap_or(0);
+    let held: Vec<Held> = (1..MAX_RULES)
+        .filter(|s| keys[*s as usize] != 0)
+        .map(|slot| Held {
+            slot,
+            key: keys[slot as usize],
+            id: id(slot),
+        })
         .collect();
-    RuleRegistry::from_keys(max, pairs)
+    let referenced = conntrack::rule_slots(&datapath.ebpf);
+    RuleRegistry::from_held(max, held, id(0), &referenced)
 }
 
 fn open_pinned(dir: &Path, name: &str) -> Option<Map> {
@@ -163,12 +175,16 @@ fn migrate(old: &Layout, datapath: &mut Datapath) {
             flows += 1;
         }
     }
-    if let (Some(from), Some(to)) = (open_pinned(&dir, "HW_RULE_KEYS"), datapath.ebpf.map_mut("HW_RULE_KEYS"))
-        && let (Ok(from), Ok(mut to)) = (
+    for name in ["HW_RULE_KEYS", "HW_RULE_IDS"] {
+        let (Some(from), Some(to)) = (open_pinned(&dir, name), datapath.ebpf.map_mut(name)) else {
+            continue;
+        };
+        let (Ok(from), Ok(mut to)) = (
             Array::<MapData, u64>::try_from(from),
             Array::<&mut MapData, u64>::try_from(to),
-        )
-    {
+        ) else {
+            continue;
+        };
         for id in 0..from.len().min(to.len()) {
             if let Ok(v) = from.get(&id, 0) {
                 let _ = to.set(id, &v, 0);

@@ -96,6 +96,16 @@ pub fn len(ebpf: &Ebpf, t: Table) -> usize {
     table(ebpf, t).map(|m| m.keys().count()).unwrap_or(0)
 }
 
+/// The rule slots (`CtEntry::rule_egress`, `rule_ingress`) tracked flows
+/// name.
+pub fn rule_slots(ebpf: &Ebpf) -> std::collections::BTreeSet<u32> {
+    flows(ebpf)
+        .iter()
+        .flat_map(|f| [f.entry.rule_egress, f.entry.rule_ingress])
+        .filter(|s| *s != 0)
+        .collect()
+}
+
 /// Removes `doomed`; returns how many were there.
 pub fn remove(ebpf: &mut Ebpf, doomed: &[Flow]) -> usize {
     let mut removed = 0;

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 
 /// The layout this build writes.
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Overrides the layout version; used by the upgrade test to play a newer
 /// agent.

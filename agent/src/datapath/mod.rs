@@ -23,7 +23,7 @@ pub const PROG_UPLINK: &str = "hostwall_uplink";
 pub const PROGRAMS: [&str; 3] = [PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK];
 
 /// Every map of the eBPF object; all are pinned.
-pub const MAPS: [&str; 31] = [
+pub const MAPS: [&str; 32] = [
     "HW_ACTIVE",
     "HW_SETTINGS",
     "HW_IFACE_0",
@@ -53,6 +53,7 @@ pub const MAPS: [&str; 31] = [
     "HW_PASSES",
     "HW_CT_EVENTS",
     "HW_RULE_KEYS",
+    "HW_RULE_IDS",
     "HW_CT_COUNT",
     "HW_CT_COUNT_IN",
 ];

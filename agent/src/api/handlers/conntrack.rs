@@ -103,7 +103,8 @@ pub fn list(agent: &mut Agent, req: &Request) -> Reply {
                 "seen_reply": v.flags & CT_SEEN_REPLY != 0,
                 "closing": v.flags & CT_CLOSING != 0,
                 "idle_seconds": now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
-                "rule_egress": v.rule_egress, "rule_ingress": v.rule_ingress,
+                "rule_egress": agent.registry.admitted_by(v.rule_egress),
+                "rule_ingress": agent.registry.admitted_by(v.rule_ingress),
             })
         })
         .collect();

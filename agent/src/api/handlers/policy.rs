@@ -22,7 +22,10 @@ pub fn get(agent: &mut Agent) -> Reply {
                 .iter()
                 .enumerate()
                 .map(|(index, r)| {
-                    let id = agent.compiled.rule_id(&RuleRef { group: name.clone(), direction, index });
+                    let id = agent
+                        .compiled
+                        .rule_id(&RuleRef { group: name.clone(), direction, index })
+                        .and_then(|slot| agent.registry.id(slot));
                     json!({
                         "id": id,
                         "proto": r.proto.name(),

@@ -143,10 +143,12 @@ pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
         if let Some((field, _)) = named.iter().find(|(_, given)| *given) {
             return error(422, format!("{field}: give a rule's id or its fields, not both"));
         }
-        let Some(id) = u32::try_from(id).ok() else {
-            return error(422, "id: not a rule id");
-        };
-        let Some(r) = agent.compiled.rule(id).cloned() else {
+        let Some(r) = agent
+            .registry
+            .slot(id)
+            .and_then(|slot| agent.compiled.rule(slot))
+            .cloned()
+        else {
             return error(404, format!("no rule has id {id} (see `hostwall get policy`)"));
         };
         let g = edited

@@ -13,8 +13,9 @@ pub fn get(agent: &mut Agent) -> Reply {
         .compiled
         .rules
         .iter()
-        .map(|(id, r)| {
-            let (packets, bytes) = s.rules.get(id).copied().unwrap_or_default();
+        .map(|(slot, r)| {
+            let (packets, bytes) = s.rules.get(slot).copied().unwrap_or_default();
+            let id = agent.registry.id(*slot);
             let g = &agent.policy.groups[&r.group];
             let rule = match r.direction {
                 crate::policy::Direction::Ingress => crate::policy::rule_flow(&g.ingress[r.index], "from"),
