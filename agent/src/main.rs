@@ -10,7 +10,7 @@ fn main() -> ExitCode {
         // A CLI whose output is piped into `head` should stop quietly.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    cli::init_tracing(args.verbose, args.quiet);
+    cli::init_tracing(args.verbose, args.quiet, args.log_format);
     match cli::run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -819,3 +819,60 @@ fn agent_stats_rule(agent: &Agent, id: u64) -> u64 {
         .and_then(|r| r["packets"].as_u64())
         .unwrap_or(0)
 }
+
+#[test]
+fn logs_say_who_changed_what_without_colours_and_as_json_when_asked() {
+    let s = setup(POLICY);
+    let agent = &s.agent;
+    cli(
+        agent,
+        &[
+            "rule",
+            "add",
+            "web",
+            "egress",
+            "--proto",
+            "tcp",
+            "--ports",
+            "9090",
+            "--peer",
+            "group:api",
+        ],
+    );
+    let log = agent.log();
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape sequences in a log that is not a terminal:\n{log}"
+    );
+    let changed = log
+        .lines()
+        .find(|l| l.contains("policy changed") && l.contains("rule add"))
+        .unwrap_or_else(|| panic!("no change logged:\n{log}"));
+    assert!(
+        changed.contains("uid=0")
+            && changed.contains("+rule web egress {proto: tcp, ports: 9090, to: [{group: \"api\"}]}"),
+        "the change names who and what: {changed}"
+    );
+    drop(s.servers);
+
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let _web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let _api = host.add_container("api", "hw-api", 12).expect("adding api");
+    let opts = hostwall_tests::AgentOptions {
+        args: vec!["--log-format".into(), "json".into()],
+        ..Default::default()
+    };
+    let agent = Agent::start_with(&host, POLICY, &opts).expect("starting the agent with JSON logs");
+    let log = agent.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "policy applied" && l["level"] == "INFO"),
+        "{log}"
+    );
+}

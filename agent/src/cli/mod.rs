@@ -42,6 +42,10 @@ pub struct Cli {
     /// Machine-readable output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How log lines are written to stderr: text (coloured only on a
+    /// terminal) or json (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -170,8 +174,15 @@ pub fn print_changes(changes: &Value) {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 /// Logs go to stderr; `RUST_LOG` overrides the level chosen by -v/-q.
-pub fn init_tracing(verbose: u8, quiet: bool) {
+/// Colours only when stderr is a terminal, never into a file or journal.
+pub fn init_tracing(verbose: u8, quiet: bool, format: LogFormat) {
     let level = match (quiet, verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -180,8 +191,13 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
 }

@@ -71,9 +71,12 @@ impl Agent {
             let ended = self.revalidate_flows();
             info!(ended, "tracked flows the new policy does not allow were ended");
         }
+        // Who and what: the items themselves (the first 50), not only how
+        // many.
+        let what = change.details(50);
         match caller {
-            Some(c) => info!(uid = c.uid, pid = c.pid, source, changes = %change.summary(), "policy changed"),
-            None => info!(source, changes = %change.summary(), "policy changed"),
+            Some(c) => info!(uid = c.uid, pid = c.pid, source, changes = %change.summary(), %what, "policy changed"),
+            None => info!(source, changes = %change.summary(), %what, "policy changed"),
         }
         release_freed_memory();
         Ok(change)

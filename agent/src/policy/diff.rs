@@ -31,6 +31,45 @@ impl PolicyDiff {
         *self == PolicyDiff::default()
     }
 
+    /// What changed, item by item, for logs: `+rule web egress {proto:
+    /// tcp, ...}; -endpoint db`, at most `max` items and how many more.
+    pub fn details(&self, max: usize) -> String {
+        let mut items: Vec<String> = Vec::new();
+        let mut more = 0usize;
+        let mut push = |item: &dyn Fn() -> String| {
+            if items.len() < max {
+                items.push(item());
+            } else {
+                more += 1;
+            }
+        };
+        for (sign, list) in [("+", &self.rules_added), ("-", &self.rules_removed)] {
+            for r in list {
+                push(&|| format!("{sign}rule {} {} {}", r.group, r.direction, r.rule));
+            }
+        }
+        for (sign, what, list) in [
+            ("+", "endpoint", &self.endpoints_added),
+            ("-", "endpoint", &self.endpoints_removed),
+            ("~", "endpoint", &self.endpoints_changed),
+            ("+", "group", &self.groups_added),
+            ("-", "group", &self.groups_removed),
+            ("~", "prefix list", &self.prefix_lists_changed),
+        ] {
+            for name in list {
+                push(&|| format!("{sign}{what} {name}"));
+            }
+        }
+        if self.settings_changed {
+            push(&|| "~settings".to_string());
+        }
+        let mut text = items.join("; ");
+        if more > 0 {
+            text.push_str(&format!("; and {more} more"));
+        }
+        text
+    }
+
     /// One line for logs: "+2 rules, -1 rule, +1 endpoint".
     pub fn summary(&self) -> String {
         let mut parts = Vec::new();
