@@ -70,17 +70,68 @@ pub fn is_bpffs(path: &Path) -> bool {
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
+/// Whether this process shares PID 1's mount namespace: only there does a
+/// bpffs it mounts outlive it. (`ip netns exec`, a hardened systemd unit
+/// and `unshare -m` give a process a namespace of its own, whose mounts
+/// die with it, pins and all.)
+pub fn in_host_mount_namespace() -> bool {
+    if let (Ok(me), Ok(init)) = (
+        std::fs::read_link("/proc/self/ns/mnt"),
+        std::fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        return me == init;
+    }
+    // The namespace links need ptrace access to PID 1, which a root
+    // without all of PID 1's capabilities lacks; its mount table does
+    // not. Mount ids are unique across namespaces: the same root mount is
+    // the same namespace.
+    match (
+        root_mount_id("/proc/self/mountinfo"),
+        root_mount_id("/proc/1/mountinfo"),
+    ) {
+        (Some(me), Some(init)) => me == init,
+        _ => false,
+    }
+}
+
+/// The id of the topmost mount at `/` in a mount table.
+fn root_mount_id(mountinfo: &str) -> Option<u64> {
+    std::fs::read_to_string(mountinfo).ok()?.lines().rev().find_map(|l| {
+        let mut fields = l.split(' ');
+        let id = fields.next()?.parse().ok()?;
+        (fields.nth(3)? == "/").then_some(id)
+    })
+}
+
 /// Makes `dir` a directory on a bpffs: uses it if it is one, creates it
-/// inside a bpffs parent, or mounts a bpffs on it.
+/// inside a bpffs parent, or mounts a bpffs on it, the last two only when
+/// a bpffs mounted here outlives the agent (this is PID 1's mount
+/// namespace). A bpffs inherited or bind-mounted from the host is always
+/// accepted.
 pub fn ensure_bpffs(dir: &Path) -> io::Result<()> {
     if is_bpffs(dir) {
         return Ok(());
+    }
+    if let Some(parent) = dir.parent()
+        && is_bpffs(parent)
+    {
+        std::fs::create_dir_all(dir)?;
+        return Ok(());
+    }
+    if !in_host_mount_namespace() {
+        return Err(io::Error::other(format!(
+            "{} is not on a bpffs, and this process's mount namespace is not the host's (PID 1's): a bpffs \
+             mounted here would vanish with the agent, and enforcement with it. Mount one on the host first \
+             (`mount -t bpf bpf /sys/fs/bpf`), bind-mount the host's into this namespace, or give --bpffs a \
+             directory on one",
+            dir.display()
+        )));
     }
     if let Some(parent) = dir.parent() {
         if !parent.exists() {
             std::fs::create_dir_all(parent)?;
         }
-        if !is_bpffs(parent) && parent == Path::new("/sys/fs/bpf") {
+        if parent == Path::new("/sys/fs/bpf") {
             mount_bpffs(parent)?;
         }
         if is_bpffs(parent) {

@@ -40,6 +40,25 @@ pub struct AgentOptions {
     /// How long the first policy may take to apply; default
     /// [`START_TIMEOUT`].
     pub start_timeout: Option<Duration>,
+    /// How the agent process is started.
+    pub launch: Launch,
+    /// The harness mounts no bpffs for the agent: it must find or mount
+    /// one itself.
+    pub own_bpffs: bool,
+}
+
+/// How the agent process is started, in the test's network namespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Launch {
+    /// `ip netns exec`: a mount namespace of its own, /sys remounted.
+    #[default]
+    NetnsExec,
+    /// `nsenter --net`: the host's mount namespace.
+    HostMounts,
+    /// As a hardened systemd unit runs it: `unshare -m`, a mount
+    /// namespace of its own whose mounts follow the host's, with /sys
+    /// read-only.
+    UnitLike,
 }
 
 #[derive(Default)]
@@ -101,7 +120,10 @@ impl Agent {
         // The bpffs is mounted here, outside `ip netns exec`: one the agent
         // mounted itself would live in its private mount namespace only.
         std::fs::create_dir_all(&agent.bpffs)?;
-        mount_bpffs(&agent.bpffs)?;
+        if !opts.own_bpffs {
+            mount_bpffs(&agent.bpffs)?;
+        }
+        // Also when the agent mounts it (in the host's mount namespace).
         cleanup_ids.push(cleanup::register(Resource::Mount(agent.bpffs.clone())));
         agent.cleanup_ids = cleanup_ids;
 
@@ -115,10 +137,31 @@ impl Agent {
     /// Runs `hostwall agent` with this agent's config, bpffs, socket and
     /// options; its output goes to the same log.
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.host_ns])
-            .arg(&self.bins.hostwall)
-            .arg("agent");
+        // Each launcher execs the next (no fork), so the child's pid is the
+        // agent's and signals reach it directly.
+        let mut cmd = match self.opts.launch {
+            Launch::NetnsExec => {
+                let mut cmd = Command::new("ip");
+                cmd.args(["netns", "exec", &self.host_ns]).arg(&self.bins.hostwall);
+                cmd
+            }
+            Launch::HostMounts => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{}", self.host_ns))
+                    .arg("--")
+                    .arg(&self.bins.hostwall);
+                cmd
+            }
+            Launch::UnitLike => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{}", self.host_ns))
+                    .args(["--", "unshare", "--mount", "--propagation", "slave", "--", "sh", "-c"])
+                    .arg(r#"mount -o remount,bind,ro /sys && exec "$0" "$@""#)
+                    .arg(&self.bins.hostwall);
+                cmd
+            }
+        };
+        cmd.arg("agent");
         cmd.arg("--config")
             .arg(&self.config)
             .arg("--bpffs")
@@ -135,8 +178,6 @@ impl Agent {
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
         }
-        // `ip netns exec` execs (no fork), so the child's pid is the agent's
-        // and signals reach it directly.
         let mut child = cmd
             .env("NO_COLOR", "1")
             .env_remove("RUST_LOG")

@@ -29,7 +29,7 @@ pub mod stream;
 pub mod testrun;
 pub mod topology;
 
-pub use agent::{Agent, AgentOptions, Stats};
+pub use agent::{Agent, AgentOptions, Launch, Stats};
 pub use bins::Binaries;
 pub use hostwall_common::{DropReason, PassReason};
 pub use netns::Netns;

@@ -384,6 +384,25 @@ fn systemd_unit_verifies() {
         "systemd-analyze verify on dist/hostwall.service ({}): {said}",
         out.status
     );
+    // Hardened: systemd rates the unit's exposure below 5.0 ("OK"), with
+    // the bpffs its pins live on writable.
+    let out = Command::new(which("systemd-analyze").expect("systemd-analyze"))
+        .args(["--offline=true", "security"])
+        .arg(&unit)
+        .output()
+        .expect("running systemd-analyze security");
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let exposure: f64 = said
+        .lines()
+        .find_map(|l| l.split_once("Overall exposure level for hostwall.service: "))
+        .and_then(|(_, rest)| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no exposure level in: {said}"));
+    assert!(exposure < 5.0, "exposure {exposure}:\n{said}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ReadWritePaths=") && l.contains("/sys/fs/bpf")),
+        "the unit does not keep /sys/fs/bpf writable: {text}"
+    );
 }
 
 /// `(status, body)` of `method path` with a JSON `body`.

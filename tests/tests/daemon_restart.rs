@@ -356,3 +356,66 @@ fn restart_releases_interfaces_that_are_no_longer_endpoints() {
     let links = entries(&agent.bpffs().join(format!("v{LAYOUT_VERSION}")).join("links"));
     assert_eq!(links.len(), 4, "only a's and b's hooks stay pinned: {links:?}");
 }
+
+/// The agent of `launch` with no bpffs mounted for it.
+fn own_bpffs(launch: hostwall_tests::Launch) -> AgentOptions {
+    AgentOptions {
+        launch,
+        own_bpffs: true,
+        start_timeout: Some(std::time::Duration::from_secs(20)),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_bpffs_that_would_die_with_the_agent_is_refused() {
+    let s = setup();
+    s.control();
+    // `ip netns exec` gives the agent a mount namespace of its own: a bpffs
+    // it mounted there would vanish, pins and all, when it exits.
+    let err = Agent::start_with(&s.host, POLICY, &own_bpffs(hostwall_tests::Launch::NetnsExec))
+        .err()
+        .expect("the agent started with a bpffs that dies with it");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("mount namespace is not the host's") && text.contains("mount -t bpf bpf /sys/fs/bpf"),
+        "the refusal names why and the fix: {text}"
+    );
+    assert_checks("nothing was enforced", &[s.denied().expecting(Expect::Allowed)]);
+
+    // Control: in the host's mount namespace the agent mounts the bpffs
+    // itself, and its pins and enforcement outlive it.
+    let mut agent = Agent::start_with(&s.host, POLICY, &own_bpffs(hostwall_tests::Launch::HostMounts))
+        .expect("starting the agent in the host's mount namespace");
+    assert!(hostwall::host::is_bpffs(agent.bpffs()), "the agent mounted no bpffs");
+    agent.stop().expect("stopping the agent");
+    let active = agent.bpffs().join(format!("v{LAYOUT_VERSION}/maps/HW_ACTIVE"));
+    assert!(active.exists(), "{} is gone after the agent exited", active.display());
+    assert_checks("after the agent exited", &[s.allowed(), s.denied()]);
+    agent.uninstall().expect("uninstalling");
+}
+
+#[test]
+fn pins_survive_an_agent_in_a_namespace_like_its_units() {
+    let s = setup();
+    s.control();
+    // A mount namespace of its own with /sys read-only, as the hardened
+    // unit gives it, and the host's bpffs inherited.
+    let mut agent = Agent::start_with(
+        &s.host,
+        POLICY,
+        &AgentOptions {
+            launch: hostwall_tests::Launch::UnitLike,
+            ..Default::default()
+        },
+    )
+    .expect("starting the agent as its unit runs it");
+    assert_checks("enforced", &[s.allowed(), s.denied()]);
+    let streams = Streams::start(&s);
+    agent.stop().expect("stopping the agent");
+    let active = agent.bpffs().join(format!("v{LAYOUT_VERSION}/maps/HW_ACTIVE"));
+    assert!(active.exists(), "{} is gone after the agent exited", active.display());
+    assert_checks("after the agent exited", &[s.allowed(), s.denied()]);
+    streams.finish(&s, "across the agent's exit");
+    agent.uninstall().expect("uninstalling");
+}
