@@ -336,6 +336,29 @@ impl Agent {
         run(&mut cmd).map(drop)
     }
 
+    /// `hostwall uninstall --bpffs DIR` (DIR this agent's unless given)
+    /// with this agent's socket, while it may run: (success, stdout and
+    /// stderr).
+    pub fn uninstall_output(&self, bpffs: Option<&Path>) -> anyhow::Result<(bool, String)> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.host_ns])
+            .arg(&self.bins.hostwall)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("uninstall")
+            .arg("--bpffs")
+            .arg(bpffs.unwrap_or(&self.bpffs))
+            .output()?;
+        Ok((
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ))
+    }
+
     /// Everything the agent logged so far.
     pub fn log(&self) -> String {
         self.log.text.lock().unwrap_or_else(|e| e.into_inner()).clone()

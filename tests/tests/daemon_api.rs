@@ -537,3 +537,52 @@ fn policies_above_a_mebibyte_apply_and_requests_past_the_limit_are_refused() {
     assert!(body.contains("--max-request-bytes"), "{body}");
     assert_serving(&agent, "after a request past the limit");
 }
+
+/// A bpffs mounted for one test, unmounted when dropped.
+struct TempBpffs(PathBuf);
+
+impl Drop for TempBpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(self.0.parent().unwrap_or(&self.0));
+    }
+}
+
+#[test]
+fn an_unprivileged_agent_is_told_what_it_lacks() {
+    let dir = std::env::temp_dir().join(unique_name("hwt-agent"));
+    let bpffs = TempBpffs(dir.join("bpffs"));
+    std::fs::create_dir_all(&bpffs.0).expect("creating the bpffs directory");
+    let mounted = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(&bpffs.0)
+        .status()
+        .expect("running mount");
+    assert!(mounted.success(), "mounting a bpffs");
+    std::fs::set_permissions(&bpffs.0, std::fs::Permissions::from_mode(0o777)).expect("opening the bpffs");
+    let config = dir.join("policy.yaml");
+    std::fs::write(&config, "version: 1\n").expect("writing the policy");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(&bins().hostwall)
+        .arg("agent")
+        .arg("--config")
+        .arg(&config)
+        .arg("--bpffs")
+        .arg(&bpffs.0)
+        .arg("--socket")
+        .arg(dir.join("hostwall.sock"))
+        .output()
+        .expect("running setpriv");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "an unprivileged agent started: {stderr}");
+    assert!(
+        stderr.contains("the agent needs root, or CAP_BPF") && !stderr.contains("hostwall uninstall"),
+        "the error names what is missing and does not send the user to uninstall: {stderr}"
+    );
+}

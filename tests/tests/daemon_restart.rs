@@ -419,3 +419,38 @@ fn pins_survive_an_agent_in_a_namespace_like_its_units() {
     streams.finish(&s, "across the agent's exit");
     agent.uninstall().expect("uninstalling");
 }
+
+#[test]
+fn uninstall_stops_a_running_agent_and_fails_where_there_is_nothing() {
+    let s = setup();
+    s.control();
+    let mut agent = Agent::start(&s.host, POLICY).expect("starting the agent");
+    assert_checks("enforcing", &[s.allowed(), s.denied()]);
+
+    // A mistyped --bpffs removes nothing and says so.
+    let typo = agent.bpffs().with_file_name("bpfs");
+    let (ok, said) = agent.uninstall_output(Some(&typo)).expect("running uninstall");
+    assert!(!ok, "uninstall of {} succeeded: {said}", typo.display());
+    assert!(
+        said.contains("does not exist") && said.contains("nothing was removed"),
+        "{said}"
+    );
+    std::fs::create_dir_all(&typo).expect("creating an empty directory");
+    let (ok, said) = agent.uninstall_output(Some(&typo)).expect("running uninstall");
+    assert!(!ok && said.contains("nothing of hostwall's is under"), "{said}");
+    let _ = std::fs::remove_dir(&typo);
+    assert!(agent.is_running(), "the agent was stopped for another bpffs");
+    assert_checks("still enforcing", &[s.allowed(), s.denied()]);
+
+    // On the agent's own: the agent is stopped first, so that nothing goes
+    // on reporting endpoints as enforced or accepting changes.
+    let (ok, said) = agent.uninstall_output(None).expect("running uninstall");
+    assert!(ok, "uninstall failed: {said}");
+    assert!(said.contains("stopping the agent"), "{said}");
+    assert!(!agent.is_running(), "the agent still runs after uninstall");
+    assert!(agent.status().is_err(), "the agent still answers after uninstall");
+    assert_checks(
+        "after hostwall uninstall: nothing is filtered",
+        &[s.allowed(), s.denied().expecting(Expect::Allowed)],
+    );
+}

@@ -326,6 +326,12 @@ impl Uninstalled {
 /// Removes every attachment and pin hostwall has under `bpffs` (and its tc
 /// filters in this network namespace).
 pub fn uninstall(bpffs: &Path) -> anyhow::Result<Uninstalled> {
+    if !bpffs.exists() {
+        anyhow::bail!(
+            "{} does not exist: nothing was removed (is --bpffs the agent's?)",
+            bpffs.display()
+        );
+    }
     let interfaces: Vec<u32> = host::interfaces().into_iter().map(|(i, _)| i).collect();
     let layouts = Layout::all(bpffs);
     let mut filters = 0;
@@ -336,6 +342,13 @@ pub fn uninstall(bpffs: &Path) -> anyhow::Result<Uninstalled> {
     if layouts.is_empty() {
         // Kernels without tcx keep filters without pins.
         filters += remove_all(Path::new("/nonexistent"), &interfaces);
+    }
+    if layouts.is_empty() && filters == 0 {
+        anyhow::bail!(
+            "nothing of hostwall's is under {}: no pinned layout (v<N>/), and no hostwall tc filter in this \
+             network namespace (is --bpffs the agent's?)",
+            bpffs.display()
+        );
     }
     Ok(Uninstalled {
         layouts: layouts.len(),

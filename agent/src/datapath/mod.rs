@@ -68,6 +68,13 @@ pub enum LoadError {
         #[source]
         source: Box<aya::EbpfError>,
     },
+    #[error(
+        "loading the eBPF object: the kernel refused to create maps or programs (EPERM): the agent needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (and on kernels before 5.11 a memlock limit it may raise, CAP_SYS_RESOURCE)"
+    )]
+    Permission {
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
     #[error("the eBPF object has no program or map named {name}")]
     Missing { name: &'static str },
     #[error("the kernel refused program {name}")]
@@ -88,6 +95,23 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Whether loading failed for want of privilege (EPERM somewhere in the
+/// error's chain), not because of what is pinned.
+fn denied(e: &aya::EbpfError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::EPERM)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    // Some of aya's errors carry the system call's error only in their
+    // text.
+    format!("{e:?}").contains("code: 1, kind: PermissionDenied")
 }
 
 /// Capacities of the policy maps that depend on the policy's size. The
@@ -162,9 +186,17 @@ impl Datapath {
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let ebpf = loader.load(crate::EBPF_OBJECT).map_err(|source| LoadError::Object {
-            dir: maps.clone(),
-            source: Box::new(source),
+        let ebpf = loader.load(crate::EBPF_OBJECT).map_err(|source| {
+            if denied(&source) {
+                LoadError::Permission {
+                    source: Box::new(source),
+                }
+            } else {
+                LoadError::Object {
+                    dir: maps.clone(),
+                    source: Box::new(source),
+                }
+            }
         })?;
         let mut datapath = Datapath::with_programs(ebpf)?;
         datapath.slots.set_sizes(*sizes);

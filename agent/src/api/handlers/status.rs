@@ -66,6 +66,7 @@ pub fn get(agent: &mut Agent) -> Reply {
             "hook": agent.attachments.kind().as_str(),
             "layout": agent.layout.version(),
             "bpffs": agent.layout.dir(),
+            "pid": std::process::id(),
             "uplink": agent.opts.uplink,
             "endpoints": endpoints,
             "quarantined": quarantined,
