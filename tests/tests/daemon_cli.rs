@@ -876,3 +876,111 @@ fn logs_say_who_changed_what_without_colours_and_as_json_when_asked() {
         "{log}"
     );
 }
+
+#[test]
+fn write_back_keeps_symlinks_owners_and_the_operators_edits() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let s = setup(POLICY);
+    let mut agent = s.agent;
+    // The control file as a GitOps checkout has it: a symlink into the
+    // checkout, the file group-owned and group-readable.
+    let config = agent.config_path().to_path_buf();
+    let checkout = agent.scratch_path("checkout").expect("a scratch path");
+    std::fs::create_dir_all(&checkout).expect("creating the checkout");
+    let target = checkout.join("policy.yaml");
+    std::fs::copy(&config, &target).expect("copying the control file");
+    std::os::unix::fs::chown(&target, Some(0), Some(48_611)).expect("chown");
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let link = config.with_file_name(".policy.yaml.link");
+    std::os::unix::fs::symlink(&target, &link).expect("making the symlink");
+    std::fs::rename(&link, &config).expect("putting the symlink in place");
+
+    cli(
+        &agent,
+        &[
+            "rule",
+            "add",
+            "web",
+            "egress",
+            "--proto",
+            "tcp",
+            "--ports",
+            "9090",
+            "--peer",
+            "group:api",
+        ],
+    );
+    let meta = std::fs::symlink_metadata(&config).expect("the control file");
+    assert!(
+        meta.file_type().is_symlink(),
+        "the write-back replaced the symlink by a file"
+    );
+    let written = std::fs::read_to_string(&target).expect("reading the checkout's file");
+    assert!(
+        written.contains("ports: 9090"),
+        "the change is not in the symlink's target:\n{written}"
+    );
+    let meta = std::fs::metadata(&target).expect("the target");
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, 48_611, 0o640));
+
+    // An edit the agent refused (an operator's half-done work): a change
+    // through the API must not overwrite it, and applies nothing.
+    let generation = agent.status().expect("status")["policy"]["generation"].clone();
+    // Written in place, through the symlink, as an editor saves.
+    let edit = format!("{written}half-done: [\n");
+    let refused = agent.count_log(&["policy refused"]);
+    std::fs::write(&config, &edit).expect("editing the control file");
+    agent.signal(libc::SIGHUP).expect("SIGHUP");
+    agent
+        .wait_for_log("policy refused", refused + 1, std::time::Duration::from_secs(20))
+        .expect("the half-done edit is refused");
+    let (_, stderr) = cli_fails(
+        &agent,
+        &[
+            "rule",
+            "add",
+            "web",
+            "egress",
+            "--proto",
+            "tcp",
+            "--ports",
+            "9191",
+            "--peer",
+            "group:api",
+        ],
+    );
+    assert!(stderr.contains("changed since the agent last read it"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&config).expect("reading the control file"),
+        edit,
+        "the operator's edit was overwritten"
+    );
+    assert_eq!(agent.status().expect("status")["policy"]["generation"], generation);
+    // Once the edit is saved whole, changes go through again.
+    let applied = agent.count_log(&["policy applied from the control file"]);
+    std::fs::write(&config, &written).expect("finishing the edit");
+    agent.signal(libc::SIGHUP).expect("SIGHUP");
+    agent
+        .wait_for_log(
+            "policy applied from the control file",
+            applied + 1,
+            std::time::Duration::from_secs(20),
+        )
+        .expect("the finished edit is applied");
+    cli(
+        &agent,
+        &[
+            "rule",
+            "add",
+            "web",
+            "egress",
+            "--proto",
+            "tcp",
+            "--ports",
+            "9191",
+            "--peer",
+            "group:api",
+        ],
+    );
+    drop(s.servers);
+}

@@ -32,6 +32,10 @@ pub enum ApplyError {
         "the policy has more rules than the {max} rule counters the datapath holds (counting those tracked flows still name)"
     )]
     RuleIds { max: u32 },
+    #[error(
+        "{path} changed since the agent last read it (an edit not saved yet, or one the agent refused: see `hostwall status`); nothing was applied. Save the edit or `hostwall reload`, then retry"
+    )]
+    Conflict { path: PathBuf },
     #[error("the policy was applied but writing it back to {path} failed; the previous policy was restored")]
     WriteBack {
         path: PathBuf,
@@ -85,6 +89,14 @@ impl Agent {
     /// `apply`, then writes the policy back to the control file. If the
     /// file cannot be written, the previous policy is applied again.
     pub fn apply_and_save(&mut self, new: Policy, source: &str, caller: &Caller) -> Result<PolicyDiff, ApplyError> {
+        // Never overwrite an operator's change the agent has not applied.
+        if let Ok(bytes) = std::fs::read(&self.opts.config)
+            && Some(super::lifecycle::sha256_hex(&bytes)) != self.enforced_file_hash
+        {
+            return Err(ApplyError::Conflict {
+                path: self.opts.config.clone(),
+            });
+        }
         let previous = self.policy.clone();
         let change = self.apply(new, source, Some(caller))?;
         let text = crate::policy::to_yaml(&self.policy);
@@ -98,6 +110,7 @@ impl Agent {
             });
         }
         self.file_hash = Some(super::lifecycle::sha256_hex(text.as_bytes()));
+        self.enforced_file_hash = self.file_hash.clone();
         Ok(change)
     }
 
@@ -381,7 +394,18 @@ fn wanted_macs<'a>(policy: &'a Policy, node: &str) -> Vec<Wanted<'a>> {
 /// Writes `bytes` to `path` so that readers see the old or the new file,
 /// never a part: a temporary file beside it, fsync, rename, fsync the
 /// directory. The file's mode is kept.
+/// Replaces the file at `path` (the file a symlink there points to) with
+/// `bytes`: a temporary file beside it with its owner, group and mode,
+/// fsync, rename, fsync of the directory. A symlinked control file (a
+/// GitOps checkout) stays a symlink.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let resolved;
+    let path = if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+        resolved = std::fs::canonicalize(path)?;
+        resolved.as_path()
+    } else {
+        path
+    };
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -393,6 +417,8 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         if let Ok(meta) = std::fs::metadata(path) {
+            use std::os::unix::fs::MetadataExt as _;
+            std::os::unix::fs::fchown(&f, Some(meta.uid()), Some(meta.gid()))?;
             f.set_permissions(meta.permissions())?;
         }
         f.write_all(bytes)?;

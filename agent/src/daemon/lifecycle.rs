@@ -73,6 +73,7 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
         macs: Default::default(),
         applied_at: SystemTime::now(),
         file_hash: Some(sha256_hex(&bytes)),
+        enforced_file_hash: Some(sha256_hex(&bytes)),
         last_error: None,
         generation: 0,
         adopt_from: older.first().map(|l| l.links()),

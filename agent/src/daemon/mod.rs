@@ -76,6 +76,11 @@ pub struct Agent {
     pub applied_at: SystemTime,
     /// SHA-256 of the control file's bytes as last read or written.
     pub file_hash: Option<String>,
+    /// SHA-256 of the control file's bytes when they last held the
+    /// enforced policy (applied from it, or written back): a file that
+    /// differs was changed behind the agent, and a write-back would
+    /// overwrite that change.
+    pub enforced_file_hash: Option<String>,
     pub last_error: Option<String>,
     pub generation: u64,
     /// While an upgrade is under way: the older layout's links directory,
@@ -195,7 +200,10 @@ impl Agent {
         let origin = self.opts.config.display().to_string();
         match crate::policy::parse_bytes(&bytes, &origin) {
             Ok(p) => match self.apply(p, "control file", None) {
-                Ok(change) => info!(changes = %change.summary(), "policy applied from the control file"),
+                Ok(change) => {
+                    self.enforced_file_hash = self.file_hash.clone();
+                    info!(changes = %change.summary(), "policy applied from the control file")
+                }
                 Err(e) => self.fail(format!("{e:#}")),
             },
             Err(e) => self.fail(format!("{:#}", anyhow::Error::new(e))),
