@@ -758,6 +758,10 @@ fn rule_ids_name_one_rule_forever() {
         id_for_ports(agent, "web", "egress", port).unwrap_or_else(|| panic!("rule for {port} not listed"))
     };
     let removed = add(&agent, "9090");
+    // Peers are JSON in the control file's shape, not YAML text.
+    let listed = rules_of(&agent, "web", "egress");
+    let rule = listed.iter().find(|r| r["ports"] == "9090").expect("the added rule");
+    assert_eq!(rule["peers"], serde_json::json!([{"group": "api"}]), "{rule}");
     cli(&agent, &["rule", "remove", "--id", &removed.to_string()]);
     // An unrelated rule added next does not get the removed rule's id...
     let unrelated = add(&agent, "9191");
@@ -982,5 +986,60 @@ fn write_back_keeps_symlinks_owners_and_the_operators_edits() {
             "group:api",
         ],
     );
+    drop(s.servers);
+}
+
+/// Exit code and stdout of `hostwall ARGS` against `agent`.
+fn exit_of(agent: &Agent, args: &[&str]) -> (Option<i32>, String) {
+    let out = agent
+        .cli_output(args)
+        .unwrap_or_else(|e| panic!("running `hostwall {}`: {e:#}", args.join(" ")));
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn exit_codes_tell_outcomes_apart() {
+    let s = setup(POLICY);
+    let agent = &s.agent;
+    assert_eq!(
+        exit_of(agent, &["explain", "--from", "web", "--to", "api", "tcp/8080"]).0,
+        Some(0)
+    );
+    assert_eq!(
+        exit_of(agent, &["explain", "--from", "web", "--to", "api", "tcp/9999"]).0,
+        Some(1)
+    );
+    assert_eq!(
+        exit_of(agent, &["explain", "--from", "nosuch", "--to", "api", "tcp/8080"]).0,
+        Some(2)
+    );
+
+    let same = agent.scratch_path("same.yaml").expect("a scratch path");
+    std::fs::write(&same, POLICY).expect("writing");
+    assert_eq!(exit_of(agent, &["diff", same.to_str().expect("UTF-8")]).0, Some(0));
+    let other = agent.scratch_path("other.yaml").expect("a scratch path");
+    std::fs::write(&other, POLICY.replace("ports: 8053", "ports: 8054")).expect("writing");
+    assert_eq!(exit_of(agent, &["diff", other.to_str().expect("UTF-8")]).0, Some(1));
+    let invalid = agent.scratch_path("invalid.yaml").expect("a scratch path");
+    std::fs::write(&invalid, "version: 1\ngroups: [\n").expect("writing");
+    assert_eq!(exit_of(agent, &["apply", invalid.to_str().expect("UTF-8")]).0, Some(2));
+    assert_eq!(exit_of(agent, &["status"]).0, Some(0));
+
+    // Errors are JSON too with --json.
+    let (code, stdout) = exit_of(agent, &["--json", "rule", "remove", "--id", "999999"]);
+    assert_eq!(code, Some(2));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(
+        v["error"].as_str().is_some_and(|e| e.contains("no rule has id 999999")),
+        "{v}"
+    );
+    assert_eq!(v["exit_code"], 2);
+
+    // No agent on the socket.
+    let out = Command::new(&bins().hostwall)
+        .args(["--socket", "/nonexistent/hostwall.sock", "status"])
+        .output()
+        .expect("running hostwall status");
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     drop(s.servers);
 }

@@ -20,5 +20,10 @@ pub fn diff(ctx: &super::Ctx, file: &Path) -> anyhow::Result<ExitCode> {
         println!("changes if {} were applied:", file.display());
         super::print_changes(&v["changes"]);
     });
-    Ok(ExitCode::SUCCESS)
+    // Like diff(1): 1 when there are changes.
+    let changed = v["changes"].as_object().is_some_and(|c| {
+        c.values()
+            .any(|x| x.as_array().is_some_and(|a| !a.is_empty()) || x.as_bool() == Some(true))
+    });
+    Ok(ExitCode::from(if changed { super::exit::NO } else { super::exit::OK }))
 }

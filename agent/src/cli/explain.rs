@@ -30,7 +30,7 @@ pub fn run(ctx: &super::Ctx, args: Args) -> anyhow::Result<ExitCode> {
             let node = args.node.unwrap_or_else(hostwall::host::hostname);
             let host: Vec<_> = hostwall::host::addresses()?.into_iter().collect();
             hostwall::explain::explain(&policy, &node, &host, &args.from, &args.to, &args.flow)
-                .map_err(anyhow::Error::msg)?
+                .map_err(super::Invalid)?
         }
         None => ctx.call(
             "GET",
@@ -47,6 +47,6 @@ pub fn run(ctx: &super::Ctx, args: Args) -> anyhow::Result<ExitCode> {
     Ok(if v["allowed"] == Value::Bool(true) {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(super::exit::NO)
     })
 }

@@ -87,6 +87,52 @@ pub enum Command {
     Conntrack(conntrack::Cmd),
 }
 
+/// Exit codes, which tell outcomes apart (the README lists them).
+pub mod exit {
+    /// Done; allowed; no changes; everything enforced.
+    pub const OK: u8 = 0;
+    /// The answer is no: `explain` denied, `diff` found changes.
+    pub const NO: u8 = 1;
+    /// Invalid input, refused before anything changed: arguments, a
+    /// control file, an unknown name, a request the agent refused, a
+    /// conflict.
+    pub const INVALID: u8 = 2;
+    /// The agent cannot be reached, or does not enforce everything
+    /// (`status`).
+    pub const UNAVAILABLE: u8 = 3;
+    /// Any other failure.
+    pub const FAILED: u8 = 4;
+}
+
+/// Input the CLI itself refuses.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+/// The exit code of a failed command.
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use hostwall::api::client::ClientError;
+    for cause in e.chain() {
+        if let Some(c) = cause.downcast_ref::<ClientError>() {
+            return match c {
+                ClientError::Refused { status, .. } if (400..500).contains(status) => exit::INVALID,
+                ClientError::Refused { .. } => exit::FAILED,
+                ClientError::Forbidden { .. }
+                | ClientError::Connect { .. }
+                | ClientError::Io(_)
+                | ClientError::BadResponse => exit::UNAVAILABLE,
+            };
+        }
+        if cause.is::<hostwall::policy::PolicyError>()
+            || cause.is::<Invalid>()
+            || cause.is::<hostwall::daemon::lifecycle::NothingToUninstall>()
+        {
+            return exit::INVALID;
+        }
+    }
+    exit::FAILED
+}
+
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Ctx {
         socket: cli.socket,

@@ -116,7 +116,12 @@ pub fn run(ctx: &super::Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
             }),
             "rule removed",
         ),
-        Cmd::Remove(_) => anyhow::bail!("name the rule: --id N, or GROUP DIRECTION --proto P --peer PEER [--ports ..]"),
+        Cmd::Remove(_) => {
+            return Err(super::Invalid(
+                "name the rule: --id N, or GROUP DIRECTION --proto P --peer PEER [--ports ..]".into(),
+            )
+            .into());
+        }
     };
     let v = ctx.call(method, "/v1/rules", &[], Some(body.to_string().as_bytes()))?;
     ctx.print(&v, |v| {

@@ -66,6 +66,6 @@ pub fn run(ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
     Ok(if v["enforced"] == serde_json::Value::Bool(true) {
         ExitCode::SUCCESS
     } else {
-        ExitCode::from(1)
+        ExitCode::from(super::exit::UNAVAILABLE)
     })
 }

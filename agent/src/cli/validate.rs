@@ -19,7 +19,7 @@ pub fn run(file: &Path) -> anyhow::Result<ExitCode> {
         }
         Err(e) => {
             eprintln!("error: {:#}", anyhow::Error::new(e));
-            Ok(ExitCode::from(2))
+            Ok(ExitCode::from(super::exit::INVALID))
         }
     }
 }

@@ -324,14 +324,22 @@ impl Uninstalled {
     }
 }
 
+/// An uninstall that found nothing to remove (a mistyped `--bpffs`, say).
+#[derive(Debug, thiserror::Error)]
+pub enum NothingToUninstall {
+    #[error("{0} does not exist: nothing was removed (is --bpffs the agent's?)")]
+    Missing(std::path::PathBuf),
+    #[error(
+        "nothing of hostwall's is under {0}: no pinned layout (v<N>/), and no hostwall tc filter in this network namespace (is --bpffs the agent's?)"
+    )]
+    Nothing(std::path::PathBuf),
+}
+
 /// Removes every attachment and pin hostwall has under `bpffs` (and its tc
 /// filters in this network namespace).
 pub fn uninstall(bpffs: &Path) -> anyhow::Result<Uninstalled> {
     if !bpffs.exists() {
-        anyhow::bail!(
-            "{} does not exist: nothing was removed (is --bpffs the agent's?)",
-            bpffs.display()
-        );
+        return Err(NothingToUninstall::Missing(bpffs.to_path_buf()).into());
     }
     let interfaces: Vec<u32> = host::interfaces().into_iter().map(|(i, _)| i).collect();
     let layouts = Layout::all(bpffs);
@@ -345,11 +353,7 @@ pub fn uninstall(bpffs: &Path) -> anyhow::Result<Uninstalled> {
         filters += remove_all(Path::new("/nonexistent"), &interfaces);
     }
     if layouts.is_empty() && filters == 0 {
-        anyhow::bail!(
-            "nothing of hostwall's is under {}: no pinned layout (v<N>/), and no hostwall tc filter in this \
-             network namespace (is --bpffs the agent's?)",
-            bpffs.display()
-        );
+        return Err(NothingToUninstall::Nothing(bpffs.to_path_buf()).into());
     }
     Ok(Uninstalled {
         layouts: layouts.len(),

@@ -7,7 +7,7 @@ use crate::api::http::Request;
 use crate::api::{Caller, Reply, error};
 use crate::compile::RuleRef;
 use crate::daemon::Agent;
-use crate::policy::{Direction, Policy, format_mac, parse_bytes, peer_flow, rule_flow, to_yaml};
+use crate::policy::{Direction, Peer, Policy, format_mac, parse_bytes, rule_flow, to_yaml};
 
 /// The applied policy, with the id of every rule.
 pub fn get(agent: &mut Agent) -> Reply {
@@ -32,7 +32,7 @@ pub fn get(agent: &mut Agent) -> Reply {
                         "ports": r.ports.map(|p| if p.first == p.last { p.first.to_string() } else { format!("{}-{}", p.first, p.last) }),
                         "icmp_type": r.icmp.map(|i| i.ty),
                         "icmp_code": r.icmp.and_then(|i| i.code),
-                        "peers": r.peers.iter().map(peer_flow).collect::<Vec<_>>(),
+                        "peers": r.peers.iter().map(peer_json).collect::<Vec<_>>(),
                         "description": r.description,
                         "rule": rule_flow(r, key),
                     })
@@ -66,6 +66,17 @@ pub fn get(agent: &mut Agent) -> Reply {
             "yaml": to_yaml(&agent.policy),
         }),
     )
+}
+
+/// A peer as JSON, in the control file's shape: `{"group": "web"}`,
+/// `{"cidr": "10.0.0.0/8"}`, `{"prefix_list": "office"}`, `"host"`.
+fn peer_json(peer: &Peer) -> Value {
+    match peer {
+        Peer::Group(g) => json!({ "group": g }),
+        Peer::Cidr(c) => json!({ "cidr": c.to_string() }),
+        Peer::PrefixList(p) => json!({ "prefix_list": p }),
+        Peer::Host => json!("host"),
+    }
 }
 
 fn body_policy(req: &Request) -> Result<Policy, Reply> {
