@@ -304,13 +304,18 @@ impl Agent {
     pub fn status(&self) -> anyhow::Result<serde_json::Value> {
         let out = self.cli_output(&["status", "--json"])?;
         let text = String::from_utf8_lossy(&out.stdout);
-        serde_json::from_str(&text).with_context(|| {
+        let v: serde_json::Value = serde_json::from_str(&text).with_context(|| {
             format!(
                 "`hostwall status --json` ({}) printed no JSON: {text}{}",
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             )
-        })
+        })?;
+        // A status that is not enforced still is one; an error is not.
+        if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+            bail!("`hostwall status --json` ({}): {e}", out.status);
+        }
+        Ok(v)
     }
 
     /// The hash of the enforced policy, from `hostwall status`.

@@ -261,7 +261,7 @@ fn rules_endpoints_diff_and_apply_through_the_cli() {
     let file = agent.scratch_path("next.yaml").expect("scratch path");
     std::fs::write(&file, &next).expect("writing the next policy");
     let file = file.to_str().expect("utf-8 path");
-    let diff = cli_json(agent, &["diff", file]);
+    let diff = diff_json(agent, file, true);
     let added_rules = diff["changes"]["rules_added"].as_array().cloned().unwrap_or_default();
     assert_eq!(added_rules.len(), 2, "diff should show two added rules: {diff}");
     // api's ingress rule for tcp/9090 is still applied, and not in the file.
@@ -272,7 +272,7 @@ fn rules_endpoints_diff_and_apply_through_the_cli() {
             && removed[0]["rule"].as_str().is_some_and(|r| r.contains("9090")),
         "diff should show api's tcp/9090 rule removed: {diff}"
     );
-    let human = cli(agent, &["diff", file]);
+    let human = String::from_utf8_lossy(&agent.cli_output(&["diff", file]).expect("running diff").stdout).into_owned();
     assert!(
         human.contains("+ rule") && human.contains("9053"),
         "diff said:\n{human}"
@@ -293,7 +293,7 @@ fn rules_endpoints_diff_and_apply_through_the_cli() {
     );
     assert_file_matches(agent, "after apply");
     assert_checks("after apply", &[udp_9053]);
-    let diff = cli_json(agent, &["diff", file]);
+    let diff = diff_json(agent, file, false);
     assert!(
         diff["changes"]["rules_added"].as_array().is_some_and(Vec::is_empty),
         "diff against the applied file should be empty: {diff}"
@@ -725,6 +725,19 @@ fn write_temp(agent: &Agent, text: &str) -> String {
     let path = agent.scratch_path("wide.yaml").expect("a scratch path");
     std::fs::write(&path, text).expect("writing the policy");
     path.display().to_string()
+}
+
+/// `hostwall --json diff FILE`, which exits 1 when there are changes.
+fn diff_json(agent: &Agent, file: &str, changes: bool) -> serde_json::Value {
+    let out = agent.cli_output(&["--json", "diff", file]).expect("running diff");
+    assert_eq!(
+        out.status.code(),
+        Some(if changes { 1 } else { 0 }),
+        "diff's exit code with{} changes: {}",
+        if changes { "" } else { "out" },
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("diff printed JSON")
 }
 
 /// The id of the rule of `group`'s `direction` list for `ports`.
