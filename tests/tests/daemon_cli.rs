@@ -591,6 +591,19 @@ fn edits_of_the_control_file_apply_without_sighup() {
         error.contains("groups.api.ingress[2].ports") && error.contains("70000"),
         "last_error should name the field and the value: {error}"
     );
+    // With its time, in RFC 3339, beside the agent's version and uptime.
+    let status = agent.status().expect("status");
+    let rfc3339 = |v: &serde_json::Value| {
+        v.as_str()
+            .is_some_and(|t| t.len() == 20 && t.ends_with('Z') && t.as_bytes()[10] == b'T' && t.starts_with("20"))
+    };
+    assert!(rfc3339(&status["last_error_at"]), "{status}");
+    assert!(
+        rfc3339(&status["started_at"]) && rfc3339(&status["policy"]["applied_at_rfc3339"]),
+        "{status}"
+    );
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert!(status["uptime_seconds"].as_u64().is_some(), "{status}");
     assert_eq!(
         agent.policy_hash().expect("status"),
         wider_hash,

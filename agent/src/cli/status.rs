@@ -8,10 +8,17 @@ pub fn run(ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
     ctx.print(&v, |v| {
         let p = &v["policy"];
         println!(
-            "policy     {} (generation {}, applied at unix time {})",
+            "agent      {} (pid {}), up {} s since {}",
+            v["version"].as_str().unwrap_or(""),
+            v["pid"],
+            v["uptime_seconds"],
+            v["started_at"].as_str().unwrap_or("")
+        );
+        println!(
+            "policy     {} (generation {}, applied at {})",
             p["hash"].as_str().unwrap_or(""),
             p["generation"],
-            p["applied_at"]
+            p["applied_at_rfc3339"].as_str().unwrap_or("")
         );
         println!("file       {}", p["file"].as_str().unwrap_or(""));
         println!(
@@ -59,7 +66,7 @@ pub fn run(ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
             );
         }
         match v["last_error"].as_str() {
-            Some(e) => println!("last error {e}"),
+            Some(e) => println!("last error {} {e}", v["last_error_at"].as_str().unwrap_or("")),
             None => println!("last error none"),
         }
     });

@@ -71,6 +71,7 @@ impl Agent {
         self.applied_at = SystemTime::now();
         self.generation += 1;
         self.last_error = None;
+        self.last_error_at = None;
         if revalidate {
             let ended = self.revalidate_flows();
             info!(ended, "tracked flows the new policy does not allow were ended");
@@ -170,6 +171,7 @@ impl Agent {
     fn note_error(&mut self, e: ApplyError) {
         error!(error = %format!("{e:#}"), "re-applying the policy failed; the last good state stays enforced");
         self.last_error = Some(format!("{:#}", anyhow::Error::new(e)));
+        self.last_error_at = Some(SystemTime::now());
     }
 
     /// Interfaces that match `settings.quarantine` and are no endpoint.
@@ -272,6 +274,7 @@ impl Agent {
                     let message = format!("{:#}", anyhow::Error::new(e));
                     error!(endpoint = %ep.name, error = %message, "attaching failed");
                     self.last_error = Some(message);
+                    self.last_error_at = Some(SystemTime::now());
                 }
             }
         }

@@ -75,6 +75,8 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
         file_hash: Some(sha256_hex(&bytes)),
         enforced_file_hash: Some(sha256_hex(&bytes)),
         last_error: None,
+        last_error_at: None,
+        started_at: SystemTime::now(),
         generation: 0,
         adopt_from: older.first().map(|l| l.links()),
     };

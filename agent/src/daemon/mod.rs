@@ -82,6 +82,10 @@ pub struct Agent {
     /// overwrite that change.
     pub enforced_file_hash: Option<String>,
     pub last_error: Option<String>,
+    /// When `last_error` happened.
+    pub last_error_at: Option<SystemTime>,
+    /// When this agent process started.
+    pub started_at: SystemTime,
     pub generation: u64,
     /// While an upgrade is under way: the older layout's links directory,
     /// whose links are taken over.
@@ -213,5 +217,6 @@ impl Agent {
     fn fail(&mut self, message: String) {
         error!(error = %message, "policy refused; the last good policy stays enforced");
         self.last_error = Some(message);
+        self.last_error_at = Some(SystemTime::now());
     }
 }

@@ -2,13 +2,35 @@
 //! maps. Each local endpoint carries the MAC its frames must have, or the
 //! `problem` that leaves it without one (all its frames are dropped).
 
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
 use crate::api::Reply;
 use crate::daemon::Agent;
 use crate::policy::format_mac;
+
+/// `2026-12-03T14:05:09Z`: a time in RFC 3339, UTC, to the second.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3_600,
+        rest % 3_600 / 60,
+        rest % 60
+    )
+}
 
 pub fn get(agent: &mut Agent) -> Reply {
     let policy_hash = crate::daemon::lifecycle::sha256_hex(crate::policy::to_yaml(&agent.policy).as_bytes());
@@ -59,6 +81,7 @@ pub fn get(agent: &mut Agent) -> Reply {
             "policy": {
                 "hash": policy_hash,
                 "applied_at": applied_at,
+                "applied_at_rfc3339": rfc3339(agent.applied_at),
                 "generation": agent.generation,
                 "file": agent.opts.config,
             },
@@ -76,6 +99,29 @@ pub fn get(agent: &mut Agent) -> Reply {
                 "max": agent.datapath.slots.memory().1,
             },
             "last_error": agent.last_error,
+            "last_error_at": agent.last_error_at.map(rfc3339),
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": rfc3339(agent.started_at),
+            "uptime_seconds": agent.started_at.elapsed().map(|d| d.as_secs()).unwrap_or(0),
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn times_are_rfc_3339_in_utc() {
+        for (secs, text) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (1_796_306_709, "2026-12-03T14:05:09Z"),
+            (4_102_444_799, "2099-12-31T23:59:59Z"),
+        ] {
+            assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(secs)), text);
+        }
+    }
 }
