@@ -142,21 +142,7 @@ fn rules_endpoints_diff_and_apply_through_the_cli() {
     assert!(kept_before > 0, "web → api tcp/8080 counted nothing");
 
     // rule add: both sides of tcp/9090.
-    let out = cli(
-        agent,
-        &[
-            "rule",
-            "add",
-            "web",
-            "egress",
-            "--proto",
-            "tcp",
-            "--ports",
-            "9090",
-            "--peer",
-            "group:api",
-        ],
-    );
+    let out = cli(agent, &add_to_api("9090"));
     assert!(out.contains("rule added"), "rule add said: {out}");
     cli(
         agent,
@@ -740,6 +726,22 @@ fn write_temp(agent: &Agent, text: &str) -> String {
     path.display().to_string()
 }
 
+/// `rule add` arguments for web's egress to api on tcp/`port`.
+fn add_to_api(port: &str) -> [&str; 10] {
+    [
+        "rule",
+        "add",
+        "web",
+        "egress",
+        "--proto",
+        "tcp",
+        "--ports",
+        port,
+        "--peer",
+        "group:api",
+    ]
+}
+
 /// `hostwall --json diff FILE`, which exits 1 when there are changes.
 fn diff_json(agent: &Agent, file: &str, changes: bool) -> serde_json::Value {
     let out = agent.cli_output(&["--json", "diff", file]).expect("running diff");
@@ -766,21 +768,7 @@ fn rule_ids_name_one_rule_forever() {
     let s = setup(POLICY);
     let mut agent = s.agent;
     let add = |agent: &Agent, port: &str| {
-        cli(
-            agent,
-            &[
-                "rule",
-                "add",
-                "web",
-                "egress",
-                "--proto",
-                "tcp",
-                "--ports",
-                port,
-                "--peer",
-                "group:api",
-            ],
-        );
+        cli(agent, &add_to_api(port));
         id_for_ports(agent, "web", "egress", port).unwrap_or_else(|| panic!("rule for {port} not listed"))
     };
     let removed = add(&agent, "9090");
@@ -854,21 +842,7 @@ fn agent_stats_rule(agent: &Agent, id: u64) -> u64 {
 fn logs_say_who_changed_what_without_colours_and_as_json_when_asked() {
     let s = setup(POLICY);
     let agent = &s.agent;
-    cli(
-        agent,
-        &[
-            "rule",
-            "add",
-            "web",
-            "egress",
-            "--proto",
-            "tcp",
-            "--ports",
-            "9090",
-            "--peer",
-            "group:api",
-        ],
-    );
+    cli(agent, &add_to_api("9090"));
     let log = agent.log();
     assert!(
         !log.contains('\u{1b}'),
@@ -925,21 +899,7 @@ fn write_back_keeps_symlinks_owners_and_the_operators_edits() {
     std::os::unix::fs::symlink(&target, &link).expect("making the symlink");
     std::fs::rename(&link, &config).expect("putting the symlink in place");
 
-    cli(
-        &agent,
-        &[
-            "rule",
-            "add",
-            "web",
-            "egress",
-            "--proto",
-            "tcp",
-            "--ports",
-            "9090",
-            "--peer",
-            "group:api",
-        ],
-    );
+    cli(&agent, &add_to_api("9090"));
     let meta = std::fs::symlink_metadata(&config).expect("the control file");
     assert!(
         meta.file_type().is_symlink(),
@@ -964,21 +924,7 @@ fn write_back_keeps_symlinks_owners_and_the_operators_edits() {
     agent
         .wait_for_log("policy refused", refused + 1, std::time::Duration::from_secs(20))
         .expect("the half-done edit is refused");
-    let (_, stderr) = cli_fails(
-        &agent,
-        &[
-            "rule",
-            "add",
-            "web",
-            "egress",
-            "--proto",
-            "tcp",
-            "--ports",
-            "9191",
-            "--peer",
-            "group:api",
-        ],
-    );
+    let (_, stderr) = cli_fails(&agent, &add_to_api("9191"));
     assert!(stderr.contains("changed since the agent last read it"), "{stderr}");
     assert_eq!(
         std::fs::read_to_string(&config).expect("reading the control file"),
@@ -997,21 +943,7 @@ fn write_back_keeps_symlinks_owners_and_the_operators_edits() {
             std::time::Duration::from_secs(20),
         )
         .expect("the finished edit is applied");
-    cli(
-        &agent,
-        &[
-            "rule",
-            "add",
-            "web",
-            "egress",
-            "--proto",
-            "tcp",
-            "--ports",
-            "9191",
-            "--peer",
-            "group:api",
-        ],
-    );
+    cli(&agent, &add_to_api("9191"));
     drop(s.servers);
 }
 
