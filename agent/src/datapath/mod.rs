@@ -2,6 +2,7 @@
 //! bpffs, attaching them, and writing compiled policy into their maps.
 
 mod attach;
+mod batch;
 pub mod conntrack;
 pub mod layout;
 pub mod memory;

@@ -3,7 +3,7 @@
 //! active slot once, so it is judged entirely by the old or entirely by
 //! the new policy.
 //!
-//! Writing a slot costs one system call per entry, so the agent remembers
+//! Writing a slot costs time per entry, so the agent remembers
 //! what each slot holds and writes only the difference: entries the new
 //! policy no longer has are removed, new and changed ones written. A policy
 //! change of one rule is then a handful of writes, whatever the size of
@@ -13,11 +13,12 @@
 
 use std::collections::HashMap as StdHashMap;
 use std::hash::Hash;
+use std::os::fd::AsFd as _;
 use std::time::{Duration, Instant};
 
 use aya::{
     Ebpf, Pod,
-    maps::{Array, HashMap, LpmTrie, MapData, MapError, lpm_trie::Key},
+    maps::{Array, HashMap, IterableMap as _, LpmTrie, MapData, MapError, lpm_trie::Key},
 };
 use hostwall_common::{
     CidrKey, CidrValue, EndpointInfo, LocalAddr, LocalKey, MIDSTREAM_ALWAYS, MIDSTREAM_NEVER, PeerInfo, PolicyKey,
@@ -25,6 +26,7 @@ use hostwall_common::{
 };
 
 use super::LoadError;
+use super::batch::{self, Batched};
 use crate::compile::Compiled;
 // The peer, policy and CIDR tries' contents in this build's form.
 use crate::compile::Tables as Current;
@@ -163,7 +165,9 @@ fn sync_hash<K: Pod + Eq + Hash, V: Pod + PartialEq>(
     Ok(())
 }
 
-/// As `sync_hash`, for an LPM trie keyed by (prefix length, data).
+/// As `sync_hash`, for an LPM trie keyed by (prefix length, data); in one
+/// system call for the removals and one for the writes where the kernel
+/// batches tries.
 fn sync_lpm<K: Pod + Eq + Hash, V: Pod + PartialEq>(
     map: &mut LpmTrie<MapData, K, V>,
     name: &'static str,
@@ -171,11 +175,29 @@ fn sync_lpm<K: Pod + Eq + Hash, V: Pod + PartialEq>(
     new: &StdHashMap<(u32, K), V>,
 ) -> Result<(), SlotError> {
     let (gone, write) = delta(old, new);
-    for (len, k) in gone {
-        map.remove(&Key::new(len, k)).map_err(write_error(name))?;
+    let gone: Vec<Key<K>> = gone.into_iter().map(|(len, k)| Key::new(len, k)).collect();
+    remove_lpm(map, name, &gone)?;
+    let write: Vec<(Key<K>, V)> = write.into_iter().map(|((len, k), v)| (Key::new(len, k), v)).collect();
+    let fd = map.map().fd().as_fd();
+    if batch::update(fd, &write).map_err(write_error(name))? == Batched::Unsupported {
+        for (k, v) in &write {
+            map.insert(k, v, 0).map_err(write_error(name))?;
+        }
     }
-    for ((len, k), v) in write {
-        map.insert(&Key::new(len, k), &v, 0).map_err(write_error(name))?;
+    Ok(())
+}
+
+/// Removes `keys`, all present, from an LPM trie.
+fn remove_lpm<K: Pod, V: Pod>(
+    map: &mut LpmTrie<MapData, K, V>,
+    name: &'static str,
+    keys: &[Key<K>],
+) -> Result<(), SlotError> {
+    let fd = map.map().fd().as_fd();
+    if batch::delete(fd, keys).map_err(write_error(name))? == Batched::Unsupported {
+        for k in keys {
+            map.remove(k).map_err(write_error(name))?;
+        }
     }
     Ok(())
 }
@@ -190,10 +212,7 @@ fn clear_hash<K: Pod, V: Pod>(map: &mut HashMap<MapData, K, V>, name: &'static s
 
 fn clear_lpm<K: Pod, V: Pod>(map: &mut LpmTrie<MapData, K, V>, name: &'static str) -> Result<(), SlotError> {
     let keys: Vec<Key<K>> = map.keys().filter_map(Result::ok).collect();
-    for k in keys {
-        map.remove(&k).map_err(write_error(name))?;
-    }
-    Ok(())
+    remove_lpm(map, name, &keys)
 }
 
 struct Slot {

@@ -95,6 +95,42 @@ pub fn parse_bytes(bytes: &[u8], origin: &str) -> Result<Policy, PolicyError> {
 /// Parses and validates a control file's text; `origin` (a file name, say)
 /// starts every error message.
 pub fn parse_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+    let value = load(text, origin)?;
+    // Without tracking where it is, which only an error needs: when the
+    // text does not fit the format it is read again to say where.
+    let raw = match RawPolicy::deserialize(value) {
+        Ok(raw) => raw,
+        Err(fast) => {
+            let value = load(text, origin)?;
+            let err = match serde_path_to_error::deserialize::<_, RawPolicy>(value) {
+                Err(err) => err,
+                Ok(_) => {
+                    return Err(PolicyError::Invalid {
+                        origin: origin.to_owned(),
+                        path: String::new(),
+                        message: requote(&fast.to_string()),
+                    });
+                }
+            };
+            let message = err.inner().to_string();
+            return Err(PolicyError::Invalid {
+                origin: origin.to_owned(),
+                path: field_path(err.path(), &message),
+                message: requote(&message),
+            });
+        }
+    };
+    validate(raw).map_err(|fault| PolicyError::Invalid {
+        origin: origin.to_owned(),
+        path: fault.path,
+        message: fault.message,
+    })
+}
+
+/// Reads a control file's text into a generic value, merge keys applied,
+/// so that syntax errors, which carry line and column, are told apart
+/// from format errors, which carry a field path.
+fn load(text: &str, origin: &str) -> Result<Value, PolicyError> {
     let syntax = |message: String| PolicyError::Syntax {
         origin: origin.to_owned(),
         message,
@@ -105,11 +141,11 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
             super::nesting::MAX_FLOW_DEPTH
         )));
     }
-    // The text is read into a generic value first so that syntax errors,
-    // which carry line and column, are told apart from format errors, which
-    // carry a field path.
     let mut value: Value = serde_yaml_ng::from_str(text).map_err(|err| syntax(yaml_message(&err)))?;
-    value.apply_merge().map_err(|err| syntax(yaml_message(&err)))?;
+    // A merge key is `<<`, written as such or with escapes.
+    if text.contains("<<") || text.contains('\\') {
+        value.apply_merge().map_err(|err| syntax(yaml_message(&err)))?;
+    }
     if value.is_null() {
         return Err(PolicyError::Invalid {
             origin: origin.to_owned(),
@@ -117,19 +153,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Policy, PolicyError> {
             message: "the document is empty; a policy needs at least \"version: 1\"".into(),
         });
     }
-    let raw: RawPolicy = serde_path_to_error::deserialize(value).map_err(|err| {
-        let message = err.inner().to_string();
-        PolicyError::Invalid {
-            origin: origin.to_owned(),
-            path: field_path(err.path(), &message),
-            message: requote(&message),
-        }
-    })?;
-    validate(raw).map_err(|fault| PolicyError::Invalid {
-        origin: origin.to_owned(),
-        path: fault.path,
-        message: fault.message,
-    })
+    Ok(value)
 }
 
 /// Parses one rule written as YAML (a flow mapping, as in a control file)
@@ -163,7 +187,7 @@ pub fn parse_rule(policy: &Policy, group: &str, dir: Direction, text: &str, orig
         groups,
         prefix_lists: policy.prefix_lists.keys().cloned().collect(),
     };
-    validate_rule(raw, "rule", dir, &known).map_err(|fault| PolicyError::Invalid {
+    validate_rule(raw, &"rule", dir, &known).map_err(|fault| PolicyError::Invalid {
         origin: origin.to_owned(),
         path: fault.path,
         message: fault.message,
@@ -497,6 +521,39 @@ fn at(path: impl Into<String>) -> impl FnOnce(String) -> Fault {
     move |message| fault(path, message)
 }
 
+/// As [`at`], with the path written only when there is a fault (rules and
+/// peers are many; their paths are needed only in errors).
+fn at_lazy(path: impl FnOnce() -> String) -> impl FnOnce(String) -> Fault {
+    move |message| fault(path(), message)
+}
+
+/// Where a rule sits: `groups.<name>.<direction>[<index>]`, written out
+/// only for an error.
+struct RulePath<'a> {
+    group: &'a str,
+    dir: Direction,
+    index: usize,
+}
+
+impl std::fmt::Display for RulePath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "groups.{}.{}[{}]", self.group, self.dir.as_str(), self.index)
+    }
+}
+
+/// Where a peer sits: `<rule>.<key>[<index>]`.
+struct PeerPath<'a> {
+    rule: &'a dyn std::fmt::Display,
+    key: &'a str,
+    index: usize,
+}
+
+impl std::fmt::Display for PeerPath<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}[{}]", self.rule, self.key, self.index)
+    }
+}
+
 /// The names that references may point to.
 struct Known {
     groups: HashSet<String>,
@@ -545,8 +602,12 @@ fn validate(raw: RawPolicy) -> Result<Policy, Fault> {
             list.unwrap_or_default()
                 .into_iter()
                 .enumerate()
-                .map(|(i, rule)| {
-                    let path = format!("groups.{name}.{}[{i}]", dir.as_str());
+                .map(|(index, rule)| {
+                    let path = RulePath {
+                        group: &name,
+                        dir,
+                        index,
+                    };
                     validate_rule(rule, &path, dir, &known)
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -570,8 +631,8 @@ fn validate(raw: RawPolicy) -> Result<Policy, Fault> {
     })
 }
 
-fn validate_rule(raw: RawRule, path: &str, dir: Direction, known: &Known) -> Result<Rule, Fault> {
-    let proto = parse_proto(&raw.proto).map_err(at(format!("{path}.proto")))?;
+fn validate_rule(raw: RawRule, path: &dyn std::fmt::Display, dir: Direction, known: &Known) -> Result<Rule, Fault> {
+    let proto = parse_proto(&raw.proto).map_err(at_lazy(|| format!("{path}.proto")))?;
 
     let ports = match raw.ports {
         None => None,
@@ -584,7 +645,7 @@ fn validate_rule(raw: RawRule, path: &str, dir: Direction, known: &Known) -> Res
                 ),
             ));
         }
-        Some(ports) => Some(parse_ports(&ports).map_err(at(format!("{path}.ports")))?),
+        Some(ports) => Some(parse_ports(&ports).map_err(at_lazy(|| format!("{path}.ports")))?),
     };
 
     let icmp = match raw.icmp {
@@ -599,12 +660,12 @@ fn validate_rule(raw: RawRule, path: &str, dir: Direction, known: &Known) -> Res
             ));
         }
         Some(icmp) => Some(IcmpMatch {
-            ty: parse_byte(&icmp.ty, "an ICMP type").map_err(at(format!("{path}.icmp.type")))?,
+            ty: parse_byte(&icmp.ty, "an ICMP type").map_err(at_lazy(|| format!("{path}.icmp.type")))?,
             code: icmp
                 .code
                 .map(|code| parse_byte(&code, "an ICMP code"))
                 .transpose()
-                .map_err(at(format!("{path}.icmp.code")))?,
+                .map_err(at_lazy(|| format!("{path}.icmp.code")))?,
         }),
     };
 
@@ -622,7 +683,7 @@ fn validate_rule(raw: RawRule, path: &str, dir: Direction, known: &Known) -> Res
         ));
     }
     let Some(peers) = peers else {
-        return Err(fault(path, format!("missing field \"{key}\"")));
+        return Err(fault(path.to_string(), format!("missing field \"{key}\"")));
     };
     if peers.is_empty() {
         return Err(fault(
@@ -633,7 +694,10 @@ fn validate_rule(raw: RawRule, path: &str, dir: Direction, known: &Known) -> Res
     let peers = peers
         .into_iter()
         .enumerate()
-        .map(|(i, peer)| validate_peer(peer, &format!("{path}.{key}[{i}]"), known))
+        .map(|(index, peer)| {
+            let at = PeerPath { rule: path, key, index };
+            validate_peer(peer, &at, known)
+        })
         .collect::<Result<Vec<_>, _>>()?;
 
     Ok(Rule {
@@ -645,10 +709,12 @@ fn validate_rule(raw: RawRule, path: &str, dir: Direction, known: &Known) -> Res
     })
 }
 
-fn validate_peer(raw: RawPeer, path: &str, known: &Known) -> Result<Peer, Fault> {
+fn validate_peer(raw: RawPeer, path: &dyn std::fmt::Display, known: &Known) -> Result<Peer, Fault> {
     match raw {
         RawPeer::Host => Ok(Peer::Host),
-        RawPeer::Cidr(text) => parse_cidr(&text).map(Peer::Cidr).map_err(at(format!("{path}.cidr"))),
+        RawPeer::Cidr(text) => parse_cidr(&text)
+            .map(Peer::Cidr)
+            .map_err(at_lazy(|| format!("{path}.cidr"))),
         RawPeer::Group(name) if known.groups.contains(&name) => Ok(Peer::Group(name)),
         RawPeer::Group(name) => Err(fault(format!("{path}.group"), format!("unknown group {name:?}"))),
         RawPeer::PrefixList(name) if known.prefix_lists.contains(&name) => Ok(Peer::PrefixList(name)),
