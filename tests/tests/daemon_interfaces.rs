@@ -712,3 +712,75 @@ fn fleet_policy_applies_with_defaults_and_five_hundred_interfaces_attached() {
     );
     agent.assert_dropped_since(&before, DropReason::EgressDenied, 1);
 }
+
+/// A control file of `bytes` or a little more: `QUARANTINE_POLICY` with
+/// a group of many rules whose last names a group that does not exist, so
+/// that it is refused only once it is read to the end.
+fn large_refused_policy(bytes: usize) -> String {
+    let mut bulk = String::from("groups:\n  bulk:\n    ingress:\n");
+    let mut i = 0u32;
+    while bulk.len() < bytes {
+        bulk.push_str(&format!(
+            "      - {{proto: tcp, ports: {}, from: [{{cidr: 10.{}.{}.{}/32}}]}}\n",
+            1 + i % 60_000,
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255
+        ));
+        i += 1;
+    }
+    bulk.push_str("      - {proto: tcp, ports: 1, from: [{group: nowhere}]}\n");
+    QUARANTINE_POLICY.replacen("groups:\n", &bulk, 1)
+}
+
+#[test]
+fn interfaces_are_quarantined_while_a_large_request_is_read() {
+    use std::io::{Read as _, Write as _};
+
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let _web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let agent = Agent::start(&host, QUARANTINE_POLICY).expect("starting the agent");
+    let hash = agent.policy_hash().expect("the enforced policy's hash");
+
+    // Refused at its last rule: reading it takes seconds in a debug build.
+    let body = large_refused_policy(6 << 20);
+    let mut stream = std::os::unix::net::UnixStream::connect(agent.socket()).expect("connecting to the API");
+    stream
+        .write_all(
+            format!(
+                "PUT /v1/policy HTTP/1.1\r\nHost: hostwall\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .expect("sending the head");
+    stream.write_all(body.as_bytes()).expect("sending the body");
+    let reply = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    });
+    std::thread::sleep(std::time::Duration::from_millis(300));
+
+    let _q = host
+        .add_container_unplugged("q", "hwq2", host.subnet().v4(31), host.subnet().v6(31))
+        .expect("adding q");
+    wait_for("the agent quarantines hwq2", DEADLINE, || {
+        quarantined(&agent).contains(&"hwq2".to_string()).then_some(())
+    });
+    assert!(
+        !reply.is_finished(),
+        "hwq2 was quarantined only once the large request had been answered: reading it held up the agent"
+    );
+    let reply = reply.join().expect("the reading thread");
+    assert!(
+        reply.starts_with("HTTP/1.1 422") && reply.contains("unknown group"),
+        "the large policy should be refused for its last rule: {}",
+        &reply[..reply.len().min(400)]
+    );
+    assert_eq!(
+        agent.policy_hash().expect("the enforced policy's hash"),
+        hash,
+        "a refused policy changed the enforced one"
+    );
+}

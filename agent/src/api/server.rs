@@ -2,7 +2,8 @@
 //! limits. Requests are handed to the agent's task one at a time.
 
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -11,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::http::{self, DecodeError};
-use super::{Caller, Reply, error};
+use super::{Caller, Reply, error, handlers};
 use crate::daemon::ApiCall;
 
 /// How long a client may take to send its request.
@@ -49,11 +50,14 @@ pub struct Limits {
     pub max_request: usize,
 }
 
-pub async fn serve(listener: UnixListener, agent: mpsc::Sender<ApiCall>, limits: Limits) {
+/// Serves `listener`; `config` is the control file (`POST /v1/reload`
+/// reads it).
+pub async fn serve(listener: UnixListener, agent: mpsc::Sender<ApiCall>, limits: Limits, config: PathBuf) {
+    let config = Arc::new(config);
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, agent.clone(), limits));
+                tokio::spawn(connection(stream, agent.clone(), limits, config.clone()));
             }
             Err(e) => {
                 warn!(error = %e, "accepting an API connection failed");
@@ -79,8 +83,8 @@ fn authorized(caller: &Caller, admin_group: Option<u32>) -> bool {
         .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
 }
 
-async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, limits: Limits) {
-    let reply = match handle(&mut stream, agent, limits).await {
+async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, limits: Limits, config: Arc<PathBuf>) {
+    let reply = match handle(&mut stream, agent, limits, config).await {
         Ok(r) => r,
         Err(r) => r,
     };
@@ -104,7 +108,12 @@ async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, limits
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
 }
 
-async fn handle(stream: &mut UnixStream, agent: mpsc::Sender<ApiCall>, limits: Limits) -> Result<Reply, Reply> {
+async fn handle(
+    stream: &mut UnixStream,
+    agent: mpsc::Sender<ApiCall>,
+    limits: Limits,
+    config: Arc<PathBuf>,
+) -> Result<Reply, Reply> {
     let cred = stream
         .peer_cred()
         .map_err(|e| error(500, format!("reading peer credentials: {e}")))?;
@@ -125,11 +134,19 @@ async fn handle(stream: &mut UnixStream, agent: mpsc::Sender<ApiCall>, limits: L
         .await
         .map_err(|_| error(408, "the request did not arrive within 5 s"))??;
     debug!(method = %request.method, path = %request.path, uid = caller.uid, "API request");
+    // Parsing happens here, off the agent's task.
+    let (request, prepared) = tokio::task::spawn_blocking(move || {
+        let prepared = handlers::prepare(&request, &config);
+        (request, prepared)
+    })
+    .await
+    .map_err(|e| error(500, format!("reading the request's body failed: {e}")))?;
     let (tx, rx) = oneshot::channel();
     agent
         .send(ApiCall {
             request,
             caller,
+            prepared,
             reply: tx,
         })
         .await

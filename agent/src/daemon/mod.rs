@@ -54,6 +54,8 @@ const FILE_SETTLE: Duration = Duration::from_millis(100);
 pub struct ApiCall {
     pub request: Request,
     pub caller: Caller,
+    /// The body as read before the request reached the agent's task.
+    pub prepared: api::handlers::Prepared,
     pub reply: oneshot::Sender<api::Reply>,
 }
 
@@ -102,7 +104,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         admin_group: agent.opts.admin_group,
         max_request: agent.opts.max_request_bytes,
     };
-    tokio::spawn(api::server::serve(server, api_tx, limits));
+    tokio::spawn(api::server::serve(server, api_tx, limits, agent.opts.config.clone()));
 
     let file_watch = Watch::control_file(&agent.opts.config).context("watching the control file")?;
     let link_watch = Watch::links().context("watching links over rtnetlink")?;
@@ -129,6 +131,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     let mut file_pending: Option<tokio::time::Instant> = None;
     let mut gc_due = 0u32;
+    let (read_tx, mut read_rx) = mpsc::channel::<(u64, FileRead)>(4);
+    let mut reads = Reads {
+        started: 0,
+        force: false,
+        tx: read_tx,
+    };
     loop {
         let settle = async {
             match file_pending {
@@ -141,10 +149,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             _ = int.recv() => break,
             _ = hup.recv() => {
                 info!("SIGHUP: reloading the control file");
-                agent.reload_file(true);
+                reads.start(&agent, true);
+            }
+            Some((seq, read)) = read_rx.recv() => {
+                if let Some(force) = reads.finished(seq) {
+                    agent.reload_from(read, force);
+                }
             }
             Some(call) = api_rx.recv() => {
-                let reply = api::handlers::handle(&mut agent, &call.request, &call.caller);
+                let reply = api::handlers::handle(&mut agent, &call.request, &call.caller, call.prepared);
                 let _ = call.reply.send(reply);
             }
             r = file_watch.changed() => {
@@ -155,7 +168,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
             _ = settle => {
                 file_pending = None;
-                agent.reload_file(false);
+                reads.start(&agent, false);
             }
             r = link_watch.changed() => {
                 if let Err(e) = r {
@@ -178,31 +191,88 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Agent {
-    /// Re-reads the control file. An invalid file is refused: the last good
-    /// policy stays enforced and the error is kept for `status`.
-    pub fn reload_file(&mut self, force: bool) {
-        let bytes = match std::fs::read(&self.opts.config) {
+/// The control file as read and parsed off the agent's task (a policy of
+/// tens of thousands of rules takes a good part of a second to parse;
+/// interfaces, quarantine and requests are handled meanwhile).
+pub enum FileRead {
+    /// The file could not be read.
+    Unreadable(String),
+    /// Its bytes hash to what the agent last read: not parsed again.
+    Unchanged,
+    Parsed {
+        hash: String,
+        policy: Box<Result<Policy, crate::policy::PolicyError>>,
+    },
+}
+
+impl FileRead {
+    /// Reads and parses `path`; `known` is the hash of the bytes last read,
+    /// when a file that still has them need not be parsed again.
+    pub fn read(path: &std::path::Path, known: Option<&str>) -> FileRead {
+        let bytes = match std::fs::read(path) {
             Ok(b) => b,
-            Err(e) => {
-                // A file being replaced may be missing for a moment; a
-                // missing file never removes the policy.
+            Err(e) => return FileRead::Unreadable(format!("{}: cannot read the control file: {e}", path.display())),
+        };
+        let hash = lifecycle::sha256_hex(&bytes);
+        if known == Some(hash.as_str()) {
+            return FileRead::Unchanged;
+        }
+        let policy = crate::policy::parse_bytes(&bytes, &path.display().to_string());
+        FileRead::Parsed {
+            hash,
+            policy: Box::new(policy),
+        }
+    }
+}
+
+/// Reads of the control file, each on a blocking thread. Only the latest
+/// one started is applied (an earlier one may finish later), forced if any
+/// read since the last one applied was.
+struct Reads {
+    started: u64,
+    force: bool,
+    tx: mpsc::Sender<(u64, FileRead)>,
+}
+
+impl Reads {
+    fn start(&mut self, agent: &Agent, force: bool) {
+        self.started += 1;
+        self.force |= force;
+        let known = if self.force { None } else { agent.file_hash.clone() };
+        let (path, tx, seq) = (agent.opts.config.clone(), self.tx.clone(), self.started);
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.blocking_send((seq, FileRead::read(&path, known.as_deref())));
+        });
+    }
+
+    /// Whether read `seq` is to be applied, and forced.
+    fn finished(&mut self, seq: u64) -> Option<bool> {
+        (seq == self.started).then(|| std::mem::take(&mut self.force))
+    }
+}
+
+impl Agent {
+    /// Enforces the control file as read. An invalid file is refused: the
+    /// last good policy stays enforced and the error is kept for `status`.
+    /// A file that cannot be read is an error only when `force`d (SIGHUP,
+    /// `hostwall reload`): a file being replaced may be missing for a
+    /// moment, and a missing file never removes the policy.
+    pub fn reload_from(&mut self, read: FileRead, force: bool) {
+        let (hash, parsed) = match read {
+            FileRead::Unreadable(message) => {
                 if force {
-                    self.fail(format!(
-                        "{}: cannot read the control file: {e}",
-                        self.opts.config.display()
-                    ));
+                    self.fail(message);
                 }
                 return;
             }
+            FileRead::Unchanged => return,
+            FileRead::Parsed { hash, policy } => (hash, *policy),
         };
-        let hash = lifecycle::sha256_hex(&bytes);
         if !force && self.file_hash.as_deref() == Some(hash.as_str()) {
             return;
         }
         self.file_hash = Some(hash);
-        let origin = self.opts.config.display().to_string();
-        match crate::policy::parse_bytes(&bytes, &origin) {
+        match parsed {
             Ok(p) => match self.apply(p, "control file", None) {
                 Ok(change) => {
                     self.enforced_file_hash = self.file_hash.clone();

@@ -15,17 +15,50 @@ use super::{Caller, Reply, error, types};
 use crate::daemon::Agent;
 use crate::policy::{Policy, parse_str, to_yaml};
 
-pub fn handle(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
-    let segments: Vec<&str> = req.path.trim_matches('/').split('/').collect();
+/// What a request needs read before it reaches the agent's task: a whole
+/// policy to parse (the body of `PUT /v1/policy` and `POST
+/// /v1/policy/diff`, up to `--max-request-bytes` of YAML) or the control
+/// file (`POST /v1/reload`). The server prepares it on a blocking thread,
+/// so that the agent goes on handling interfaces, quarantine and other
+/// requests meanwhile.
+pub enum Prepared {
+    Nothing,
+    Policy(Result<Policy, crate::policy::PolicyError>),
+    File(crate::daemon::FileRead),
+}
+
+fn segments(req: &Request) -> Vec<&str> {
+    req.path.trim_matches('/').split('/').collect()
+}
+
+/// Reads what `req` needs (see [`Prepared`]); blocking, and as slow as the
+/// request is large. `config` is the control file.
+pub fn prepare(req: &Request, config: &std::path::Path) -> Prepared {
+    let segments = segments(req);
+    if types::check_query(req, types::query_keys(&req.method, &segments)).is_err() {
+        // Refused by `handle` without reading anything.
+        return Prepared::Nothing;
+    }
+    match (req.method.as_str(), segments.as_slice()) {
+        ("PUT", ["v1", "policy"]) | ("POST", ["v1", "policy", "diff"]) => {
+            Prepared::Policy(crate::policy::parse_bytes(&req.body, "the submitted policy"))
+        }
+        ("POST", ["v1", "reload"]) => Prepared::File(crate::daemon::FileRead::read(config, None)),
+        _ => Prepared::Nothing,
+    }
+}
+
+pub fn handle(agent: &mut Agent, req: &Request, caller: &Caller, prepared: Prepared) -> Reply {
+    let segments = segments(req);
     if let Err(r) = types::check_query(req, types::query_keys(&req.method, &segments)) {
         return r;
     }
     match (req.method.as_str(), segments.as_slice()) {
         ("GET", ["v1", "status"]) => status::get(agent),
         ("GET", ["v1", "policy"]) => policy::get(agent),
-        ("PUT", ["v1", "policy"]) => policy::apply(agent, req, caller),
-        ("POST", ["v1", "policy", "diff"]) => policy::diff(agent, req),
-        ("POST", ["v1", "reload"]) => reload::post(agent),
+        ("PUT", ["v1", "policy"]) => policy::apply(agent, prepared, caller),
+        ("POST", ["v1", "policy", "diff"]) => policy::diff(agent, prepared),
+        ("POST", ["v1", "reload"]) => reload::post(agent, prepared),
         ("POST", ["v1", "rules"]) => rules::add(agent, req, caller),
         ("DELETE", ["v1", "rules"]) => rules::remove(agent, req, caller),
         ("POST", ["v1", "endpoints"]) => endpoints::add(agent, req, caller),

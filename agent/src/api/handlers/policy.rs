@@ -3,11 +3,11 @@
 
 use serde_json::{Value, json};
 
-use crate::api::http::Request;
+use super::Prepared;
 use crate::api::{Caller, Reply, error};
 use crate::compile::RuleRef;
 use crate::daemon::Agent;
-use crate::policy::{Direction, Peer, Policy, format_mac, parse_bytes, rule_flow, to_yaml};
+use crate::policy::{Direction, Peer, Policy, format_mac, rule_flow, to_yaml};
 
 /// The applied policy, with the id of every rule.
 pub fn get(agent: &mut Agent) -> Reply {
@@ -79,19 +79,23 @@ fn peer_json(peer: &Peer) -> Value {
     }
 }
 
-fn body_policy(req: &Request) -> Result<Policy, Reply> {
-    parse_bytes(&req.body, "the submitted policy").map_err(|e| error(422, e))
+/// The body's policy, as the server parsed it.
+fn body_policy(prepared: Prepared) -> Result<Policy, Reply> {
+    match prepared {
+        Prepared::Policy(parsed) => parsed.map_err(|e| error(422, e)),
+        _ => Err(error(500, "the request's policy was not read")),
+    }
 }
 
-pub fn apply(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
-    match body_policy(req) {
+pub fn apply(agent: &mut Agent, prepared: Prepared, caller: &Caller) -> Reply {
+    match body_policy(prepared) {
         Ok(p) => super::commit_parsed(agent, p, "apply", caller),
         Err(r) => r,
     }
 }
 
-pub fn diff(agent: &mut Agent, req: &Request) -> Reply {
-    match body_policy(req) {
+pub fn diff(agent: &mut Agent, prepared: Prepared) -> Reply {
+    match body_policy(prepared) {
         Ok(p) => (200, json!({ "changes": crate::policy::diff(&agent.policy, &p) })),
         Err(r) => r,
     }
