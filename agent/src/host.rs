@@ -1,6 +1,6 @@
 //! What the agent reads about the host it runs on.
 
-mod rtnl;
+pub mod rtnl;
 
 pub use rtnl::route_socket;
 

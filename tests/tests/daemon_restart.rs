@@ -454,3 +454,51 @@ fn uninstall_stops_a_running_agent_and_fails_where_there_is_nothing() {
         &[s.allowed(), s.denied().expecting(Expect::Allowed)],
     );
 }
+
+#[test]
+fn removed_pins_and_links_are_made_again_while_the_agent_runs() {
+    let s = setup();
+    let mut agent = Agent::start(&s.host, POLICY).expect("starting the agent");
+    let checks = [s.allowed(), s.denied()];
+    assert_checks("enforcing", &checks);
+    let layout = agent.bpffs().join(format!("v{LAYOUT_VERSION}"));
+    let remove_all_in = |dir: &str| {
+        for name in entries(&layout.join(dir)) {
+            std::fs::remove_file(layout.join(dir).join(&name)).expect("removing a pin");
+        }
+    };
+
+    // The control: without an agent, removing the links' pins ends the
+    // links, and with them the filtering.
+    agent.stop().expect("stopping the agent");
+    remove_all_in("links");
+    assert_checks(
+        "link pins removed while no agent runs: nothing is filtered",
+        &[s.allowed(), s.denied().expecting(Expect::Allowed)],
+    );
+    agent.restart().expect("restarting the agent");
+    assert_checks("enforcing after the restart", &checks);
+
+    // With the agent running: links, maps and programs lose their pins.
+    remove_all_in("links");
+    remove_all_in("maps");
+    remove_all_in("progs");
+    agent
+        .wait_for_log("programs attached again", 3, DEADLINE)
+        .expect("the agent attaches its programs to the three endpoints again");
+    agent
+        .wait_for_log("pinned again", 1, DEADLINE)
+        .expect("the agent notices the pins are gone");
+    assert_checks("enforcing once the agent attached its programs again", &checks);
+    let status = agent.status().expect("hostwall status");
+    assert_eq!(status["enforced"], true, "status: {status}");
+    for dir in ["links", "maps", "progs"] {
+        assert!(!entries(&layout.join(dir)).is_empty(), "nothing pinned again in {dir}");
+    }
+    assert_eq!(entries(&layout.join("links")).len(), 6, "two hooks of three endpoints");
+
+    // What was pinned again is what a restart adopts: enforcement outlives
+    // the agent again.
+    agent.stop().expect("stopping the agent");
+    assert_checks("after the agent stopped (fail-static)", &checks);
+}

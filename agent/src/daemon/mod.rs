@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod macs;
 pub mod notify;
 pub mod rules;
+mod verify;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -178,6 +179,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
             _ = tick.tick() => {
                 agent.reconcile();
+                agent.verify_enforcement();
                 gc_due += 1;
                 if gc_due >= GC_EVERY_TICKS {
                     gc_due = 0;

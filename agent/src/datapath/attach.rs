@@ -28,6 +28,10 @@ use super::{PROG_FROM_ENDPOINT, PROG_TO_ENDPOINT, PROG_UPLINK};
 /// tcx. Priority 1 runs before any filter others add with the default.
 const NL_PRIORITY: u16 = 1;
 const NL_HANDLE: TcHandle = TcHandle::new(0, 0x4857);
+/// The clsact qdisc's ingress and egress parents (`TC_H_CLSACT` with
+/// `TC_H_MIN_INGRESS`, `TC_H_MIN_EGRESS`).
+const CLSACT_INGRESS: u32 = 0xffff_fff2;
+const CLSACT_EGRESS: u32 = 0xffff_fff3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AttachError {
@@ -263,6 +267,70 @@ impl Attachments {
             }
         }
         Ok(())
+    }
+
+    /// The hooks of endpoint interface `ifindex` that do not run this
+    /// agent's programs, as the kernel tells (tcx links queried, clsact
+    /// filters dumped over netlink), not as pins say: empty when both do.
+    /// Someone may have removed a link's pin (which ends the link), a
+    /// filter or the qdisc.
+    pub fn missing_hooks(&self, ebpf: &Ebpf, ifindex: u32) -> Result<Vec<&'static str>, String> {
+        let mut missing = Vec::new();
+        let mut rtnl = None;
+        for (prog, t) in [
+            (PROG_FROM_ENDPOINT, TcAttachType::Ingress),
+            (PROG_TO_ENDPOINT, TcAttachType::Egress),
+        ] {
+            let ours = ebpf
+                .program(prog)
+                .ok_or_else(|| format!("program {prog} is not loaded"))?
+                .info()
+                .map_err(|e| format!("reading program {prog}: {e}"))?
+                .id();
+            let present: Vec<u32> = match self.kind {
+                HookKind::Tcx => SchedClassifier::query_tcx(ifindex, t)
+                    .map_err(|e| format!("querying the {} of ifindex {ifindex}: {e}", hook_name(t)))?
+                    .1
+                    .iter()
+                    .map(|p| p.id())
+                    .collect(),
+                HookKind::Clsact => {
+                    let socket = match &mut rtnl {
+                        Some(s) => s,
+                        None => rtnl
+                            .insert(crate::host::rtnl::Socket::open().map_err(|e| format!("opening rtnetlink: {e}"))?),
+                    };
+                    let parent = match t {
+                        TcAttachType::Ingress => CLSACT_INGRESS,
+                        _ => CLSACT_EGRESS,
+                    };
+                    match socket.tc_filter_programs(ifindex, parent) {
+                        Ok(ids) => ids,
+                        // No clsact qdisc: no filters either.
+                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::ENOENT) => {
+                            Vec::new()
+                        }
+                        Err(e) => {
+                            return Err(format!(
+                                "listing the {} filters of ifindex {ifindex}: {e}",
+                                hook_name(t)
+                            ));
+                        }
+                    }
+                }
+            };
+            if !present.contains(&ours) {
+                missing.push(hook_name(t));
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Whether the uplink's XDP link is still pinned (its pin is what holds
+    /// it: a removed pin ends the link).
+    pub fn uplink_missing(&self) -> Option<(String, u32)> {
+        let (name, ifindex) = self.uplink.clone()?;
+        (!self.links_dir.join(format!("uplink{ifindex}")).exists()).then_some((name, ifindex))
     }
 
     /// Removes hostwall from an interface (or forgets one that is gone).

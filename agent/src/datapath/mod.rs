@@ -157,6 +157,9 @@ impl MapSizes {
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub slots: Slots,
+    /// Every pinned map, opened again from its pin: what a pin someone
+    /// removed is made again from.
+    pins: Vec<(&'static str, PathBuf, aya::maps::MapData)>,
 }
 
 impl Datapath {
@@ -200,6 +203,13 @@ impl Datapath {
             }
         })?;
         let mut datapath = Datapath::with_programs(ebpf)?;
+        for (name, path) in paths {
+            let map = aya::maps::MapData::from_pin(&path).map_err(|source| LoadError::Object {
+                dir: maps.clone(),
+                source: Box::new(aya::EbpfError::MapError(source)),
+            })?;
+            datapath.pins.push((name, path, map));
+        }
         datapath.slots.set_sizes(*sizes);
         datapath.slots.set_fixed_memory(memory::fixed());
         Ok(datapath)
@@ -259,7 +269,11 @@ impl Datapath {
         })?;
         let mut slots = Slots::take(&mut ebpf)?;
         slots.set_fixed_memory(memory::fixed());
-        Ok(Datapath { ebpf, slots })
+        Ok(Datapath {
+            ebpf,
+            slots,
+            pins: Vec::new(),
+        })
     }
 
     /// Tells the programs which interface is the uplink (0: none), so that
@@ -271,6 +285,31 @@ impl Datapath {
             name: "HW_UPLINK".into(),
         })?;
         aya::maps::Array::<&mut aya::maps::MapData, u32>::try_from(map)?.set(0, &ifindex, 0)
+    }
+
+    /// Pins again what someone removed of the maps' and programs' pins
+    /// (the maps' are what a restarted agent finds its flows, counters and
+    /// policy in); returns the paths pinned again.
+    pub fn restore_pins(&mut self, layout: &Layout) -> Vec<PathBuf> {
+        let mut restored = Vec::new();
+        if self.pins.iter().any(|(_, path, _)| !path.exists()) {
+            let _ = std::fs::create_dir_all(layout.maps());
+            for (_, path, map) in &self.pins {
+                if !path.exists() && map.pin(path).is_ok() {
+                    restored.push(path.clone());
+                }
+            }
+        }
+        let progs = layout.progs();
+        let missing: Vec<PathBuf> = PROGRAMS
+            .iter()
+            .map(|name| progs.join(name))
+            .filter(|p| !p.exists())
+            .collect();
+        if !missing.is_empty() && self.pin_programs(layout).is_ok() {
+            restored.extend(missing.into_iter().filter(|p| p.exists()));
+        }
+        restored
     }
 
     /// Pins the programs (for inspection with bpftool; links keep them

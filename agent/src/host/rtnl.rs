@@ -1,6 +1,7 @@
 //! RTM_GETLINK over a NETLINK_ROUTE socket: the links of the agent's
 //! network namespace, and single links of the namespaces it knows by a
-//! namespace id (where the far ends of its veth pairs are).
+//! namespace id (where the far ends of its veth pairs are); and
+//! RTM_GETTFILTER: the programs of an interface's clsact filters.
 //!
 //! Requests and answers are built and read by hand (the layouts of
 //! `linux/netlink.h` and `linux/rtnetlink.h`), so that nothing depends on
@@ -19,6 +20,12 @@ const NLM_F_DUMP_INTR: u16 = 0x10;
 const NLM_F_DUMP: u16 = 0x300;
 const RTM_NEWLINK: u16 = 16;
 const RTM_GETLINK: u16 = 18;
+const RTM_NEWTFILTER: u16 = 44;
+const RTM_GETTFILTER: u16 = 46;
+const TCMSG_LEN: usize = 20;
+const TCA_KIND: u16 = 1;
+const TCA_OPTIONS: u16 = 2;
+const TCA_BPF_ID: u16 = 11;
 const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_LINK: u16 = 5;
@@ -139,14 +146,68 @@ impl Socket {
     /// Sends one RTM_GETLINK and reads the answer; also says whether a
     /// dump was interrupted by a change (and may be inconsistent).
     fn request(&mut self, flags: u16, ifindex: u32, netnsid: Option<i32>) -> io::Result<(Vec<Link>, bool)> {
+        let mut links = Vec::new();
+        let interrupted = self.exchange(
+            |seq| request_bytes(seq, flags, ifindex, netnsid),
+            flags & NLM_F_DUMP != 0,
+            |ty, payload| {
+                if ty == RTM_NEWLINK
+                    && let Some(link) = parse_link(payload)
+                {
+                    links.push(link);
+                }
+                ty == RTM_NEWLINK
+            },
+        )?;
+        Ok((links, interrupted))
+    }
+
+    /// The ids of the BPF programs of the tc filters of interface
+    /// `ifindex` under `parent` (a clsact hook: `0xfffffff2` ingress,
+    /// `0xfffffff3` egress).
+    pub fn tc_filter_programs(&mut self, ifindex: u32, parent: u32) -> io::Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        self.exchange(
+            |seq| {
+                let mut msg = vec![0u8; NLMSG_HDRLEN + TCMSG_LEN];
+                msg[4..6].copy_from_slice(&RTM_GETTFILTER.to_ne_bytes());
+                msg[6..8].copy_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+                msg[8..12].copy_from_slice(&seq.to_ne_bytes());
+                // tcmsg: family AF_UNSPEC, pads, ifindex, handle, parent, info.
+                msg[NLMSG_HDRLEN + 4..NLMSG_HDRLEN + 8].copy_from_slice(&(ifindex as i32).to_ne_bytes());
+                msg[NLMSG_HDRLEN + 12..NLMSG_HDRLEN + 16].copy_from_slice(&parent.to_ne_bytes());
+                let len = msg.len() as u32;
+                msg[0..4].copy_from_slice(&len.to_ne_bytes());
+                msg
+            },
+            true,
+            |ty, payload| {
+                if ty == RTM_NEWTFILTER {
+                    ids.extend(filter_program(payload));
+                }
+                false
+            },
+        )?;
+        Ok(ids)
+    }
+
+    /// Sends the request `build` makes for a sequence number and hands
+    /// every message of its answer to `on` (type, payload), which says
+    /// whether a single answer (not a dump) is complete. Returns whether
+    /// a dump was interrupted by a change.
+    fn exchange(
+        &mut self,
+        build: impl FnOnce(u32) -> Vec<u8>,
+        dump: bool,
+        mut on: impl FnMut(u16, &[u8]) -> bool,
+    ) -> io::Result<bool> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
-        let req = request_bytes(seq, flags, ifindex, netnsid);
+        let req = build(seq);
         let n = unsafe { libc::send(self.fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let dump = flags & NLM_F_DUMP != 0;
         let mut answer = Answer::default();
         let mut buf = vec![0u8; 64 * 1024];
         while !answer.done {
@@ -165,10 +226,25 @@ impl Socket {
                     buf.len()
                 )));
             }
-            answer.read(&buf[..n], seq, dump)?;
+            answer.read(&buf[..n], seq, dump, &mut on)?;
         }
-        Ok((answer.links, answer.interrupted))
+        Ok(answer.interrupted)
     }
+}
+
+/// The program id of a `bpf` filter (an RTM_NEWTFILTER payload: tcmsg,
+/// then attributes).
+fn filter_program(payload: &[u8]) -> Option<u32> {
+    let attrs_of = payload.get(TCMSG_LEN..)?;
+    let kind = attrs(attrs_of)
+        .find(|(t, _)| *t == TCA_KIND)
+        .map(|(_, v)| c_string(v))?;
+    if kind != "bpf" {
+        return None;
+    }
+    let options = attrs(attrs_of).find(|(t, _)| *t == TCA_OPTIONS)?.1;
+    let id = attrs(options).find(|(t, _)| *t == TCA_BPF_ID)?.1;
+    Some(u32::from_ne_bytes(id.get(..4)?.try_into().ok()?))
 }
 
 /// An RTM_GETLINK request: for `ifindex`, or a dump with `NLM_F_DUMP`.
@@ -203,15 +279,21 @@ fn align(n: usize) -> usize {
 /// What has arrived of the answer to one request.
 #[derive(Default)]
 struct Answer {
-    links: Vec<Link>,
     done: bool,
     interrupted: bool,
 }
 
 impl Answer {
-    /// Reads the messages of one datagram; messages of other requests
-    /// (another sequence number) are skipped.
-    fn read(&mut self, mut buf: &[u8], seq: u32, dump: bool) -> io::Result<()> {
+    /// Reads the messages of one datagram, handing each of the request's
+    /// to `on`; messages of other requests (another sequence number) are
+    /// skipped.
+    fn read(
+        &mut self,
+        mut buf: &[u8],
+        seq: u32,
+        dump: bool,
+        on: &mut impl FnMut(u16, &[u8]) -> bool,
+    ) -> io::Result<()> {
         while buf.len() >= NLMSG_HDRLEN {
             let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
             if len < NLMSG_HDRLEN || len > buf.len() {
@@ -240,15 +322,11 @@ impl Answer {
                         return Err(io::Error::from_raw_os_error(-code));
                     }
                 }
-                RTM_NEWLINK => {
-                    if let Some(link) = parse_link(payload) {
-                        self.links.push(link);
-                    }
-                    if !dump {
+                _ => {
+                    if on(ty, payload) && !dump {
                         self.done = true;
                     }
                 }
-                _ => {}
             }
         }
         Ok(())
@@ -307,6 +385,27 @@ fn c_string(value: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An answer's links, as `Socket::request` collects them.
+    #[derive(Default)]
+    struct LinkAnswer {
+        answer: Answer,
+        links: Vec<Link>,
+    }
+
+    impl LinkAnswer {
+        fn read(&mut self, buf: &[u8], seq: u32, dump: bool) -> io::Result<()> {
+            let links = &mut self.links;
+            self.answer.read(buf, seq, dump, &mut |ty, payload| {
+                if ty == RTM_NEWLINK
+                    && let Some(link) = parse_link(payload)
+                {
+                    links.push(link);
+                }
+                ty == RTM_NEWLINK
+            })
+        }
+    }
 
     /// An RTM_NEWLINK message as the kernel sends it.
     fn newlink(seq: u32, flags: u16, ifindex: u32, ifi_flags: u32, attrs: &[(u16, Vec<u8>)]) -> Vec<u8> {
@@ -369,11 +468,11 @@ mod tests {
 
     #[test]
     fn a_veth_answer_names_its_peer() {
-        let mut answer = Answer::default();
+        let mut answer = LinkAnswer::default();
         answer
             .read(&newlink(5, 0, 9, libc::IFF_UP as u32, &veth_attrs()), 5, false)
             .unwrap();
-        assert!(answer.done);
+        assert!(answer.answer.done);
         assert_eq!(
             answer.links,
             vec![Link {
@@ -391,7 +490,7 @@ mod tests {
 
     #[test]
     fn a_dump_ends_at_done_and_skips_other_requests() {
-        let mut answer = Answer::default();
+        let mut answer = LinkAnswer::default();
         let mut datagram = newlink(
             4,
             0x2,
@@ -402,23 +501,23 @@ mod tests {
         datagram.extend(newlink(3, 0x2, 2, 0, &[(IFLA_IFNAME, b"stale\0".to_vec())]));
         datagram.extend(newlink(4, 0x2 | NLM_F_DUMP_INTR, 3, 0, &veth_attrs()));
         answer.read(&datagram, 4, true).unwrap();
-        assert!(!answer.done);
+        assert!(!answer.answer.done);
         assert_eq!(answer.links.iter().map(|l| l.ifindex).collect::<Vec<_>>(), [1, 3]);
         assert_eq!(answer.links[0].kind, None);
-        assert!(answer.interrupted);
+        assert!(answer.answer.interrupted);
         answer.read(&control(NLMSG_DONE, 4, 0), 4, true).unwrap();
-        assert!(answer.done);
+        assert!(answer.answer.done);
     }
 
     #[test]
     fn errors_and_odd_addresses() {
-        let mut answer = Answer::default();
+        let mut answer = LinkAnswer::default();
         let e = answer
             .read(&control(NLMSG_ERROR, 1, -libc::ENODEV), 1, false)
             .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENODEV));
         // A tunnel's four-byte address is no MAC.
-        let mut answer = Answer::default();
+        let mut answer = LinkAnswer::default();
         answer
             .read(&newlink(2, 0, 4, 0, &[(IFLA_ADDRESS, vec![10, 0, 0, 1])]), 2, false)
             .unwrap();
@@ -426,7 +525,22 @@ mod tests {
         // A message that claims more bytes than there are.
         let mut bad = newlink(2, 0, 4, 0, &[]);
         bad[0..4].copy_from_slice(&1000u32.to_ne_bytes());
-        assert!(Answer::default().read(&bad, 2, false).is_err());
+        assert!(LinkAnswer::default().read(&bad, 2, false).is_err());
+    }
+
+    #[test]
+    fn a_bpf_filter_names_its_program() {
+        let mut payload = vec![0u8; TCMSG_LEN];
+        let mut options = Vec::new();
+        push_attr(&mut options, TCA_BPF_ID, &77u32.to_ne_bytes());
+        push_attr(&mut payload, TCA_KIND, b"bpf\0");
+        push_attr(&mut payload, TCA_OPTIONS, &options);
+        assert_eq!(filter_program(&payload), Some(77));
+        let mut other = vec![0u8; TCMSG_LEN];
+        push_attr(&mut other, TCA_KIND, b"u32\0");
+        push_attr(&mut other, TCA_OPTIONS, &options);
+        assert_eq!(filter_program(&other), None);
+        assert_eq!(filter_program(&[0; 4]), None);
     }
 
     /// The namespace the tests run in has at least `lo`, which is no veth.

@@ -48,10 +48,19 @@ pub fn get(agent: &mut Agent) -> Reply {
             let compiled = agent.compiled.endpoints.iter().find(|c| c.name == e.name);
             let ifindex = compiled.and_then(|c| c.ifindex);
             let attached = ifindex.is_some_and(|i| agent.attachments.is_attached(i));
+            // What the kernel says, not what the agent last did.
+            let missing = match ifindex {
+                Some(i) if attached => agent
+                    .attachments
+                    .missing_hooks(&agent.datapath.ebpf, i)
+                    .unwrap_or_else(|_| vec!["its hooks (they could not be read)"]),
+                _ => Vec::new(),
+            };
             let state = match (ifindex, attached) {
-                (None, _) => "waiting for interface",
-                (Some(_), true) => "enforced",
-                (Some(_), false) => "attach failed",
+                (None, _) => "waiting for interface".to_string(),
+                (Some(_), true) if missing.is_empty() => "enforced".to_string(),
+                (Some(_), true) => format!("programs missing from {}", missing.join(" and ")),
+                (Some(_), false) => "attach failed".to_string(),
             };
             // The MAC the enforced policy holds, and why there is none.
             let mac = compiled.map(|c| c.info.mac).filter(|m| *m != [0; 6]);
@@ -73,7 +82,9 @@ pub fn get(agent: &mut Agent) -> Reply {
         .iter()
         .map(|(i, n)| json!({"interface": n, "ifindex": i}))
         .collect();
-    let enforced = endpoints.iter().all(|e| e["state"] != "attach failed");
+    let enforced = endpoints
+        .iter()
+        .all(|e| e["state"] == "enforced" || e["state"] == "waiting for interface");
     (
         200,
         json!({
