@@ -1001,3 +1001,97 @@ fn exit_codes_tell_outcomes_apart() {
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     drop(s.servers);
 }
+
+#[test]
+fn dry_runs_change_nothing_and_rollback_goes_back() {
+    let s = setup(POLICY);
+    let agent = &s.agent;
+    let hash = || agent.policy_hash().expect("the enforced policy's hash");
+    let file = || std::fs::read(agent.config_path()).expect("reading the control file");
+    let (hash0, file0) = (hash(), file());
+    let to_9090 = || Check::denied(&s.web, Probe::Tcp(9090), s.api.v4).labelled("api");
+    let wide = write_temp(agent, &POLICY.replace("ports: 8080", "ports: 8080-9090"));
+
+    // Each change command says what it would change, and changes nothing:
+    // not the enforced policy, not the control file, not the traffic.
+    let (code, out) = exit_of(agent, &["--dry-run", "apply", &wide]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("dry run, nothing changed") && out.contains("8080-9090"),
+        "{out}"
+    );
+    let (code, out) = exit_of(
+        agent,
+        &[
+            "--json",
+            "--dry-run",
+            "rule",
+            "add",
+            "web",
+            "egress",
+            "--proto",
+            "udp",
+            "--ports",
+            "7070",
+            "--peer",
+            "group:api",
+        ],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["dry_run"], true, "{v}");
+    assert_eq!(v["changes"]["rules_added"].as_array().map(Vec::len), Some(1), "{v}");
+    let (code, out) = exit_of(agent, &["--dry-run", "endpoint", "remove", "api"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("- endpoints api"), "{out}");
+    let (code, out) = exit_of(agent, &["--dry-run", "conntrack", "flush"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("would be flushed"), "{out}");
+    assert_eq!(hash(), hash0, "a dry run changed the enforced policy");
+    assert_eq!(file(), file0, "a dry run changed the control file");
+    assert_checks("after dry runs", &[to_9090()]);
+
+    // A dry run is checked as the change would be.
+    let (code, _) = exit_of(
+        agent,
+        &[
+            "--dry-run",
+            "rule",
+            "add",
+            "web",
+            "egress",
+            "--proto",
+            "tcp",
+            "--ports",
+            "1",
+            "--peer",
+            "group:nosuch",
+        ],
+    );
+    assert_eq!(code, Some(2), "a dry run of an invalid rule should be refused");
+    // Commands that change nothing have no dry run.
+    assert_eq!(exit_of(agent, &["--dry-run", "status"]).0, Some(2));
+
+    // Nothing to roll back to before a change.
+    let (code, _) = exit_of(agent, &["rollback"]);
+    assert_eq!(code, Some(2));
+
+    cli(agent, &["apply", &wide]);
+    let hash1 = hash();
+    assert_checks("9090 allowed", &[to_9090().expecting(Expect::Allowed)]);
+    let (code, out) = exit_of(agent, &["--dry-run", "rollback"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("rolling back would change"), "{out}");
+    assert_eq!(hash(), hash1, "a dry run of rollback rolled back");
+
+    // Rollback is a change of its own: enforced, written back, and undone
+    // by the next rollback.
+    let out = cli(agent, &["rollback"]);
+    assert!(out.contains("rolled back"), "{out}");
+    assert_eq!(hash(), hash0, "rollback should restore the policy before the apply");
+    wait_denied(&s.web, 9090, &s.api);
+    assert_file_matches(agent, "after rollback");
+    cli(agent, &["rollback"]);
+    assert_eq!(hash(), hash1, "a second rollback should undo the first");
+    assert_checks("9090 allowed again", &[to_9090().expecting(Expect::Allowed)]);
+}

@@ -98,12 +98,34 @@ pub const CONNTRACK_QUERY: &[&str] = &["addr", "port", "proto", "endpoint"];
 /// Query keys of `GET /v1/explain`.
 pub const EXPLAIN_QUERY: &[&str] = &["from", "to", "flow"];
 
-/// The query keys a route takes (none but these two take any).
+/// Query keys of `DELETE /v1/conntrack`.
+pub const CONNTRACK_FLUSH_QUERY: &[&str] = &["addr", "port", "proto", "endpoint", "dry_run"];
+/// Query key of every request that changes something: `dry_run=true`
+/// says what it would change and changes nothing.
+pub const CHANGE_QUERY: &[&str] = &["dry_run"];
+
+/// The query keys a route takes.
 pub fn query_keys(method: &str, segments: &[&str]) -> &'static [&'static str] {
     match (method, segments) {
-        ("GET" | "DELETE", ["v1", "conntrack"]) => CONNTRACK_QUERY,
+        ("GET", ["v1", "conntrack"]) => CONNTRACK_QUERY,
+        ("DELETE", ["v1", "conntrack"]) => CONNTRACK_FLUSH_QUERY,
         ("GET", ["v1", "explain"]) => EXPLAIN_QUERY,
+        ("PUT", ["v1", "policy"])
+        | ("POST", ["v1", "reload" | "rollback"])
+        | ("POST" | "DELETE", ["v1", "rules"])
+        | ("POST", ["v1", "endpoints"])
+        | ("DELETE", ["v1", "endpoints", _]) => CHANGE_QUERY,
         _ => &[],
+    }
+}
+
+/// Whether a change request asks only what it would change
+/// (`dry_run=true`; `false` or no key: it changes).
+pub fn dry_run(req: &Request) -> Result<bool, Reply> {
+    match req.query.iter().find(|(k, _)| k == "dry_run").map(|(_, v)| v.as_str()) {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => Err(error(400, format!("dry_run: \"{other}\" is not true or false"))),
     }
 }
 

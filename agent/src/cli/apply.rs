@@ -5,10 +5,13 @@ use anyhow::Context as _;
 
 pub fn apply(ctx: &super::Ctx, file: &Path) -> anyhow::Result<ExitCode> {
     let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let v = ctx.call("PUT", "/v1/policy", &[], Some(&body))?;
+    let v = ctx.change("PUT", "/v1/policy", &[], Some(&body))?;
     ctx.print(&v, |v| {
-        println!("applied {} (generation {})", file.display(), v["generation"]);
-        super::print_changes(&v["changes"]);
+        super::print_change(
+            v,
+            &format!("applied {}", file.display()),
+            &format!("applying {} would change", file.display()),
+        )
     });
     Ok(ExitCode::SUCCESS)
 }

@@ -74,8 +74,14 @@ pub fn run(ctx: &super::Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
             });
         }
         Cmd::Flush(f) => {
-            let v = ctx.call("DELETE", "/v1/conntrack", &query(&f), None)?;
-            ctx.print(&v, |v| println!("flushed {} flows", v["flushed"]));
+            let v = ctx.change("DELETE", "/v1/conntrack", &query(&f), None)?;
+            ctx.print(&v, |v| {
+                if v["dry_run"] == serde_json::Value::Bool(true) {
+                    println!("dry run, nothing changed; {} flows would be flushed", v["would_flush"]);
+                } else {
+                    println!("flushed {} flows", v["flushed"]);
+                }
+            });
         }
     }
     Ok(ExitCode::SUCCESS)

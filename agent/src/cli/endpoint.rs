@@ -46,16 +46,13 @@ pub fn run(ctx: &super::Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
                 groups,
                 node,
             });
-            ctx.call("POST", "/v1/endpoints", &[], Some(body.to_string().as_bytes()))?
+            ctx.change("POST", "/v1/endpoints", &[], Some(body.to_string().as_bytes()))?
         }
         Cmd::Remove { name } => {
             let path = format!("/v1/endpoints/{}", hostwall::api::http::percent_encode(&name));
-            ctx.call("DELETE", &path, &[], None)?
+            ctx.change("DELETE", &path, &[], None)?
         }
     };
-    ctx.print(&v, |v| {
-        println!("applied (generation {})", v["generation"]);
-        super::print_changes(&v["changes"]);
-    });
+    ctx.print(&v, |v| super::print_change(v, "applied", "it would change"));
     Ok(ExitCode::SUCCESS)
 }

@@ -42,6 +42,11 @@ pub struct Cli {
     /// Machine-readable output.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Say what a change (apply, reload, rollback, rule, endpoint,
+    /// conntrack flush) would do, checked as the agent would do it, and
+    /// change nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
     /// How log lines are written to stderr: text (coloured only on a
     /// terminal) or json (one object per line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
@@ -67,6 +72,9 @@ pub enum Command {
     Diff { file: PathBuf },
     /// Re-read the agent's control file (as SIGHUP).
     Reload,
+    /// Go back to the policy enforced before the last change (itself a
+    /// change, written back; a second rollback undoes it).
+    Rollback,
     /// Add or remove one rule.
     #[command(subcommand)]
     Rule(rule::Cmd),
@@ -134,9 +142,26 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let changes = matches!(
+        cli.command,
+        Command::Apply { .. }
+            | Command::Reload
+            | Command::Rollback
+            | Command::Rule(_)
+            | Command::Endpoint(_)
+            | Command::Conntrack(conntrack::Cmd::Flush(_))
+    );
+    if cli.dry_run && !changes {
+        return Err(Invalid(
+            "--dry-run is for commands that change something: apply, reload, rollback, rule, endpoint, conntrack flush"
+                .into(),
+        )
+        .into());
+    }
     let ctx = Ctx {
         socket: cli.socket,
         json: cli.json,
+        dry_run: cli.dry_run,
     };
     match cli.command {
         Command::Agent(args) => agent::run(args, &ctx),
@@ -145,6 +170,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apply { file } => apply::apply(&ctx, &file),
         Command::Diff { file } => apply::diff(&ctx, &file),
         Command::Reload => reload::run(&ctx),
+        Command::Rollback => reload::rollback(&ctx),
         Command::Rule(cmd) => rule::run(&ctx, cmd),
         Command::Endpoint(cmd) => endpoint::run(&ctx, cmd),
         Command::Get(cmd) => get::run(&ctx, cmd),
@@ -159,6 +185,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 pub struct Ctx {
     pub socket: PathBuf,
     pub json: bool,
+    /// `--dry-run`: change requests ask only what they would change.
+    pub dry_run: bool,
 }
 
 impl Ctx {
@@ -170,6 +198,22 @@ impl Ctx {
         body: Option<&[u8]>,
     ) -> anyhow::Result<Value> {
         Ok(hostwall::api::client::call(&self.socket, method, path, query, body)?)
+    }
+
+    /// A request that changes something; with `--dry-run` it only asks
+    /// what it would change.
+    pub fn change(
+        &self,
+        method: &str,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<&[u8]>,
+    ) -> anyhow::Result<Value> {
+        let mut query = query.to_vec();
+        if self.dry_run {
+            query.push(("dry_run", "true".to_string()));
+        }
+        self.call(method, path, &query, body)
     }
 
     /// Prints `value` as JSON with --json, else runs `human`.
@@ -187,6 +231,17 @@ impl Ctx {
     pub fn socket(&self) -> &Path {
         &self.socket
     }
+}
+
+/// Human lines for the reply to a change: `done` and the generation, or,
+/// for a dry run, what `would` change.
+pub fn print_change(v: &Value, done: &str, would: &str) {
+    if v["dry_run"] == Value::Bool(true) {
+        println!("dry run, nothing changed; {would}:");
+    } else {
+        println!("{done} (generation {})", v["generation"]);
+    }
+    print_changes(&v["changes"]);
 }
 
 /// Human lines for a change summary (`changes` of an apply/diff reply).

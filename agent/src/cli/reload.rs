@@ -1,7 +1,21 @@
 use std::process::ExitCode;
 
 pub fn run(ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
-    let v = ctx.call("POST", "/v1/reload", &[], None)?;
-    ctx.print(&v, |v| println!("reloaded (generation {})", v["generation"]));
+    let v = ctx.change("POST", "/v1/reload", &[], None)?;
+    ctx.print(&v, |v| {
+        if v["dry_run"] == serde_json::Value::Bool(true) {
+            super::print_change(v, "reloaded", "reloading the control file would change");
+        } else {
+            println!("reloaded (generation {})", v["generation"]);
+        }
+    });
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn rollback(ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
+    let v = ctx.change("POST", "/v1/rollback", &[], None)?;
+    ctx.print(&v, |v| {
+        super::print_change(v, "rolled back", "rolling back would change")
+    });
     Ok(ExitCode::SUCCESS)
 }

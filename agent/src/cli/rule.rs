@@ -123,10 +123,7 @@ pub fn run(ctx: &super::Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
             .into());
         }
     };
-    let v = ctx.call(method, "/v1/rules", &[], Some(body.to_string().as_bytes()))?;
-    ctx.print(&v, |v| {
-        println!("{what} (generation {})", v["generation"]);
-        super::print_changes(&v["changes"]);
-    });
+    let v = ctx.change(method, "/v1/rules", &[], Some(body.to_string().as_bytes()))?;
+    ctx.print(&v, |v| super::print_change(v, what, "it would change"));
     Ok(ExitCode::SUCCESS)
 }

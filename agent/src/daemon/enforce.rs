@@ -66,7 +66,10 @@ impl Agent {
         self.registry.commit(&assignment);
         let change = crate::policy::diff(&self.policy, &new);
         let revalidate = new.settings.on_policy_change == OnPolicyChange::Revalidate && !change.is_empty();
-        self.policy = new;
+        let old = std::mem::replace(&mut self.policy, new);
+        if !change.is_empty() {
+            self.previous = Some(old);
+        }
         self.compiled = compiled;
         self.applied_at = SystemTime::now();
         self.generation += 1;
@@ -87,10 +90,9 @@ impl Agent {
         Ok(change)
     }
 
-    /// `apply`, then writes the policy back to the control file. If the
-    /// file cannot be written, the previous policy is applied again.
-    pub fn apply_and_save(&mut self, new: Policy, source: &str, caller: &Caller) -> Result<PolicyDiff, ApplyError> {
-        // Never overwrite an operator's change the agent has not applied.
+    /// Refuses a write-back that would overwrite an operator's change of
+    /// the control file that the agent has not applied.
+    fn check_file_unchanged(&self) -> Result<(), ApplyError> {
         if let Ok(bytes) = std::fs::read(&self.opts.config)
             && Some(super::lifecycle::sha256_hex(&bytes)) != self.enforced_file_hash
         {
@@ -98,13 +100,43 @@ impl Agent {
                 path: self.opts.config.clone(),
             });
         }
+        Ok(())
+    }
+
+    /// What `apply_and_save` of `new` would change, checked as it would
+    /// be (rule ids, compiling, map memory, the control file), with
+    /// nothing written: a dry run.
+    pub fn check(&mut self, new: &Policy) -> Result<PolicyDiff, ApplyError> {
+        self.check_file_unchanged()?;
+        let assignment = self.assign(new)?;
+        let addrs: Vec<IpAddr> = self.host_addresses.iter().copied().collect();
+        let macs_before = self.macs.clone();
+        let macs = self.endpoint_macs(new);
+        self.macs = macs_before;
+        let view = HostView {
+            node: &self.opts.node,
+            host_addresses: &addrs,
+            ifindex: &host::ifindex,
+            macs: &macs,
+        };
+        let compiled = compile::compile_with(new, &view, &self.opts.map_sizes.limits(), &assignment.ids)?;
+        self.datapath.slots.check_memory(&compiled)?;
+        Ok(crate::policy::diff(&self.policy, new))
+    }
+
+    /// `apply`, then writes the policy back to the control file. If the
+    /// file cannot be written, the previous policy is applied again.
+    pub fn apply_and_save(&mut self, new: Policy, source: &str, caller: &Caller) -> Result<PolicyDiff, ApplyError> {
+        self.check_file_unchanged()?;
         let previous = self.policy.clone();
+        let before_previous = self.previous.clone();
         let change = self.apply(new, source, Some(caller))?;
         let text = crate::policy::to_yaml(&self.policy);
         if let Err(e) = write_atomically(&self.opts.config, text.as_bytes()) {
             if let Err(again) = self.apply(previous, "restore after a failed write", Some(caller)) {
                 error!(error = %again, "restoring the previous policy failed");
             }
+            self.previous = before_previous;
             return Err(ApplyError::WriteBack {
                 path: self.opts.config.clone(),
                 source: e,

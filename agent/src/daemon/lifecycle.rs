@@ -78,6 +78,7 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
         last_error_at: None,
         started_at: SystemTime::now(),
         generation: 0,
+        previous: None,
         adopt_from: older.first().map(|l| l.links()),
     };
 
@@ -106,6 +107,8 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
         }
     }
     agent.apply(policy, "startup", None)?;
+    // Nothing to roll back to: the agent enforced nothing before.
+    agent.previous = None;
 
     // Links pinned by an earlier agent for interfaces that are gone or no
     // longer endpoints.

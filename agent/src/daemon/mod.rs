@@ -69,6 +69,9 @@ pub struct Agent {
     pub attachments: Attachments,
     /// The policy enforced now (the last good one).
     pub policy: Policy,
+    /// The policy enforced before the last change (what `hostwall
+    /// rollback` goes back to); none until a change since the start.
+    pub previous: Option<Policy>,
     pub compiled: Compiled,
     pub registry: RuleRegistry,
     pub host_addresses: BTreeSet<IpAddr>,

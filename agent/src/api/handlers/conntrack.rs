@@ -111,7 +111,7 @@ pub fn list(agent: &mut Agent, req: &Request) -> Reply {
     (200, json!({ "flows": flows }))
 }
 
-pub fn flush(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
+pub fn flush(agent: &mut Agent, req: &Request, caller: &Caller, mode: super::Mode) -> Reply {
     let f = match filter(agent, req) {
         Ok(f) => f,
         Err(r) => return r,
@@ -120,6 +120,12 @@ pub fn flush(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
         .into_iter()
         .filter(|flow| f.matches(&flow.key))
         .collect();
+    if mode == super::Mode::DryRun {
+        return (
+            200,
+            json!({ "flushed": 0, "would_flush": doomed.len(), "dry_run": true }),
+        );
+    }
     let flushed = conntrack::remove(&mut agent.datapath.ebpf, &doomed);
     info!(uid = caller.uid, flushed, "conntrack flushed");
     (200, json!({ "flushed": flushed }))

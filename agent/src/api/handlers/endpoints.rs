@@ -4,13 +4,14 @@
 //! Body: `{"name", "interface", "mac", "addresses": [..], "groups": [..],
 //! "node"}`.
 
+use super::Mode;
 use crate::api::http::Request;
 use crate::api::types::{self, EndpointAdd};
 use crate::api::{Caller, Reply, error};
 use crate::daemon::Agent;
 use crate::policy::{Endpoint, parse_str};
 
-pub fn add(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
+pub fn add(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> Reply {
     let body: EndpointAdd = match types::body(req) {
         Ok(b) => b,
         Err(r) => return r,
@@ -49,15 +50,15 @@ pub fn add(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
         Some(existing) => *existing = endpoint,
         None => edited.endpoints.push(endpoint),
     }
-    super::commit(agent, edited, "endpoint add", caller)
+    super::commit(agent, edited, "endpoint add", caller, mode)
 }
 
-pub fn remove(agent: &mut Agent, name: &str, caller: &Caller) -> Reply {
+pub fn remove(agent: &mut Agent, name: &str, caller: &Caller, mode: Mode) -> Reply {
     let mut edited = agent.policy.clone();
     let before = edited.endpoints.len();
     edited.endpoints.retain(|e| e.name != name);
     if edited.endpoints.len() == before {
         return error(404, format!("no endpoint named {name}"));
     }
-    super::commit(agent, edited, "endpoint remove", caller)
+    super::commit(agent, edited, "endpoint remove", caller, mode)
 }

@@ -6,6 +6,7 @@ mod endpoints;
 mod explain;
 mod policy;
 mod reload;
+mod rollback;
 mod rules;
 mod stats;
 mod status;
@@ -48,30 +49,44 @@ pub fn prepare(req: &Request, config: &std::path::Path) -> Prepared {
     }
 }
 
+/// How a change request is carried out: for real, or only to say what it
+/// would change (`dry_run=true`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Change,
+    DryRun,
+}
+
 pub fn handle(agent: &mut Agent, req: &Request, caller: &Caller, prepared: Prepared) -> Reply {
     let segments = segments(req);
     if let Err(r) = types::check_query(req, types::query_keys(&req.method, &segments)) {
         return r;
     }
+    let mode = match types::dry_run(req) {
+        Ok(true) => Mode::DryRun,
+        Ok(false) => Mode::Change,
+        Err(r) => return r,
+    };
     match (req.method.as_str(), segments.as_slice()) {
         ("GET", ["v1", "status"]) => status::get(agent),
         ("GET", ["v1", "policy"]) => policy::get(agent),
-        ("PUT", ["v1", "policy"]) => policy::apply(agent, prepared, caller),
+        ("PUT", ["v1", "policy"]) => policy::apply(agent, prepared, caller, mode),
         ("POST", ["v1", "policy", "diff"]) => policy::diff(agent, prepared),
-        ("POST", ["v1", "reload"]) => reload::post(agent, prepared),
-        ("POST", ["v1", "rules"]) => rules::add(agent, req, caller),
-        ("DELETE", ["v1", "rules"]) => rules::remove(agent, req, caller),
-        ("POST", ["v1", "endpoints"]) => endpoints::add(agent, req, caller),
-        ("DELETE", ["v1", "endpoints", name]) => endpoints::remove(agent, name, caller),
+        ("POST", ["v1", "reload"]) => reload::post(agent, prepared, caller, mode),
+        ("POST", ["v1", "rollback"]) => rollback::post(agent, caller, mode),
+        ("POST", ["v1", "rules"]) => rules::add(agent, req, caller, mode),
+        ("DELETE", ["v1", "rules"]) => rules::remove(agent, req, caller, mode),
+        ("POST", ["v1", "endpoints"]) => endpoints::add(agent, req, caller, mode),
+        ("DELETE", ["v1", "endpoints", name]) => endpoints::remove(agent, name, caller, mode),
         ("GET", ["v1", "stats"]) => stats::get(agent),
         ("GET", ["v1", "explain"]) => explain::get(agent, req),
         ("GET", ["v1", "conntrack"]) => conntrack::list(agent, req),
-        ("DELETE", ["v1", "conntrack"]) => conntrack::flush(agent, req, caller),
+        ("DELETE", ["v1", "conntrack"]) => conntrack::flush(agent, req, caller, mode),
         (
             _,
             [
                 "v1",
-                "status" | "policy" | "reload" | "rules" | "endpoints" | "stats" | "conntrack",
+                "status" | "policy" | "reload" | "rollback" | "rules" | "endpoints" | "stats" | "conntrack",
                 ..,
             ],
         ) => error(405, format!("{} is not allowed on {}", req.method, req.path)),
@@ -86,9 +101,9 @@ fn revalidate(edited: &Policy) -> Result<Policy, Reply> {
 }
 
 /// Applies and saves an edited policy; the reply carries what changed.
-fn commit(agent: &mut Agent, edited: Policy, source: &str, caller: &Caller) -> Reply {
+fn commit(agent: &mut Agent, edited: Policy, source: &str, caller: &Caller, mode: Mode) -> Reply {
     match revalidate(&edited) {
-        Ok(policy) => commit_parsed(agent, policy, source, caller),
+        Ok(policy) => commit_parsed(agent, policy, source, caller, mode),
         Err(r) => r,
     }
 }
@@ -97,7 +112,19 @@ fn commit(agent: &mut Agent, edited: Policy, source: &str, caller: &Caller) -> R
 /// (the body of `PUT /v1/policy`): it has just been validated as a file is,
 /// so a second round trip through the writer and parser would check
 /// nothing more and, for a large policy, cost as much as the apply.
-fn commit_parsed(agent: &mut Agent, policy: Policy, source: &str, caller: &Caller) -> Reply {
+/// A dry run compiles the policy and checks it as an apply would (ids,
+/// maps and their memory, a control file changed behind the agent), and
+/// writes nothing.
+fn commit_parsed(agent: &mut Agent, policy: Policy, source: &str, caller: &Caller, mode: Mode) -> Reply {
+    if mode == Mode::DryRun {
+        return match agent.check(&policy) {
+            Ok(change) => (
+                200,
+                serde_json::json!({ "applied": false, "dry_run": true, "changes": change, "generation": agent.generation }),
+            ),
+            Err(e) => error(409, format!("{:#}", anyhow::Error::new(e))),
+        };
+    }
     match agent.apply_and_save(policy, source, caller) {
         Ok(change) => (
             200,

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::Prepared;
+use super::{Mode, Prepared};
 use crate::api::{Caller, Reply, error};
 use crate::compile::RuleRef;
 use crate::daemon::Agent;
@@ -87,9 +87,9 @@ fn body_policy(prepared: Prepared) -> Result<Policy, Reply> {
     }
 }
 
-pub fn apply(agent: &mut Agent, prepared: Prepared, caller: &Caller) -> Reply {
+pub fn apply(agent: &mut Agent, prepared: Prepared, caller: &Caller, mode: Mode) -> Reply {
     match body_policy(prepared) {
-        Ok(p) => super::commit_parsed(agent, p, "apply", caller),
+        Ok(p) => super::commit_parsed(agent, p, "apply", caller, mode),
         Err(r) => r,
     }
 }

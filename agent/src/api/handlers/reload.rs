@@ -2,14 +2,24 @@
 
 use serde_json::json;
 
-use super::Prepared;
-use crate::api::{Reply, error};
-use crate::daemon::Agent;
+use super::{Mode, Prepared};
+use crate::api::{Caller, Reply, error};
+use crate::daemon::{Agent, FileRead};
 
-pub fn post(agent: &mut Agent, prepared: Prepared) -> Reply {
+pub fn post(agent: &mut Agent, prepared: Prepared, caller: &Caller, mode: Mode) -> Reply {
     let Prepared::File(read) = prepared else {
         return error(500, "the control file was not read");
     };
+    if mode == Mode::DryRun {
+        return match read {
+            FileRead::Unreadable(message) => error(422, message),
+            FileRead::Unchanged => error(500, "the control file was not parsed"),
+            FileRead::Parsed { policy, .. } => match *policy {
+                Ok(p) => super::commit_parsed(agent, p, "reload", caller, mode),
+                Err(e) => error(422, e),
+            },
+        };
+    }
     let generation = agent.generation;
     agent.reload_from(read, true);
     match &agent.last_error {

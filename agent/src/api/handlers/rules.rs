@@ -5,6 +5,7 @@
 //! `group:NAME`, `cidr:CIDR`, `prefix-list:NAME` or `host`. A removal
 //! names the same fields, or just `{"id": N}` from `GET /v1/policy`.
 
+use super::Mode;
 use crate::api::http::Request;
 use crate::api::types::{self, DirectionName, RuleAdd, RuleRemove, Scalar};
 use crate::api::{Caller, Reply, error};
@@ -83,7 +84,7 @@ fn rule_from(agent: &Agent, f: &Fields, group: &str, dir: Direction) -> Result<R
     parse_rule(&agent.policy, group, dir, &text, "the rule").map_err(|e| error(422, e))
 }
 
-pub fn add(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
+pub fn add(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> Reply {
     let body: RuleAdd = match types::body(req) {
         Ok(b) => b,
         Err(r) => return r,
@@ -116,7 +117,7 @@ pub fn add(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
         return error(409, "the group already has this rule");
     }
     rules.push(rule);
-    super::commit(agent, edited, "rule add", caller)
+    super::commit(agent, edited, "rule add", caller, mode)
 }
 
 /// Same protocol, ports and ICMP match (peers aside).
@@ -124,7 +125,7 @@ fn same_match(a: &Rule, b: &Rule) -> bool {
     a.proto == b.proto && a.ports == b.ports && a.icmp == b.icmp
 }
 
-pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
+pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> Reply {
     let body: RuleRemove = match types::body(req) {
         Ok(b) => b,
         Err(r) => return r,
@@ -161,7 +162,7 @@ pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
             &mut g.egress
         };
         rules.remove(r.index);
-        return super::commit(agent, edited, "rule remove", caller);
+        return super::commit(agent, edited, "rule remove", caller, mode);
     }
     let Some(group) = body.group.clone() else {
         return error(422, "group: missing (or give id)");
@@ -208,5 +209,5 @@ pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller) -> Reply {
     if !found {
         return error(404, "no rule of the group matches");
     }
-    super::commit(agent, edited, "rule remove", caller)
+    super::commit(agent, edited, "rule remove", caller, mode)
 }
