@@ -200,9 +200,9 @@ pub fn policy(shape: &Shape) -> Policy {
         };
         let group = groups.get_mut(name).expect("group exists");
         if (r / tiers).is_multiple_of(2) {
-            group.ingress.push(rule);
+            push_unique(&mut group.ingress, rule, r);
         } else {
-            group.egress.push(rule);
+            push_unique(&mut group.egress, rule, r);
         }
     }
 
@@ -289,6 +289,23 @@ fn fleet_listed(rng: &mut Rng) -> IpNet {
     }
     .expect("valid length")
     .trunc()
+}
+
+/// Appends `rule` to a group's list. Rules are drawn at random and may be
+/// drawn twice, and a group may not hold the same rule twice in one
+/// direction: a repeat gets one more peer, an address of its own in
+/// 198.18.0.0/15 (`n` is the rule's number).
+fn push_unique(list: &mut Vec<Rule>, mut rule: Rule, n: usize) {
+    let mut k = 0u32;
+    while list
+        .iter()
+        .any(|r| r.proto == rule.proto && r.ports == rule.ports && r.icmp == rule.icmp && r.peers == rule.peers)
+    {
+        let addr = std::net::Ipv4Addr::from(0xc612_0000 | ((n as u32).wrapping_add(k) & 0x1_ffff));
+        rule.peers.push(Peer::Cidr(IpNet::from(IpAddr::V4(addr))));
+        k += 1;
+    }
+    list.push(rule);
 }
 
 /// A policy of the fleet mix.
@@ -382,9 +399,9 @@ pub fn fleet(shape: &Fleet) -> Policy {
         };
         let group = out.get_mut(name).expect("group exists");
         if rng.chance(60) {
-            group.ingress.push(rule);
+            push_unique(&mut group.ingress, rule, r);
         } else {
-            group.egress.push(rule);
+            push_unique(&mut group.egress, rule, r);
         }
     }
 

@@ -617,6 +617,8 @@ fn validate(raw: RawPolicy) -> Result<Policy, Fault> {
             ingress: rules(body.ingress, Direction::Ingress)?,
             egress: rules(body.egress, Direction::Egress)?,
         };
+        no_duplicate_rules(&name, Direction::Ingress, &group.ingress)?;
+        no_duplicate_rules(&name, Direction::Egress, &group.egress)?;
         groups.insert(name, group);
     }
 
@@ -629,6 +631,34 @@ fn validate(raw: RawPolicy) -> Result<Policy, Fault> {
         endpoints,
         settings,
     })
+}
+
+/// Refuses two rules of one group and direction that match the same
+/// traffic the same way (protocol, ports, ICMP match and peers; a
+/// description may differ): they would be one rule with one id and one
+/// counter, and removing one would leave the other.
+fn no_duplicate_rules(group: &str, dir: Direction, rules: &[Rule]) -> Result<(), Fault> {
+    let mut seen: HashMap<(Proto, Option<PortRange>, Option<IcmpMatch>, &[Peer]), usize> =
+        HashMap::with_capacity(rules.len());
+    for (index, r) in rules.iter().enumerate() {
+        match seen.entry((r.proto, r.ports, r.icmp, &r.peers)) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                let first = RulePath {
+                    group,
+                    dir,
+                    index: *first.get(),
+                };
+                return Err(fault(
+                    RulePath { group, dir, index }.to_string(),
+                    format!("the same rule as {first} (protocol, ports, ICMP match and peers): remove one of them"),
+                ));
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(index);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate_rule(raw: RawRule, path: &dyn std::fmt::Display, dir: Direction, known: &Known) -> Result<Rule, Fault> {
@@ -1548,6 +1578,20 @@ settings:
     }
 
     // --- Rules -----------------------------------------------------------
+
+    #[test]
+    fn the_same_rule_twice_in_a_group_is_refused_naming_both() {
+        let text = "version: 1\ngroups:\n  web:\n    ingress:\n      - {proto: tcp, ports: 443, from: [host], description: one}\n      - {proto: udp, ports: 443, from: [host]}\n      - {proto: tcp, ports: 443, from: [host], description: two}\n";
+        assert_eq!(
+            invalid(text),
+            "test.yaml: groups.web.ingress[2]: the same rule as groups.web.ingress[0] (protocol, ports, ICMP match and peers): remove one of them"
+        );
+        // The same match in the other direction, or in another group, is
+        // another rule.
+        parse(
+            "version: 1\ngroups:\n  web:\n    ingress: [{proto: tcp, ports: 443, from: [host]}]\n    egress: [{proto: tcp, ports: 443, to: [host]}]\n  api:\n    ingress: [{proto: tcp, ports: 443, from: [host]}]\n",
+        );
+    }
 
     #[test]
     fn rule_description_is_kept() {

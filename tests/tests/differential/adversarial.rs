@@ -208,6 +208,9 @@ fn policy_yaml(rng: &mut Rng) -> (String, Window_, bool) {
         for dir in ["ingress", "egress"] {
             let n = 1 + rng.below(4);
             let _ = writeln!(y, "    {dir}:");
+            // A group may not hold the same rule twice in a direction; a
+            // repeat would add nothing.
+            let mut written = std::collections::HashSet::new();
             for _ in 0..n {
                 let key = if dir == "ingress" { "from" } else { "to" };
                 let mut ps: Vec<&str> = (0..1 + rng.below(3)).map(|_| rng.pick(&peers)).collect();
@@ -222,7 +225,10 @@ fn policy_yaml(rng: &mut Rng) -> (String, Window_, bool) {
                     6 => "proto: icmpv6, icmp: {type: 128}".to_string(),
                     _ => "proto: all".to_string(),
                 };
-                let _ = writeln!(y, "      - {{{rule}, {key}: [{ps}]}}");
+                let line = format!("      - {{{rule}, {key}: [{ps}]}}");
+                if written.insert(line.clone()) {
+                    let _ = writeln!(y, "{line}");
+                }
             }
         }
     }

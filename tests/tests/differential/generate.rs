@@ -887,10 +887,11 @@ impl CaseSpec {
                 description: None,
             };
             let group = groups.get_mut(&group_names[g % group_names.len()]).unwrap();
-            if *egress {
-                group.egress.push(rule);
-            } else {
-                group.ingress.push(rule);
+            let list = if *egress { &mut group.egress } else { &mut group.ingress };
+            // A control file may not hold the same rule twice in a group
+            // and direction; a repeat would add nothing.
+            if !list.contains(&rule) {
+                list.push(rule);
             }
         }
 
