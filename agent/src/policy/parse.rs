@@ -638,8 +638,9 @@ fn validate(raw: RawPolicy) -> Result<Policy, Fault> {
 /// description may differ): they would be one rule with one id and one
 /// counter, and removing one would leave the other.
 fn no_duplicate_rules(group: &str, dir: Direction, rules: &[Rule]) -> Result<(), Fault> {
-    let mut seen: HashMap<(Proto, Option<PortRange>, Option<IcmpMatch>, &[Peer]), usize> =
-        HashMap::with_capacity(rules.len());
+    /// What makes two rules the same rule.
+    type Match<'a> = (Proto, Option<PortRange>, Option<IcmpMatch>, &'a [Peer]);
+    let mut seen: HashMap<Match, usize> = HashMap::with_capacity(rules.len());
     for (index, r) in rules.iter().enumerate() {
         match seen.entry((r.proto, r.ports, r.icmp, &r.peers)) {
             std::collections::hash_map::Entry::Occupied(first) => {
