@@ -12,8 +12,8 @@ use common::bins;
 use common::daemon::{DEADLINE, cli_fails, cli_json, flows, poll, rule_id, rules_of, wait_for};
 use hostwall_tests::hostwall::policy::{Policy, parse_str};
 use hostwall_tests::{
-    Agent, Check, Container, DropReason, Expect, Host, Node, Outcome, Probe, ProbeOptions, Server, UdpSeqSender,
-    assert_checks, seq_gaps,
+    Agent, AgentOptions, Check, Container, DropReason, Expect, Host, Node, Outcome, Probe, ProbeOptions, Server,
+    UdpSeqSender, assert_checks, seq_gaps,
 };
 
 const POLICY: &str = r#"
@@ -1094,4 +1094,100 @@ fn dry_runs_change_nothing_and_rollback_goes_back() {
     cli(agent, &["rollback"]);
     assert_eq!(hash(), hash1, "a second rollback should undo the first");
     assert_checks("9090 allowed again", &[to_9090().expecting(Expect::Allowed)]);
+}
+
+/// A directory of the test's own, removed when the test ends, passed or
+/// failed.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("hwt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn write_back_none_keeps_changes_in_the_state_directory_until_the_file_changes() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let api = host.add_container("api", "hw-api", 12).expect("adding api");
+    let _servers = api.serve_specs(&["tcpecho:8080", "tcp:9090"]).expect("servers in api");
+    let state = TempDir::new("state");
+    let opts = AgentOptions {
+        args: vec![
+            "--write-back".into(),
+            "none".into(),
+            "--state-dir".into(),
+            state.0.display().to_string(),
+        ],
+        ..Default::default()
+    };
+    let mut agent = Agent::start_with(&host, POLICY, &opts).expect("starting the agent");
+    let file = || std::fs::read(agent.config_path()).expect("reading the control file");
+    let file0 = file();
+    let matches_file = |agent: &Agent| agent.status().expect("hostwall status")["policy"]["matches_file"].clone();
+    let to_9090 = || Check::denied(&web, Probe::Tcp(9090), api.v4).labelled("api");
+    assert_eq!(matches_file(&agent), true);
+
+    cli(&agent, &add_to_api("9090"));
+    cli(
+        &agent,
+        &[
+            "rule",
+            "add",
+            "api",
+            "ingress",
+            "--proto",
+            "tcp",
+            "--ports",
+            "9090",
+            "--peer",
+            "group:web",
+        ],
+    );
+    assert_checks("9090 allowed through the API", &[to_9090().expecting(Expect::Allowed)]);
+    assert_eq!(file(), file0, "--write-back none wrote to the control file");
+    assert_eq!(
+        matches_file(&agent),
+        false,
+        "status should say the enforced policy differs from the file"
+    );
+    assert!(
+        state.0.join("policy.yaml").exists(),
+        "the change is not in the state directory"
+    );
+
+    // The change survives a restart.
+    agent.stop().expect("stopping the agent");
+    agent.restart().expect("restarting the agent");
+    assert_checks(
+        "9090 allowed after the restart",
+        &[to_9090().expecting(Expect::Allowed)],
+    );
+    assert_eq!(matches_file(&agent), false);
+
+    // An edit of the control file wins over what the API changed, now and
+    // after the next restart.
+    agent
+        .write_config(POLICY.replace("ports: 8053", "ports: 8054"))
+        .expect("editing the control file");
+    wait_for("the edited control file is applied", DEADLINE, || {
+        (matches_file(&agent) == true).then_some(())
+    });
+    wait_denied(&web, 9090, &api);
+    assert!(
+        !state.0.join("policy.yaml").exists(),
+        "the state outlived the control file's change"
+    );
+    agent.stop().expect("stopping the agent");
+    agent.restart().expect("restarting the agent");
+    assert_checks("the control file's policy after the restart", &[to_9090()]);
 }

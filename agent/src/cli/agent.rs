@@ -40,6 +40,16 @@ pub struct Args {
     /// apply` sends the whole file): bytes, or with K, M, G.
     #[arg(long, default_value = "64MiB", value_parser = hostwall::datapath::memory::parse_size)]
     max_request_bytes: u64,
+    /// Where a change through the API is saved: `file` writes it back to
+    /// the control file; `none` leaves the control file alone (managed
+    /// elsewhere) and keeps the change under --state-dir, until the
+    /// control file itself changes.
+    #[arg(long, value_enum, default_value_t = daemon::WriteBack::File)]
+    write_back: daemon::WriteBack,
+    /// The agent's own state (with --write-back none: the policy as
+    /// changed through the API).
+    #[arg(long, default_value = "/var/lib/hostwall")]
+    state_dir: PathBuf,
     /// Detach and remove everything hostwall pinned, then exit.
     #[arg(long)]
     cleanup: bool,
@@ -76,6 +86,8 @@ pub fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
             max_memory: args.max_map_memory,
         },
         max_request_bytes: usize::try_from(args.max_request_bytes).context("--max-request-bytes")?,
+        write_back: args.write_back,
+        state_dir: args.state_dir,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(daemon::run(opts))?;

@@ -20,7 +20,15 @@ pub fn run(ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
             p["generation"],
             p["applied_at_rfc3339"].as_str().unwrap_or("")
         );
-        println!("file       {}", p["file"].as_str().unwrap_or(""));
+        println!(
+            "file       {}{}",
+            p["file"].as_str().unwrap_or(""),
+            if p["matches_file"] == serde_json::Value::Bool(false) {
+                " (the enforced policy differs: changed through the API, kept in the agent's state)"
+            } else {
+                ""
+            }
+        );
         println!(
             "node       {}   hook {}   layout v{}",
             v["node"].as_str().unwrap_or(""),

@@ -11,9 +11,9 @@ use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
 use hostwall_common::{Counter, QUARANTINED};
 use tracing::{error, info, warn};
 
-use super::Agent;
 use super::macs::{self, Wanted};
 use super::rules::{Assignment, Held};
+use super::{Agent, WriteBack};
 use crate::api::Caller;
 use crate::compile::{self, CompileError, Compiled, HostView, Lookup};
 use crate::datapath::{SlotError, conntrack};
@@ -107,7 +107,9 @@ impl Agent {
     /// be (rule ids, compiling, map memory, the control file), with
     /// nothing written: a dry run.
     pub fn check(&mut self, new: &Policy) -> Result<PolicyDiff, ApplyError> {
-        self.check_file_unchanged()?;
+        if self.opts.write_back == WriteBack::File {
+            self.check_file_unchanged()?;
+        }
         let assignment = self.assign(new)?;
         let addrs: Vec<IpAddr> = self.host_addresses.iter().copied().collect();
         let macs_before = self.macs.clone();
@@ -127,20 +129,36 @@ impl Agent {
     /// `apply`, then writes the policy back to the control file. If the
     /// file cannot be written, the previous policy is applied again.
     pub fn apply_and_save(&mut self, new: Policy, source: &str, caller: &Caller) -> Result<PolicyDiff, ApplyError> {
-        self.check_file_unchanged()?;
+        if self.opts.write_back == WriteBack::File {
+            self.check_file_unchanged()?;
+        }
         let previous = self.policy.clone();
         let before_previous = self.previous.clone();
         let change = self.apply(new, source, Some(caller))?;
         let text = crate::policy::to_yaml(&self.policy);
-        if let Err(e) = write_atomically(&self.opts.config, text.as_bytes()) {
+        let (path, written) = match self.opts.write_back {
+            WriteBack::File => (
+                self.opts.config.clone(),
+                write_atomically(&self.opts.config, text.as_bytes()),
+            ),
+            WriteBack::None => {
+                let base = self.file_hash.clone().unwrap_or_default();
+                (
+                    self.opts.state_dir.clone(),
+                    super::state::save(&self.opts.state_dir, &text, &base),
+                )
+            }
+        };
+        if let Err(e) = written {
             if let Err(again) = self.apply(previous, "restore after a failed write", Some(caller)) {
                 error!(error = %again, "restoring the previous policy failed");
             }
             self.previous = before_previous;
-            return Err(ApplyError::WriteBack {
-                path: self.opts.config.clone(),
-                source: e,
-            });
+            return Err(ApplyError::WriteBack { path, source: e });
+        }
+        if self.opts.write_back == WriteBack::None {
+            self.matches_file = false;
+            return Ok(change);
         }
         self.file_hash = Some(super::lifecycle::sha256_hex(text.as_bytes()));
         self.enforced_file_hash = self.file_hash.clone();
@@ -435,7 +453,12 @@ fn wanted_macs<'a>(policy: &'a Policy, node: &str) -> Vec<Wanted<'a>> {
 /// GitOps checkout) stays a symlink.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let resolved;
-    let path = if std::fs::symlink_metadata(path)?.file_type().is_symlink() {
+    let is_symlink = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta.file_type().is_symlink(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e),
+    };
+    let path = if is_symlink {
         resolved = std::fs::canonicalize(path)?;
         resolved.as_path()
     } else {

@@ -37,7 +37,17 @@ fn empty_policy() -> Policy {
 /// remove once it serves.
 pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
     let bytes = std::fs::read(&opts.config).with_context(|| format!("reading {}", opts.config.display()))?;
-    let policy = policy::parse_bytes(&bytes, &opts.config.display().to_string())?;
+    let mut policy = policy::parse_bytes(&bytes, &opts.config.display().to_string())?;
+    // With --write-back none, what the API changed since the control file
+    // was last applied (as long as the file is still that one).
+    let mut matches_file = true;
+    if opts.write_back == super::WriteBack::None
+        && let Some((path, saved)) = super::state::load(&opts.state_dir, &sha256_hex(&bytes))
+    {
+        policy = policy::parse_bytes(&saved, &path.display().to_string())?;
+        matches_file = false;
+        info!(state = %path.display(), "enforcing the policy as changed through the API, not the control file");
+    }
     host::ensure_bpffs(&opts.bpffs).with_context(|| format!("preparing bpffs directory {}", opts.bpffs.display()))?;
 
     let layout = Layout::new(&opts.bpffs);
@@ -74,6 +84,7 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
         applied_at: SystemTime::now(),
         file_hash: Some(sha256_hex(&bytes)),
         enforced_file_hash: Some(sha256_hex(&bytes)),
+        matches_file,
         last_error: None,
         last_error_at: None,
         started_at: SystemTime::now(),

@@ -8,6 +8,7 @@ pub mod lifecycle;
 pub mod macs;
 pub mod notify;
 pub mod rules;
+pub mod state;
 mod verify;
 mod watch;
 
@@ -41,6 +42,23 @@ pub struct Options {
     pub map_sizes: crate::datapath::MapSizes,
     /// Largest control API request (`--max-request-bytes`).
     pub max_request_bytes: usize,
+    /// Where changes made through the API are kept (`--write-back`).
+    pub write_back: WriteBack,
+    /// The agent's own state (`--state-dir`): with `--write-back none`,
+    /// the policy changed through the API.
+    pub state_dir: PathBuf,
+}
+
+/// Where a change made through the API is saved, so that it survives a
+/// restart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum WriteBack {
+    /// Into the control file (its symlink, owner and mode kept).
+    File,
+    /// Into the state directory; the control file is left alone (it is
+    /// managed elsewhere). An edit of the control file is applied and
+    /// replaces what the API changed.
+    None,
 }
 
 /// Fallback for missed events: interfaces and addresses are compared this
@@ -82,6 +100,9 @@ pub struct Agent {
     pub applied_at: SystemTime,
     /// SHA-256 of the control file's bytes as last read or written.
     pub file_hash: Option<String>,
+    /// Whether the enforced policy is the control file's (false after a
+    /// change through the API with `--write-back none`).
+    pub matches_file: bool,
     /// SHA-256 of the control file's bytes when they last held the
     /// enforced policy (applied from it, or written back): a file that
     /// differs was changed behind the agent, and a write-back would
@@ -281,6 +302,10 @@ impl Agent {
             Ok(p) => match self.apply(p, "control file", None) {
                 Ok(change) => {
                     self.enforced_file_hash = self.file_hash.clone();
+                    self.matches_file = true;
+                    if self.opts.write_back == WriteBack::None {
+                        state::clear(&self.opts.state_dir);
+                    }
                     info!(changes = %change.summary(), "policy applied from the control file")
                 }
                 Err(e) => self.fail(format!("{e:#}")),

@@ -95,6 +95,11 @@ pub fn get(agent: &mut Agent) -> Reply {
                 "applied_at_rfc3339": rfc3339(agent.applied_at),
                 "generation": agent.generation,
                 "file": agent.opts.config,
+                "matches_file": agent.matches_file,
+                "write_back": match agent.opts.write_back {
+                    crate::daemon::WriteBack::File => "file",
+                    crate::daemon::WriteBack::None => "none",
+                },
             },
             "node": agent.opts.node,
             "hook": agent.attachments.kind().as_str(),
