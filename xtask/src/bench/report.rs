@@ -573,7 +573,7 @@ impl Report {
                 q <= 0.1,
                 "the agent parses the YAML control file (libyaml through serde, about 13 ms per 1,000 \
                  rules of this policy on this machine), compiles the whole policy (about 6 ms per 1,000 \
-                 rules), writes the map entries that changed (one system call each) and saves the control \
+                 rules), writes the map entries that changed (one batch system call per map) and saves the control \
                  file with fsync; iptables-restore parses a line format in C and sends one netlink batch. \
                  Parsing alone is about half of the apply: reaching a tenth of iptables-restore needs a \
                  faster parser or a binary format between the CLI and the agent.",
