@@ -144,21 +144,7 @@ fn rules_endpoints_diff_and_apply_through_the_cli() {
     // rule add: both sides of tcp/9090.
     let out = cli(agent, &add_to_api("9090"));
     assert!(out.contains("rule added"), "rule add said: {out}");
-    cli(
-        agent,
-        &[
-            "rule",
-            "add",
-            "api",
-            "ingress",
-            "--proto",
-            "tcp",
-            "--ports",
-            "9090",
-            "--peer",
-            "group:web",
-        ],
-    );
+    cli(agent, &add_from_web("9090"));
     let rules = rules_of(agent, "web", "egress");
     let added = rules
         .iter()
@@ -742,6 +728,22 @@ fn add_to_api(port: &str) -> [&str; 10] {
     ]
 }
 
+/// `rule add` arguments for api's ingress from web on tcp/`port`.
+fn add_from_web(port: &str) -> [&str; 10] {
+    [
+        "rule",
+        "add",
+        "api",
+        "ingress",
+        "--proto",
+        "tcp",
+        "--ports",
+        port,
+        "--peer",
+        "group:web",
+    ]
+}
+
 /// `hostwall --json diff FILE`, which exits 1 when there are changes.
 fn diff_json(agent: &Agent, file: &str, changes: bool) -> serde_json::Value {
     let out = agent.cli_output(&["--json", "diff", file]).expect("running diff");
@@ -1138,21 +1140,7 @@ fn write_back_none_keeps_changes_in_the_state_directory_until_the_file_changes()
     assert_eq!(matches_file(&agent), true);
 
     cli(&agent, &add_to_api("9090"));
-    cli(
-        &agent,
-        &[
-            "rule",
-            "add",
-            "api",
-            "ingress",
-            "--proto",
-            "tcp",
-            "--ports",
-            "9090",
-            "--peer",
-            "group:web",
-        ],
-    );
+    cli(&agent, &add_from_web("9090"));
     assert_checks("9090 allowed through the API", &[to_9090().expecting(Expect::Allowed)]);
     assert_eq!(file(), file0, "--write-back none wrote to the control file");
     assert_eq!(

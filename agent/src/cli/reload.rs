@@ -3,11 +3,7 @@ use std::process::ExitCode;
 pub fn run(ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
     let v = ctx.change("POST", "/v1/reload", &[], None)?;
     ctx.print(&v, |v| {
-        if v["dry_run"] == serde_json::Value::Bool(true) {
-            super::print_change(v, "reloaded", "reloading the control file would change");
-        } else {
-            println!("reloaded (generation {})", v["generation"]);
-        }
+        super::print_change(v, "reloaded", "reloading the control file would change")
     });
     Ok(ExitCode::SUCCESS)
 }

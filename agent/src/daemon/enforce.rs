@@ -91,9 +91,11 @@ impl Agent {
     }
 
     /// Refuses a write-back that would overwrite an operator's change of
-    /// the control file that the agent has not applied.
+    /// the control file that the agent has not applied (none is written
+    /// with `--write-back none`).
     fn check_file_unchanged(&self) -> Result<(), ApplyError> {
-        if let Ok(bytes) = std::fs::read(&self.opts.config)
+        if self.opts.write_back == WriteBack::File
+            && let Ok(bytes) = std::fs::read(&self.opts.config)
             && Some(super::lifecycle::sha256_hex(&bytes)) != self.enforced_file_hash
         {
             return Err(ApplyError::Conflict {
@@ -107,31 +109,19 @@ impl Agent {
     /// be (rule ids, compiling, map memory, the control file), with
     /// nothing written: a dry run.
     pub fn check(&mut self, new: &Policy) -> Result<PolicyDiff, ApplyError> {
-        if self.opts.write_back == WriteBack::File {
-            self.check_file_unchanged()?;
-        }
+        self.check_file_unchanged()?;
         let assignment = self.assign(new)?;
-        let addrs: Vec<IpAddr> = self.host_addresses.iter().copied().collect();
         let macs_before = self.macs.clone();
-        let macs = self.endpoint_macs(new);
+        let compiled = self.compile_fitting(new, &assignment);
         self.macs = macs_before;
-        let view = HostView {
-            node: &self.opts.node,
-            host_addresses: &addrs,
-            ifindex: &host::ifindex,
-            macs: &macs,
-        };
-        let compiled = compile::compile_with(new, &view, &self.opts.map_sizes.limits(), &assignment.ids)?;
-        self.datapath.slots.check_memory(&compiled)?;
+        compiled?;
         Ok(crate::policy::diff(&self.policy, new))
     }
 
     /// `apply`, then writes the policy back to the control file. If the
     /// file cannot be written, the previous policy is applied again.
     pub fn apply_and_save(&mut self, new: Policy, source: &str, caller: &Caller) -> Result<PolicyDiff, ApplyError> {
-        if self.opts.write_back == WriteBack::File {
-            self.check_file_unchanged()?;
-        }
+        self.check_file_unchanged()?;
         let previous = self.policy.clone();
         let before_previous = self.previous.clone();
         let change = self.apply(new, source, Some(caller))?;
@@ -202,6 +192,41 @@ impl Agent {
         }
     }
 
+    /// `policy` compiled for this host with the rules' slots of
+    /// `assignment`, quarantined interfaces included, checked against the
+    /// maps' memory ceiling; also returns the quarantined interfaces. The
+    /// endpoints' MACs are decided on the way (`self.macs`).
+    fn compile_fitting(
+        &mut self,
+        policy: &Policy,
+        assignment: &Assignment,
+    ) -> Result<(Compiled, BTreeMap<u32, String>), ApplyError> {
+        let addrs: Vec<IpAddr> = self.host_addresses.iter().copied().collect();
+        let macs = self.endpoint_macs(policy);
+        let view = HostView {
+            node: &self.opts.node,
+            host_addresses: &addrs,
+            ifindex: &host::ifindex,
+            macs: &macs,
+        };
+        let mut compiled = compile::compile_with(policy, &view, &self.opts.map_sizes.limits(), &assignment.ids)?;
+
+        // Quarantine: computed against the new policy's endpoints.
+        let saved = std::mem::replace(&mut self.policy, policy.clone());
+        let quarantine = self.quarantine_candidates();
+        self.policy = saved;
+        for (ifindex, name) in &quarantine {
+            compiled.endpoints.push(compile::LocalEndpoint {
+                name: format!("quarantine:{name}"),
+                interface: name.clone(),
+                ifindex: Some(*ifindex),
+                info: hostwall_common::EndpointInfo::new(QUARANTINED, [0; 6]),
+            });
+        }
+        self.datapath.slots.check_memory(&compiled)?;
+        Ok((compiled, quarantine))
+    }
+
     /// Slots and ids for `policy`'s rules. When every slot is taken or
     /// named by a tracked flow, conntrack is read to release the slots no
     /// flow names any more, once.
@@ -220,8 +245,7 @@ impl Agent {
 
     fn note_error(&mut self, e: ApplyError) {
         error!(error = %format!("{e:#}"), "re-applying the policy failed; the last good state stays enforced");
-        self.last_error = Some(format!("{:#}", anyhow::Error::new(e)));
-        self.last_error_at = Some(SystemTime::now());
+        self.record_error(format!("{:#}", anyhow::Error::new(e)));
     }
 
     /// Interfaces that match `settings.quarantine` and are no endpoint.
@@ -245,41 +269,15 @@ impl Agent {
     /// Compiles `policy` for the host as it is, writes it to the maps and
     /// attaches to every endpoint (and quarantined) interface.
     pub(super) fn enforce(&mut self, policy: &Policy, assignment: &Assignment) -> Result<Compiled, ApplyError> {
-        let addrs: Vec<IpAddr> = self.host_addresses.iter().copied().collect();
         // MACs are fixed only by a policy that gets enforced.
         let macs_before = self.macs.clone();
-        let macs = self.endpoint_macs(policy);
-        let view = HostView {
-            node: &self.opts.node,
-            host_addresses: &addrs,
-            ifindex: &host::ifindex,
-            macs: &macs,
-        };
-        let mut compiled = match compile::compile_with(policy, &view, &self.opts.map_sizes.limits(), &assignment.ids) {
+        let (mut compiled, quarantine) = match self.compile_fitting(policy, assignment) {
             Ok(c) => c,
             Err(e) => {
                 self.macs = macs_before;
-                return Err(e.into());
+                return Err(e);
             }
         };
-
-        // Quarantine: computed against the new policy's endpoints.
-        let saved = std::mem::replace(&mut self.policy, policy.clone());
-        let quarantine = self.quarantine_candidates();
-        self.policy = saved;
-        for (ifindex, name) in &quarantine {
-            compiled.endpoints.push(compile::LocalEndpoint {
-                name: format!("quarantine:{name}"),
-                interface: name.clone(),
-                ifindex: Some(*ifindex),
-                info: hostwall_common::EndpointInfo::new(QUARANTINED, [0; 6]),
-            });
-        }
-
-        if let Err(e) = self.datapath.slots.check_memory(&compiled) {
-            self.macs = macs_before;
-            return Err(e.into());
-        }
         self.prepare_rule_counters(assignment);
         if let Err(e) = self.datapath.slots.apply(&compiled) {
             self.macs = macs_before;
@@ -323,8 +321,7 @@ impl Agent {
                 Err(e) => {
                     let message = format!("{:#}", anyhow::Error::new(e));
                     error!(endpoint = %ep.name, error = %message, "attaching failed");
-                    self.last_error = Some(message);
-                    self.last_error_at = Some(SystemTime::now());
+                    self.record_error(message);
                 }
             }
         }

@@ -316,6 +316,11 @@ impl Agent {
 
     fn fail(&mut self, message: String) {
         error!(error = %message, "policy refused; the last good policy stays enforced");
+        self.record_error(message);
+    }
+
+    /// Keeps `message` as the last error, with its time, for `status`.
+    fn record_error(&mut self, message: String) {
         self.last_error = Some(message);
         self.last_error_at = Some(SystemTime::now());
     }

@@ -46,8 +46,7 @@ impl Agent {
                         anyhow::Error::new(e)
                     );
                     error!(error = %message, "an interface is not enforced");
-                    self.last_error = Some(message);
-                    self.last_error_at = Some(std::time::SystemTime::now());
+                    self.record_error(message);
                 }
             }
         }

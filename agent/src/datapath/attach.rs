@@ -92,6 +92,11 @@ pub struct Attachments {
     uplink: Option<(String, u32)>,
 }
 
+/// The name the uplink's XDP link is pinned under in the links directory.
+fn uplink_link_name(ifindex: u32) -> String {
+    format!("uplink{ifindex}")
+}
+
 fn hook_name(t: TcAttachType) -> &'static str {
     match t {
         TcAttachType::Ingress => "tc ingress",
@@ -307,9 +312,7 @@ impl Attachments {
                     match socket.tc_filter_programs(ifindex, parent) {
                         Ok(ids) => ids,
                         // No clsact qdisc: no filters either.
-                        Err(e) if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::ENOENT) => {
-                            Vec::new()
-                        }
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)) => Vec::new(),
                         Err(e) => {
                             return Err(format!(
                                 "listing the {} filters of ifindex {ifindex}: {e}",
@@ -330,7 +333,7 @@ impl Attachments {
     /// it: a removed pin ends the link).
     pub fn uplink_missing(&self) -> Option<(String, u32)> {
         let (name, ifindex) = self.uplink.clone()?;
-        (!self.links_dir.join(format!("uplink{ifindex}")).exists()).then_some((name, ifindex))
+        (!self.links_dir.join(uplink_link_name(ifindex)).exists()).then_some((name, ifindex))
     }
 
     /// Removes hostwall from an interface (or forgets one that is gone).
@@ -356,7 +359,7 @@ impl Attachments {
         ifindex: u32,
         old_links: Option<&Path>,
     ) -> Result<(), AttachError> {
-        let name = format!("uplink{ifindex}");
+        let name = uplink_link_name(ifindex);
         let path = self.links_dir.join(&name);
         let old = old_links.map(|d| d.join(&name));
         let err = |source| AttachError::Attach {

@@ -43,11 +43,11 @@ pub enum Batched {
     Unsupported,
 }
 
-fn call(cmd: libc::c_long, name: &'static str, mut attr: BatchAttr, len: usize) -> Result<Batched, MapError> {
-    if len == 0 {
+fn call(cmd: libc::c_long, name: &'static str, mut attr: BatchAttr) -> Result<Batched, MapError> {
+    if attr.count == 0 {
         return Ok(Batched::All);
     }
-    // SAFETY: `attr` points to `len` keys (and values) that outlive the
+    // SAFETY: `attr` points to `count` keys (and values) that outlive the
     // call, of the map's key and value sizes (the callers' types are the
     // map's own); the kernel writes only `count` back.
     let ret = unsafe {
@@ -83,7 +83,7 @@ pub fn update<K: Pod, V: Pod>(fd: BorrowedFd<'_>, entries: &[(K, V)]) -> Result<
         map_fd: fd.as_raw_fd() as u32,
         ..Default::default()
     };
-    call(BPF_MAP_UPDATE_BATCH, "bpf_map_update_batch", attr, entries.len())
+    call(BPF_MAP_UPDATE_BATCH, "bpf_map_update_batch", attr)
 }
 
 /// Removes `keys` from the map `fd`; every key must be present.
@@ -94,5 +94,5 @@ pub fn delete<K: Pod>(fd: BorrowedFd<'_>, keys: &[K]) -> Result<Batched, MapErro
         map_fd: fd.as_raw_fd() as u32,
         ..Default::default()
     };
-    call(BPF_MAP_DELETE_BATCH, "bpf_map_delete_batch", attr, keys.len())
+    call(BPF_MAP_DELETE_BATCH, "bpf_map_delete_batch", attr)
 }

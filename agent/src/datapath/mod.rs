@@ -159,7 +159,7 @@ pub struct Datapath {
     pub slots: Slots,
     /// Every pinned map, opened again from its pin: what a pin someone
     /// removed is made again from.
-    pins: Vec<(&'static str, PathBuf, aya::maps::MapData)>,
+    pins: Vec<(PathBuf, aya::maps::MapData)>,
 }
 
 impl Datapath {
@@ -203,12 +203,12 @@ impl Datapath {
             }
         })?;
         let mut datapath = Datapath::with_programs(ebpf)?;
-        for (name, path) in paths {
+        for (_, path) in paths {
             let map = aya::maps::MapData::from_pin(&path).map_err(|source| LoadError::Object {
                 dir: maps.clone(),
                 source: Box::new(aya::EbpfError::MapError(source)),
             })?;
-            datapath.pins.push((name, path, map));
+            datapath.pins.push((path, map));
         }
         datapath.slots.set_sizes(*sizes);
         datapath.slots.set_fixed_memory(memory::fixed());
@@ -292,10 +292,10 @@ impl Datapath {
     /// policy in); returns the paths pinned again.
     pub fn restore_pins(&mut self, layout: &Layout) -> Vec<PathBuf> {
         let mut restored = Vec::new();
-        if self.pins.iter().any(|(_, path, _)| !path.exists()) {
-            let _ = std::fs::create_dir_all(layout.maps());
-            for (_, path, map) in &self.pins {
-                if !path.exists() && map.pin(path).is_ok() {
+        for (path, map) in &self.pins {
+            if !path.exists() {
+                let _ = std::fs::create_dir_all(layout.maps());
+                if map.pin(path).is_ok() {
                     restored.push(path.clone());
                 }
             }
