@@ -330,7 +330,10 @@ pub struct Settings {
     /// entries remember paths checked under one generation
     /// (`CtEntry::paths_gen`).
     pub generation: u32,
-    pub _pad: u32,
+    /// The agent's generation of the policy (`hostwall status`): one more
+    /// with every change applied. The datapath does not read it; kept in
+    /// the pinned map, it survives the agent's restarts.
+    pub policy_generation: u32,
 }
 const _: () = assert!(size_of::<Settings>() == 72);
 

@@ -129,6 +129,13 @@ fn sigkill_leaves_enforcement_and_a_restart_adopts_it() {
     let hash = agent.policy_hash().expect("status");
     let ids: Vec<u64> = (0..2).map(|i| rule_id(&agent, "client", "egress", i)).collect();
     let before = agent.stats().expect("reading counters");
+    let generation = |agent: &Agent| {
+        agent.status().expect("status")["policy"]["generation"]
+            .as_u64()
+            .expect("a generation")
+    };
+    let generation_before = generation(&agent);
+    assert!(generation_before >= 1, "the first policy the agent applied has generation {generation_before}");
 
     agent.kill9().expect("killing the agent");
     assert!(
@@ -148,6 +155,13 @@ fn sigkill_leaves_enforcement_and_a_restart_adopts_it() {
         agent.policy_hash().expect("status"),
         hash,
         "the policy hash changed across the restart"
+    );
+    // The restarted agent counts on: a generation names one policy
+    // applied, across restarts.
+    assert_eq!(
+        generation(&agent),
+        generation_before + 1,
+        "the restarted agent's startup apply should be the generation after the last one before the kill"
     );
     let again: Vec<u64> = (0..2).map(|i| rule_id(&agent, "client", "egress", i)).collect();
     assert_eq!(again, ids, "rule ids changed across the restart");

@@ -582,7 +582,8 @@ fn settings(policy: &Policy) -> Settings {
         max_inbound_per_endpoint: ct.max_inbound_per_endpoint,
         // Set when the policy is written (`Slots::apply`).
         generation: 0,
-        _pad: 0,
+        // Set by the agent for the policy it applies.
+        policy_generation: 0,
     }
 }
 

@@ -62,7 +62,15 @@ impl Agent {
     /// slot and switched to in one step. On error nothing changes.
     pub fn apply(&mut self, new: Policy, source: &str, caller: Option<&Caller>) -> Result<PolicyDiff, ApplyError> {
         let assignment = self.assign(&new)?;
-        let compiled = self.enforce(&new, &assignment)?;
+        // Written with the policy, so that it survives a restart.
+        self.generation += 1;
+        let compiled = match self.enforce(&new, &assignment) {
+            Ok(c) => c,
+            Err(e) => {
+                self.generation -= 1;
+                return Err(e);
+            }
+        };
         self.registry.commit(&assignment);
         let change = crate::policy::diff(&self.policy, &new);
         let revalidate = new.settings.on_policy_change == OnPolicyChange::Revalidate && !change.is_empty();
@@ -72,7 +80,6 @@ impl Agent {
         }
         self.compiled = compiled;
         self.applied_at = SystemTime::now();
-        self.generation += 1;
         self.last_error = None;
         self.last_error_at = None;
         if revalidate {
@@ -279,6 +286,7 @@ impl Agent {
             }
         };
         self.prepare_rule_counters(assignment);
+        compiled.settings.policy_generation = u32::try_from(self.generation).unwrap_or(u32::MAX);
         if let Err(e) = self.datapath.slots.apply(&compiled) {
             self.macs = macs_before;
             return Err(e.into());

@@ -68,6 +68,7 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
         migrate(old, &mut datapath);
     }
     let registry = read_rule_keys(&mut datapath);
+    let generation = datapath.slots.policy_generation();
     let attachments = Attachments::new(&layout.links()).context("creating the links directory")?;
 
     let mut agent = Agent {
@@ -88,7 +89,8 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
         last_error: None,
         last_error_at: None,
         started_at: SystemTime::now(),
-        generation: 0,
+        // Counted on from where an earlier agent left the pinned maps.
+        generation,
         previous: None,
         adopt_from: older.first().map(|l| l.links()),
     };

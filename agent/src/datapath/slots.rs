@@ -404,6 +404,14 @@ impl SettingsMap {
         }
     }
 
+    /// The agent's policy generation slot `index` holds (0 when none).
+    fn policy_generation(&self, index: u32) -> u32 {
+        match self {
+            SettingsMap::Current(m) => m.get(&index, 0).map_or(0, |s| s.policy_generation),
+            SettingsMap::WithoutGeneration(_) => 0,
+        }
+    }
+
     fn set(&mut self, index: u32, v: &Settings) -> Result<(), MapError> {
         match self {
             SettingsMap::Current(m) => m.set(index, v, 0),
@@ -641,6 +649,12 @@ impl Slots {
 
     /// What the active slot was written with, when this agent wrote it in
     /// this build's form.
+    /// The latest policy generation written to either slot: where an
+    /// agent that adopts pinned maps goes on counting.
+    pub fn policy_generation(&self) -> u64 {
+        u64::from(self.settings.policy_generation(0).max(self.settings.policy_generation(1)))
+    }
+
     pub fn active_tables(&self) -> Option<&Current> {
         match &self.held[self.current as usize].as_ref()?.tables {
             Tables::Current(t) => Some(t),
