@@ -17,10 +17,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let code = cli::exit_code(&e);
             if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "error": format!("{e:#}"), "exit_code": code })
-                );
+                println!("{}", cli::error_json(&e, code));
             } else {
                 eprintln!("error: {e:#}");
             }

@@ -211,6 +211,17 @@ fn malformed_requests_get_http_errors_and_the_agent_keeps_serving() {
         let v: serde_json::Value =
             serde_json::from_str(&body).unwrap_or_else(|e| panic!("{what}: error body is not JSON ({e}): {body}"));
         assert!(v["error"].is_string(), "{what}: no error message: {body}");
+        // One error kind per status, and the agent's version on every reply.
+        let kind = match expected {
+            400 => "bad_request",
+            404 => "not_found",
+            405 => "method_not_allowed",
+            413 => "too_large",
+            422 => "invalid",
+            other => panic!("no kind listed for {other}"),
+        };
+        assert_eq!(v["kind"], kind, "{what}: {body}");
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"), "{what}: {body}");
         assert_serving(&agent, &format!("after {what}"));
     }
 
@@ -424,8 +435,9 @@ fn misspelled_fields_and_query_keys_are_refused_and_change_nothing() {
     let _server = hostwall_tests::Node::serve(&api, &[], &[8053, 9053]).expect("echo servers in api");
     let agent = Agent::start(&host, POLICY).expect("starting the agent");
     let socket = agent.socket().to_path_buf();
-    let generation = || agent.status().expect("status")["generation"].as_u64();
+    let generation = || agent.status().expect("status")["policy"]["generation"].as_u64();
     let before = generation();
+    assert!(before.is_some(), "status has no policy generation");
     let flows = || {
         let (status, v) = send_json(&socket, "GET", "/v1/conntrack", "");
         assert_eq!(status, 200, "{v}");
@@ -585,4 +597,96 @@ fn an_unprivileged_agent_is_told_what_it_lacks() {
         stderr.contains("the agent needs root, or CAP_BPF") && !stderr.contains("hostwall uninstall"),
         "the error names what is missing and does not send the user to uninstall: {stderr}"
     );
+}
+
+#[test]
+fn the_served_schema_is_the_generated_one_and_every_reply_says_its_version() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let _web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let _api = host.add_container("api", "hw-api", 12).expect("adding api");
+    let agent = Agent::start(&host, POLICY).expect("starting the agent");
+    let socket = agent.socket().to_path_buf();
+
+    // What the agent serves is what this build's types generate, and what
+    // the repository documents.
+    let served: serde_json::Value = serde_json::from_str(&agent.cli(&["get", "schema"]).expect("hostwall get schema"))
+        .expect("the served schema is JSON");
+    let out = Command::new(&bins().hostwall)
+        .arg("schema")
+        .output()
+        .expect("running hostwall schema");
+    assert!(out.status.success(), "hostwall schema failed");
+    let generated: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the generated schema is JSON");
+    assert!(
+        served == generated,
+        "the agent serves a schema other than the generated one"
+    );
+    let committed: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist/api-schema.json"))
+            .expect("reading dist/api-schema.json"),
+    )
+    .expect("dist/api-schema.json is JSON");
+    assert!(
+        committed == generated,
+        "dist/api-schema.json is not the generated schema"
+    );
+    let routes: Vec<String> = served["routes"]
+        .as_array()
+        .expect("routes")
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {}",
+                r["method"].as_str().unwrap_or(""),
+                r["path"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    for route in [
+        "GET /v1/status",
+        "POST /v1/rules",
+        "DELETE /v1/conntrack",
+        "GET /v1/schema",
+    ] {
+        assert!(
+            routes.iter().any(|r| r == route),
+            "the schema lists no {route}: {routes:?}"
+        );
+    }
+
+    for path in ["/v1/status", "/v1/policy", "/v1/stats", "/v1/conntrack", "/v1/schema"] {
+        let (status, v) = send_json(&socket, "GET", path, "");
+        assert_eq!(status, 200, "GET {path}: {v}");
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"), "GET {path} says no version");
+    }
+    let (status, v) = send_json(
+        &socket,
+        "POST",
+        "/v1/rules?dry_run=true",
+        r#"{"group": "web", "direction": "egress", "proto": "tcp", "ports": 443, "peer": "host"}"#,
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v["version"],
+        env!("CARGO_PKG_VERSION"),
+        "a change reply says no version: {v}"
+    );
+    assert_eq!(v["dry_run"], true, "{v}");
+
+    // A refused command's --json carries the agent's error kind and status
+    // and an exit code that tells it apart.
+    let out = agent
+        .cli_output(&["--json", "rule", "remove", "--id", "987654321"])
+        .expect("running rule remove");
+    assert_eq!(out.status.code(), Some(2), "removing an unknown rule id");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "--json error output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    assert_eq!(v["kind"], "not_found", "{v}");
+    assert_eq!(v["status"], 404, "{v}");
+    assert_eq!(v["exit_code"], 2, "{v}");
+    assert!(v["error"].as_str().unwrap_or_default().contains("987654321"), "{v}");
 }

@@ -135,7 +135,10 @@ fn sigkill_leaves_enforcement_and_a_restart_adopts_it() {
             .expect("a generation")
     };
     let generation_before = generation(&agent);
-    assert!(generation_before >= 1, "the first policy the agent applied has generation {generation_before}");
+    assert!(
+        generation_before >= 1,
+        "the first policy the agent applied has generation {generation_before}"
+    );
 
     agent.kill9().expect("killing the agent");
     assert!(

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use super::ErrorKind;
 use super::http::{parse_response, percent_encode};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +29,11 @@ pub enum ClientError {
     #[error("the agent sent a response that is not HTTP/JSON")]
     BadResponse,
     #[error("{message}")]
-    Refused { status: u16, message: String },
+    Refused {
+        status: u16,
+        kind: ErrorKind,
+        message: String,
+    },
 }
 
 /// Sends one request; returns the JSON body of a 2xx response.
@@ -70,7 +75,11 @@ pub fn call(
             .and_then(Value::as_str)
             .unwrap_or("request failed")
             .to_string();
-        return Err(ClientError::Refused { status, message });
+        let kind = value
+            .get("kind")
+            .and_then(|k| serde_json::from_value(k.clone()).ok())
+            .unwrap_or(ErrorKind::of_status(status));
+        return Err(ClientError::Refused { status, kind, message });
     }
     Ok(value)
 }

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use super::http::{self, DecodeError};
-use super::{Caller, Reply, error, handlers};
+use super::{Caller, ErrorKind, Reply, error, handlers};
 use crate::daemon::ApiCall;
 
 /// How long a client may take to send its request.
@@ -88,6 +88,7 @@ async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, limits
         Ok(r) => r,
         Err(r) => r,
     };
+    let reply = super::with_version(reply);
     let _ = stream.write_all(&http::response(reply.0, &reply.1)).await;
     let _ = stream.shutdown().await;
     // A Unix socket closed with unread input resets the peer, whose read
@@ -116,7 +117,7 @@ async fn handle(
 ) -> Result<Reply, Reply> {
     let cred = stream
         .peer_cred()
-        .map_err(|e| error(500, format!("reading peer credentials: {e}")))?;
+        .map_err(|e| error(ErrorKind::Internal, format!("reading peer credentials: {e}")))?;
     let caller = Caller {
         uid: cred.uid(),
         gid: cred.gid(),
@@ -128,11 +129,14 @@ async fn handle(
             pid = caller.pid,
             "refused an API client that is neither root nor in the admin group"
         );
-        return Err(error(403, "only root and the admin group may use the hostwall API"));
+        return Err(error(
+            ErrorKind::Forbidden,
+            "only root and the admin group may use the hostwall API",
+        ));
     }
     let request = tokio::time::timeout(READ_TIMEOUT, read_request(stream, limits.max_request))
         .await
-        .map_err(|_| error(408, "the request did not arrive within 5 s"))??;
+        .map_err(|_| error(ErrorKind::Timeout, "the request did not arrive within 5 s"))??;
     debug!(method = %request.method, path = %request.path, uid = caller.uid, "API request");
     // Parsing happens here, off the agent's task.
     let (request, prepared) = tokio::task::spawn_blocking(move || {
@@ -140,7 +144,7 @@ async fn handle(
         (request, prepared)
     })
     .await
-    .map_err(|e| error(500, format!("reading the request's body failed: {e}")))?;
+    .map_err(|e| error(ErrorKind::Internal, format!("reading the request's body failed: {e}")))?;
     let (tx, rx) = oneshot::channel();
     agent
         .send(ApiCall {
@@ -150,16 +154,17 @@ async fn handle(
             reply: tx,
         })
         .await
-        .map_err(|_| error(500, "the agent is shutting down"))?;
-    rx.await.map_err(|_| error(500, "the agent dropped the request"))
+        .map_err(|_| error(ErrorKind::Internal, "the agent is shutting down"))?;
+    rx.await
+        .map_err(|_| error(ErrorKind::Internal, "the agent dropped the request"))
 }
 
 /// Reads one request of at most `limit` bytes: the head until it says how
 /// long the request is, then exactly that, decoded once.
 async fn read_request(stream: &mut UnixStream, limit: usize) -> Result<http::Request, Reply> {
     let refuse = |e: DecodeError| match e {
-        DecodeError::TooLarge { .. } | DecodeError::HeadTooLarge { .. } => error(413, e),
-        DecodeError::Malformed { .. } => error(400, e),
+        DecodeError::TooLarge { .. } | DecodeError::HeadTooLarge { .. } => error(ErrorKind::TooLarge, e),
+        DecodeError::Malformed { .. } => error(ErrorKind::BadRequest, e),
     };
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 1 << 16];
@@ -176,14 +181,17 @@ async fn read_request(stream: &mut UnixStream, limit: usize) -> Result<http::Req
         {
             return http::decode_within(&buf[..n], limit)
                 .map_err(refuse)?
-                .ok_or_else(|| error(400, "the request is shorter than its content-length"));
+                .ok_or_else(|| error(ErrorKind::BadRequest, "the request is shorter than its content-length"));
         }
         let n = stream
             .read(&mut chunk)
             .await
-            .map_err(|e| error(400, format!("reading the request: {e}")))?;
+            .map_err(|e| error(ErrorKind::BadRequest, format!("reading the request: {e}")))?;
         if n == 0 {
-            return Err(error(400, "the connection closed before the request was complete"));
+            return Err(error(
+                ErrorKind::BadRequest,
+                "the connection closed before the request was complete",
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
     }

@@ -4,14 +4,15 @@
 //! refused with its name, so that a misspelling can never be read as "not
 //! given" (a rule for every port, a flush of every flow).
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::http::Request;
-use super::{Reply, error};
+use super::{ErrorKind, Reply, error};
 
 /// A value a request may give as a JSON string or number (`"443"`, `443`,
 /// `"8000-8100"`, `"tcp"`, `6`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum Scalar {
     Number(u64),
@@ -27,7 +28,7 @@ impl std::fmt::Display for Scalar {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DirectionName {
     Ingress,
@@ -36,7 +37,7 @@ pub enum DirectionName {
 
 /// `POST /v1/rules`: one rule for one peer (`group:NAME`, `cidr:CIDR`,
 /// `prefix-list:NAME` or `host`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleAdd {
     pub group: String,
@@ -55,7 +56,7 @@ pub struct RuleAdd {
 
 /// `DELETE /v1/rules`: a rule by its id, or by the fields of `RuleAdd`
 /// but `description` (the peer is revoked from every rule that matches).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleRemove {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,7 +78,7 @@ pub struct RuleRemove {
 }
 
 /// `POST /v1/endpoints`: add an endpoint, or replace the one of that name.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointAdd {
     pub name: String,
@@ -93,39 +94,16 @@ pub struct EndpointAdd {
     pub node: Option<String>,
 }
 
-/// Query keys of `GET` and `DELETE /v1/conntrack`.
-pub const CONNTRACK_QUERY: &[&str] = &["addr", "port", "proto", "endpoint"];
-/// Query keys of `GET /v1/explain`.
-pub const EXPLAIN_QUERY: &[&str] = &["from", "to", "flow"];
-
-/// Query keys of `DELETE /v1/conntrack`.
-pub const CONNTRACK_FLUSH_QUERY: &[&str] = &["addr", "port", "proto", "endpoint", "dry_run"];
-/// Query key of every request that changes something: `dry_run=true`
-/// says what it would change and changes nothing.
-pub const CHANGE_QUERY: &[&str] = &["dry_run"];
-
-/// The query keys a route takes.
-pub fn query_keys(method: &str, segments: &[&str]) -> &'static [&'static str] {
-    match (method, segments) {
-        ("GET", ["v1", "conntrack"]) => CONNTRACK_QUERY,
-        ("DELETE", ["v1", "conntrack"]) => CONNTRACK_FLUSH_QUERY,
-        ("GET", ["v1", "explain"]) => EXPLAIN_QUERY,
-        ("PUT", ["v1", "policy"])
-        | ("POST", ["v1", "reload" | "rollback"])
-        | ("POST" | "DELETE", ["v1", "rules"])
-        | ("POST", ["v1", "endpoints"])
-        | ("DELETE", ["v1", "endpoints", _]) => CHANGE_QUERY,
-        _ => &[],
-    }
-}
-
 /// Whether a change request asks only what it would change
 /// (`dry_run=true`; `false` or no key: it changes).
 pub fn dry_run(req: &Request) -> Result<bool, Reply> {
     match req.query.iter().find(|(k, _)| k == "dry_run").map(|(_, v)| v.as_str()) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
-        Some(other) => Err(error(400, format!("dry_run: \"{other}\" is not true or false"))),
+        Some(other) => Err(error(
+            ErrorKind::BadRequest,
+            format!("dry_run: \"{other}\" is not true or false"),
+        )),
     }
 }
 
@@ -139,10 +117,16 @@ pub fn check_query(req: &Request, allowed: &[&str]) -> Result<(), Reply> {
             } else {
                 format!("expected {}", allowed.join(", "))
             };
-            return Err(error(400, format!("unknown query key \"{key}\" ({expected})")));
+            return Err(error(
+                ErrorKind::BadRequest,
+                format!("unknown query key \"{key}\" ({expected})"),
+            ));
         }
         if req.query[..i].iter().any(|(k, _)| k == key) {
-            return Err(error(400, format!("query key \"{key}\" given more than once")));
+            return Err(error(
+                ErrorKind::BadRequest,
+                format!("query key \"{key}\" given more than once"),
+            ));
         }
     }
     Ok(())
@@ -152,8 +136,12 @@ pub fn check_query(req: &Request, allowed: &[&str]) -> Result<(), Reply> {
 /// is refused by name).
 pub fn body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, Reply> {
     serde_json::from_slice(&req.body).map_err(|e| {
-        let status = if e.is_syntax() || e.is_eof() { 400 } else { 422 };
-        error(status, format!("the request body: {e}"))
+        let kind = if e.is_syntax() || e.is_eof() {
+            ErrorKind::BadRequest
+        } else {
+            ErrorKind::Invalid
+        };
+        error(kind, format!("the request body: {e}"))
     })
 }
 
@@ -225,19 +213,31 @@ mod tests {
 
     #[test]
     fn unknown_and_repeated_query_keys_are_refused() {
-        let (status, v) = check_query(&request(&[("adr", "10.0.0.1")], ""), CONNTRACK_QUERY).unwrap_err();
+        let (status, v) = check_query(
+            &request(&[("adr", "10.0.0.1")], ""),
+            &["addr", "port", "proto", "endpoint"],
+        )
+        .unwrap_err();
         assert_eq!(status, 400);
         let message = v["error"].as_str().unwrap();
         assert!(message.contains("\"adr\""), "{message}");
         assert!(message.contains("addr, port, proto, endpoint"), "{message}");
         let twice = request(&[("addr", "10.0.0.1"), ("addr", "10.0.0.2")], "");
         assert!(
-            check_query(&twice, CONNTRACK_QUERY).unwrap_err().1["error"]
+            check_query(&twice, &["addr", "port", "proto", "endpoint"])
+                .unwrap_err()
+                .1["error"]
                 .as_str()
                 .unwrap()
                 .contains("more than once")
         );
-        assert!(check_query(&request(&[("addr", "10.0.0.1"), ("port", "22")], ""), CONNTRACK_QUERY).is_ok());
+        assert!(
+            check_query(
+                &request(&[("addr", "10.0.0.1"), ("port", "22")], ""),
+                &["addr", "port", "proto", "endpoint"]
+            )
+            .is_ok()
+        );
         let (_, v) = check_query(&request(&[("verbose", "1")], ""), &[]).unwrap_err();
         assert!(v["error"].as_str().unwrap().contains("takes no query"));
     }

@@ -7,10 +7,16 @@ use serde_json::Value;
 pub enum Cmd {
     /// The applied policy, with rule ids.
     Policy,
+    /// The API's JSON schema, as the running agent serves it.
+    Schema,
 }
 
 pub fn run(ctx: &super::Ctx, cmd: Cmd) -> anyhow::Result<ExitCode> {
     match cmd {
+        Cmd::Schema => {
+            let v = ctx.call("GET", "/v1/schema", &[], None)?;
+            println!("{}", serde_json::to_string_pretty(&v).expect("json values serialize"));
+        }
         Cmd::Policy => {
             let v = ctx.call("GET", "/v1/policy", &[], None)?;
             ctx.print(&v, |v| {

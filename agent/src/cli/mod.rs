@@ -61,6 +61,9 @@ pub enum Command {
     Agent(agent::Args),
     /// Remove every hostwall program, link and pin from this host.
     Uninstall(uninstall::Args),
+    /// Print the API's JSON schema, as this binary's types generate it
+    /// (no agent needed; `get schema` asks the running agent).
+    Schema,
     /// Check a control file without applying it.
     Validate {
         /// The control file (YAML or JSON).
@@ -119,12 +122,15 @@ pub struct Invalid(pub String);
 
 /// The exit code of a failed command.
 pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use hostwall::api::ErrorKind;
     use hostwall::api::client::ClientError;
     for cause in e.chain() {
         if let Some(c) = cause.downcast_ref::<ClientError>() {
             return match c {
-                ClientError::Refused { status, .. } if (400..500).contains(status) => exit::INVALID,
-                ClientError::Refused { .. } => exit::FAILED,
+                ClientError::Refused { kind, .. } => match kind {
+                    ErrorKind::Internal => exit::FAILED,
+                    _ => exit::INVALID,
+                },
                 ClientError::Forbidden { .. }
                 | ClientError::Connect { .. }
                 | ClientError::Io(_)
@@ -139,6 +145,18 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         }
     }
     exit::FAILED
+}
+
+/// A failed command's `--json` output: the message, the exit code and,
+/// when the agent refused the request, the error's `kind` and HTTP status.
+pub fn error_json(e: &anyhow::Error, code: u8) -> Value {
+    use hostwall::api::client::ClientError;
+    let mut v = serde_json::json!({ "error": format!("{e:#}"), "exit_code": code });
+    if let Some(ClientError::Refused { status, kind, .. }) = e.chain().find_map(|c| c.downcast_ref::<ClientError>()) {
+        v["kind"] = serde_json::to_value(kind).expect("kinds serialize");
+        v["status"] = (*status).into();
+    }
+    v
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -167,6 +185,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Agent(args) => agent::run(args, &ctx),
         Command::Uninstall(args) => uninstall::run(args, &ctx),
         Command::Validate { file } => validate::run(&file),
+        Command::Schema => {
+            let doc = hostwall::api::routes::document();
+            println!("{}", serde_json::to_string_pretty(&doc).expect("json values serialize"));
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Apply { file } => apply::apply(&ctx, &file),
         Command::Diff { file } => apply::diff(&ctx, &file),
         Command::Reload => reload::run(&ctx),

@@ -652,7 +652,11 @@ impl Slots {
     /// The latest policy generation written to either slot: where an
     /// agent that adopts pinned maps goes on counting.
     pub fn policy_generation(&self) -> u64 {
-        u64::from(self.settings.policy_generation(0).max(self.settings.policy_generation(1)))
+        u64::from(
+            self.settings
+                .policy_generation(0)
+                .max(self.settings.policy_generation(1)),
+        )
     }
 
     pub fn active_tables(&self) -> Option<&Current> {

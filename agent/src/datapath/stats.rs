@@ -6,13 +6,13 @@ use aya::Ebpf;
 use aya::maps::{MapData, PerCpuArray};
 use hostwall_common::{Counter, DropReason, PassReason};
 use serde::Serialize;
-use serde_json::{Value, json};
 
+use crate::api::replies::MapFill;
 use crate::compile::Compiled;
 use crate::daemon::Agent;
 use crate::datapath::conntrack::{self, Table};
 
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ReasonCount {
     pub code: u32,
     pub reason: &'static str,
@@ -20,7 +20,7 @@ pub struct ReasonCount {
     pub bytes: u64,
 }
 
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, schemars::JsonSchema)]
 pub struct ConntrackTotals {
     pub entries: usize,
     pub capacity: u32,
@@ -97,18 +97,27 @@ pub fn read(ebpf: &Ebpf, compiled: &Compiled) -> Stats {
 
 /// Entries and capacity of the maps of the active policy slot and of
 /// conntrack.
-pub fn fill_levels(agent: &Agent) -> Vec<Value> {
-    let mut out: Vec<Value> = agent
+pub fn fill_levels(agent: &Agent) -> Vec<MapFill> {
+    let fill = |map: &str, entries: usize, capacity: u32| MapFill {
+        map: map.to_string(),
+        entries,
+        capacity: u64::from(capacity),
+    };
+    let mut out: Vec<MapFill> = agent
         .datapath
         .slots
         .fill()
         .into_iter()
-        .map(|(map, entries, capacity)| json!({"map": map, "entries": entries, "capacity": capacity}))
+        .map(|(map, entries, capacity)| fill(map, entries, capacity))
         .collect();
     let s = read(&agent.datapath.ebpf, &agent.compiled);
-    out.push(json!({"map": "HW_CONNTRACK", "entries": s.conntrack.entries, "capacity": s.conntrack.capacity}));
-    out.push(json!({"map": "HW_CT_INBOUND", "entries": s.inbound.entries, "capacity": s.inbound.capacity}));
-    out.push(json!({"map": "HW_RULE_STATS", "entries": agent.compiled.rules.len(), "capacity": hostwall_common::MAX_RULES - 1}));
+    out.push(fill("HW_CONNTRACK", s.conntrack.entries, s.conntrack.capacity));
+    out.push(fill("HW_CT_INBOUND", s.inbound.entries, s.inbound.capacity));
+    out.push(fill(
+        "HW_RULE_STATS",
+        agent.compiled.rules.len(),
+        hostwall_common::MAX_RULES - 1,
+    ));
     out
 }
 

@@ -6,14 +6,14 @@ use serde::Serialize;
 use super::model::*;
 use super::write::rule_flow;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, schemars::JsonSchema)]
 pub struct RuleChange {
     pub group: String,
     pub direction: &'static str,
     pub rule: String,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct PolicyDiff {
     pub rules_added: Vec<RuleChange>,
     pub rules_removed: Vec<RuleChange>,

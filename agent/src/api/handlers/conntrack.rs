@@ -7,11 +7,11 @@ use std::net::IpAddr;
 
 use hostwall_common::{CT_CLOSING, CT_MIDSTREAM, CT_SEEN_REPLY, CtKey, FAMILY_V4};
 use ipnet::IpNet;
-use serde_json::{Value, json};
 use tracing::info;
 
 use crate::api::http::Request;
-use crate::api::{Caller, Reply, error};
+use crate::api::replies::{self, Flow, FlowsReply, FlushReply};
+use crate::api::{Caller, ErrorKind, Reply, error};
 use crate::daemon::Agent;
 use crate::datapath::conntrack;
 
@@ -31,7 +31,7 @@ fn filter(agent: &Agent, req: &Request) -> Result<Filter, Reply> {
         let net = a
             .parse::<IpNet>()
             .or_else(|_| a.parse::<IpAddr>().map(IpNet::from))
-            .map_err(|_| error(422, format!("addr: \"{a}\" is not an address or CIDR")))?;
+            .map_err(|_| error(ErrorKind::Invalid, format!("addr: \"{a}\" is not an address or CIDR")))?;
         f.nets.push(net);
     }
     if let Some(name) = req.query("endpoint") {
@@ -40,13 +40,13 @@ fn filter(agent: &Agent, req: &Request) -> Result<Filter, Reply> {
             .endpoints
             .iter()
             .find(|e| e.name == name)
-            .ok_or_else(|| error(404, format!("endpoint: no endpoint named {name}")))?;
+            .ok_or_else(|| error(ErrorKind::NotFound, format!("endpoint: no endpoint named {name}")))?;
         f.nets.extend(ep.addresses.iter().map(|a| IpNet::from(*a)));
     }
     if let Some(p) = req.query("port") {
         f.port = Some(
             p.parse()
-                .map_err(|_| error(422, format!("port: \"{p}\" is not a port")))?,
+                .map_err(|_| error(ErrorKind::Invalid, format!("port: \"{p}\" is not a port")))?,
         );
     }
     if let Some(p) = req.query("proto") {
@@ -58,7 +58,7 @@ fn filter(agent: &Agent, req: &Request) -> Result<Filter, Reply> {
             "sctp" => 132,
             n => n
                 .parse()
-                .map_err(|_| error(422, format!("proto: \"{n}\" is not a protocol")))?,
+                .map_err(|_| error(ErrorKind::Invalid, format!("proto: \"{n}\" is not a protocol")))?,
         });
     }
     Ok(f)
@@ -87,28 +87,30 @@ pub fn list(agent: &mut Agent, req: &Request) -> Reply {
         Err(r) => return r,
     };
     let now = crate::datapath::stats::monotonic_ns();
-    let flows: Vec<Value> = conntrack::flows(&agent.datapath.ebpf)
+    let flows: Vec<Flow> = conntrack::flows(&agent.datapath.ebpf)
         .into_iter()
         .filter(|flow| f.matches(&flow.key))
         .map(|flow| {
             // Shown in the direction the rules allowed.
             let k = flow.allowed();
             let v = flow.entry;
-            json!({
-                "proto": k.proto,
-                "src": addr(&k, &k.src), "sport": k.sport,
-                "dst": addr(&k, &k.dst), "dport": k.dport,
-                "table": flow.table.name(),
-                "midstream": v.flags & CT_MIDSTREAM != 0,
-                "seen_reply": v.flags & CT_SEEN_REPLY != 0,
-                "closing": v.flags & CT_CLOSING != 0,
-                "idle_seconds": now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
-                "rule_egress": agent.registry.admitted_by(v.rule_egress),
-                "rule_ingress": agent.registry.admitted_by(v.rule_ingress),
-            })
+            Flow {
+                proto: k.proto,
+                src: addr(&k, &k.src),
+                sport: k.sport,
+                dst: addr(&k, &k.dst),
+                dport: k.dport,
+                table: flow.table.name().to_string(),
+                midstream: v.flags & CT_MIDSTREAM != 0,
+                seen_reply: v.flags & CT_SEEN_REPLY != 0,
+                closing: v.flags & CT_CLOSING != 0,
+                idle_seconds: now.saturating_sub(v.last_seen_ns) / 1_000_000_000,
+                rule_egress: agent.registry.admitted_by(v.rule_egress),
+                rule_ingress: agent.registry.admitted_by(v.rule_ingress),
+            }
         })
         .collect();
-    (200, json!({ "flows": flows }))
+    (200, replies::json(&FlowsReply { flows }))
 }
 
 pub fn flush(agent: &mut Agent, req: &Request, caller: &Caller, mode: super::Mode) -> Reply {
@@ -123,10 +125,21 @@ pub fn flush(agent: &mut Agent, req: &Request, caller: &Caller, mode: super::Mod
     if mode == super::Mode::DryRun {
         return (
             200,
-            json!({ "flushed": 0, "would_flush": doomed.len(), "dry_run": true }),
+            replies::json(&FlushReply {
+                flushed: 0,
+                would_flush: Some(doomed.len()),
+                dry_run: true,
+            }),
         );
     }
     let flushed = conntrack::remove(&mut agent.datapath.ebpf, &doomed);
     info!(uid = caller.uid, flushed, "conntrack flushed");
-    (200, json!({ "flushed": flushed }))
+    (
+        200,
+        replies::json(&FlushReply {
+            flushed,
+            would_flush: None,
+            dry_run: false,
+        }),
+    )
 }

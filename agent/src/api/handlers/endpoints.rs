@@ -7,7 +7,7 @@
 use super::Mode;
 use crate::api::http::Request;
 use crate::api::types::{self, EndpointAdd};
-use crate::api::{Caller, Reply, error};
+use crate::api::{Caller, ErrorKind, Reply, error};
 use crate::daemon::Agent;
 use crate::policy::{Endpoint, parse_str};
 
@@ -41,7 +41,7 @@ pub fn add(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> Rep
     doc.push_str(&format!("    addresses: [{}]\n", list(&addresses)));
     let parsed = match parse_str(&doc, "the endpoint") {
         Ok(p) => p,
-        Err(e) => return error(422, e),
+        Err(e) => return error(ErrorKind::Invalid, e),
     };
     let mut endpoint: Endpoint = parsed.endpoints.into_iter().next().expect("one endpoint");
     endpoint.groups = groups;
@@ -58,7 +58,7 @@ pub fn remove(agent: &mut Agent, name: &str, caller: &Caller, mode: Mode) -> Rep
     let before = edited.endpoints.len();
     edited.endpoints.retain(|e| e.name != name);
     if edited.endpoints.len() == before {
-        return error(404, format!("no endpoint named {name}"));
+        return error(ErrorKind::NotFound, format!("no endpoint named {name}"));
     }
     super::commit(agent, edited, "endpoint remove", caller, mode)
 }

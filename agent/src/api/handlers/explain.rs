@@ -4,16 +4,16 @@
 use std::net::IpAddr;
 
 use crate::api::http::Request;
-use crate::api::{Reply, error};
+use crate::api::{ErrorKind, Reply, error};
 use crate::daemon::Agent;
 
 pub fn get(agent: &mut Agent, req: &Request) -> Reply {
     let (Some(from), Some(to), Some(flow)) = (req.query("from"), req.query("to"), req.query("flow")) else {
-        return error(422, "from, to and flow are required");
+        return error(ErrorKind::Invalid, "from, to and flow are required");
     };
     let host: Vec<IpAddr> = agent.host_addresses.iter().copied().collect();
     match crate::explain::explain(&agent.policy, &agent.opts.node, &host, from, to, flow) {
         Ok(v) => (200, v),
-        Err(e) => error(422, e),
+        Err(e) => error(ErrorKind::Invalid, e),
     }
 }

@@ -12,7 +12,8 @@ mod stats;
 mod status;
 
 use super::http::Request;
-use super::{Caller, Reply, error, types};
+use super::replies::{self, ChangeReply};
+use super::{Caller, ErrorKind, Reply, error, routes, types};
 use crate::daemon::Agent;
 use crate::policy::{Policy, parse_str, to_yaml};
 
@@ -36,7 +37,10 @@ fn segments(req: &Request) -> Vec<&str> {
 /// request is large. `config` is the control file.
 pub fn prepare(req: &Request, config: &std::path::Path) -> Prepared {
     let segments = segments(req);
-    if types::check_query(req, types::query_keys(&req.method, &segments)).is_err() {
+    let Ok(route) = routes::find(&req.method, &segments) else {
+        return Prepared::Nothing;
+    };
+    if types::check_query(req, route.query).is_err() {
         // Refused by `handle` without reading anything.
         return Prepared::Nothing;
     }
@@ -59,7 +63,17 @@ pub enum Mode {
 
 pub fn handle(agent: &mut Agent, req: &Request, caller: &Caller, prepared: Prepared) -> Reply {
     let segments = segments(req);
-    if let Err(r) = types::check_query(req, types::query_keys(&req.method, &segments)) {
+    let route = match routes::find(&req.method, &segments) {
+        Ok(route) => route,
+        Err(true) => {
+            return error(
+                ErrorKind::MethodNotAllowed,
+                format!("{} is not allowed on {}", req.method, req.path),
+            );
+        }
+        Err(false) => return error(ErrorKind::NotFound, format!("no such API path: {}", req.path)),
+    };
+    if let Err(r) = types::check_query(req, route.query) {
         return r;
     }
     let mode = match types::dry_run(req) {
@@ -69,6 +83,7 @@ pub fn handle(agent: &mut Agent, req: &Request, caller: &Caller, prepared: Prepa
     };
     match (req.method.as_str(), segments.as_slice()) {
         ("GET", ["v1", "status"]) => status::get(agent),
+        ("GET", ["v1", "schema"]) => (200, routes::document()),
         ("GET", ["v1", "policy"]) => policy::get(agent),
         ("PUT", ["v1", "policy"]) => policy::apply(agent, prepared, caller, mode),
         ("POST", ["v1", "policy", "diff"]) => policy::diff(agent, prepared),
@@ -82,22 +97,17 @@ pub fn handle(agent: &mut Agent, req: &Request, caller: &Caller, prepared: Prepa
         ("GET", ["v1", "explain"]) => explain::get(agent, req),
         ("GET", ["v1", "conntrack"]) => conntrack::list(agent, req),
         ("DELETE", ["v1", "conntrack"]) => conntrack::flush(agent, req, caller, mode),
-        (
-            _,
-            [
-                "v1",
-                "status" | "policy" | "reload" | "rollback" | "rules" | "endpoints" | "stats" | "conntrack",
-                ..,
-            ],
-        ) => error(405, format!("{} is not allowed on {}", req.method, req.path)),
-        _ => error(404, format!("no such API path: {}", req.path)),
+        _ => error(
+            ErrorKind::Internal,
+            format!("{} {} is a route without a handler", req.method, req.path),
+        ),
     }
 }
 
 /// Re-validates an edited policy as a whole, the way a control file is
 /// validated, so an API change can never enforce what a file could not.
 fn revalidate(edited: &Policy) -> Result<Policy, Reply> {
-    parse_str(&to_yaml(edited), "the changed policy").map_err(|e| error(422, e))
+    parse_str(&to_yaml(edited), "the changed policy").map_err(|e| error(ErrorKind::Invalid, e))
 }
 
 /// Applies and saves an edited policy; the reply carries what changed.
@@ -120,16 +130,26 @@ fn commit_parsed(agent: &mut Agent, policy: Policy, source: &str, caller: &Calle
         return match agent.check(&policy) {
             Ok(change) => (
                 200,
-                serde_json::json!({ "applied": false, "dry_run": true, "changes": change, "generation": agent.generation }),
+                replies::json(&ChangeReply {
+                    applied: false,
+                    dry_run: true,
+                    changes: Some(change),
+                    generation: agent.generation,
+                }),
             ),
-            Err(e) => error(409, format!("{:#}", anyhow::Error::new(e))),
+            Err(e) => error(ErrorKind::Conflict, format!("{:#}", anyhow::Error::new(e))),
         };
     }
     match agent.apply_and_save(policy, source, caller) {
         Ok(change) => (
             200,
-            serde_json::json!({ "applied": true, "changes": change, "generation": agent.generation }),
+            replies::json(&ChangeReply {
+                applied: true,
+                dry_run: false,
+                changes: Some(change),
+                generation: agent.generation,
+            }),
         ),
-        Err(e) => error(409, format!("{:#}", anyhow::Error::new(e))),
+        Err(e) => error(ErrorKind::Conflict, format!("{:#}", anyhow::Error::new(e))),
     }
 }

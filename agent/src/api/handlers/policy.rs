@@ -4,7 +4,8 @@
 use serde_json::{Value, json};
 
 use super::{Mode, Prepared};
-use crate::api::{Caller, Reply, error};
+use crate::api::replies::{self, DiffReply};
+use crate::api::{Caller, ErrorKind, Reply, error};
 use crate::compile::RuleRef;
 use crate::daemon::Agent;
 use crate::policy::{Direction, Peer, Policy, format_mac, rule_flow, to_yaml};
@@ -82,8 +83,8 @@ fn peer_json(peer: &Peer) -> Value {
 /// The body's policy, as the server parsed it.
 fn body_policy(prepared: Prepared) -> Result<Policy, Reply> {
     match prepared {
-        Prepared::Policy(parsed) => parsed.map_err(|e| error(422, e)),
-        _ => Err(error(500, "the request's policy was not read")),
+        Prepared::Policy(parsed) => parsed.map_err(|e| error(ErrorKind::Invalid, e)),
+        _ => Err(error(ErrorKind::Internal, "the request's policy was not read")),
     }
 }
 
@@ -96,7 +97,12 @@ pub fn apply(agent: &mut Agent, prepared: Prepared, caller: &Caller, mode: Mode)
 
 pub fn diff(agent: &mut Agent, prepared: Prepared) -> Reply {
     match body_policy(prepared) {
-        Ok(p) => (200, json!({ "changes": crate::policy::diff(&agent.policy, &p) })),
+        Ok(p) => (
+            200,
+            replies::json(&DiffReply {
+                changes: crate::policy::diff(&agent.policy, &p),
+            }),
+        ),
         Err(r) => r,
     }
 }

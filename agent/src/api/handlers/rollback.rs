@@ -2,13 +2,13 @@
 //! change, itself a change (written back, and undone by another rollback).
 
 use super::Mode;
-use crate::api::{Caller, Reply, error};
+use crate::api::{Caller, ErrorKind, Reply, error};
 use crate::daemon::Agent;
 
 pub fn post(agent: &mut Agent, caller: &Caller, mode: Mode) -> Reply {
     let Some(previous) = agent.previous.clone() else {
         return error(
-            409,
+            ErrorKind::Conflict,
             "there is no earlier policy to roll back to: none was changed since the agent started",
         );
     };

@@ -8,7 +8,7 @@
 use super::Mode;
 use crate::api::http::Request;
 use crate::api::types::{self, DirectionName, RuleAdd, RuleRemove, Scalar};
-use crate::api::{Caller, Reply, error};
+use crate::api::{Caller, ErrorKind, Reply, error};
 use crate::daemon::Agent;
 use crate::policy::{Direction, Peer, Rule, parse_rule};
 
@@ -30,7 +30,7 @@ fn peer_yaml(spec: &str) -> Result<String, Reply> {
     }
     let (kind, value) = spec.split_once(':').ok_or_else(|| {
         error(
-            422,
+            ErrorKind::Invalid,
             format!("peer: \"{spec}\" is not group:NAME, cidr:CIDR, prefix-list:NAME or host"),
         )
     })?;
@@ -40,7 +40,7 @@ fn peer_yaml(spec: &str) -> Result<String, Reply> {
         "prefix-list" | "prefix_list" => "prefix_list",
         _ => {
             return Err(error(
-                422,
+                ErrorKind::Invalid,
                 format!("peer: \"{kind}\" is not group, cidr, prefix-list or host"),
             ));
         }
@@ -72,7 +72,7 @@ fn rule_from(agent: &Agent, f: &Fields, group: &str, dir: Direction) -> Result<R
             quote(&c.to_string())
         )),
         (Some(t), None) => parts.push(format!("icmp: {{type: {}}}", quote(&t.to_string()))),
-        (None, Some(_)) => return Err(error(422, "icmp_code: needs icmp_type")),
+        (None, Some(_)) => return Err(error(ErrorKind::Invalid, "icmp_code: needs icmp_type")),
         (None, None) => {}
     }
     let key = if dir == Direction::Ingress { "from" } else { "to" };
@@ -81,7 +81,7 @@ fn rule_from(agent: &Agent, f: &Fields, group: &str, dir: Direction) -> Result<R
         parts.push(format!("description: {}", quote(d)));
     }
     let text = format!("{{{}}}", parts.join(", "));
-    parse_rule(&agent.policy, group, dir, &text, "the rule").map_err(|e| error(422, e))
+    parse_rule(&agent.policy, group, dir, &text, "the rule").map_err(|e| error(ErrorKind::Invalid, e))
 }
 
 pub fn add(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> Reply {
@@ -114,7 +114,7 @@ pub fn add(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> Rep
         .iter()
         .any(|r| same_match(r, &rule) && rule.peers.iter().all(|p| r.peers.contains(p)))
     {
-        return error(409, "the group already has this rule");
+        return error(ErrorKind::Conflict, "the group already has this rule");
     }
     rules.push(rule);
     super::commit(agent, edited, "rule add", caller, mode)
@@ -142,7 +142,10 @@ pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> 
             ("peer", body.peer.is_some()),
         ];
         if let Some((field, _)) = named.iter().find(|(_, given)| *given) {
-            return error(422, format!("{field}: give a rule's id or its fields, not both"));
+            return error(
+                ErrorKind::Invalid,
+                format!("{field}: give a rule's id or its fields, not both"),
+            );
         }
         let Some(r) = agent
             .registry
@@ -150,7 +153,10 @@ pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> 
             .and_then(|slot| agent.compiled.rule(slot))
             .cloned()
         else {
-            return error(404, format!("no rule has id {id} (see `hostwall get policy`)"));
+            return error(
+                ErrorKind::NotFound,
+                format!("no rule has id {id} (see `hostwall get policy`)"),
+            );
         };
         let g = edited
             .groups
@@ -165,16 +171,16 @@ pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> 
         return super::commit(agent, edited, "rule remove", caller, mode);
     }
     let Some(group) = body.group.clone() else {
-        return error(422, "group: missing (or give id)");
+        return error(ErrorKind::Invalid, "group: missing (or give id)");
     };
     let Some(dir) = body.direction.map(direction) else {
-        return error(422, "direction: missing (ingress or egress)");
+        return error(ErrorKind::Invalid, "direction: missing (ingress or egress)");
     };
     let Some(proto) = body.proto.as_ref() else {
-        return error(422, "proto: missing");
+        return error(ErrorKind::Invalid, "proto: missing");
     };
     let Some(peer) = body.peer.as_deref() else {
-        return error(422, "peer: missing");
+        return error(ErrorKind::Invalid, "peer: missing");
     };
     let fields = Fields {
         proto,
@@ -189,7 +195,7 @@ pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> 
         Err(r) => return r,
     };
     let Some(g) = edited.groups.get_mut(&group) else {
-        return error(404, format!("no group named {group}"));
+        return error(ErrorKind::NotFound, format!("no group named {group}"));
     };
     let rules = if dir == Direction::Ingress {
         &mut g.ingress
@@ -207,7 +213,7 @@ pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> 
     }
     rules.retain(|r| !r.peers.is_empty());
     if !found {
-        return error(404, "no rule of the group matches");
+        return error(ErrorKind::NotFound, "no rule of the group matches");
     }
     super::commit(agent, edited, "rule remove", caller, mode)
 }

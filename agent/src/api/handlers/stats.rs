@@ -2,14 +2,13 @@
 //! drops and passes by reason, totals of both conntrack tables (`conntrack`:
 //! flows endpoints opened, `inbound`: flows opened towards them).
 
-use serde_json::{Value, json};
-
 use crate::api::Reply;
+use crate::api::replies::{self, RuleCounter, StatsReply};
 use crate::daemon::Agent;
 
 pub fn get(agent: &mut Agent) -> Reply {
     let s = crate::datapath::stats::read(&agent.datapath.ebpf, &agent.compiled);
-    let rules: Vec<Value> = agent
+    let rules: Vec<RuleCounter> = agent
         .compiled
         .rules
         .iter()
@@ -21,20 +20,26 @@ pub fn get(agent: &mut Agent) -> Reply {
                 crate::policy::Direction::Ingress => crate::policy::rule_flow(&g.ingress[r.index], "from"),
                 crate::policy::Direction::Egress => crate::policy::rule_flow(&g.egress[r.index], "to"),
             };
-            json!({
-                "id": id, "group": r.group, "direction": r.direction.as_str(), "index": r.index,
-                "rule": rule, "packets": packets, "bytes": bytes, "never_matched": packets == 0,
-            })
+            RuleCounter {
+                id,
+                group: r.group.clone(),
+                direction: r.direction.as_str().to_string(),
+                index: r.index,
+                rule,
+                packets,
+                bytes,
+                never_matched: packets == 0,
+            }
         })
         .collect();
     (
         200,
-        json!({
-            "rules": rules,
-            "drops": s.drops,
-            "passes": s.passes,
-            "conntrack": s.conntrack,
-            "inbound": s.inbound,
+        replies::json(&StatsReply {
+            rules,
+            drops: s.drops,
+            passes: s.passes,
+            conntrack: s.conntrack,
+            inbound: s.inbound,
         }),
     )
 }

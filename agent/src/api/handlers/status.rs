@@ -4,9 +4,8 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{Value, json};
-
 use crate::api::Reply;
+use crate::api::replies::{self, EndpointStatus, MapMemory, PolicyStatus, Quarantined, StatusReply};
 use crate::daemon::Agent;
 use crate::policy::format_mac;
 
@@ -39,7 +38,7 @@ pub fn get(agent: &mut Agent) -> Reply {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let endpoints: Vec<Value> = agent
+    let endpoints: Vec<EndpointStatus> = agent
         .policy
         .endpoints
         .iter()
@@ -57,8 +56,8 @@ pub fn get(agent: &mut Agent) -> Reply {
                 _ => Vec::new(),
             };
             let state = match (ifindex, attached) {
-                (None, _) => "waiting for interface".to_string(),
-                (Some(_), true) if missing.is_empty() => "enforced".to_string(),
+                (None, _) => WAITING.to_string(),
+                (Some(_), true) if missing.is_empty() => ENFORCED.to_string(),
                 (Some(_), true) => format!("programs missing from {}", missing.join(" and ")),
                 (Some(_), false) => "attach failed".to_string(),
             };
@@ -70,58 +69,64 @@ pub fn get(agent: &mut Agent) -> Reply {
                         .then(|| "no MAC is fixed for it yet; all its frames are dropped until it has one".to_string())
                 })
             });
-            json!({
-                "name": e.name, "interface": e.interface, "ifindex": ifindex,
-                "attached": attached, "state": state, "groups": e.groups,
-                "mac": mac.as_ref().map(format_mac), "problem": problem,
-            })
+            EndpointStatus {
+                name: e.name.clone(),
+                interface: e.interface.clone(),
+                ifindex,
+                attached,
+                state,
+                groups: e.groups.clone(),
+                mac: mac.as_ref().map(format_mac),
+                problem,
+            }
         })
         .collect();
-    let quarantined: Vec<Value> = agent
+    let quarantined: Vec<Quarantined> = agent
         .quarantined
         .iter()
-        .map(|(i, n)| json!({"interface": n, "ifindex": i}))
+        .map(|(i, n)| Quarantined {
+            interface: n.clone(),
+            ifindex: *i,
+        })
         .collect();
-    let enforced = endpoints
-        .iter()
-        .all(|e| e["state"] == "enforced" || e["state"] == "waiting for interface");
-    (
-        200,
-        json!({
-            "enforced": enforced,
-            "policy": {
-                "hash": policy_hash,
-                "applied_at": applied_at,
-                "applied_at_rfc3339": rfc3339(agent.applied_at),
-                "generation": agent.generation,
-                "file": agent.opts.config,
-                "matches_file": agent.matches_file,
-                "write_back": match agent.opts.write_back {
-                    crate::daemon::WriteBack::File => "file",
-                    crate::daemon::WriteBack::None => "none",
-                },
-            },
-            "node": agent.opts.node,
-            "hook": agent.attachments.kind().as_str(),
-            "layout": agent.layout.version(),
-            "bpffs": agent.layout.dir(),
-            "pid": std::process::id(),
-            "uplink": agent.opts.uplink,
-            "endpoints": endpoints,
-            "quarantined": quarantined,
-            "maps": crate::datapath::stats::fill_levels(agent),
-            "map_memory": {
-                "bytes": agent.datapath.slots.memory().0,
-                "max": agent.datapath.slots.memory().1,
-            },
-            "last_error": agent.last_error,
-            "last_error_at": agent.last_error_at.map(rfc3339),
-            "version": env!("CARGO_PKG_VERSION"),
-            "started_at": rfc3339(agent.started_at),
-            "uptime_seconds": agent.started_at.elapsed().map(|d| d.as_secs()).unwrap_or(0),
-        }),
-    )
+    let enforced = endpoints.iter().all(|e| e.state == ENFORCED || e.state == WAITING);
+    let (bytes, max) = agent.datapath.slots.memory();
+    let reply = StatusReply {
+        enforced,
+        policy: PolicyStatus {
+            hash: policy_hash,
+            applied_at,
+            applied_at_rfc3339: rfc3339(agent.applied_at),
+            generation: agent.generation,
+            file: agent.opts.config.clone(),
+            matches_file: agent.matches_file,
+            write_back: match agent.opts.write_back {
+                crate::daemon::WriteBack::File => "file",
+                crate::daemon::WriteBack::None => "none",
+            }
+            .to_string(),
+        },
+        node: agent.opts.node.clone(),
+        hook: agent.attachments.kind().as_str().to_string(),
+        layout: agent.layout.version(),
+        bpffs: agent.layout.dir(),
+        pid: std::process::id(),
+        uplink: agent.opts.uplink.clone(),
+        endpoints,
+        quarantined,
+        maps: crate::datapath::stats::fill_levels(agent),
+        map_memory: MapMemory { bytes, max },
+        last_error: agent.last_error.clone(),
+        last_error_at: agent.last_error_at.map(rfc3339),
+        version: crate::api::VERSION.to_string(),
+        started_at: rfc3339(agent.started_at),
+        uptime_seconds: agent.started_at.elapsed().map(|d| d.as_secs()).unwrap_or(0),
+    };
+    (200, replies::json(&reply))
 }
+
+const ENFORCED: &str = "enforced";
+const WAITING: &str = "waiting for interface";
 
 #[cfg(test)]
 mod tests {
