@@ -314,7 +314,7 @@ fn invalid_cli_input_names_the_field_and_changes_nothing() {
                 "--peer",
                 "group:nosuch",
             ],
-            vec!["rule.to[0].group", "nosuch"],
+            vec!["groups.web.egress[", "].to[0].group", "nosuch"],
         ),
         (
             "ports with icmp",

@@ -5,7 +5,7 @@
 //! `groups.web.ingress[0].ports: 70000 is not a port`, so a person can find
 //! the line without a schema at hand.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 use std::net::IpAddr;
@@ -17,9 +17,10 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_yaml_ng::Value;
 
+use super::check::{Fault, PeerPath, RulePath, at, check_model, check_rule, fault, proto_label};
 use super::model::{
     ConntrackTimeouts, Direction, Endpoint, Group, IcmpMatch, Midstream, OnPolicyChange, Peer, Policy, PortRange,
-    Proto, Quarantine, Rule, Settings, format_mac,
+    Proto, Quarantine, Rule, Settings,
 };
 
 /// Why a control file was rejected.
@@ -156,42 +157,64 @@ fn load(text: &str, origin: &str) -> Result<Value, PolicyError> {
     Ok(value)
 }
 
-/// Parses one rule written as YAML (a flow mapping, as in a control file)
-/// for `group`'s `dir` rules, checking its references against `policy`
-/// (plus `group` itself). Errors name the field as `rule.<field>`.
-pub fn parse_rule(policy: &Policy, group: &str, dir: Direction, text: &str, origin: &str) -> Result<Rule, PolicyError> {
-    let mut value: Value = serde_yaml_ng::from_str(text).map_err(|err| PolicyError::Syntax {
-        origin: origin.to_owned(),
-        message: yaml_message(&err),
-    })?;
-    value.apply_merge().map_err(|err| PolicyError::Syntax {
-        origin: origin.to_owned(),
-        message: yaml_message(&err),
-    })?;
-    let raw: RawRule = serde_path_to_error::deserialize(value).map_err(|err| {
-        let message = err.inner().to_string();
-        let inner = field_path(err.path(), &message);
-        PolicyError::Invalid {
-            origin: origin.to_owned(),
-            path: if inner.is_empty() {
-                "rule".into()
-            } else {
-                format!("rule.{inner}")
-            },
-            message: requote(&message),
-        }
-    })?;
-    let mut groups: HashSet<String> = policy.groups.keys().cloned().collect();
-    groups.insert(group.to_owned());
-    let known = Known {
-        groups,
-        prefix_lists: policy.prefix_lists.keys().cloned().collect(),
+/// One rule as a request gives it, field by field.
+pub struct RuleFields {
+    pub proto: Scalar,
+    pub ports: Option<Scalar>,
+    pub icmp_type: Option<Scalar>,
+    pub icmp_code: Option<Scalar>,
+    pub peers: Vec<RawPeer>,
+    pub description: Option<String>,
+}
+
+/// The rule `fields` describe, for a group's `dir` rules, read and checked
+/// as a rule of a control file is (errors name `rule.<field>`). Its
+/// references are checked with the policy it joins.
+pub fn rule_from_fields(fields: RuleFields, dir: Direction) -> Result<Rule, PolicyError> {
+    let origin = "the rule";
+    let icmp = match (fields.icmp_type, fields.icmp_code) {
+        (Some(ty), code) => Some(RawIcmp { ty, code }),
+        (None, Some(_)) => return Err(fault("rule.icmp.code", "needs an ICMP type (icmp_type)").into_error(origin)),
+        (None, None) => None,
     };
-    validate_rule(raw, &"rule", dir, &known).map_err(|fault| PolicyError::Invalid {
-        origin: origin.to_owned(),
-        path: fault.path,
-        message: fault.message,
-    })
+    let (from, to) = match dir {
+        Direction::Ingress => (Some(fields.peers), None),
+        Direction::Egress => (None, Some(fields.peers)),
+    };
+    let raw = RawRule {
+        proto: fields.proto,
+        ports: fields.ports,
+        icmp,
+        from,
+        to,
+        description: fields.description,
+    };
+    validate_rule(raw, &"rule", dir).map_err(|f| f.into_error(origin))
+}
+
+/// One endpoint as a request gives it.
+pub struct EndpointFields {
+    pub name: String,
+    pub node: Option<String>,
+    pub interface: Option<String>,
+    pub mac: Option<String>,
+    pub addresses: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+/// The endpoint `fields` describe, its values read as a control file's
+/// are (errors name `endpoint.<field>`); the policy it joins checks the
+/// rest.
+pub fn endpoint_from_fields(fields: EndpointFields) -> Result<Endpoint, PolicyError> {
+    let raw = RawEndpoint {
+        name: fields.name,
+        node: fields.node,
+        interface: fields.interface,
+        mac: fields.mac,
+        addresses: fields.addresses,
+        groups: Some(fields.groups),
+    };
+    validate_endpoint(raw, "endpoint").map_err(|f| f.into_error("the endpoint"))
 }
 
 /// The path of a format error in the style of the validation errors: an
@@ -362,7 +385,7 @@ struct RawConntrack {
 
 /// A value that may be written as an integer or as a string (`ports: 443`
 /// and `ports: "8000-8100"`); validation decides what it means.
-enum Scalar {
+pub enum Scalar {
     Int(i128),
     Str(String),
 }
@@ -444,7 +467,9 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
     }
 }
 
-enum RawPeer {
+/// A peer as written: `host`, `{group: NAME}`, `{cidr: CIDR}` or
+/// `{prefix_list: NAME}`.
+pub enum RawPeer {
     Group(String),
     Cidr(String),
     PrefixList(String),
@@ -501,63 +526,13 @@ impl<'de> Deserialize<'de> for RawPeer {
 }
 
 // ---------------------------------------------------------------------------
-// Validation.
-
-/// A validation failure, before the origin is attached.
-struct Fault {
-    path: String,
-    message: String,
-}
-
-fn fault(path: impl Into<String>, message: impl Into<String>) -> Fault {
-    Fault {
-        path: path.into(),
-        message: message.into(),
-    }
-}
-
-/// Turns a message into a fault at `path`.
-fn at(path: impl Into<String>) -> impl FnOnce(String) -> Fault {
-    move |message| fault(path, message)
-}
+// From the file's form to the model: each value read and checked for what
+// it is on its own; the model as a whole is then checked by `check`.
 
 /// As [`at`], with the path written only when there is a fault (rules and
 /// peers are many; their paths are needed only in errors).
 fn at_lazy(path: impl FnOnce() -> String) -> impl FnOnce(String) -> Fault {
     move |message| fault(path(), message)
-}
-
-/// Where a rule sits: `groups.<name>.<direction>[<index>]`, written out
-/// only for an error.
-struct RulePath<'a> {
-    group: &'a str,
-    dir: Direction,
-    index: usize,
-}
-
-impl std::fmt::Display for RulePath<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "groups.{}.{}[{}]", self.group, self.dir.as_str(), self.index)
-    }
-}
-
-/// Where a peer sits: `<rule>.<key>[<index>]`.
-struct PeerPath<'a> {
-    rule: &'a dyn std::fmt::Display,
-    key: &'a str,
-    index: usize,
-}
-
-impl std::fmt::Display for PeerPath<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}[{}]", self.rule, self.key, self.index)
-    }
-}
-
-/// The names that references may point to.
-struct Known {
-    groups: HashSet<String>,
-    prefix_lists: HashSet<String>,
 }
 
 fn validate(raw: RawPolicy) -> Result<Policy, Fault> {
@@ -573,7 +548,6 @@ fn validate(raw: RawPolicy) -> Result<Policy, Fault> {
 
     let mut prefix_lists = BTreeMap::new();
     for (name, entries) in raw.prefix_lists.map_or_else(Vec::new, |m| m.0) {
-        check_name("prefix list", &name).map_err(at("prefix_lists"))?;
         let nets = entries
             .iter()
             .enumerate()
@@ -582,17 +556,8 @@ fn validate(raw: RawPolicy) -> Result<Policy, Fault> {
         prefix_lists.insert(name, nets);
     }
 
-    let raw_groups = raw.groups.map_or_else(Vec::new, |m| m.0);
-    for (name, _) in &raw_groups {
-        check_name("group", name).map_err(at("groups"))?;
-    }
-    let known = Known {
-        groups: raw_groups.iter().map(|(name, _)| name.clone()).collect(),
-        prefix_lists: prefix_lists.keys().cloned().collect(),
-    };
-
     let mut groups = BTreeMap::new();
-    for (name, body) in raw_groups {
+    for (name, body) in raw.groups.map_or_else(Vec::new, |m| m.0) {
         let body = body.unwrap_or(RawGroup {
             description: None,
             ingress: None,
@@ -608,7 +573,7 @@ fn validate(raw: RawPolicy) -> Result<Policy, Fault> {
                         dir,
                         index,
                     };
-                    validate_rule(rule, &path, dir, &known)
+                    validate_rule(rule, &path, dir)
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
@@ -617,79 +582,56 @@ fn validate(raw: RawPolicy) -> Result<Policy, Fault> {
             ingress: rules(body.ingress, Direction::Ingress)?,
             egress: rules(body.egress, Direction::Egress)?,
         };
-        no_duplicate_rules(&name, Direction::Ingress, &group.ingress)?;
-        no_duplicate_rules(&name, Direction::Egress, &group.egress)?;
         groups.insert(name, group);
     }
 
-    let endpoints = validate_endpoints(raw.endpoints.unwrap_or_default(), &known)?;
+    let endpoints = raw
+        .endpoints
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+        .map(|(index, ep)| validate_endpoint(ep, &format!("endpoints[{index}]")))
+        .collect::<Result<Vec<_>, _>>()?;
     let settings = validate_settings(raw.settings)?;
 
-    Ok(Policy {
+    let policy = Policy {
         prefix_lists,
         groups,
         endpoints,
         settings,
-    })
+    };
+    check_model(&policy)?;
+    Ok(policy)
 }
 
-/// Refuses two rules of one group and direction that match the same
-/// traffic the same way (protocol, ports, ICMP match and peers; a
-/// description may differ): they would be one rule with one id and one
-/// counter, and removing one would leave the other.
-fn no_duplicate_rules(group: &str, dir: Direction, rules: &[Rule]) -> Result<(), Fault> {
-    /// What makes two rules the same rule.
-    type Match<'a> = (Proto, Option<PortRange>, Option<IcmpMatch>, &'a [Peer]);
-    let mut seen: HashMap<Match, usize> = HashMap::with_capacity(rules.len());
-    for (index, r) in rules.iter().enumerate() {
-        match seen.entry((r.proto, r.ports, r.icmp, &r.peers)) {
-            std::collections::hash_map::Entry::Occupied(first) => {
-                let first = RulePath {
-                    group,
-                    dir,
-                    index: *first.get(),
-                };
-                return Err(fault(
-                    RulePath { group, dir, index }.to_string(),
-                    format!("the same rule as {first} (protocol, ports, ICMP match and peers): remove one of them"),
-                ));
-            }
-            std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(index);
-            }
-        }
-    }
-    Ok(())
-}
-
-fn validate_rule(raw: RawRule, path: &dyn std::fmt::Display, dir: Direction, known: &Known) -> Result<Rule, Fault> {
+fn validate_rule(raw: RawRule, path: &dyn std::fmt::Display, dir: Direction) -> Result<Rule, Fault> {
     let proto = parse_proto(&raw.proto).map_err(at_lazy(|| format!("{path}.proto")))?;
-
+    // Checked before the value is read, so that `ports: x` on an ICMP rule
+    // says what is wrong with the rule.
+    if raw.ports.is_some() && !proto.has_ports() {
+        return Err(fault(
+            format!("{path}.ports"),
+            format!(
+                "ports are only allowed with tcp, udp or sctp, not {}",
+                proto_label(proto)
+            ),
+        ));
+    }
+    if raw.icmp.is_some() && !proto.is_icmp() {
+        return Err(fault(
+            format!("{path}.icmp"),
+            format!(
+                "icmp matches are only allowed with icmp or icmpv6, not {}",
+                proto_label(proto)
+            ),
+        ));
+    }
     let ports = match raw.ports {
         None => None,
-        Some(_) if !proto.has_ports() => {
-            return Err(fault(
-                format!("{path}.ports"),
-                format!(
-                    "ports are only allowed with tcp, udp or sctp, not {}",
-                    proto_label(proto)
-                ),
-            ));
-        }
         Some(ports) => Some(parse_ports(&ports).map_err(at_lazy(|| format!("{path}.ports")))?),
     };
-
     let icmp = match raw.icmp {
         None => None,
-        Some(_) if !proto.is_icmp() => {
-            return Err(fault(
-                format!("{path}.icmp"),
-                format!(
-                    "icmp matches are only allowed with icmp or icmpv6, not {}",
-                    proto_label(proto)
-                ),
-            ));
-        }
         Some(icmp) => Some(IcmpMatch {
             ty: parse_byte(&icmp.ty, "an ICMP type").map_err(at_lazy(|| format!("{path}.icmp.type")))?,
             code: icmp
@@ -716,209 +658,67 @@ fn validate_rule(raw: RawRule, path: &dyn std::fmt::Display, dir: Direction, kno
     let Some(peers) = peers else {
         return Err(fault(path.to_string(), format!("missing field \"{key}\"")));
     };
-    if peers.is_empty() {
-        return Err(fault(
-            format!("{path}.{key}"),
-            "needs at least one peer: host, {group: NAME}, {cidr: CIDR} or {prefix_list: NAME}",
-        ));
-    }
     let peers = peers
         .into_iter()
         .enumerate()
         .map(|(index, peer)| {
             let at = PeerPath { rule: path, key, index };
-            validate_peer(peer, &at, known)
+            validate_peer(peer, &at)
         })
         .collect::<Result<Vec<_>, _>>()?;
 
-    Ok(Rule {
+    let rule = Rule {
         proto,
         ports,
         icmp,
         peers,
         description: raw.description,
-    })
+    };
+    check_rule(&rule, path, dir)?;
+    Ok(rule)
 }
 
-fn validate_peer(raw: RawPeer, path: &dyn std::fmt::Display, known: &Known) -> Result<Peer, Fault> {
+fn validate_peer(raw: RawPeer, path: &dyn std::fmt::Display) -> Result<Peer, Fault> {
     match raw {
         RawPeer::Host => Ok(Peer::Host),
         RawPeer::Cidr(text) => parse_cidr(&text)
             .map(Peer::Cidr)
             .map_err(at_lazy(|| format!("{path}.cidr"))),
-        RawPeer::Group(name) if known.groups.contains(&name) => Ok(Peer::Group(name)),
-        RawPeer::Group(name) => Err(fault(format!("{path}.group"), format!("unknown group {name:?}"))),
-        RawPeer::PrefixList(name) if known.prefix_lists.contains(&name) => Ok(Peer::PrefixList(name)),
-        RawPeer::PrefixList(name) => Err(fault(
-            format!("{path}.prefix_list"),
-            format!("unknown prefix list {name:?}"),
-        )),
+        RawPeer::Group(name) => Ok(Peer::Group(name)),
+        RawPeer::PrefixList(name) => Ok(Peer::PrefixList(name)),
     }
 }
 
-fn validate_endpoints(raw: Vec<RawEndpoint>, known: &Known) -> Result<Vec<Endpoint>, Fault> {
-    let mut names: HashMap<String, usize> = HashMap::new();
-    let mut owners: HashMap<IpAddr, usize> = HashMap::new();
-    let mut endpoints: Vec<Endpoint> = Vec::with_capacity(raw.len());
-
-    for (index, ep) in raw.into_iter().enumerate() {
-        let path = format!("endpoints[{index}]");
-
-        check_name("endpoint", &ep.name).map_err(at(format!("{path}.name")))?;
-        if let Some(&first) = names.get(&ep.name) {
-            return Err(fault(
-                format!("{path}.name"),
-                format!("endpoint name {:?} is already used by endpoints[{first}]", ep.name),
-            ));
-        }
-        names.insert(ep.name.clone(), index);
-
-        if ep.node.as_deref() == Some("") {
-            return Err(fault(
-                format!("{path}.node"),
-                "must not be empty; leave node out for an endpoint on whichever host reads the file",
-            ));
-        }
-
-        if let Some(interface) = &ep.interface {
-            check_interface(interface).map_err(at(format!("{path}.interface")))?;
-            if let Some(clash) = interface_clash(&endpoints, ep.node.as_deref(), interface) {
-                return Err(fault(format!("{path}.interface"), clash));
-            }
-        }
-
-        let mac = match &ep.mac {
-            None => None,
-            Some(_) if ep.interface.is_none() => {
+fn validate_endpoint(ep: RawEndpoint, path: &str) -> Result<Endpoint, Fault> {
+    let mac = match &ep.mac {
+        None => None,
+        Some(text) => {
+            let Some(mac) = parse_mac(text) else {
                 return Err(fault(
                     format!("{path}.mac"),
                     format!(
-                        "endpoint {:?} has no interface, so it is enforced nowhere and has no use for a mac",
+                        "{text:?} of endpoint {:?} is not a MAC address; write six hex pairs separated by ':', like \"02:aa:00:00:00:01\"",
                         ep.name
                     ),
                 ));
-            }
-            Some(text) => {
-                let at_mac = format!("{path}.mac");
-                let Some(mac) = parse_mac(text) else {
-                    return Err(fault(
-                        at_mac,
-                        format!(
-                            "{text:?} of endpoint {:?} is not a MAC address; write six hex pairs separated by ':', like \"02:aa:00:00:00:01\"",
-                            ep.name
-                        ),
-                    ));
-                };
-                if let Err(problem) = check_mac(&mac) {
-                    return Err(fault(
-                        at_mac,
-                        format!("{} of endpoint {:?} is {problem}", format_mac(&mac), ep.name),
-                    ));
-                }
-                if let Some(clash) = mac_clash(&endpoints, ep.node.as_deref(), &mac) {
-                    return Err(fault(
-                        at_mac,
-                        format!("{} of endpoint {:?} {clash}", format_mac(&mac), ep.name),
-                    ));
-                }
-                Some(mac)
-            }
-        };
-
-        let mut addresses = Vec::with_capacity(ep.addresses.len());
-        for (i, text) in ep.addresses.iter().enumerate() {
-            let addr_path = format!("{path}.addresses[{i}]");
-            let addr = parse_address(text).map_err(at(&addr_path))?;
-            match owners.get(&addr) {
-                Some(&owner) if owner == index => {
-                    return Err(fault(addr_path, format!("{addr} is listed twice")));
-                }
-                Some(&owner) => {
-                    return Err(fault(
-                        addr_path,
-                        format!(
-                            "{addr} of endpoint {:?} already belongs to endpoint {:?}; an address may belong to one endpoint only",
-                            ep.name, endpoints[owner].name
-                        ),
-                    ));
-                }
-                None => {}
-            }
-            owners.insert(addr, index);
-            addresses.push(addr);
+            };
+            Some(mac)
         }
-
-        let groups = ep.groups.unwrap_or_default();
-        if groups.len() > hostwall_common::MAX_GROUPS {
-            return Err(fault(
-                format!("{path}.groups"),
-                format!(
-                    "{} groups, more than the {} an endpoint may have",
-                    groups.len(),
-                    hostwall_common::MAX_GROUPS
-                ),
-            ));
-        }
-        for (i, group) in groups.iter().enumerate() {
-            let group_path = format!("{path}.groups[{i}]");
-            if !known.groups.contains(group) {
-                return Err(fault(group_path, format!("unknown group {group:?}")));
-            }
-            if groups[..i].contains(group) {
-                return Err(fault(group_path, format!("group {group:?} is listed twice")));
-            }
-        }
-
-        endpoints.push(Endpoint {
-            name: ep.name,
-            node: ep.node,
-            interface: ep.interface,
-            mac,
-            addresses,
-            groups,
-        });
-    }
-    Ok(endpoints)
-}
-
-/// Two endpoints that may be local on one host can't share a MAC: the
-/// datapath tells their frames apart by it.
-fn mac_clash(earlier: &[Endpoint], node: Option<&str>, mac: &[u8; 6]) -> Option<String> {
-    let other = earlier
-        .iter()
-        .find(|e| e.mac.as_ref() == Some(mac) && nodes_meet(e.node.as_deref(), node))?;
-    let place = match (other.node.as_deref(), node) {
-        (None, None) => String::new(),
-        (Some(n), _) | (None, Some(n)) => format!(" on node {n:?}"),
     };
-    Some(format!(
-        "is already the MAC of endpoint {:?}{place}; endpoints on one host need MACs of their own",
-        other.name
-    ))
-}
-
-/// Two endpoints with one interface name can't both be local on a host:
-/// the datapath would not know whose traffic it sees. An endpoint without a
-/// node is local wherever the file is read, so it clashes with every node.
-fn interface_clash(earlier: &[Endpoint], node: Option<&str>, interface: &str) -> Option<String> {
-    let other = earlier
+    let addresses = ep
+        .addresses
         .iter()
-        .find(|e| e.interface.as_deref() == Some(interface) && nodes_meet(e.node.as_deref(), node))?;
-    let place = match (other.node.as_deref(), node) {
-        (None, None) => String::new(),
-        (Some(n), _) | (None, Some(n)) => format!(" on node {n:?}"),
-    };
-    Some(format!(
-        "interface {interface:?} is already used by endpoint {:?}{place}",
-        other.name
-    ))
-}
-
-fn nodes_meet(a: Option<&str>, b: Option<&str>) -> bool {
-    match (a, b) {
-        (Some(a), Some(b)) => a == b,
-        _ => true,
-    }
+        .enumerate()
+        .map(|(i, text)| parse_address(text).map_err(at(format!("{path}.addresses[{i}]"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Endpoint {
+        name: ep.name,
+        node: ep.node,
+        interface: ep.interface,
+        mac,
+        addresses,
+        groups: ep.groups.unwrap_or_default(),
+    })
 }
 
 fn validate_settings(raw: Option<RawSettings>) -> Result<Settings, Fault> {
@@ -1035,50 +835,6 @@ fn is_digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Names end up in paths, log lines and map keys, so they stay plain.
-fn check_name(kind: &str, name: &str) -> Result<(), String> {
-    const MAX: usize = 63;
-    if name.is_empty() {
-        return Err(format!("{kind} name must not be empty"));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return Err(format!(
-            "{kind} name {name:?} contains {c:?}; use only letters, digits, '_', '.' and '-'"
-        ));
-    }
-    if name.len() > MAX {
-        return Err(format!("{kind} name {name:?} is longer than {MAX} characters"));
-    }
-    Ok(())
-}
-
-/// The kernel's own rule for interface names (dev_valid_name), so a name
-/// accepted here can exist.
-fn check_interface(name: &str) -> Result<(), String> {
-    const MAX: usize = 15;
-    if name.is_empty() {
-        return Err("interface name must not be empty".into());
-    }
-    if name.len() > MAX {
-        return Err(format!(
-            "interface name {name:?} is longer than {MAX} bytes, the kernel's limit"
-        ));
-    }
-    if name == "." || name == ".." {
-        return Err(format!("{name:?} is not a valid interface name"));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|&c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
-    {
-        return Err(format!("interface name {name:?} contains {c:?}"));
-    }
-    Ok(())
-}
-
 /// An Ethernet address written as six hex pairs separated by `:`
 /// (`02:aa:00:00:00:01`, either case), nothing else.
 fn parse_mac(text: &str) -> Option<[u8; 6]> {
@@ -1095,17 +851,6 @@ fn parse_mac(text: &str) -> Option<[u8; 6]> {
         return None;
     }
     Some(mac)
-}
-
-/// What makes `mac` unfit to be one endpoint's own address, if anything.
-fn check_mac(mac: &[u8; 6]) -> Result<(), &'static str> {
-    if *mac == [0; 6] {
-        return Err("all zeros, not an endpoint's MAC");
-    }
-    if mac[0] & 1 != 0 {
-        return Err("a multicast (or broadcast) address, not an endpoint's MAC");
-    }
-    Ok(())
 }
 
 fn parse_proto(value: &Scalar) -> Result<Proto, String> {
@@ -1131,13 +876,6 @@ fn parse_proto(value: &Scalar) -> Result<Proto, String> {
 }
 
 /// How a protocol is named in messages: `icmp`, `all`, `protocol 47`.
-fn proto_label(proto: Proto) -> String {
-    match proto {
-        Proto::Number(n) if proto.name() == n.to_string() => format!("protocol {n}"),
-        _ => proto.name(),
-    }
-}
-
 fn parse_ports(value: &Scalar) -> Result<PortRange, String> {
     let text = match value {
         Scalar::Int(n) => {

@@ -15,7 +15,7 @@ use super::http::Request;
 use super::replies::{self, ChangeReply};
 use super::{Caller, ErrorKind, Reply, error, routes, types};
 use crate::daemon::Agent;
-use crate::policy::{Policy, parse_str, to_yaml};
+use crate::policy::Policy;
 
 /// What a request needs read before it reaches the agent's task: a whole
 /// policy to parse (the body of `PUT /v1/policy` and `POST
@@ -104,25 +104,19 @@ pub fn handle(agent: &mut Agent, req: &Request, caller: &Caller, prepared: Prepa
     }
 }
 
-/// Re-validates an edited policy as a whole, the way a control file is
-/// validated, so an API change can never enforce what a file could not.
-fn revalidate(edited: &Policy) -> Result<Policy, Reply> {
-    parse_str(&to_yaml(edited), "the changed policy").map_err(|e| error(ErrorKind::Invalid, e))
-}
-
-/// Applies and saves an edited policy; the reply carries what changed.
+/// Checks an edited policy with the validator every control file ends in,
+/// so an API change can never enforce what a file could not, then applies
+/// and saves it; the reply carries what changed.
 fn commit(agent: &mut Agent, edited: Policy, source: &str, caller: &Caller, mode: Mode) -> Reply {
-    match revalidate(&edited) {
-        Ok(policy) => commit_parsed(agent, policy, source, caller, mode),
-        Err(r) => r,
+    match crate::policy::check(&edited, "the changed policy") {
+        Ok(()) => commit_parsed(agent, edited, source, caller, mode),
+        Err(e) => error(ErrorKind::Invalid, e),
     }
 }
 
-/// Applies and saves a policy that was parsed from a whole control file
-/// (the body of `PUT /v1/policy`): it has just been validated as a file is,
-/// so a second round trip through the writer and parser would check
-/// nothing more and, for a large policy, cost as much as the apply.
-/// A dry run compiles the policy and checks it as an apply would (ids,
+/// Applies and saves a policy that has been checked: parsed from a whole
+/// control file (the body of `PUT /v1/policy`, a reload, the policy a
+/// rollback goes back to) or edited and checked by `commit`. A dry run compiles the policy and checks it as an apply would (ids,
 /// maps and their memory, a control file changed behind the agent), and
 /// writes nothing.
 fn commit_parsed(agent: &mut Agent, policy: Policy, source: &str, caller: &Caller, mode: Mode) -> Reply {

@@ -10,7 +10,7 @@ use crate::api::http::Request;
 use crate::api::types::{self, DirectionName, RuleAdd, RuleRemove, Scalar};
 use crate::api::{Caller, ErrorKind, Reply, error};
 use crate::daemon::Agent;
-use crate::policy::{Direction, Peer, Rule, parse_rule};
+use crate::policy::{self, Direction, Peer, RawPeer, Rule, RuleFields};
 
 fn direction(d: DirectionName) -> Direction {
     match d {
@@ -19,14 +19,18 @@ fn direction(d: DirectionName) -> Direction {
     }
 }
 
-fn quote(s: &str) -> String {
-    serde_json::to_string(s).expect("strings serialize")
+fn scalar(s: &Scalar) -> policy::Scalar {
+    match s {
+        Scalar::Number(n) => policy::Scalar::Int(i128::from(*n)),
+        Scalar::Text(t) => policy::Scalar::Str(t.clone()),
+    }
 }
 
-/// The peer in control-file syntax.
-fn peer_yaml(spec: &str) -> Result<String, Reply> {
+/// The peer a request names: `group:NAME`, `cidr:CIDR`,
+/// `prefix-list:NAME` or `host`.
+fn peer(spec: &str) -> Result<RawPeer, Reply> {
     if spec == "host" {
-        return Ok("host".into());
+        return Ok(RawPeer::Host);
     }
     let (kind, value) = spec.split_once(':').ok_or_else(|| {
         error(
@@ -34,18 +38,18 @@ fn peer_yaml(spec: &str) -> Result<String, Reply> {
             format!("peer: \"{spec}\" is not group:NAME, cidr:CIDR, prefix-list:NAME or host"),
         )
     })?;
-    let key = match kind {
-        "group" => "group",
-        "cidr" => "cidr",
-        "prefix-list" | "prefix_list" => "prefix_list",
+    let value = value.to_string();
+    Ok(match kind {
+        "group" => RawPeer::Group(value),
+        "cidr" => RawPeer::Cidr(value),
+        "prefix-list" | "prefix_list" => RawPeer::PrefixList(value),
         _ => {
             return Err(error(
                 ErrorKind::Invalid,
                 format!("peer: \"{kind}\" is not group, cidr, prefix-list or host"),
             ));
         }
-    };
-    Ok(format!("{{{key}: {}}}", quote(value)))
+    })
 }
 
 /// What a request says of one rule.
@@ -58,30 +62,18 @@ struct Fields<'a> {
     description: Option<&'a str>,
 }
 
-/// The rule a request describes, parsed and validated like a rule of a
-/// control file.
-fn rule_from(agent: &Agent, f: &Fields, group: &str, dir: Direction) -> Result<Rule, Reply> {
-    let mut parts = vec![format!("proto: {}", quote(&f.proto.to_string()))];
-    if let Some(ports) = f.ports {
-        parts.push(format!("ports: {}", quote(&ports.to_string())));
-    }
-    match (f.icmp_type, f.icmp_code) {
-        (Some(t), Some(c)) => parts.push(format!(
-            "icmp: {{type: {}, code: {}}}",
-            quote(&t.to_string()),
-            quote(&c.to_string())
-        )),
-        (Some(t), None) => parts.push(format!("icmp: {{type: {}}}", quote(&t.to_string()))),
-        (None, Some(_)) => return Err(error(ErrorKind::Invalid, "icmp_code: needs icmp_type")),
-        (None, None) => {}
-    }
-    let key = if dir == Direction::Ingress { "from" } else { "to" };
-    parts.push(format!("{key}: [{}]", peer_yaml(f.peer)?));
-    if let Some(d) = f.description {
-        parts.push(format!("description: {}", quote(d)));
-    }
-    let text = format!("{{{}}}", parts.join(", "));
-    parse_rule(&agent.policy, group, dir, &text, "the rule").map_err(|e| error(ErrorKind::Invalid, e))
+/// The rule a request describes, its values read and checked as a rule of
+/// a control file is; the policy it joins is checked as a whole on commit.
+fn rule_from(f: &Fields, dir: Direction) -> Result<Rule, Reply> {
+    let fields = RuleFields {
+        proto: scalar(f.proto),
+        ports: f.ports.map(scalar),
+        icmp_type: f.icmp_type.map(scalar),
+        icmp_code: f.icmp_code.map(scalar),
+        peers: vec![peer(f.peer)?],
+        description: f.description.map(str::to_string),
+    };
+    policy::rule_from_fields(fields, dir).map_err(|e| error(ErrorKind::Invalid, e))
 }
 
 pub fn add(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> Reply {
@@ -99,7 +91,7 @@ pub fn add(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> Rep
         description: body.description.as_deref(),
     };
     let group = body.group.clone();
-    let rule = match rule_from(agent, &fields, &group, dir) {
+    let rule = match rule_from(&fields, dir) {
         Ok(r) => r,
         Err(r) => return r,
     };
@@ -190,7 +182,7 @@ pub fn remove(agent: &mut Agent, req: &Request, caller: &Caller, mode: Mode) -> 
         peer,
         description: None,
     };
-    let target = match rule_from(agent, &fields, &group, dir) {
+    let target = match rule_from(&fields, dir) {
         Ok(r) => r,
         Err(r) => return r,
     };
