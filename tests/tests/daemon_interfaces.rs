@@ -8,7 +8,7 @@ mod common;
 
 use common::bins;
 use common::daemon::{DEADLINE, cli_fails, cli_json, wait_for};
-use hostwall_tests::{Agent, Check, Container, DropReason, Host, Node, Probe, assert_checks};
+use hostwall_tests::{Agent, Check, Container, DropReason, Host, Node, Probe, UdpSeqSender, assert_checks};
 use serde_json::Value;
 
 /// The state `hostwall status --json` gives endpoint `name`.
@@ -782,5 +782,135 @@ fn interfaces_are_quarantined_while_a_large_request_is_read() {
         agent.policy_hash().expect("the enforced policy's hash"),
         hash,
         "a refused policy changed the enforced one"
+    );
+}
+
+/// `QUARANTINE_POLICY` with `rules` more ingress rules for web, each from
+/// eight /32s of its own: valid, and slow to compile in a debug build.
+fn large_valid_policy(rules: u32) -> String {
+    let mut bulk = String::from("    ingress:\n");
+    for i in 0..rules {
+        let peers: Vec<String> = (0..8)
+            .map(|p| {
+                let n = i * 8 + p;
+                format!(
+                    "{{cidr: 10.{}.{}.{}/32}}",
+                    100 + ((n >> 16) & 127),
+                    (n >> 8) & 255,
+                    n & 255
+                )
+            })
+            .collect();
+        bulk.push_str(&format!(
+            "      - {{proto: tcp, ports: {}, from: [{}]}}\n",
+            1 + i % 60_000,
+            peers.join(", ")
+        ));
+    }
+    QUARANTINE_POLICY.replacen("    ingress:\n", &bulk, 1)
+}
+
+#[test]
+fn interfaces_are_quarantined_while_the_agent_compiles_a_large_policy() {
+    use std::io::{Read as _, Write as _};
+
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let _web = host.add_container("web", "hw-web", 11).expect("adding web");
+    let mut agent = Agent::start(&host, QUARANTINE_POLICY).expect("starting the agent");
+    let compiles = agent.count_log(&["compiling a policy"]);
+    let server = host
+        .serve_specs(&["udpseq:8053", "udpseq:8054"])
+        .expect("udp servers in the host");
+
+    // Valid: the agent's task compiles it for seconds (in a debug build)
+    // after it has been read.
+    let body = large_valid_policy(25_000);
+    let mut stream = std::os::unix::net::UnixStream::connect(agent.socket()).expect("connecting to the API");
+    stream
+        .write_all(
+            format!(
+                "PUT /v1/policy HTTP/1.1\r\nHost: hostwall\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .expect("sending the head");
+    stream.write_all(body.as_bytes()).expect("sending the body");
+    let reply = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stream.read_to_string(&mut text);
+        text
+    });
+    agent
+        .wait_for_log("compiling a policy", compiles + 1, DEADLINE)
+        .expect("the agent starts compiling the large policy");
+
+    // Two new containers while it compiles: q matches the quarantine
+    // pattern, z (the control) does not.
+    let q = host
+        .add_container_unplugged("q", "hwq3", host.subnet().v4(33), host.subnet().v6(33))
+        .expect("adding q");
+    let z = host
+        .add_container_unplugged("z", "hwz3", host.subnet().v4(34), host.subnet().v6(34))
+        .expect("adding z");
+    for (c, n) in [(&q, 33), (&z, 34)] {
+        host.plug(c).expect("plugging in");
+        // Neighbour entries both ways, so that what is sent are IP packets.
+        c.ns()
+            .ip(&format!(
+                "neigh replace {} lladdr {} dev eth0 nud permanent",
+                host.subnet().v4(1),
+                host_mac(&host)
+            ))
+            .expect("static neighbour in the container");
+        host.ns()
+            .ip(&format!(
+                "neigh replace {} lladdr {} dev br0 nud permanent",
+                host.subnet().v4(n),
+                mac(n)
+            ))
+            .expect("static neighbour in the host");
+    }
+    // Datagrams from both towards the host for as long as the agent
+    // compiles.
+    let dst = |port| std::net::SocketAddr::new(host.subnet().v4(1).into(), port);
+    let q_stream = UdpSeqSender::start(&q, dst(8053), 500).expect("datagrams from q");
+    let z_stream = UdpSeqSender::start(&z, dst(8054), 500).expect("datagrams from z");
+    server.wait_for_seqs(8054, 20, DEADLINE);
+    assert!(
+        !reply.is_finished(),
+        "the large policy was applied before z's datagrams arrived: nothing was sent while it compiled"
+    );
+    let reply = reply.join().expect("the reading thread");
+    assert!(
+        reply.starts_with("HTTP/1.1 200"),
+        "the large policy should apply: {}",
+        &reply[..reply.len().min(400)]
+    );
+    // The agent takes over from the guard: q stays cut off, now by the
+    // policy's own quarantine entry.
+    wait_for("the agent quarantines hwq3", DEADLINE, || {
+        quarantined(&agent).contains(&"hwq3".to_string()).then_some(())
+    });
+    let before = agent.stats().expect("reading counters");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    agent.assert_dropped_since(&before, DropReason::Quarantined, 50);
+    let q_sent = q_stream.finish().expect("q's datagrams");
+    let z_sent = z_stream.finish().expect("z's datagrams");
+    assert!(q_sent > 100 && z_sent > 100, "q sent {q_sent}, z sent {z_sent}");
+    assert_eq!(
+        server.seqs(8053).len(),
+        0,
+        "datagrams of quarantined q reached the host (while the agent compiled, or after)"
+    );
+    assert!(
+        !server.seqs(8054).is_empty(),
+        "none of z's datagrams reached the host: the control shows nothing"
+    );
+    assert_eq!(
+        agent.count_log(&["quarantined as it appeared", "hwq3"]),
+        1,
+        "the guard did not quarantine hwq3; the agent's log:\n{}",
+        agent.log()
     );
 }

@@ -61,6 +61,8 @@ impl Agent {
     /// Makes `new` the enforced policy: compiled, written to the inactive
     /// slot and switched to in one step. On error nothing changes.
     pub fn apply(&mut self, new: Policy, source: &str, caller: Option<&Caller>) -> Result<PolicyDiff, ApplyError> {
+        let rules: usize = new.groups.values().map(|g| g.ingress.len() + g.egress.len()).sum();
+        info!(source, rules, endpoints = new.endpoints.len(), "compiling a policy");
         let assignment = self.assign(&new)?;
         // Written with the policy, so that it survives a restart.
         self.generation += 1;
@@ -334,6 +336,16 @@ impl Agent {
             }
         }
         self.quarantined = quarantine;
+        if let Some(guard) = &self.guard {
+            let endpoint_interfaces = compiled
+                .endpoints
+                .iter()
+                .filter(|e| !self.quarantined.contains_key(&e.ifindex.unwrap_or(0)))
+                .map(|e| e.interface.clone())
+                .collect();
+            let attached = self.attachments.attached().map(|(i, _)| i).collect();
+            guard.update(policy.settings.quarantine.as_ref(), endpoint_interfaces, attached);
+        }
         if self.datapath.slots.active_tables().is_some() {
             compiled.release_tables();
         }

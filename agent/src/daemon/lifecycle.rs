@@ -70,6 +70,14 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
     let registry = read_rule_keys(&mut datapath);
     let generation = datapath.slots.policy_generation();
     let attachments = Attachments::new(&layout.links()).context("creating the links directory")?;
+    let guard = match attachments.kind() {
+        HookKind::Tcx => {
+            let programs =
+                crate::datapath::endpoint_program_fds(&datapath.ebpf).context("the endpoint programs' fds")?;
+            Some(super::guard::Guard::start(programs).context("starting the quarantine guard")?)
+        }
+        HookKind::Clsact => None,
+    };
 
     let mut agent = Agent {
         opts,
@@ -93,6 +101,7 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
         generation,
         previous: None,
         adopt_from: older.first().map(|l| l.links()),
+        guard,
     };
 
     let uplink_ifindex = match &agent.opts.uplink {

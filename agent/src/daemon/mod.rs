@@ -4,6 +4,7 @@
 
 mod enforce;
 mod gc;
+mod guard;
 pub mod lifecycle;
 pub mod macs;
 pub mod notify;
@@ -117,6 +118,8 @@ pub struct Agent {
     /// While an upgrade is under way: the older layout's links directory,
     /// whose links are taken over.
     pub adopt_from: Option<PathBuf>,
+    /// Quarantines new interfaces off the agent's task (tcx only).
+    guard: Option<guard::Guard>,
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {

@@ -9,12 +9,13 @@
 //! replace) atomically, so enforcement never lapses.
 
 use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        LinkOrder, ProgramFd, SchedClassifier, TcAttachType, Xdp, XdpMode,
         links::{FdLink, LinkError, PinnedLink},
         tc::{self, NlOptions, SchedClassifierLink, TcAttach, TcHandle},
         xdp::XdpLink,
@@ -463,6 +464,80 @@ pub fn remove_all(links_dir: &Path, interfaces: &[u32]) -> usize {
         }
     }
     filters
+}
+
+/// The endpoint programs, as fds of their own that another thread may
+/// attach with (`tcx_attach_first`): the program of tc ingress, then that
+/// of tc egress.
+pub fn endpoint_program_fds(ebpf: &Ebpf) -> Result<[(ProgramFd, TcxHook); 2], aya::programs::ProgramError> {
+    let fd = |name: &str| -> Result<ProgramFd, aya::programs::ProgramError> {
+        let program: &SchedClassifier = ebpf
+            .program(name)
+            .expect("program loaded")
+            .try_into()
+            .expect("program is a classifier");
+        Ok(program.fd()?.try_clone()?)
+    };
+    Ok([
+        (fd(PROG_FROM_ENDPOINT)?, TcxHook::Ingress),
+        (fd(PROG_TO_ENDPOINT)?, TcxHook::Egress),
+    ])
+}
+
+/// A tcx hook of an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcxHook {
+    Ingress,
+    Egress,
+}
+
+/// Attaches `program` first on `hook` of `ifindex` with a tcx link that
+/// lives as long as the returned fd (it is not pinned).
+pub fn tcx_attach_first(program: BorrowedFd<'_>, ifindex: u32, hook: TcxHook) -> std::io::Result<OwnedFd> {
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_TCX_INGRESS: u32 = 46;
+    const BPF_TCX_EGRESS: u32 = 47;
+    const BPF_F_BEFORE: u32 = 1 << 3;
+    /// The `link_create` member of the kernel's `union bpf_attr`, with its
+    /// `tcx` part.
+    #[repr(C)]
+    struct LinkCreate {
+        prog_fd: u32,
+        target_ifindex: u32,
+        attach_type: u32,
+        flags: u32,
+        relative_fd: u32,
+        _pad: u32,
+        expected_revision: u64,
+    }
+    let attr = LinkCreate {
+        prog_fd: program.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type: match hook {
+            TcxHook::Ingress => BPF_TCX_INGRESS,
+            TcxHook::Egress => BPF_TCX_EGRESS,
+        },
+        // Before every other program (relative to none: first).
+        flags: BPF_F_BEFORE,
+        relative_fd: 0,
+        _pad: 0,
+        expected_revision: 0,
+    };
+    // SAFETY: `attr` is a valid `link_create` attribute of the size passed;
+    // the kernel reads it only during the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            &attr as *const LinkCreate,
+            std::mem::size_of::<LinkCreate>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new fd, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ use std::path::PathBuf;
 
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
 
-pub use attach::{AttachError, Attachments, HookKind, pinned_links, remove_all};
+pub use attach::{
+    AttachError, Attachments, HookKind, TcxHook, endpoint_program_fds, pinned_links, remove_all, tcx_attach_first,
+};
 pub use layout::Layout;
 pub use slots::{MemoryError, SlotError, Slots};
 
