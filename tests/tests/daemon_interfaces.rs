@@ -895,6 +895,9 @@ fn interfaces_are_quarantined_while_the_agent_compiles_a_large_policy() {
     let before = agent.stats().expect("reading counters");
     std::thread::sleep(std::time::Duration::from_millis(300));
     agent.assert_dropped_since(&before, DropReason::Quarantined, 50);
+    // The agent's links (the guard's, taken over and pinned) outlive it.
+    agent.kill9().expect("killing the agent");
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let q_sent = q_stream.finish().expect("q's datagrams");
     let z_sent = z_stream.finish().expect("z's datagrams");
     assert!(q_sent > 100 && z_sent > 100, "q sent {q_sent}, z sent {z_sent}");

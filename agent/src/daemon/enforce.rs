@@ -321,6 +321,11 @@ impl Agent {
             if self.attachments.is_attached(ifindex) {
                 continue;
             }
+            if let Some(links) = self.guard.as_ref().and_then(|g| g.take(ifindex, &ep.interface))
+                && let Err(e) = self.attachments.pin_taken_links(&ep.interface, ifindex, links)
+            {
+                warn!(interface = %ep.interface, error = %format!("{:#}", anyhow::Error::new(e)), "taking over the quarantine guard's links failed");
+            }
             match self.attachments.attach_endpoint_from(
                 &mut self.datapath.ebpf,
                 &ep.interface,

@@ -3,9 +3,9 @@
 //! appears, whatever the agent's task is doing (compiling a large policy,
 //! say). Until the agent has compiled the interface in as quarantined, the
 //! programs find no entry for it and drop all its traffic (`no-endpoint`);
-//! once the agent has attached its own (pinned) links, the guard lets its
-//! own go. Its links are not pinned: they end with the agent, whose pinned
-//! links carry enforcement on. tcx only (Linux 6.6 and later); with clsact
+//! the agent then takes the guard's links over and pins them (they run the
+//! programs it would attach itself). Links the agent has not taken are not
+//! pinned: they end with the agent. tcx only (Linux 6.6 and later); with clsact
 //! the agent's task quarantines alone.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +32,9 @@ struct Shared {
     endpoint_interfaces: BTreeSet<String>,
     /// Interfaces the agent's own programs are attached to.
     attached: BTreeSet<u32>,
+    /// Interfaces the guard holds: ifindex -> (name, its tc ingress and tc
+    /// egress links).
+    held: BTreeMap<u32, (String, Vec<OwnedFd>)>,
 }
 
 pub struct Guard {
@@ -57,6 +60,22 @@ impl Guard {
         s.pattern = pattern.cloned();
         s.endpoint_interfaces = endpoint_interfaces;
         s.attached = attached;
+    }
+
+    /// The guard's links on `interface` (tc ingress, tc egress), handed
+    /// over to the agent, which pins them: they run the same programs it
+    /// would attach (tcx refuses a program twice on one hook), so taking
+    /// them over leaves no gap.
+    pub fn take(&self, ifindex: u32, interface: &str) -> Option<Vec<OwnedFd>> {
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        match s.held.get(&ifindex) {
+            Some((name, _)) if name == interface => {
+                // The agent's from now on: not to be attached to again.
+                s.attached.insert(ifindex);
+                s.held.remove(&ifindex).map(|(_, links)| links)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -90,18 +109,22 @@ fn wait(socket: &OwnedFd) {
 }
 
 fn run(socket: &OwnedFd, programs: &[(ProgramFd, TcxHook); 2], shared: &Mutex<Shared>) {
-    // Interfaces the guard holds: ifindex -> (name, its links).
-    let mut held: BTreeMap<u32, (String, Vec<OwnedFd>)> = BTreeMap::new();
     // Interfaces it could not attach to (gone, say), not tried again.
     let mut failed: BTreeSet<u32> = BTreeSet::new();
     loop {
         let interfaces = crate::host::interfaces();
         {
-            let s = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let mut guard = shared.lock().unwrap_or_else(|p| p.into_inner());
+            let Shared {
+                pattern,
+                endpoint_interfaces,
+                attached,
+                held,
+            } = &mut *guard;
             let wanted = |ifindex: u32, name: &str| {
-                s.pattern.as_ref().is_some_and(|q| q.matches(name))
-                    && !s.endpoint_interfaces.contains(name)
-                    && !s.attached.contains(&ifindex)
+                pattern.as_ref().is_some_and(|q| q.matches(name))
+                    && !endpoint_interfaces.contains(name)
+                    && !attached.contains(&ifindex)
             };
             held.retain(|ifindex, (name, _)| {
                 let keep = interfaces.iter().any(|(i, n)| i == ifindex && n == name) && wanted(*ifindex, name);

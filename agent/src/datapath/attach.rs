@@ -9,7 +9,7 @@
 //! replace) atomically, so enforcement never lapses.
 
 use std::collections::BTreeMap;
-use std::os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use aya::{
@@ -159,6 +159,24 @@ impl Attachments {
     /// hostwall attachment already there (from an earlier agent).
     pub fn attach_endpoint(&mut self, ebpf: &mut Ebpf, interface: &str, ifindex: u32) -> Result<(), AttachError> {
         self.attach_endpoint_from(ebpf, interface, ifindex, None)
+    }
+
+    /// Pins tcx links attached to `ifindex` by someone else in this
+    /// process (the quarantine guard: tc ingress, then tc egress) where
+    /// this agent's links of that interface are pinned, so that attaching
+    /// adopts them.
+    pub fn pin_taken_links(&self, interface: &str, ifindex: u32, links: Vec<OwnedFd>) -> Result<(), AttachError> {
+        for (fd, t) in links.into_iter().zip([TcAttachType::Ingress, TcAttachType::Egress]) {
+            let path = self.link_path(interface, ifindex, t);
+            let _ = std::fs::remove_file(&path);
+            pin_fd(fd.as_fd(), &path).map_err(|e| AttachError::Pin {
+                hook: hook_name(t),
+                interface: interface.into(),
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
+        }
+        Ok(())
     }
 
     /// Like `attach_endpoint`, also adopting links pinned under `old_links`
@@ -482,6 +500,39 @@ pub fn endpoint_program_fds(ebpf: &Ebpf) -> Result<[(ProgramFd, TcxHook); 2], ay
         (fd(PROG_FROM_ENDPOINT)?, TcxHook::Ingress),
         (fd(PROG_TO_ENDPOINT)?, TcxHook::Egress),
     ])
+}
+
+/// `BPF_OBJ_PIN`: pins the object `fd` refers to at `path` on bpffs.
+fn pin_fd(fd: BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    #[repr(C)]
+    struct ObjPin {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+    }
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    let attr = ObjPin {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+        path_fd: 0,
+    };
+    // SAFETY: `attr` is a valid `obj_pin` attribute; the path outlives the
+    // call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &attr as *const ObjPin,
+            std::mem::size_of::<ObjPin>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// A tcx hook of an interface.
