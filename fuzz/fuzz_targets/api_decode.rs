@@ -1,26 +1,21 @@
-//! The control API's request decoder on any bytes: it never panics, never
-//! accepts more than its limit, and a decoded request does not change when
-//! more bytes follow it (the next request's, or garbage).
+//! The control API's request-target decoder (hyper reads the framing) on
+//! any bytes: it never panics, a decoded path is a path, and what the CLI
+//! encodes decodes to itself.
 #![no_main]
 
-use hostwall::api::http::{MAX_HEAD, decode_within};
+use hostwall::api::http::{Request, percent_decode, percent_encode};
 use libfuzzer_sys::fuzz_target;
 
-/// Small enough that inputs reach it.
-const LIMIT: usize = 4096;
-
 fuzz_target!(|data: &[u8]| {
-    match decode_within(data, LIMIT) {
-        Ok(Some(req)) => {
-            assert!(req.body.len() <= LIMIT);
-            assert!(req.path.starts_with('/'), "{:?}", req.path);
-            let mut longer = data.to_vec();
-            longer.extend_from_slice(b"\r\n\r\nGET / HTTP/1.1\r\n\r\n");
-            assert_eq!(decode_within(&longer, LIMIT), Ok(Some(req)));
+    let Ok(target) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(req) = Request::new("GET", target, Vec::new()) {
+        assert!(req.path.starts_with('/'), "{:?}", req.path);
+        for (k, v) in &req.query {
+            assert_eq!(percent_decode(&percent_encode(k)).as_deref(), Some(k.as_str()));
+            assert_eq!(percent_decode(&percent_encode(v)).as_deref(), Some(v.as_str()));
         }
-        // Waiting for more: a head not yet complete (at most MAX_HEAD
-        // bytes), or a body within the limit.
-        Ok(None) => assert!(data.len() <= MAX_HEAD.max(LIMIT)),
-        Err(_) => {}
     }
+    assert_eq!(percent_decode(&percent_encode(target)).as_deref(), Some(target));
 });

@@ -183,15 +183,40 @@ fn malformed_requests_get_http_errors_and_the_agent_keeps_serving() {
         })
     };
 
-    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+    // Requests that are not HTTP get hyper's own answer: a status, no body.
+    let unreadable: Vec<(&str, Vec<u8>, u16)> = vec![
         ("garbage", b"\x16\x03\x01 hello\r\n\r\n".to_vec(), 400),
         ("no HTTP version", b"GET /v1/status\r\n\r\n".to_vec(), 400),
+        (
+            "a header without a colon",
+            b"GET /v1/status HTTP/1.1\r\nbroken\r\n\r\n".to_vec(),
+            400,
+        ),
+        ("headers over 1 MiB", vec![b'a'; (1 << 20) + 4096], 431),
+    ];
+    for (what, request, expected) in &unreadable {
+        let (status, body) = raw(&socket, request);
+        assert_eq!(status, *expected, "{what}: response body {body}");
+        assert_serving(&agent, &format!("after {what}"));
+    }
+    // Requests the agent reads and refuses get a JSON error.
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         (
             "a declared body over --max-request-bytes",
             b"PUT /v1/policy HTTP/1.1\r\nContent-Length: 100000000\r\n\r\n".to_vec(),
             413,
         ),
-        ("headers over 1 MiB", vec![b'a'; (1 << 20) + 4096], 413),
+        (
+            "a chunked body over --max-request-bytes",
+            [
+                &b"PUT /v1/policy HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+                &[b"100000\r\n".to_vec(), vec![b'#'; 1 << 20], b"\r\n".to_vec()]
+                    .concat()
+                    .repeat(70),
+            ]
+            .concat(),
+            413,
+        ),
         (
             "a policy without a body (no content-length)",
             b"PUT /v1/policy HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
@@ -200,6 +225,11 @@ fn malformed_requests_get_http_errors_and_the_agent_keeps_serving() {
         (
             "a body that is not JSON",
             b"POST /v1/rules HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+            400,
+        ),
+        (
+            "a path with a bad escape",
+            b"GET /v1/%zz HTTP/1.1\r\n\r\n".to_vec(),
             400,
         ),
         ("an unknown path", b"GET /v2/nothing HTTP/1.1\r\n\r\n".to_vec(), 404),

@@ -1,14 +1,17 @@
-//! The CLI's side of the control API.
+//! The CLI's side of the control API: one request per connection, over
+//! hyper.
 
-use std::io::{Read as _, Write as _};
-use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use super::ErrorKind;
-use super::http::{parse_response, percent_encode};
+use super::http::percent_encode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -36,6 +39,9 @@ pub enum ClientError {
     },
 }
 
+/// How long the CLI waits for the agent's reply.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Sends one request; returns the JSON body of a 2xx response.
 pub fn call(
     socket: &Path,
@@ -44,11 +50,7 @@ pub fn call(
     query: &[(&str, String)],
     body: Option<&[u8]>,
 ) -> Result<Value, ClientError> {
-    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: socket.display().to_string(),
-        source,
-    })?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let mut target = path.to_string();
     let q: Vec<String> = query
         .iter()
@@ -58,17 +60,13 @@ pub fn call(
         target.push('?');
         target.push_str(&q.join("&"));
     }
-    let body = body.unwrap_or_default();
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: hostwall\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes())?;
-    stream.write_all(body)?;
-    let mut buf = Vec::new();
-    stream.read_to_end(&mut buf)?;
-    let (status, body) = parse_response(&buf).ok_or(ClientError::BadResponse)?;
-    let value: Value = serde_json::from_slice(body).map_err(|_| ClientError::BadResponse)?;
+    let body = Bytes::copy_from_slice(body.unwrap_or_default());
+    let (status, bytes) = runtime.block_on(async {
+        tokio::time::timeout(REPLY_TIMEOUT, exchange(socket, method, &target, body))
+            .await
+            .map_err(|_| ClientError::Io(std::io::Error::from(std::io::ErrorKind::TimedOut)))?
+    })?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| ClientError::BadResponse)?;
     if !(200..300).contains(&status) {
         let message = value
             .get("error")
@@ -82,4 +80,46 @@ pub fn call(
         return Err(ClientError::Refused { status, kind, message });
     }
     Ok(value)
+}
+
+/// One request over a new connection: the status and body of the reply.
+async fn exchange(socket: &Path, method: &str, target: &str, body: Bytes) -> Result<(u16, Bytes), ClientError> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|source| {
+        let path = socket.display().to_string();
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            ClientError::Forbidden { path, source }
+        } else {
+            ClientError::Connect { path, source }
+        }
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ClientError::BadResponse)?;
+    let conn = tokio::spawn(conn);
+    let request = hyper::Request::builder()
+        .method(method)
+        .uri(target)
+        .header(HOST, "hostwall")
+        .header(CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .map_err(|_| ClientError::BadResponse)?;
+    let response = sender.send_request(request).await.map_err(io_or_bad)?;
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.map_err(io_or_bad)?.to_bytes();
+    drop(sender);
+    let _ = conn.await;
+    Ok((status, bytes))
+}
+
+/// A connection the agent closed or reset is an I/O failure; anything
+/// else is a reply that is not HTTP.
+fn io_or_bad(e: hyper::Error) -> ClientError {
+    use std::error::Error as _;
+    match e.source().and_then(|s| s.downcast_ref::<std::io::Error>()) {
+        Some(io) => ClientError::Io(std::io::Error::new(io.kind(), io.to_string())),
+        None if e.is_incomplete_message() || e.is_closed() => {
+            ClientError::Io(std::io::Error::from(std::io::ErrorKind::UnexpectedEof))
+        }
+        None => ClientError::BadResponse,
+    }
 }

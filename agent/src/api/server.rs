@@ -1,17 +1,27 @@
-//! Accepting API connections: permissions, credentials, size and time
-//! limits. Requests are handed to the agent's task one at a time.
+//! Accepting API connections over hyper: permissions, credentials, size
+//! and time limits. Requests are handed to the agent's task one at a time.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Response, StatusCode};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
-use super::http::{self, DecodeError};
+use super::http;
 use super::{Caller, ErrorKind, Reply, error, handlers};
 use crate::daemon::ApiCall;
 
@@ -83,14 +93,59 @@ fn authorized(caller: &Caller, admin_group: Option<u32>) -> bool {
         .is_some_and(|groups| groups.split_whitespace().any(|g| g.parse() == Ok(gid)))
 }
 
-async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, limits: Limits, config: Arc<PathBuf>) {
-    let reply = match handle(&mut stream, agent, limits, config).await {
-        Ok(r) => r,
-        Err(r) => r,
+/// Serves one connection: one request (no keep-alive), read and answered
+/// by hyper. The socket is duplicated first so that, whatever hyper does
+/// with its half, a request whose head does not arrive in time still gets
+/// its 408, and what the client still sends is drained before the socket
+/// closes.
+async fn connection(stream: UnixStream, agent: mpsc::Sender<ApiCall>, limits: Limits, config: Arc<PathBuf>) {
+    let Ok(cred) = stream.peer_cred() else {
+        return;
     };
-    let reply = super::with_version(reply);
-    let _ = stream.write_all(&http::response(reply.0, &reply.1)).await;
-    let _ = stream.shutdown().await;
+    let caller = Caller {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid: cred.pid().unwrap_or(0),
+    };
+    let Ok((stream, mut spare)) = duplicate(stream) else {
+        return;
+    };
+    let arrived = Arc::new(AtomicBool::new(false));
+    let service = {
+        let arrived = arrived.clone();
+        service_fn(move |req| {
+            arrived.store(true, Ordering::Relaxed);
+            let (agent, config) = (agent.clone(), config.clone());
+            async move {
+                let reply = match handle(req, caller, agent, limits, config).await {
+                    Ok(r) | Err(r) => super::with_version(r),
+                };
+                Ok::<_, std::convert::Infallible>(response(reply))
+            }
+        })
+    };
+    let conn = http1::Builder::new()
+        .keep_alive(false)
+        .max_buf_size(http::MAX_HEAD)
+        .serve_connection(TokioIo::new(stream), service);
+    let head_timeout = async {
+        tokio::time::sleep(READ_TIMEOUT).await;
+        if arrived.load(Ordering::Relaxed) {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = conn => {
+            if let Err(e) = r {
+                debug!(error = %e, "an API connection ended with an error");
+            }
+        }
+        _ = head_timeout => {
+            let reply = super::with_version(error(ErrorKind::Timeout, "the request did not arrive within 5 s"));
+            let _ = spare.write_all(&raw_response(&reply)).await;
+        }
+    }
+    let _ = spare.shutdown().await;
     // A Unix socket closed with unread input resets the peer, whose read
     // then fails with ECONNRESET instead of returning the response just
     // sent (refused, oversized and malformed requests are answered before
@@ -100,7 +155,7 @@ async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, limits
         let mut sink = [0u8; 16384];
         let mut left = 2 * limits.max_request;
         while left > 0 {
-            match stream.read(&mut sink).await {
+            match spare.read(&mut sink).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => left = left.saturating_sub(n),
             }
@@ -109,20 +164,48 @@ async fn connection(mut stream: UnixStream, agent: mpsc::Sender<ApiCall>, limits
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, drain).await;
 }
 
+/// Two handles on one socket.
+fn duplicate(stream: UnixStream) -> std::io::Result<(UnixStream, UnixStream)> {
+    let std = stream.into_std()?;
+    let spare = std.try_clone()?;
+    Ok((UnixStream::from_std(std)?, UnixStream::from_std(spare)?))
+}
+
+fn response(reply: Reply) -> Response<Full<Bytes>> {
+    let mut text = serde_json::to_vec_pretty(&reply.1).expect("json values serialize");
+    text.push(b'\n');
+    let mut response = Response::new(Full::new(Bytes::from(text)));
+    *response.status_mut() = StatusCode::from_u16(reply.0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A whole response written on the socket itself, for a request hyper
+/// never handed over (its head did not arrive in time).
+fn raw_response(reply: &Reply) -> Vec<u8> {
+    let mut text = serde_json::to_string_pretty(&reply.1).expect("json values serialize");
+    text.push('\n');
+    let status = StatusCode::from_u16(reply.0).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        text.len()
+    )
+    .into_bytes();
+    out.extend_from_slice(text.as_bytes());
+    out
+}
+
 async fn handle(
-    stream: &mut UnixStream,
+    req: hyper::Request<Incoming>,
+    caller: Caller,
     agent: mpsc::Sender<ApiCall>,
     limits: Limits,
     config: Arc<PathBuf>,
 ) -> Result<Reply, Reply> {
-    let cred = stream
-        .peer_cred()
-        .map_err(|e| error(ErrorKind::Internal, format!("reading peer credentials: {e}")))?;
-    let caller = Caller {
-        uid: cred.uid(),
-        gid: cred.gid(),
-        pid: cred.pid().unwrap_or(0),
-    };
     if !authorized(&caller, limits.admin_group) {
         warn!(
             uid = caller.uid,
@@ -134,9 +217,38 @@ async fn handle(
             "only root and the admin group may use the hostwall API",
         ));
     }
-    let request = tokio::time::timeout(READ_TIMEOUT, read_request(stream, limits.max_request))
+    let too_large = || {
+        error(
+            ErrorKind::TooLarge,
+            format!(
+                "request larger than {} bytes (the agent's --max-request-bytes)",
+                limits.max_request
+            ),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_request as u64) {
+        return Err(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    let body = tokio::time::timeout(READ_TIMEOUT, Limited::new(body, limits.max_request).collect())
         .await
-        .map_err(|_| error(ErrorKind::Timeout, "the request did not arrive within 5 s"))??;
+        .map_err(|_| error(ErrorKind::Timeout, "the request did not arrive within 5 s"))?
+        .map_err(|e| {
+            if e.downcast_ref::<LengthLimitError>().is_some() {
+                too_large()
+            } else {
+                error(ErrorKind::BadRequest, format!("reading the request's body: {e}"))
+            }
+        })?
+        .to_bytes();
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let request = http::Request::new(parts.method.as_str(), target, body.to_vec())
+        .map_err(|e| error(ErrorKind::BadRequest, e))?;
     debug!(method = %request.method, path = %request.path, uid = caller.uid, "API request");
     // Parsing happens here, off the agent's task.
     let (request, prepared) = tokio::task::spawn_blocking(move || {
@@ -157,42 +269,4 @@ async fn handle(
         .map_err(|_| error(ErrorKind::Internal, "the agent is shutting down"))?;
     rx.await
         .map_err(|_| error(ErrorKind::Internal, "the agent dropped the request"))
-}
-
-/// Reads one request of at most `limit` bytes: the head until it says how
-/// long the request is, then exactly that, decoded once.
-async fn read_request(stream: &mut UnixStream, limit: usize) -> Result<http::Request, Reply> {
-    let refuse = |e: DecodeError| match e {
-        DecodeError::TooLarge { .. } | DecodeError::HeadTooLarge { .. } => error(ErrorKind::TooLarge, e),
-        DecodeError::Malformed { .. } => error(ErrorKind::BadRequest, e),
-    };
-    let mut buf = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 1 << 16];
-    let mut len = None;
-    loop {
-        if len.is_none() {
-            len = http::request_len(&buf, limit).map_err(refuse)?;
-            if let Some(n) = len {
-                buf.reserve(n.saturating_sub(buf.len()));
-            }
-        }
-        if let Some(n) = len
-            && buf.len() >= n
-        {
-            return http::decode_within(&buf[..n], limit)
-                .map_err(refuse)?
-                .ok_or_else(|| error(ErrorKind::BadRequest, "the request is shorter than its content-length"));
-        }
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| error(ErrorKind::BadRequest, format!("reading the request: {e}")))?;
-        if n == 0 {
-            return Err(error(
-                ErrorKind::BadRequest,
-                "the connection closed before the request was complete",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
 }
