@@ -994,6 +994,28 @@ fn exit_codes_tell_outcomes_apart() {
         "{v}"
     );
     assert_eq!(v["exit_code"], 2);
+    // `validate` needs no agent and speaks JSON too: a refused file names
+    // the field.
+    let bad_port = agent.scratch_path("bad-port.yaml").expect("a scratch path");
+    std::fs::write(&bad_port, POLICY.replace("ports: 8053", "ports: 70000")).expect("writing");
+    let out = Command::new(&bins().hostwall)
+        .args(["--json", "validate"])
+        .arg(&bad_port)
+        .output()
+        .expect("running hostwall validate");
+    assert_eq!(out.status.code(), Some(2));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert!(v["path"].as_str().is_some_and(|p| p.ends_with(".ports")), "{v}");
+    assert!(v["error"].as_str().is_some_and(|e| e.contains("70000")), "{v}");
+    let out = Command::new(&bins().hostwall)
+        .args(["--json", "validate"])
+        .arg(&same)
+        .output()
+        .expect("running hostwall validate");
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("validate --json prints JSON");
+    assert_eq!(v["valid"], true, "{v}");
 
     // No agent on the socket.
     let out = Command::new(&bins().hostwall)

@@ -156,6 +156,13 @@ pub fn error_json(e: &anyhow::Error, code: u8) -> Value {
         v["kind"] = serde_json::to_value(kind).expect("kinds serialize");
         v["status"] = (*status).into();
     }
+    if let Some(path) = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<hostwall::policy::PolicyError>())
+        .and_then(|p| p.field_path())
+    {
+        v["path"] = path.into();
+    }
     v
 }
 
@@ -184,7 +191,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Agent(args) => agent::run(args, &ctx),
         Command::Uninstall(args) => uninstall::run(args, &ctx),
-        Command::Validate { file } => validate::run(&file),
+        Command::Validate { file } => validate::run(&ctx, &file),
         Command::Schema => {
             let doc = hostwall::api::routes::document();
             println!("{}", serde_json::to_string_pretty(&doc).expect("json values serialize"));
