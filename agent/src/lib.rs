@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod datapath;
 pub mod explain;
 pub mod host;
+pub mod memory;
 pub mod policy;
 pub mod reference;
 

@@ -44,19 +44,6 @@ pub enum ApplyError {
     },
 }
 
-/// Parsing and compiling a large policy leaves its freed memory in the
-/// allocator's arenas: handed back to the kernel, the agent's resident
-/// memory is what it holds (the policy, its compiled form, each slot's
-/// contents) rather than the peak of the last apply.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of glibc's heap to the
-    // kernel; it touches no memory in use.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 impl Agent {
     /// Makes `new` the enforced policy: compiled, written to the inactive
     /// slot and switched to in one step. On error nothing changes.
@@ -95,8 +82,23 @@ impl Agent {
             Some(c) => info!(uid = c.uid, pid = c.pid, source, changes = %change.summary(), %what, "policy changed"),
             None => info!(source, changes = %change.summary(), %what, "policy changed"),
         }
-        release_freed_memory();
+        self.compact();
         Ok(change)
+    }
+
+    /// Packs what the agent holds for its policies (both policies, the
+    /// compiled form, the rule registry, each slot's contents) into fresh
+    /// allocations and hands the freed pages to the kernel, so that its
+    /// resident memory is what it holds rather than the last apply's peak.
+    /// Done after the flip: enforcement does not wait for it.
+    fn compact(&mut self) {
+        use crate::memory::compact;
+        compact(&mut self.policy);
+        compact(&mut self.previous);
+        compact(&mut self.compiled);
+        compact(&mut self.registry);
+        self.datapath.slots.compact();
+        crate::memory::release_freed();
     }
 
     /// Refuses a write-back that would overwrite an operator's change of

@@ -659,6 +659,12 @@ impl Slots {
         )
     }
 
+    /// Copies what each slot holds into fresh allocations and frees the
+    /// originals ([`crate::memory::compact`]).
+    pub fn compact(&mut self) {
+        crate::memory::compact(&mut self.held);
+    }
+
     pub fn active_tables(&self) -> Option<&Current> {
         match &self.held[self.current as usize].as_ref()?.tables {
             Tables::Current(t) => Some(t),

@@ -25,8 +25,10 @@ use std::time::Instant;
 use anyhow::Context as _;
 use hostwall::compile::synthetic::{self, Fleet};
 use hostwall::compile::{self, HostView};
+use hostwall::daemon::rules::RuleRegistry;
 use hostwall::datapath::Datapath;
 use hostwall::policy::{IcmpMatch, Peer, PortRange, Proto, Rule, parse_str, to_yaml};
+use hostwall_common::MAX_RULES;
 use hostwall_tests::frames;
 use hostwall_tests::testrun::Fixture;
 use ipnet::IpNet;
@@ -45,19 +47,10 @@ fn rss() -> u64 {
         .map_or(0, |pages| pages * 4096)
 }
 
-/// Bytes of this process's heap in use (glibc: small blocks and mapped
-/// ones).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Bytes of this process's heap in use (0 where the allocator does not
+/// count them).
 fn heap() -> u64 {
-    // SAFETY: mallinfo2 only reads the allocator's counters.
-    let m = unsafe { libc::mallinfo2() };
-    (m.uordblks + m.hblkhd) as u64
-}
-
-/// Not known without glibc.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn heap() -> u64 {
-    0
+    hostwall::memory::allocated().unwrap_or(0)
 }
 
 fn run(rules: usize, broad: u64, rounds: usize) -> anyhow::Result<serde_json::Value> {
@@ -85,7 +78,14 @@ fn run(rules: usize, broad: u64, rounds: usize) -> anyhow::Result<serde_json::Va
 
     // The policy the agent keeps, parsed before it is compiled, as the
     // agent does.
-    let held = parse_str(&text, "fleet.yaml")?;
+    let mut held = parse_str(&text, "fleet.yaml")?;
+    // And the ids it gave the policy's rules.
+    let mut registry = RuleRegistry::new(MAX_RULES - 1);
+    let assignment = registry
+        .assign(&held)
+        .map_err(|e| anyhow::anyhow!("more rules than {} rule slots", e.max))?;
+    registry.commit(&assignment);
+    drop(assignment);
     let mut compile_ms = Vec::new();
     for _ in 0..rounds {
         let t = Instant::now();
@@ -121,13 +121,14 @@ fn run(rules: usize, broad: u64, rounds: usize) -> anyhow::Result<serde_json::Va
     let (endpoints, bound) = (policy.endpoints.len(), compile::linear_size(&policy));
     drop(policy);
     drop(text);
-    // As the agent does after each apply: freed memory goes back to the
-    // kernel, so that what is resident is what is held.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only returns free pages of glibc's heap.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    // As the agent does after each apply: what it keeps is packed into
+    // fresh allocations and the freed pages go back to the kernel, so that
+    // what is resident is what is held.
+    hostwall::memory::compact(&mut held);
+    hostwall::memory::compact(&mut c);
+    hostwall::memory::compact(&mut registry);
+    dp.slots.compact();
+    hostwall::memory::release_freed();
     let rss_held = rss();
     let heap_held = heap();
     let maps = map_memory();

@@ -35,7 +35,7 @@ pub struct Row {
     /// holds what the agent holds for the policy: the parsed policy, its
     /// compiled form and what each slot was written with.
     pub rss_growth: u64,
-    /// Growth of its heap in use (bytes, glibc's count) over the same span.
+    /// Growth of its heap in use (bytes, jemalloc's count) over the same span.
     pub heap_growth: u64,
 }
 
