@@ -254,12 +254,27 @@ impl CurrentMaps {
         clear_lpm(&mut self.cidr6, "HW_CIDR6")
     }
 
+    /// Each trie has a lock of its own in the kernel: the CIDR tries are
+    /// written on a second thread while this one writes the others.
     fn sync(&mut self, old: &Current, new: &Current) -> Result<(), SlotError> {
-        sync_lpm(&mut self.peer4, "HW_PEER4", &old.peer4, &new.peer4)?;
-        sync_lpm(&mut self.peer6, "HW_PEER6", &old.peer6, &new.peer6)?;
-        sync_lpm(&mut self.policy, "HW_POLICY", &old.policy, &new.policy)?;
-        sync_lpm(&mut self.cidr4, "HW_CIDR4", &old.cidr4, &new.cidr4)?;
-        sync_lpm(&mut self.cidr6, "HW_CIDR6", &old.cidr6, &new.cidr6)
+        let CurrentMaps {
+            peer4,
+            peer6,
+            policy,
+            cidr4,
+            cidr6,
+        } = self;
+        std::thread::scope(|scope| {
+            let cidrs = scope.spawn(|| {
+                sync_lpm(cidr4, "HW_CIDR4", &old.cidr4, &new.cidr4)?;
+                sync_lpm(cidr6, "HW_CIDR6", &old.cidr6, &new.cidr6)
+            });
+            let rest = sync_lpm(peer4, "HW_PEER4", &old.peer4, &new.peer4)
+                .and_then(|()| sync_lpm(peer6, "HW_PEER6", &old.peer6, &new.peer6))
+                .and_then(|()| sync_lpm(policy, "HW_POLICY", &old.policy, &new.policy));
+            let cidrs = cidrs.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            rest.and(cidrs)
+        })
     }
 
     /// (map, entries, capacity) of each.
