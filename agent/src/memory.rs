@@ -3,7 +3,8 @@
 //! Parsing and compiling a large policy allocates several times what the
 //! agent keeps of it. With jemalloc (glibc builds) the pages freed after an
 //! apply are purged, so that the agent's resident memory is what it holds:
-//! the policy, its compiled form and each slot's contents. musl builds use
+//! the policy, its compiled form, the rule registry and each slot's
+//! contents (`Agent::compact`). musl builds use
 //! the system allocator and release nothing.
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

@@ -86,15 +86,15 @@ impl Agent {
         Ok(change)
     }
 
-    /// Packs what the agent holds for its policies (both policies, the
-    /// compiled form, the rule registry, each slot's contents) into fresh
-    /// allocations and hands the freed pages to the kernel, so that its
-    /// resident memory is what it holds rather than the last apply's peak.
-    /// Done after the flip: enforcement does not wait for it.
+    /// Packs what an apply left the agent holding (the policy, its compiled
+    /// form, the rule registry, the slot written) into fresh allocations
+    /// and hands the freed pages to the kernel, so that its resident memory
+    /// is what it holds rather than the last apply's peak. The previous
+    /// policy was packed when it was applied. Done after the flip:
+    /// enforcement does not wait for it.
     fn compact(&mut self) {
         use crate::memory::compact;
         compact(&mut self.policy);
-        compact(&mut self.previous);
         compact(&mut self.compiled);
         compact(&mut self.registry);
         self.datapath.slots.compact();

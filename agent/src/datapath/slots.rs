@@ -674,10 +674,11 @@ impl Slots {
         )
     }
 
-    /// Copies what each slot holds into fresh allocations and frees the
-    /// originals ([`crate::memory::compact`]).
+    /// Copies what the active slot was written with into fresh allocations
+    /// and frees the originals ([`crate::memory::compact`]); the inactive
+    /// slot's were compacted when it was the active one.
     pub fn compact(&mut self) {
-        crate::memory::compact(&mut self.held);
+        crate::memory::compact(&mut self.held[self.current as usize]);
     }
 
     pub fn active_tables(&self) -> Option<&Current> {

@@ -106,6 +106,8 @@ fn run(rules: usize, broad: u64, rounds: usize) -> anyhow::Result<serde_json::Va
         let c = compile_text()?;
         dp.slots.apply(&c)?;
         apply_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        // As the agent does after each apply (`Agent::compact`).
+        dp.slots.compact();
         last = Some(c);
     }
     let mut c = last.context("no round ran")?;

@@ -33,7 +33,7 @@ pub struct Row {
     pub maps: BTreeMap<String, u64>,
     /// Growth of the measuring process's resident memory (bytes) while it
     /// holds what the agent holds for the policy: the parsed policy, its
-    /// compiled form and what each slot was written with.
+    /// compiled form, the rule registry and what each slot was written with.
     pub rss_growth: u64,
     /// Growth of its heap in use (bytes, jemalloc's count) over the same span.
     pub heap_growth: u64,
