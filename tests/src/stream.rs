@@ -241,12 +241,24 @@ pub struct UdpSeqSender {
 impl UdpSeqSender {
     /// Starts sending to `dst` at `rate` datagrams per second.
     pub fn start(from: &dyn Node, dst: SocketAddr, rate: u32) -> anyhow::Result<UdpSeqSender> {
+        UdpSeqSender::spawn(from, dst, rate, false)
+    }
+
+    /// As `start`, each datagram from a source port of its own: every one
+    /// a new flow, judged by the rules.
+    pub fn start_new_flows(from: &dyn Node, dst: SocketAddr, rate: u32) -> anyhow::Result<UdpSeqSender> {
+        UdpSeqSender::spawn(from, dst, rate, true)
+    }
+
+    fn spawn(from: &dyn Node, dst: SocketAddr, rate: u32, new_flows: bool) -> anyhow::Result<UdpSeqSender> {
         let label = format!("udp sequence {} → {dst}", from.label());
         let args = [
             "udp-seq".to_string(),
             dst.to_string(),
             "--rate".to_string(),
             rate.to_string(),
+            "--new-flows".to_string(),
+            u8::from(new_flows).to_string(),
         ];
         Ok(UdpSeqSender {
             proc: StreamChild::spawn(from, &args, label)?,

@@ -658,7 +658,8 @@ fn map_sizes_are_configurable_and_a_policy_that_does_not_fit_is_refused() {
 }
 
 /// Past `--max-map-memory`, a policy is refused with the map it needs most
-/// and the flag named, and the last good policy stays enforced.
+/// and the flag named, and the last good policy stays enforced: the LPM
+/// tries' entries and the growth of maps allocated whole both count.
 #[test]
 fn a_policy_past_the_memory_ceiling_is_refused_naming_the_map_and_the_flag() {
     let host = Host::builder(&bins()).build().expect("building the host namespace");
@@ -673,30 +674,33 @@ fn a_policy_past_the_memory_ceiling_is_refused_naming_the_map_and_the_flag() {
         .unwrap_or_else(|| panic!("no map memory in status: {memory}"));
     drop(agent);
 
-    // A ceiling 256 KiB above what the small policy takes: 5,000 rules for
-    // api, each of a port range on a CIDR of its own, need more (an entry
-    // each in HW_CIDR4, in both slots).
-    let ceiling = used + (256 << 10);
-    let opts = hostwall_tests::AgentOptions {
-        args: vec!["--max-map-memory".into(), ceiling.to_string()],
+    // A ceiling 32 KiB above what the small policy takes: 1,000 rules for
+    // api (as many rule slots as the agent sized its counters for), each of
+    // a port range on a CIDR of its own, need more (an entry each in
+    // HW_CIDR4, in both slots).
+    let opts = |margin: u64| hostwall_tests::AgentOptions {
+        args: vec!["--max-map-memory".into(), (used + margin).to_string()],
         ..Default::default()
     };
-    let agent = Agent::start_with(&host, POLICY, &opts).expect("starting the agent under a tight ceiling");
+    let agent = Agent::start_with(&host, POLICY, &opts(32 << 10)).expect("starting the agent under a tight ceiling");
     let hash = agent.policy_hash().expect("policy hash");
-    let mut big = POLICY.to_string();
-    let rules: String = (0..5_000)
-        .map(|i| {
+    let with_rules = |rule: &dyn Fn(usize) -> String, n: usize| {
+        let rules: String = (0..n).map(rule).collect();
+        POLICY.replacen("    ingress:\n", &format!("    ingress:\n{rules}"), 1)
+    };
+    let cidrs = with_rules(
+        &|i| {
             format!(
                 "      - {{proto: tcp, ports: \"1000-1999\", from: [{{cidr: 10.{}.{}.0/24}}]}}\n",
                 i / 250,
                 i % 250
             )
-        })
-        .collect();
-    big = big.replacen("    ingress:\n", &format!("    ingress:\n{rules}"), 1);
-    let (_, err) = cli_fails(&agent, &["apply", &write_temp(&agent, &big)]);
+        },
+        1_000,
+    );
+    let (_, err) = cli_fails(&agent, &["apply", &write_temp(&agent, &cidrs)]);
     assert!(
-        err.contains("--max-map-memory") && err.contains("HW_CIDR4 alone takes") && err.contains("for 5000 entries"),
+        err.contains("--max-map-memory") && err.contains("HW_CIDR4 alone takes") && err.contains("for 1000 entries"),
         "the refusal names the flag and the map: {err}"
     );
     assert_eq!(
@@ -704,6 +708,48 @@ fn a_policy_past_the_memory_ceiling_is_refused_naming_the_map_and_the_flag() {
         hash,
         "a refused update changed the policy"
     );
+    drop(agent);
+
+    // Maps grow only within the ceiling: 5,000 rules by group, whose few
+    // policy entries fit 512 KiB, need the rule counters to grow past it.
+    let agent = Agent::start_with(&host, POLICY, &opts(512 << 10)).expect("starting the agent under a tight ceiling");
+    let hash = agent.policy_hash().expect("policy hash");
+    let rule_slots = |agent: &Agent| {
+        let status = agent.status().expect("status");
+        status["maps"]
+            .as_array()
+            .and_then(|maps| maps.iter().find(|m| m["map"] == "HW_RULE_STATS"))
+            .and_then(|m| m["capacity"].as_u64())
+            .unwrap_or_else(|| panic!("no HW_RULE_STATS capacity in status: {status}"))
+    };
+    let slots = rule_slots(&agent);
+    assert!(
+        slots < 5_000,
+        "the agent sized its rule counters for the small policy: {slots}"
+    );
+    let many = with_rules(
+        &|i| {
+            format!(
+                "      - {{proto: tcp, ports: {}, from: [{{group: web}}]}}\n",
+                10_000 + i
+            )
+        },
+        5_000,
+    );
+    let (_, err) = cli_fails(&agent, &["apply", &write_temp(&agent, &many)]);
+    assert!(
+        err.contains("--max-map-memory")
+            && err.contains("HW_RULE_STATS alone takes")
+            && err.contains("for 16384 entries"),
+        "the refusal names the flag and the map that would grow: {err}"
+    );
+    assert_eq!(
+        agent.policy_hash().expect("policy hash"),
+        hash,
+        "a refused update changed the policy"
+    );
+    assert_eq!(rule_slots(&agent), slots, "a refused update grew the maps");
+    assert_eq!(agent.count_log(&["maps grown"]), 0, "{}", agent.log());
 }
 
 fn write_temp(agent: &Agent, text: &str) -> String {

@@ -428,3 +428,167 @@ fn removed_rule_ends_established_flows_with_revalidate() {
     kept.finish()
         .expect("the IPv6 connection a remaining rule allows continued through revalidation");
 }
+
+/// Policy A with what outgrows the maps an agent sized for A: a group of
+/// 3,000 rules for s (rule slots) and 300 more addresses for z1 (the
+/// anti-spoofing and local-address maps). What the probes meet is A's.
+fn policy_grown() -> String {
+    let extra: String = (0..300)
+        .map(|i| format!(", \"10.78.{}.{}\"", i / 200, i % 200 + 1))
+        .collect();
+    let endpoints = ENDPOINTS
+        .replace("groups: [sender]}", "groups: [sender, bulk]}")
+        .replace("\"fd00:77::13\"]", &format!("\"fd00:77::13\"{extra}]"));
+    let a = policy_a();
+    let groups = &a[..a.find("\nendpoints:").expect("policy A lists endpoints")];
+    format!("{groups}\n  bulk:\n    egress:\n{}{endpoints}", bulk_rules())
+}
+
+/// The capacity `status` reports for `map`.
+fn capacity(agent: &Agent, map: &str) -> u64 {
+    let status = agent.status().expect("status");
+    status["maps"]
+        .as_array()
+        .and_then(|maps| maps.iter().find(|m| m["map"] == map))
+        .and_then(|m| m["capacity"].as_u64())
+        .unwrap_or_else(|| panic!("no {map} capacity in status: {status}"))
+}
+
+/// A policy that outgrows the maps the agent sized at its start is applied
+/// by growing them under traffic: larger maps and the programs using them
+/// are swapped in on every hook while streams run and denied datagrams
+/// keep coming. No allowed packet is lost, no denied one passes, the
+/// tracked flows and the rule counters carry on, and an agent killed and
+/// started again keeps the larger maps.
+#[test]
+fn maps_grow_under_traffic_without_losing_or_passing_a_packet() {
+    let host = Host::builder(&bins()).build().expect("building the host namespace");
+    let add = |name: &str, n: u8| {
+        host.add_container(name, &format!("hw-{name}"), n)
+            .unwrap_or_else(|e| panic!("adding container {name}: {e:#}"))
+    };
+    let (s, r, z1, z2) = (add("s", 11), add("r", 12), add("z1", 13), add("z2", 14));
+    let r_server = r
+        .serve_specs(&[
+            &format!("tcpecho:{STREAM_TCP}"),
+            &format!("udpseq:{STREAM_UDP}"),
+            &format!("udpseq:{X_PORT}"),
+        ])
+        .expect("servers in r");
+    let z2_server = z2.serve_specs(&[&format!("udpseq:{Z_PORT}")]).expect("server in z2");
+    let z_dst = SocketAddr::new(v4(&z2), Z_PORT);
+
+    // Control: without the agent, Z's datagrams arrive.
+    let z = UdpSeqSender::start(&z1, z_dst, 200).expect("starting the control Z sender");
+    wait_for("the control Z datagrams arrive", DEADLINE, || {
+        (z2_server.seqs(Z_PORT).len() >= 20).then_some(())
+    });
+    let sent = z.finish().expect("stopping the control Z sender");
+    let control_seen = z2_server.wait_for_seqs(Z_PORT, sent as usize, DEADLINE).len();
+
+    let mut agent = Agent::start(&host, &policy_a()).expect("starting the agent on policy A");
+    let grown_file = agent.scratch_path("grown.yaml").expect("scratch path");
+    std::fs::write(&grown_file, policy_grown()).expect("writing the larger policy");
+    let maps = ["HW_RULE_STATS", "HW_SRC", "HW_LOCAL"];
+    let sized: Vec<u64> = maps.iter().map(|m| capacity(&agent, m)).collect();
+    assert!(
+        sized[0] < 3_000 && sized[1] < 300 && sized[2] < 300,
+        "the agent sized its maps for policy A ({maps:?}: {sized:?}), so the larger policy outgrows them"
+    );
+
+    let before = agent.stats().expect("reading counters");
+    let mut tcp = TcpStreamer::start(&s, SocketAddr::new(v4(&r), STREAM_TCP)).expect("starting the TCP stream");
+    let udp = UdpSeqSender::start(&s, SocketAddr::new(v4(&r), STREAM_UDP), 50).expect("starting the UDP stream");
+    // New flows all along, each judged by the rules and the maps that grow.
+    let fresh =
+        UdpSeqSender::start_new_flows(&s, SocketAddr::new(v4(&r), X_PORT), 100).expect("starting the new-flow sender");
+    let z = UdpSeqSender::start(&z1, z_dst, 200).expect("starting the Z sender");
+    tcp.assert_flowing(16 * 1024, "before the maps grow");
+    let udp_flow = |agent: &Agent| flows(agent, &["--port", &STREAM_UDP.to_string(), "--proto", "udp"]);
+    let tracked = udp_flow(&agent);
+    assert_eq!(tracked.len(), 1, "the UDP stream is one tracked flow: {tracked:?}");
+
+    agent
+        .cli(&["apply", grown_file.to_str().expect("utf-8 path")])
+        .unwrap_or_else(|e| panic!("applying the larger policy: {e:#}"));
+    let grown: Vec<u64> = maps.iter().map(|m| capacity(&agent, m)).collect();
+    assert!(
+        grown[0] >= 3_000 && grown[1] >= 300 && grown[2] >= 300,
+        "the maps grew for the larger policy ({maps:?}: {sized:?} -> {grown:?})"
+    );
+    assert_eq!(
+        agent.count_log(&["maps grown for the policy"]),
+        1,
+        "the agent says it grew its maps, once:\n{}",
+        agent.log()
+    );
+    tcp.assert_flowing(16 * 1024, "after the maps grew");
+    let after = udp_flow(&agent);
+    assert!(
+        after.len() == 1 && after[0]["rule_egress"] == tracked[0]["rule_egress"],
+        "the UDP stream's flow is tracked under the entry it had before the maps grew: {after:?}, before {tracked:?}"
+    );
+
+    // An agent killed and started again adopts the larger maps as they
+    // are pinned, and has nothing to grow.
+    agent.kill9().expect("killing the agent");
+    agent.restart().expect("restarting the agent");
+    let restarted: Vec<u64> = maps.iter().map(|m| capacity(&agent, m)).collect();
+    assert_eq!(restarted, grown, "a restart keeps the grown maps");
+    assert_eq!(agent.count_log(&["maps grown for the policy"]), 1, "{}", agent.log());
+    tcp.assert_flowing(16 * 1024, "after the restart");
+
+    let z_sent = z.finish().expect("stopping the Z sender");
+    let fresh_sent = fresh.finish().expect("stopping the new-flow sender");
+    let udp_sent = udp.finish().expect("stopping the UDP stream");
+    tcp.finish()
+        .expect("the TCP stream went both ways, complete and in order, across the growth");
+    let mut failures = Vec::new();
+    let received = r_server.wait_for_seqs(STREAM_UDP, udp_sent as usize, DEADLINE);
+    if let Some(gaps) = seq_gaps(&received, udp_sent) {
+        failures.push(format!(
+            "the allowed UDP stream lost datagrams while the maps grew: {gaps}"
+        ));
+    }
+    let received = r_server.wait_for_seqs(X_PORT, fresh_sent as usize, DEADLINE);
+    if let Some(gaps) = seq_gaps(&received, fresh_sent) {
+        failures.push(format!("allowed new flows were lost while the maps grew: {gaps}"));
+    }
+    let z_seen = z2_server.seqs(Z_PORT).len() - control_seen;
+    if z_seen != 0 {
+        failures.push(format!(
+            "{z_seen} of {z_sent} denied Z datagrams reached z2 while the maps grew"
+        ));
+    }
+    let delta = poll(DEADLINE, || {
+        let d = agent.stats().expect("reading counters").since(&before);
+        (d.drops.values().sum::<u64>() >= z_sent, d)
+    });
+    let dropped: u64 = delta.drops.values().sum();
+    if dropped != z_sent {
+        failures.push(format!(
+            "{z_sent} Z datagrams were sent and nothing else should have been dropped, but {dropped} packets were"
+        ));
+    }
+    // Counted in the old maps until the hooks were swapped, in the new
+    // ones after: each datagram once.
+    for (group, direction) in [("sender", "egress"), ("receiver", "ingress")] {
+        if delta.rule(group, direction, 1) != Some(udp_sent) {
+            failures.push(format!(
+                "rule {group}/{direction}[1] (udp {STREAM_UDP}) counted {:?} of the {udp_sent} datagrams",
+                delta.rule(group, direction, 1)
+            ));
+        }
+        if delta.rule(group, direction, 2) != Some(fresh_sent) {
+            failures.push(format!(
+                "rule {group}/{direction}[2] (udp {X_PORT}) counted {:?} of the {fresh_sent} new flows' datagrams",
+                delta.rule(group, direction, 2)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\ncounters since the streams started: {delta}",
+        failures.join("\n")
+    );
+}

@@ -23,13 +23,14 @@ pub struct Args {
     #[arg(long)]
     admin_group: Option<String>,
     /// Kernel memory all of hostwall's maps may take together (both policy
-    /// slots full, conntrack included): a policy that needs more is
-    /// refused. Bytes, or with K, M, G (KiB, MiB, GiB).
+    /// slots full, conntrack included): maps grow as policies need, and a
+    /// policy that needs more than this is refused. Bytes, or with K, M, G
+    /// (KiB, MiB, GiB).
     #[arg(long, default_value = "512MiB", value_parser = hostwall::datapath::memory::parse_size)]
     max_map_memory: u64,
-    /// Overrides the policy map's capacity (rule entries; by default a
-    /// ceiling that costs nothing until used). A restart with another size
-    /// needs `hostwall uninstall` first.
+    /// Overrides the policy tries' capacity (rule entries; by default a
+    /// ceiling that costs nothing until used). Pinned maps keep the
+    /// capacity they were created with.
     #[arg(long, default_value_t = hostwall_common::MAX_POLICY_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=16_777_216))]
     policy_entries: u32,
     /// Overrides each peer map's capacity (prefixes and addresses per
@@ -84,6 +85,7 @@ pub fn run(args: Args, ctx: &super::Ctx) -> anyhow::Result<ExitCode> {
             policy: args.policy_entries,
             peer: args.peer_entries,
             max_memory: args.max_map_memory,
+            ..Default::default()
         },
         max_request_bytes: usize::try_from(args.max_request_bytes).context("--max-request-bytes")?,
         write_back: args.write_back,

@@ -16,7 +16,7 @@ use super::rules::{Assignment, Held};
 use super::{Agent, WriteBack};
 use crate::api::Caller;
 use crate::compile::{self, CompileError, Compiled, HostView, Lookup};
-use crate::datapath::{SlotError, conntrack};
+use crate::datapath::{Needs, SlotError, conntrack};
 use crate::host;
 use crate::policy::{OnPolicyChange, Policy, PolicyDiff};
 
@@ -28,6 +28,8 @@ pub enum ApplyError {
     Slots(#[from] SlotError),
     #[error(transparent)]
     Memory(#[from] crate::datapath::MemoryError),
+    #[error("growing the maps for the policy; the last good policy stays enforced")]
+    Grow(#[source] Box<super::grow::GrowError>),
     #[error(
         "the policy has more rules than the {max} rule counters the datapath holds (counting those tracked flows still name)"
     )]
@@ -220,7 +222,8 @@ impl Agent {
             ifindex: &host::ifindex,
             macs: &macs,
         };
-        let mut compiled = compile::compile_with(policy, &view, &self.opts.map_sizes.limits(), &assignment.ids)?;
+        let sizes = self.datapath.slots.sizes();
+        let mut compiled = compile::compile_with(policy, &view, &sizes.limits(), &assignment.ids)?;
 
         // Quarantine: computed against the new policy's endpoints.
         let saved = std::mem::replace(&mut self.policy, policy.clone());
@@ -234,7 +237,11 @@ impl Agent {
                 info: hostwall_common::EndpointInfo::new(QUARANTINED, [0; 6]),
             });
         }
-        self.datapath.slots.check_memory(&compiled)?;
+        let growth = sizes
+            .to_fit(&Needs::of(&compiled))
+            .map(|grown| self.datapath.growth_memory(&grown))
+            .unwrap_or_default();
+        self.datapath.slots.check_memory(&compiled, &growth)?;
         Ok((compiled, quarantine))
     }
 
@@ -289,6 +296,12 @@ impl Agent {
                 return Err(e);
             }
         };
+        if let Some(sizes) = self.datapath.slots.sizes().to_fit(&Needs::of(&compiled))
+            && let Err(e) = self.grow(sizes)
+        {
+            self.macs = macs_before;
+            return Err(ApplyError::Grow(Box::new(e)));
+        }
         self.prepare_rule_counters(assignment);
         compiled.settings.policy_generation = u32::try_from(self.generation).unwrap_or(u32::MAX);
         if let Err(e) = self.datapath.slots.apply(&compiled) {

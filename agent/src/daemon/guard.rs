@@ -35,6 +35,8 @@ struct Shared {
     /// Interfaces the guard holds: ifindex -> (name, its tc ingress and tc
     /// egress links).
     held: BTreeMap<u32, (String, Vec<OwnedFd>)>,
+    /// The endpoint programs it attaches (tc ingress, tc egress).
+    programs: Option<[(ProgramFd, TcxHook); 2]>,
 }
 
 pub struct Guard {
@@ -46,12 +48,22 @@ impl Guard {
     /// tc egress).
     pub fn start(programs: [(ProgramFd, TcxHook); 2]) -> io::Result<Guard> {
         let socket = crate::host::route_socket(libc::SOCK_CLOEXEC, libc::RTMGRP_LINK as u32)?;
-        let shared = Arc::new(Mutex::new(Shared::default()));
+        let shared = Arc::new(Mutex::new(Shared {
+            programs: Some(programs),
+            ..Default::default()
+        }));
         let theirs = shared.clone();
         std::thread::Builder::new()
             .name("quarantine-guard".into())
-            .spawn(move || run(&socket, &programs, &theirs))?;
+            .spawn(move || run(&socket, &theirs))?;
         Ok(Guard { shared })
+    }
+
+    /// The programs to attach from now on (the agent's, after its maps
+    /// grew).
+    pub fn set_programs(&self, programs: [(ProgramFd, TcxHook); 2]) {
+        let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        s.programs = Some(programs);
     }
 
     /// What the agent enforces now.
@@ -108,7 +120,7 @@ fn wait(socket: &OwnedFd) {
     {}
 }
 
-fn run(socket: &OwnedFd, programs: &[(ProgramFd, TcxHook); 2], shared: &Mutex<Shared>) {
+fn run(socket: &OwnedFd, shared: &Mutex<Shared>) {
     // Interfaces it could not attach to (gone, say), not tried again.
     let mut failed: BTreeSet<u32> = BTreeSet::new();
     loop {
@@ -120,7 +132,13 @@ fn run(socket: &OwnedFd, programs: &[(ProgramFd, TcxHook); 2], shared: &Mutex<Sh
                 endpoint_interfaces,
                 attached,
                 held,
+                programs,
             } = &mut *guard;
+            let Some(programs) = programs.as_ref() else {
+                drop(guard);
+                wait(socket);
+                continue;
+            };
             let wanted = |ifindex: u32, name: &str| {
                 pattern.as_ref().is_some_and(|q| q.matches(name))
                     && !endpoint_interfaces.contains(name)

@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues};
-use hostwall_common::{CT_FLIPPED, CT_ORIG_LOCAL, Counter, CtEntry, CtEntryV3, CtKey, MAX_RULES};
+use aya::maps::{Array, HashMap, Map, MapData};
+use hostwall_common::{CT_FLIPPED, CT_ORIG_LOCAL, CtEntry, CtEntryV3, CtKey};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -53,7 +53,12 @@ pub fn start(opts: Options) -> anyhow::Result<(Agent, Vec<Layout>)> {
     let layout = Layout::new(&opts.bpffs);
     let older = layout.older();
     let restarting = layout.exists();
-    let mut datapath = Datapath::load(&layout, &opts.map_sizes).context("loading the datapath")?;
+    // Maps that are allocated whole are sized for the policy, with room to
+    // double; pinned maps keep their sizes, and grow when a policy needs.
+    let sizes = opts
+        .map_sizes
+        .for_needs(&crate::datapath::Needs::estimate(&policy, &opts.node));
+    let mut datapath = Datapath::load(&layout, &sizes).context("loading the datapath")?;
     if restarting {
         info!(
             layout = layout.version(),
@@ -163,18 +168,18 @@ pub fn finish_upgrade(agent: &mut Agent, older: &[Layout]) {
 /// The rules' slots and ids an earlier agent left in `HW_RULE_KEYS` and
 /// `HW_RULE_IDS`, and the slots tracked flows name.
 fn read_rule_keys(datapath: &mut Datapath) -> RuleRegistry {
-    let max = MAX_RULES - 1;
+    let max = crate::datapath::sizes::CEILING - 1;
     let array = |name: &str| {
         let map = datapath.ebpf.map(name)?;
         let a = Array::<&MapData, u64>::try_from(map).ok()?;
-        Some((0..MAX_RULES).map(|i| a.get(&i, 0).unwrap_or(0)).collect::<Vec<u64>>())
+        Some((0..a.len()).map(|i| a.get(&i, 0).unwrap_or(0)).collect::<Vec<u64>>())
     };
     let Some(keys) = array("HW_RULE_KEYS") else {
         return RuleRegistry::new(max);
     };
     let ids = array("HW_RULE_IDS").unwrap_or_default();
     let id = |slot: u32| ids.get(slot as usize).copied().unwrap_or(0);
-    let held: Vec<Held> = (1..MAX_RULES)
+    let held: Vec<Held> = (1..keys.len() as u32)
         .filter(|s| keys[*s as usize] != 0)
         .map(|slot| Held {
             slot,
@@ -227,32 +232,8 @@ fn migrate(old: &Layout, datapath: &mut Datapath) {
 /// began after `migrate` are copied.
 fn carry_over_after_takeover(old: &Layout, datapath: &mut Datapath) {
     let dir = old.maps();
-    if let (Some(from), Some(to)) = (
-        open_pinned(&dir, "HW_RULE_STATS"),
-        datapath.ebpf.map_mut("HW_RULE_STATS"),
-    ) && let (Ok(from), Ok(mut to)) = (
-        PerCpuArray::<MapData, Counter>::try_from(from),
-        PerCpuArray::<&mut MapData, Counter>::try_from(to),
-    ) {
-        for id in 0..from.len().min(to.len()) {
-            let (Ok(old), Ok(new)) = (from.get(&id, 0), to.get(&id, 0)) else {
-                continue;
-            };
-            if old.iter().all(|c| c.packets == 0) {
-                continue;
-            }
-            let sum: Vec<Counter> = old
-                .iter()
-                .zip(new.iter())
-                .map(|(o, n)| Counter {
-                    packets: o.packets + n.packets,
-                    bytes: o.bytes + n.bytes,
-                })
-                .collect();
-            if let Ok(values) = PerCpuValues::try_from(sum) {
-                let _ = to.set(id, values, 0);
-            }
-        }
+    if let Some(from) = open_pinned(&dir, "HW_RULE_STATS") {
+        crate::datapath::stats::add_rule_counters(&from, &mut datapath.ebpf);
     }
     for old_flow in old_flows(old) {
         if !conntrack::contains(&datapath.ebpf, old_flow.table, &old_flow.key) {

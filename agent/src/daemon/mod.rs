@@ -4,6 +4,7 @@
 
 mod enforce;
 mod gc;
+mod grow;
 mod guard;
 pub mod lifecycle;
 pub mod macs;

@@ -146,6 +146,11 @@ impl Attachments {
         self.endpoints.contains_key(&ifindex)
     }
 
+    /// The uplink the XDP filter is attached to (name, ifindex).
+    pub fn uplink(&self) -> Option<(String, u32)> {
+        self.uplink.clone()
+    }
+
     pub fn attached(&self) -> impl Iterator<Item = (u32, &str)> {
         self.endpoints.iter().map(|(i, n)| (*i, n.as_str()))
     }

@@ -6,6 +6,8 @@
 //! <bpffs>/v<N>/links/if<ifindex>_<dir>        tc links (tcx kernels)
 //! <bpffs>/v<N>/links/uplink<ifindex>          the uplink's xdp link
 //! <bpffs>/v<N>/progs/<PROGRAM>                the programs
+//! <bpffs>/v<N>/growth/<MAP>                   larger maps while they are
+//!                                             swapped in
 //! ```
 //!
 //! `N` changes whenever a map's type, key or value changes. An agent that
@@ -61,6 +63,12 @@ impl Layout {
 
     pub fn links(&self) -> PathBuf {
         self.dir().join("links")
+    }
+
+    /// Where maps a growth creates are pinned until they replace the
+    /// pinned ones.
+    pub fn growth(&self) -> PathBuf {
+        self.dir().join("growth")
     }
 
     pub fn progs(&self) -> PathBuf {

@@ -2,10 +2,10 @@
 //! (`--max-map-memory`).
 //!
 //! The policy and peer maps are LPM tries, which allocate an entry when it
-//! is written: their capacities are ceilings that cost nothing until used,
-//! so a larger policy never needs larger maps. What bounds a policy is the
-//! memory its entries take beside every other map's, checked before
-//! anything is written.
+//! is written: their capacities are ceilings that cost nothing until used.
+//! The maps allocated whole grow with the policy (`super::sizes`). What
+//! bounds a policy is the memory its entries and those maps take beside
+//! every other map's, checked before anything is written or grown.
 
 /// `map_type` of an LPM trie in a map descriptor's fdinfo.
 const BPF_MAP_TYPE_LPM_TRIE: u32 = 11;
@@ -30,6 +30,12 @@ fn fdinfo(fd: i32) -> Option<FdInfo> {
         map_type: field("map_type:")? as u32,
         memlock: field("memlock:")?,
     })
+}
+
+/// The kernel memory of the map behind `fd`.
+pub fn memlock(fd: std::os::fd::BorrowedFd<'_>) -> Option<u64> {
+    use std::os::fd::AsRawFd as _;
+    fdinfo(fd.as_raw_fd()).map(|i| i.memlock)
 }
 
 /// The kernel memory of every map this process holds open but the LPM

@@ -6,9 +6,11 @@ mod batch;
 pub mod conntrack;
 pub mod layout;
 pub mod memory;
+pub mod sizes;
 mod slots;
 pub mod stats;
 
+use std::os::fd::AsFd as _;
 use std::path::PathBuf;
 
 use aya::{Ebpf, EbpfLoader, programs::SchedClassifier};
@@ -17,6 +19,7 @@ pub use attach::{
     AttachError, Attachments, HookKind, TcxHook, endpoint_program_fds, pinned_links, remove_all, tcx_attach_first,
 };
 pub use layout::Layout;
+pub use sizes::{MapSizes, Needs};
 pub use slots::{MemoryError, SlotError, Slots};
 
 /// Names of the programs in the eBPF object.
@@ -117,78 +120,80 @@ fn denied(e: &aya::EbpfError) -> bool {
     format!("{e:?}").contains("code: 1, kind: PermissionDenied")
 }
 
-/// Capacities of the policy maps that depend on the policy's size. The
-/// LPM tries allocate entries as they are written, so their capacities
-/// are ceilings that cost nothing until used (`--policy-entries`,
-/// `--peer-entries` override them); `max_memory` (`--max-map-memory`) is
-/// what bounds a policy. Pinned maps keep their capacities: other ones
-/// take `hostwall uninstall` and a fresh start.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapSizes {
-    /// `HW_POLICY_0`/`_1` and each of `HW_CIDR4_*`/`HW_CIDR6_*`: rule
-    /// entries (rules × own peers × port blocks).
-    pub policy: u32,
-    /// `HW_PEER4_*`/`HW_PEER6_*`: prefixes and addresses per family.
-    pub peer: u32,
-    /// Kernel memory all maps together may take, both slots full.
-    pub max_memory: u64,
-}
-
-impl Default for MapSizes {
-    fn default() -> Self {
-        MapSizes {
-            policy: hostwall_common::MAX_POLICY_ENTRIES,
-            peer: hostwall_common::MAX_PEER_ENTRIES,
-            max_memory: memory::DEFAULT_MAX_MAP_MEMORY,
-        }
-    }
-}
-
-impl MapSizes {
-    /// The compiler's limits for these sizes.
-    pub fn limits(&self) -> crate::compile::Limits {
-        crate::compile::Limits {
-            policy_entries: self.policy as usize,
-            peer_entries: self.peer as usize,
-            ..Default::default()
-        }
-    }
-}
-
 /// The loaded programs and maps.
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub slots: Slots,
-    /// Every pinned map, opened again from its pin: what a pin someone
-    /// removed is made again from.
-    pins: Vec<(PathBuf, aya::maps::MapData)>,
+    /// Every pinned map (name, pin path), opened again from its pin: what
+    /// a pin someone removed is made again from.
+    pins: Vec<(&'static str, PathBuf, aya::maps::MapData)>,
+    /// The maps this datapath created larger than the pinned ones, while
+    /// it is being swapped in (`grow`).
+    grown: Vec<&'static str>,
 }
 
 impl Datapath {
     /// Loads the object with every map pinned under `layout` (reusing maps
     /// already pinned there, so policy, conntrack and counters carry over)
-    /// and loads the three programs (not yet attached).
+    /// and loads the three programs (not yet attached). Pinned maps keep
+    /// their capacities; the others are created at `sizes`.
     pub fn load(layout: &Layout, sizes: &MapSizes) -> Result<Datapath, LoadError> {
+        Datapath::load_with(layout, sizes, &[])
+    }
+
+    /// As `load`, with the maps named in `fresh` created anew at `sizes`
+    /// and pinned under the layout's growth directory instead of reusing
+    /// the pinned ones; `finish_growth` moves their pins into place.
+    fn load_with(layout: &Layout, sizes: &MapSizes, fresh: &[&str]) -> Result<Datapath, LoadError> {
         let maps = layout.maps();
-        std::fs::create_dir_all(&maps).map_err(|source| LoadError::Dir {
-            path: maps.clone(),
-            source,
-        })?;
+        let growth = layout.growth();
+        let dirs = if fresh.is_empty() {
+            vec![&maps]
+        } else {
+            vec![&maps, &growth]
+        };
+        for dir in dirs {
+            std::fs::create_dir_all(dir).map_err(|source| LoadError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let pin_of = |name: &str| {
+            if fresh.contains(&name) {
+                growth.join(name)
+            } else {
+                maps.join(name)
+            }
+        };
+        for name in fresh {
+            let _ = std::fs::remove_file(growth.join(name));
+        }
+        if fresh.is_empty() {
+            // What a growth the agent did not finish left.
+            let _ = std::fs::remove_dir_all(&growth);
+        }
+        // Pinned maps keep their capacities, each its own (a growth that
+        // stopped half-way may leave maps of one kind at two sizes); the
+        // smaller of a kind is what the compiled policy must fit.
+        let pinned: Vec<(&'static str, u32)> = MAPS
+            .iter()
+            .filter(|n| sizes.capacity(n).is_some())
+            .filter_map(|name| {
+                let info = aya::maps::MapData::from_pin(pin_of(name)).ok()?.info().ok()?;
+                Some((*name, info.max_entries()))
+            })
+            .collect();
         let mut loader = EbpfLoader::new();
-        for name in [
-            "HW_POLICY_0",
-            "HW_POLICY_1",
-            "HW_CIDR4_0",
-            "HW_CIDR4_1",
-            "HW_CIDR6_0",
-            "HW_CIDR6_1",
-        ] {
-            loader.map_max_entries(name, sizes.policy);
+        for name in MAPS {
+            let own = pinned.iter().find(|(n, _)| *n == name).map(|(_, c)| *c);
+            if let Some(capacity) = own.or_else(|| sizes.capacity(name)) {
+                loader.map_max_entries(name, capacity);
+            }
         }
-        for name in ["HW_PEER4_0", "HW_PEER4_1", "HW_PEER6_0", "HW_PEER6_1"] {
-            loader.map_max_entries(name, sizes.peer);
-        }
-        let paths: Vec<(&'static str, PathBuf)> = MAPS.iter().map(|m| (*m, maps.join(m))).collect();
+        let mut by_size = pinned.clone();
+        by_size.sort_by_key(|(_, c)| std::cmp::Reverse(*c));
+        let sizes = sizes.with_pinned(by_size);
+        let paths: Vec<(&'static str, PathBuf)> = MAPS.iter().map(|m| (*m, pin_of(m))).collect();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -205,14 +210,15 @@ impl Datapath {
             }
         })?;
         let mut datapath = Datapath::with_programs(ebpf)?;
-        for (_, path) in paths {
+        for (name, path) in paths {
             let map = aya::maps::MapData::from_pin(&path).map_err(|source| LoadError::Object {
                 dir: maps.clone(),
                 source: Box::new(aya::EbpfError::MapError(source)),
             })?;
-            datapath.pins.push((path, map));
+            // Where the map is pinned once it is in use.
+            datapath.pins.push((name, maps.join(name), map));
         }
-        datapath.slots.set_sizes(*sizes);
+        datapath.slots.set_sizes(sizes);
         datapath.slots.set_fixed_memory(memory::fixed());
         Ok(datapath)
     }
@@ -275,6 +281,7 @@ impl Datapath {
             ebpf,
             slots,
             pins: Vec::new(),
+            grown: Vec::new(),
         })
     }
 
@@ -294,7 +301,7 @@ impl Datapath {
     /// policy in); returns the paths pinned again.
     pub fn restore_pins(&mut self, layout: &Layout) -> Vec<PathBuf> {
         let mut restored = Vec::new();
-        for (path, map) in &self.pins {
+        for (_, path, map) in &self.pins {
             if !path.exists() {
                 let _ = std::fs::create_dir_all(layout.maps());
                 if map.pin(path).is_ok() {
@@ -330,6 +337,139 @@ impl Datapath {
             }
         }
         Ok(())
+    }
+}
+
+/// What growing maps adds to their kernel memory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Growth {
+    /// Bytes the larger maps take beyond the ones they replace.
+    pub added: u64,
+    /// The largest of the larger maps: (map, capacity, bytes).
+    pub largest: Option<(&'static str, usize, u64)>,
+}
+
+/// A datapath whose programs use larger maps, being swapped in.
+#[derive(Debug, thiserror::Error)]
+pub enum GrowError {
+    #[error("loading the programs with larger maps")]
+    Load(#[from] LoadError),
+    #[error("copying the enforced policy into the larger maps")]
+    Copy(#[from] SlotError),
+}
+
+impl Datapath {
+    /// What growing the maps to `sizes` adds to their kernel memory: each
+    /// map that grows takes its present memory times its growth (a
+    /// preallocated map's memory is its capacity's).
+    pub fn growth_memory(&self, sizes: &MapSizes) -> Growth {
+        let now = self.slots.sizes();
+        let mut growth = Growth::default();
+        for (name, _, map) in &self.pins {
+            let (Some(from), Some(to)) = (now.capacity(name), sizes.capacity(name)) else {
+                continue;
+            };
+            if to <= from || MapSizes::lpm(name) {
+                continue;
+            }
+            let Some(bytes) = memory::memlock(map.fd().as_fd()) else {
+                continue;
+            };
+            let grown = bytes.saturating_mul(u64::from(to)) / u64::from(from.max(1));
+            growth.added += grown - bytes;
+            if growth.largest.is_none_or(|(_, _, b)| grown > b) {
+                growth.largest = Some((name, to as usize, grown));
+            }
+        }
+        growth
+    }
+
+    /// Loads the programs again with the maps whose capacity differs at
+    /// `sizes` created anew at that size, every other map shared with this
+    /// datapath (conntrack, counters of verdicts, the policy tries, the
+    /// active slot's index). The active slot's contents of the new maps, the
+    /// rules' keys and ids and the flow counts are copied, so that the new
+    /// programs judge every packet as these do. Nothing is attached.
+    pub fn grow(&self, layout: &Layout, sizes: &MapSizes) -> Result<Datapath, GrowError> {
+        let fresh = sizes.differing(&self.slots.sizes(), &MAPS);
+        let mut next = Datapath::load_with(layout, sizes, &fresh)?;
+        next.slots.adopt(&self.slots, &fresh)?;
+        for name in ["HW_RULE_KEYS", "HW_RULE_IDS"] {
+            if fresh.contains(&name) {
+                copy_array(&self.ebpf, &mut next.ebpf, name);
+            }
+        }
+        for name in ["HW_CT_COUNT", "HW_CT_COUNT_IN"] {
+            if fresh.contains(&name) {
+                copy_counts(&self.ebpf, &mut next.ebpf, name);
+            }
+        }
+        next.grown = fresh;
+        Ok(next)
+    }
+
+    /// Once every hook runs this datapath's programs, the maps of `old`
+    /// that were replaced are final: their rule counters are added to the
+    /// new ones, and the new maps' pins replace theirs.
+    pub fn finish_growth(&mut self, old: Datapath, layout: &Layout) {
+        if self.grown.contains(&"HW_RULE_STATS")
+            && let Some(from) = old.ebpf.map("HW_RULE_STATS")
+        {
+            stats::add_rule_counters(from, &mut self.ebpf);
+        }
+        for name in std::mem::take(&mut self.grown) {
+            let (from, to) = (layout.growth().join(name), layout.maps().join(name));
+            if let Err(e) = std::fs::rename(&from, &to) {
+                tracing::warn!(map = name, error = %e, "moving the larger map's pin into place failed");
+            }
+        }
+        let _ = std::fs::remove_dir_all(layout.growth());
+        // The old maps go with the old datapath.
+        drop(old);
+        self.slots.set_fixed_memory(memory::fixed());
+    }
+
+    /// Drops the pins of a growth that did not happen.
+    pub fn abandon_growth(self, layout: &Layout) {
+        drop(self);
+        let _ = std::fs::remove_dir_all(layout.growth());
+    }
+}
+
+/// Copies the `u64` array `name` of `from` into `to`'s (as far as both
+/// reach).
+fn copy_array(from: &Ebpf, to: &mut Ebpf, name: &str) {
+    let (Some(f), Some(t)) = (from.map(name), to.map_mut(name)) else {
+        return;
+    };
+    let (Ok(f), Ok(mut t)) = (
+        aya::maps::Array::<&aya::maps::MapData, u64>::try_from(f),
+        aya::maps::Array::<&mut aya::maps::MapData, u64>::try_from(t),
+    ) else {
+        return;
+    };
+    for i in 0..f.len().min(t.len()) {
+        if let Ok(v) = f.get(&i, 0)
+            && v != 0
+        {
+            let _ = t.set(i, &v, 0);
+        }
+    }
+}
+
+/// Copies the flow counts `name` (owner -> flows) of `from` into `to`'s.
+fn copy_counts(from: &Ebpf, to: &mut Ebpf, name: &str) {
+    let (Some(f), Some(t)) = (from.map(name), to.map_mut(name)) else {
+        return;
+    };
+    let (Ok(f), Ok(mut t)) = (
+        aya::maps::HashMap::<&aya::maps::MapData, u32, u32>::try_from(f),
+        aya::maps::HashMap::<&mut aya::maps::MapData, u32, u32>::try_from(t),
+    ) else {
+        return;
+    };
+    for (k, v) in f.iter().filter_map(Result::ok) {
+        let _ = t.insert(&k, &v, 0);
     }
 }
 

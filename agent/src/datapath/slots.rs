@@ -375,6 +375,14 @@ impl IfaceMap {
     }
 
     /// `policy`: the endpoint's policy id, for the older forms.
+    /// Every entry, in this build's form only.
+    fn entries(&self) -> Result<Vec<(u32, EndpointInfo)>, SlotError> {
+        match self {
+            IfaceMap::Current(m) => Ok(m.iter().filter_map(Result::ok).collect()),
+            _ => Err(SlotError::OlderForm),
+        }
+    }
+
     fn insert(&mut self, k: &u32, v: &EndpointInfo, policy: u32) -> Result<(), MapError> {
         match self {
             IfaceMap::Current(m) => m.insert(k, v, 0),
@@ -510,6 +518,29 @@ impl Slot {
         matches!(self.maps, TableMaps::Legacy { .. })
     }
 
+    /// Copies into this slot's hash maps of the kinds in `grown` (new,
+    /// larger maps) what `other`'s hold; the others are the same maps.
+    fn copy_hashes(&mut self, other: &Slot, grown: &Grown) -> Result<(), SlotError> {
+        if grown.iface {
+            for (k, v) in other.iface.entries()? {
+                self.iface.insert(&k, &v, 0).map_err(write_error("HW_IFACE"))?;
+            }
+        }
+        if grown.src {
+            for (k, v) in other.src.iter().filter_map(Result::ok) {
+                self.src.insert(&k, &v, 0).map_err(write_error("HW_SRC"))?;
+            }
+        }
+        if grown.local
+            && let (Some(to), Some(from)) = (&mut self.local, &other.local)
+        {
+            for (k, v) in from.iter().filter_map(Result::ok) {
+                to.insert(&k, &v, 0).map_err(write_error("HW_LOCAL"))?;
+            }
+        }
+        Ok(())
+    }
+
     fn clear(&mut self) -> Result<(), SlotError> {
         for k in self.iface.keys() {
             self.iface.remove(&k).map_err(write_error("HW_IFACE"))?;
@@ -576,6 +607,13 @@ impl Slot {
     }
 }
 
+/// Which of a slot's hash maps a growth replaced by larger ones.
+struct Grown {
+    iface: bool,
+    src: bool,
+    local: bool,
+}
+
 /// The endpoint id that owns a source-guard entry.
 fn ep_of(c: &Compiled, k: &SrcKey) -> u32 {
     c.endpoints
@@ -590,17 +628,52 @@ impl Slots {
         self.sizes = sizes;
     }
 
+    /// The capacities of the maps that depend on the policy's size.
+    pub fn sizes(&self) -> super::MapSizes {
+        self.sizes
+    }
+
+    /// Takes over the state of `old`, the slots of a datapath whose maps
+    /// these share but for the larger ones in `grown`: the active slot's
+    /// grown maps get what the old ones hold, so that these programs judge
+    /// as the old ones do; the inactive slot's grown maps are empty.
+    pub(super) fn adopt(&mut self, old: &Slots, grown: &[&str]) -> Result<(), SlotError> {
+        let grew = |kind: &str| grown.iter().any(|n| n.starts_with(kind));
+        let grown = Grown {
+            iface: grew("HW_IFACE_"),
+            src: grew("HW_SRC_"),
+            local: grew("HW_LOCAL_"),
+        };
+        let c = old.current as usize;
+        self.slots[c].copy_hashes(&old.slots[c], &grown)?;
+        self.current = old.current;
+        self.started_ns = old.started_ns;
+        self.flipped_at = old.flipped_at;
+        self.held = old.held.clone();
+        if let Some(inactive) = &mut self.held[1 - c] {
+            if grown.iface {
+                inactive.iface.clear();
+            }
+            if grown.src {
+                inactive.src.clear();
+            }
+            if grown.local {
+                inactive.local.clear();
+            }
+        }
+        Ok(())
+    }
+
     /// (map, entries, capacity) of the active slot's maps.
     pub fn fill(&self) -> Vec<(&'static str, usize, u32)> {
-        use hostwall_common::*;
         let s = &self.slots[self.current as usize];
         let mut fill = vec![
-            ("HW_IFACE", s.iface.keys().len(), MAX_ENDPOINT_INTERFACES),
-            ("HW_SRC", s.src.keys().count(), MAX_SRC_ENTRIES),
+            ("HW_IFACE", s.iface.keys().len(), self.sizes.interfaces),
+            ("HW_SRC", s.src.keys().count(), self.sizes.src),
             (
                 "HW_LOCAL",
                 s.local.as_ref().map_or(0, |m| m.keys().count()),
-                MAX_LOCAL_ENTRIES,
+                self.sizes.local,
             ),
         ];
         match &s.maps {
@@ -626,7 +699,7 @@ impl Slots {
             // Maps adopted from an earlier agent may have been flipped just
             // before it stopped.
             flipped_at: Instant::now(),
-            sizes: super::MapSizes::default(),
+            sizes: super::MapSizes::of_object(),
             fixed_memory: 0,
         }
         .with_current())
@@ -701,7 +774,9 @@ impl Slots {
     /// `--max-map-memory`: the maps of fixed size, the active slot's policy
     /// (when the active slot's contents are unknown, as after a restart, as
     /// much again as `compiled`'s) and `compiled` in the other slot.
-    pub fn check_memory(&self, compiled: &Compiled) -> Result<u64, MemoryError> {
+    /// `growth`: what larger maps the policy needs would add (bytes) and
+    /// the largest of them (map, its bytes, its capacity).
+    pub fn check_memory(&self, compiled: &Compiled, growth: &super::Growth) -> Result<u64, MemoryError> {
         if self.slots[self.current as usize].legacy() {
             return Ok(0);
         }
@@ -717,10 +792,14 @@ impl Slots {
             Some(c) => c.tables.memory(),
             None => new,
         };
-        let needed = self.fixed_memory + held + new;
+        let needed = self.fixed_memory + growth.added + held + new;
         let ceiling = self.sizes.max_memory;
         if needed > ceiling {
-            let (map, entries, map_bytes) = parts.into_iter().max_by_key(|p| p.2).expect("three maps");
+            let (map, entries, map_bytes) = parts
+                .into_iter()
+                .chain(growth.largest)
+                .max_by_key(|p| p.2)
+                .expect("three maps");
             return Err(MemoryError {
                 needed,
                 ceiling,

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 
 use aya::Ebpf;
-use aya::maps::{MapData, PerCpuArray};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues};
 use hostwall_common::{Counter, DropReason, PassReason};
 use serde::Serialize;
 
@@ -116,9 +116,42 @@ pub fn fill_levels(agent: &Agent) -> Vec<MapFill> {
     out.push(fill(
         "HW_RULE_STATS",
         agent.compiled.rules.len(),
-        hostwall_common::MAX_RULES - 1,
+        agent.datapath.slots.sizes().rules - 1,
     ));
     out
+}
+
+/// Adds the rule counters of `from` (an `HW_RULE_STATS` its programs no
+/// longer count in) to `to`'s.
+pub fn add_rule_counters(from: &aya::maps::Map, to: &mut aya::Ebpf) {
+    let Some(map) = to.map_mut("HW_RULE_STATS") else {
+        return;
+    };
+    let (Ok(from), Ok(mut to)) = (
+        PerCpuArray::<&MapData, Counter>::try_from(from),
+        PerCpuArray::<&mut MapData, Counter>::try_from(map),
+    ) else {
+        return;
+    };
+    for id in 0..from.len().min(to.len()) {
+        let (Ok(old), Ok(new)) = (from.get(&id, 0), to.get(&id, 0)) else {
+            continue;
+        };
+        if old.iter().all(|c| c.packets == 0) {
+            continue;
+        }
+        let sum: Vec<Counter> = old
+            .iter()
+            .zip(new.iter())
+            .map(|(o, n)| Counter {
+                packets: o.packets + n.packets,
+                bytes: o.bytes + n.bytes,
+            })
+            .collect();
+        if let Ok(values) = PerCpuValues::try_from(sum) {
+            let _ = to.set(id, values, 0);
+        }
+    }
 }
 
 /// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`.

@@ -4,7 +4,7 @@
 //! ```text
 //! hostwall-probe serve SPEC...      SPEC = tcp:PORT | udp:PORT | tcpecho:PORT | udpseq:PORT
 //! hostwall-probe connect tcp|udp ADDR:PORT [--timeout MS] [--source IP] [--sport PORT] [--size BYTES]
-//! hostwall-probe udp-seq ADDR:PORT [--rate PPS]
+//! hostwall-probe udp-seq ADDR:PORT [--rate PPS] [--new-flows 0|1]
 //! hostwall-probe tcp-stream ADDR:PORT [--chunk BYTES] [--interval MS]
 //! ```
 //!
@@ -69,7 +69,7 @@ fn usage(message: &str) -> Failure {
     Failure {
         code: EXIT_OTHER,
         message: format!(
-            "{message}\nusage: hostwall-probe serve tcp:PORT|udp:PORT|tcpecho:PORT|udpseq:PORT...\n       hostwall-probe connect tcp|udp ADDR:PORT [--timeout MS] [--source IP] [--sport PORT] [--size BYTES]\n       hostwall-probe udp-seq ADDR:PORT [--rate PPS]\n       hostwall-probe tcp-stream ADDR:PORT [--chunk BYTES] [--interval MS]"
+            "{message}\nusage: hostwall-probe serve tcp:PORT|udp:PORT|tcpecho:PORT|udpseq:PORT...\n       hostwall-probe connect tcp|udp ADDR:PORT [--timeout MS] [--source IP] [--sport PORT] [--size BYTES]\n       hostwall-probe udp-seq ADDR:PORT [--rate PPS] [--new-flows 0|1]\n       hostwall-probe tcp-stream ADDR:PORT [--chunk BYTES] [--interval MS]"
         ),
     }
 }
@@ -299,9 +299,11 @@ fn numeric_flags(args: &[String], known: &[&str]) -> Result<Vec<(String, u64)>, 
 fn udp_seq(args: &[String]) -> Result<(), Failure> {
     let dst = stream_dst(args, "udp-seq")?;
     let mut rate = 50u64;
-    for (flag, n) in numeric_flags(&args[1..], &["--rate"])? {
-        if flag == "--rate" {
-            rate = n.max(1);
+    let mut new_flows = false;
+    for (flag, n) in numeric_flags(&args[1..], &["--rate", "--new-flows"])? {
+        match flag.as_str() {
+            "--rate" => rate = n.max(1),
+            _ => new_flows = n != 0,
         }
     }
     let stop = stdin_closed();
@@ -322,7 +324,16 @@ fn udp_seq(args: &[String]) -> Result<(), Failure> {
             std::thread::sleep(due - now);
             continue;
         }
-        match socket.send_to(seq_payload(sent).as_bytes(), dst) {
+        // With --new-flows 1 each datagram leaves from a port of its own:
+        // a new flow each.
+        let fresh;
+        let from = if new_flows {
+            fresh = UdpSocket::bind(bind).map_err(|e| other("binding", e))?;
+            &fresh
+        } else {
+            &socket
+        };
+        match from.send_to(seq_payload(sent).as_bytes(), dst) {
             Ok(_) => sent += 1,
             Err(_) => errors += 1,
         }
