@@ -161,14 +161,19 @@ impl MapSizes {
 
     /// The capacity map `name` has at these sizes.
     pub fn capacity(&self, name: &str) -> Option<u32> {
-        let base = slotless(name);
-        Some(match base {
-            "HW_POLICY" | "HW_CIDR4" | "HW_CIDR6" => self.policy,
-            "HW_PEER4" | "HW_PEER6" => self.peer,
-            "HW_IFACE" | "HW_CT_COUNT" | "HW_CT_COUNT_IN" => self.interfaces,
-            "HW_SRC" => self.src,
-            "HW_LOCAL" => self.local,
-            "HW_RULE_STATS" | "HW_RULE_KEYS" | "HW_RULE_IDS" => self.rules,
+        let mut sizes = *self;
+        sizes.field(name).map(|c| *c)
+    }
+
+    /// The field that sizes map `name` (any slot's).
+    fn field(&mut self, name: &str) -> Option<&mut u32> {
+        Some(match slotless(name) {
+            "HW_POLICY" | "HW_CIDR4" | "HW_CIDR6" => &mut self.policy,
+            "HW_PEER4" | "HW_PEER6" => &mut self.peer,
+            "HW_IFACE" | "HW_CT_COUNT" | "HW_CT_COUNT_IN" => &mut self.interfaces,
+            "HW_SRC" => &mut self.src,
+            "HW_LOCAL" => &mut self.local,
+            "HW_RULE_STATS" | "HW_RULE_KEYS" | "HW_RULE_IDS" => &mut self.rules,
             _ => return None,
         })
     }
@@ -182,25 +187,13 @@ impl MapSizes {
         )
     }
 
-    /// Sets the capacity of the field map `name` belongs to.
-    fn set_capacity(&mut self, name: &str, capacity: u32) {
-        let base = slotless(name);
-        match base {
-            "HW_POLICY" | "HW_CIDR4" | "HW_CIDR6" => self.policy = capacity,
-            "HW_PEER4" | "HW_PEER6" => self.peer = capacity,
-            "HW_IFACE" | "HW_CT_COUNT" | "HW_CT_COUNT_IN" => self.interfaces = capacity,
-            "HW_SRC" => self.src = capacity,
-            "HW_LOCAL" => self.local = capacity,
-            "HW_RULE_STATS" | "HW_RULE_KEYS" | "HW_RULE_IDS" => self.rules = capacity,
-            _ => {}
-        }
-    }
-
     /// These sizes with each capacity that `pinned` reports for a map
     /// (name, capacity) taken from there: pinned maps keep theirs.
     pub fn with_pinned(mut self, pinned: impl IntoIterator<Item = (&'static str, u32)>) -> MapSizes {
         for (name, capacity) in pinned {
-            self.set_capacity(name, capacity);
+            if let Some(field) = self.field(name) {
+                *field = capacity;
+            }
         }
         self
     }
