@@ -430,15 +430,26 @@ fn removed_rule_ends_established_flows_with_revalidate() {
 }
 
 /// Policy A with what outgrows the maps an agent sized for A: a group of
-/// 3,000 rules for s (rule slots) and 300 more addresses for z1 (the
-/// anti-spoofing and local-address maps). What the probes meet is A's.
+/// 3,000 rules for s (rule slots), 300 more addresses for z1 (the
+/// anti-spoofing and local-address maps) and 100 more local endpoints,
+/// whose interfaces do not exist yet (the interface maps). What the probes
+/// meet is A's.
 fn policy_grown() -> String {
     let extra: String = (0..300)
         .map(|i| format!(", \"10.78.{}.{}\"", i / 200, i % 200 + 1))
         .collect();
+    let absent: String = (0..100)
+        .map(|i| {
+            format!(
+                "  - {{name: later{i}, interface: hw-later{i}, addresses: [\"10.79.0.{}\"], groups: [zr]}}\n",
+                i + 1
+            )
+        })
+        .collect();
     let endpoints = ENDPOINTS
         .replace("groups: [sender]}", "groups: [sender, bulk]}")
-        .replace("\"fd00:77::13\"]", &format!("\"fd00:77::13\"{extra}]"));
+        .replace("\"fd00:77::13\"]", &format!("\"fd00:77::13\"{extra}]"))
+        + &absent;
     let a = policy_a();
     let groups = &a[..a.find("\nendpoints:").expect("policy A lists endpoints")];
     format!("{groups}\n  bulk:\n    egress:\n{}{endpoints}", bulk_rules())
@@ -489,10 +500,10 @@ fn maps_grow_under_traffic_without_losing_or_passing_a_packet() {
     let mut agent = Agent::start(&host, &policy_a()).expect("starting the agent on policy A");
     let grown_file = agent.scratch_path("grown.yaml").expect("scratch path");
     std::fs::write(&grown_file, policy_grown()).expect("writing the larger policy");
-    let maps = ["HW_RULE_STATS", "HW_SRC", "HW_LOCAL"];
+    let maps = ["HW_RULE_STATS", "HW_SRC", "HW_LOCAL", "HW_IFACE"];
     let sized: Vec<u64> = maps.iter().map(|m| capacity(&agent, m)).collect();
     assert!(
-        sized[0] < 3_000 && sized[1] < 300 && sized[2] < 300,
+        sized[0] < 3_000 && sized[1] < 300 && sized[2] < 300 && sized[3] < 100,
         "the agent sized its maps for policy A ({maps:?}: {sized:?}), so the larger policy outgrows them"
     );
 
@@ -513,7 +524,7 @@ fn maps_grow_under_traffic_without_losing_or_passing_a_packet() {
         .unwrap_or_else(|e| panic!("applying the larger policy: {e:#}"));
     let grown: Vec<u64> = maps.iter().map(|m| capacity(&agent, m)).collect();
     assert!(
-        grown[0] >= 3_000 && grown[1] >= 300 && grown[2] >= 300,
+        grown[0] >= 3_000 && grown[1] >= 300 && grown[2] >= 300 && grown[3] >= 100,
         "the maps grew for the larger policy ({maps:?}: {sized:?} -> {grown:?})"
     );
     assert_eq!(
