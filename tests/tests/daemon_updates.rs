@@ -105,14 +105,47 @@ fn v4(c: &hostwall_tests::Container) -> IpAddr {
     c.v4.into()
 }
 
+/// The containers of `ENDPOINTS`: s, r, z1, z2.
+fn endpoints(host: &Host) -> [hostwall_tests::Container; 4] {
+    [("s", 11), ("r", 12), ("z1", 13), ("z2", 14)].map(|(name, n)| {
+        host.add_container(name, &format!("hw-{name}"), n)
+            .unwrap_or_else(|e| panic!("adding container {name}: {e:#}"))
+    })
+}
+
+/// What the denied Z datagrams show once the senders stopped: none reached
+/// z2 (beyond the `control_seen` sent without the agent), and every drop
+/// since `before` is one of Z's (none belongs to an allowed stream).
+/// Findings go to `failures`; returns the counters since `before`.
+fn denied_findings(
+    agent: &Agent,
+    before: &hostwall_tests::Stats,
+    z2_server: &hostwall_tests::Server,
+    control_seen: usize,
+    z_sent: u64,
+    failures: &mut Vec<String>,
+) -> hostwall_tests::Stats {
+    let z_seen = z2_server.seqs(Z_PORT).len() - control_seen;
+    if z_seen != 0 {
+        failures.push(format!("{z_seen} of {z_sent} denied Z datagrams reached z2"));
+    }
+    let delta = poll(DEADLINE, || {
+        let d = agent.stats().expect("reading counters").since(before);
+        (d.drops.values().sum::<u64>() >= z_sent, d)
+    });
+    let dropped: u64 = delta.drops.values().sum();
+    if dropped != z_sent {
+        failures.push(format!(
+            "{z_sent} Z datagrams were sent and nothing else should have been dropped, but {dropped} packets were"
+        ));
+    }
+    delta
+}
+
 #[test]
 fn hundred_updates_neither_cut_allowed_flows_nor_open_denied_ones() {
     let host = Host::builder(&bins()).build().expect("building the host namespace");
-    let add = |name: &str, n: u8| {
-        host.add_container(name, &format!("hw-{name}"), n)
-            .unwrap_or_else(|e| panic!("adding container {name}: {e:#}"))
-    };
-    let (s, r, z1, z2) = (add("s", 11), add("r", 12), add("z1", 13), add("z2", 14));
+    let [s, r, z1, z2] = endpoints(&host);
     let r_server = r
         .serve_specs(&[
             &format!("tcpecho:{STREAM_TCP}"),
@@ -230,23 +263,7 @@ fn hundred_updates_neither_cut_allowed_flows_nor_open_denied_ones() {
             "the allowed UDP stream lost datagrams across the updates: {gaps}"
         ));
     }
-    let z_seen = z2_server.seqs(Z_PORT).len() - control_seen;
-    if z_seen != 0 {
-        failures.push(format!(
-            "{z_seen} of {z_sent} Z datagrams reached z2 although policy A and policy B both deny them"
-        ));
-    }
-    // Every drop is one of Z's datagrams: none belongs to the streams.
-    let delta = poll(DEADLINE, || {
-        let d = agent.stats().expect("reading counters").since(&before);
-        (d.drops.values().sum::<u64>() >= z_sent, d)
-    });
-    let dropped: u64 = delta.drops.values().sum();
-    if dropped != z_sent {
-        failures.push(format!(
-            "{z_sent} Z datagrams were sent and nothing else should have been dropped, but {dropped} packets were"
-        ));
-    }
+    let delta = denied_findings(&agent, &before, &z2_server, control_seen, z_sent, &mut failures);
     // Z was judged under both policies: the updates happened under traffic.
     if delta.dropped(DropReason::EgressDenied) == 0 || delta.dropped(DropReason::IngressDenied) == 0 {
         failures.push("Z's datagrams were not judged under both policies".to_string());
@@ -474,11 +491,7 @@ fn capacity(agent: &Agent, map: &str) -> u64 {
 #[test]
 fn maps_grow_under_traffic_without_losing_or_passing_a_packet() {
     let host = Host::builder(&bins()).build().expect("building the host namespace");
-    let add = |name: &str, n: u8| {
-        host.add_container(name, &format!("hw-{name}"), n)
-            .unwrap_or_else(|e| panic!("adding container {name}: {e:#}"))
-    };
-    let (s, r, z1, z2) = (add("s", 11), add("r", 12), add("z1", 13), add("z2", 14));
+    let [s, r, z1, z2] = endpoints(&host);
     let r_server = r
         .serve_specs(&[
             &format!("tcpecho:{STREAM_TCP}"),
@@ -565,22 +578,7 @@ fn maps_grow_under_traffic_without_losing_or_passing_a_packet() {
     if let Some(gaps) = seq_gaps(&received, fresh_sent) {
         failures.push(format!("allowed new flows were lost while the maps grew: {gaps}"));
     }
-    let z_seen = z2_server.seqs(Z_PORT).len() - control_seen;
-    if z_seen != 0 {
-        failures.push(format!(
-            "{z_seen} of {z_sent} denied Z datagrams reached z2 while the maps grew"
-        ));
-    }
-    let delta = poll(DEADLINE, || {
-        let d = agent.stats().expect("reading counters").since(&before);
-        (d.drops.values().sum::<u64>() >= z_sent, d)
-    });
-    let dropped: u64 = delta.drops.values().sum();
-    if dropped != z_sent {
-        failures.push(format!(
-            "{z_sent} Z datagrams were sent and nothing else should have been dropped, but {dropped} packets were"
-        ));
-    }
+    let delta = denied_findings(&agent, &before, &z2_server, control_seen, z_sent, &mut failures);
     // Counted in the old maps until the hooks were swapped, in the new
     // ones after: each datagram once.
     for (group, direction) in [("sender", "egress"), ("receiver", "ingress")] {
