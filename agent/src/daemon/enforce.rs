@@ -16,7 +16,7 @@ use super::rules::{Assignment, Held};
 use super::{Agent, WriteBack};
 use crate::api::Caller;
 use crate::compile::{self, CompileError, Compiled, HostView, Lookup};
-use crate::datapath::{Needs, SlotError, conntrack};
+use crate::datapath::{MapSizes, Needs, SlotError, conntrack};
 use crate::host;
 use crate::policy::{OnPolicyChange, Policy, PolicyDiff};
 
@@ -44,6 +44,16 @@ pub enum ApplyError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A policy compiled for this host and checked against the maps' memory
+/// ceiling (`Agent::compile_fitting`).
+struct Fitted {
+    compiled: Compiled,
+    /// Quarantined interfaces: ifindex -> name.
+    quarantine: BTreeMap<u32, String>,
+    /// The sizes the maps must grow to for it, if any.
+    grow: Option<MapSizes>,
 }
 
 impl Agent {
@@ -207,13 +217,9 @@ impl Agent {
 
     /// `policy` compiled for this host with the rules' slots of
     /// `assignment`, quarantined interfaces included, checked against the
-    /// maps' memory ceiling; also returns the quarantined interfaces. The
+    /// maps' memory ceiling (with the maps grown as it needs). The
     /// endpoints' MACs are decided on the way (`self.macs`).
-    fn compile_fitting(
-        &mut self,
-        policy: &Policy,
-        assignment: &Assignment,
-    ) -> Result<(Compiled, BTreeMap<u32, String>), ApplyError> {
+    fn compile_fitting(&mut self, policy: &Policy, assignment: &Assignment) -> Result<Fitted, ApplyError> {
         let addrs: Vec<IpAddr> = self.host_addresses.iter().copied().collect();
         let macs = self.endpoint_macs(policy);
         let view = HostView {
@@ -237,12 +243,16 @@ impl Agent {
                 info: hostwall_common::EndpointInfo::new(QUARANTINED, [0; 6]),
             });
         }
-        let growth = sizes
-            .to_fit(&Needs::of(&compiled))
+        let grow = sizes.to_fit(&Needs::of(&compiled));
+        let growth = grow
             .map(|grown| self.datapath.growth_memory(&grown))
             .unwrap_or_default();
         self.datapath.slots.check_memory(&compiled, &growth)?;
-        Ok((compiled, quarantine))
+        Ok(Fitted {
+            compiled,
+            quarantine,
+            grow,
+        })
     }
 
     /// Slots and ids for `policy`'s rules. When every slot is taken or
@@ -289,14 +299,18 @@ impl Agent {
     pub(super) fn enforce(&mut self, policy: &Policy, assignment: &Assignment) -> Result<Compiled, ApplyError> {
         // MACs are fixed only by a policy that gets enforced.
         let macs_before = self.macs.clone();
-        let (mut compiled, quarantine) = match self.compile_fitting(policy, assignment) {
+        let Fitted {
+            mut compiled,
+            quarantine,
+            grow,
+        } = match self.compile_fitting(policy, assignment) {
             Ok(c) => c,
             Err(e) => {
                 self.macs = macs_before;
                 return Err(e);
             }
         };
-        if let Some(sizes) = self.datapath.slots.sizes().to_fit(&Needs::of(&compiled))
+        if let Some(sizes) = grow
             && let Err(e) = self.grow(sizes)
         {
             self.macs = macs_before;

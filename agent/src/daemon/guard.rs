@@ -25,7 +25,6 @@ use crate::policy::Quarantine;
 const LOOK_EVERY: Duration = Duration::from_millis(200);
 
 /// What the agent tells the guard after each policy it enforces.
-#[derive(Default)]
 struct Shared {
     pattern: Option<Quarantine>,
     /// Interfaces of local endpoints: never the guard's.
@@ -36,7 +35,7 @@ struct Shared {
     /// egress links).
     held: BTreeMap<u32, (String, Vec<OwnedFd>)>,
     /// The endpoint programs it attaches (tc ingress, tc egress).
-    programs: Option<[(ProgramFd, TcxHook); 2]>,
+    programs: [(ProgramFd, TcxHook); 2],
 }
 
 pub struct Guard {
@@ -49,8 +48,11 @@ impl Guard {
     pub fn start(programs: [(ProgramFd, TcxHook); 2]) -> io::Result<Guard> {
         let socket = crate::host::route_socket(libc::SOCK_CLOEXEC, libc::RTMGRP_LINK as u32)?;
         let shared = Arc::new(Mutex::new(Shared {
-            programs: Some(programs),
-            ..Default::default()
+            pattern: None,
+            endpoint_interfaces: BTreeSet::new(),
+            attached: BTreeSet::new(),
+            held: BTreeMap::new(),
+            programs,
         }));
         let theirs = shared.clone();
         std::thread::Builder::new()
@@ -63,7 +65,7 @@ impl Guard {
     /// grew).
     pub fn set_programs(&self, programs: [(ProgramFd, TcxHook); 2]) {
         let mut s = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        s.programs = Some(programs);
+        s.programs = programs;
     }
 
     /// What the agent enforces now.
@@ -134,11 +136,6 @@ fn run(socket: &OwnedFd, shared: &Mutex<Shared>) {
                 held,
                 programs,
             } = &mut *guard;
-            let Some(programs) = programs.as_ref() else {
-                drop(guard);
-                wait(socket);
-                continue;
-            };
             let wanted = |ifindex: u32, name: &str| {
                 pattern.as_ref().is_some_and(|q| q.matches(name))
                     && !endpoint_interfaces.contains(name)

@@ -393,7 +393,7 @@ impl Datapath {
     pub fn grow(&self, layout: &Layout, sizes: &MapSizes) -> Result<Datapath, GrowError> {
         let fresh = sizes.differing(&self.slots.sizes(), &MAPS);
         let mut next = Datapath::load_with(layout, sizes, &fresh)?;
-        next.slots.adopt(&self.slots, &fresh)?;
+        next.slots.adopt(&self.slots)?;
         for name in ["HW_RULE_KEYS", "HW_RULE_IDS"] {
             if fresh.contains(&name) {
                 copy_array(&self.ebpf, &mut next.ebpf, name);

@@ -374,7 +374,6 @@ impl IfaceMap {
         }
     }
 
-    /// `policy`: the endpoint's policy id, for the older forms.
     /// Every entry, in this build's form only.
     fn entries(&self) -> Result<Vec<(u32, EndpointInfo)>, SlotError> {
         match self {
@@ -383,6 +382,7 @@ impl IfaceMap {
         }
     }
 
+    /// `policy`: the endpoint's policy id, for the older forms.
     fn insert(&mut self, k: &u32, v: &EndpointInfo, policy: u32) -> Result<(), MapError> {
         match self {
             IfaceMap::Current(m) => m.insert(k, v, 0),
@@ -634,15 +634,15 @@ impl Slots {
     }
 
     /// Takes over the state of `old`, the slots of a datapath whose maps
-    /// these share but for the larger ones in `grown`: the active slot's
-    /// grown maps get what the old ones hold, so that these programs judge
-    /// as the old ones do; the inactive slot's grown maps are empty.
-    pub(super) fn adopt(&mut self, old: &Slots, grown: &[&str]) -> Result<(), SlotError> {
-        let grew = |kind: &str| grown.iter().any(|n| n.starts_with(kind));
+    /// these share but for the larger ones (those whose capacity differs):
+    /// the active slot's larger maps get what the old ones hold, so that
+    /// these programs judge as the old ones do; the inactive slot's larger
+    /// maps are empty.
+    pub(super) fn adopt(&mut self, old: &Slots) -> Result<(), SlotError> {
         let grown = Grown {
-            iface: grew("HW_IFACE_"),
-            src: grew("HW_SRC_"),
-            local: grew("HW_LOCAL_"),
+            iface: self.sizes.interfaces != old.sizes.interfaces,
+            src: self.sizes.src != old.sizes.src,
+            local: self.sizes.local != old.sizes.local,
         };
         let c = old.current as usize;
         self.slots[c].copy_hashes(&old.slots[c], &grown)?;
